@@ -1,0 +1,82 @@
+"""Token-exact chunking of a context, with offsets back to the text for traces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+Context = str | Sequence[str] | Sequence[int] | torch.Tensor
+"""A long context: text, a list of documents, or token ids (list or 1-D tensor)."""
+
+
+class ContextError(ValueError):
+    """The context cannot be read: empty, of the wrong type, or the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of the context: its token ids and where it came from."""
+
+    token_ids: torch.Tensor  # [n] int64
+    document: int  # index of the document in a list-of-text context (0 otherwise)
+    token_start: int  # offset of the first token within its document
+    char_span: tuple[int, int] | None  # span of the chunk in its document's text, when the context was text
+
+
+def tokenize_context(context: Context, tokenizer: PreTrainedTokenizerBase) -> list[tuple[torch.Tensor, list | None]]:
+    """Turn a context into one (token ids, char offsets or None) pair per document; reject what is not a context."""
+    if isinstance(context, str):
+        return [_tokenize_text(context, tokenizer, 0)]
+    if isinstance(context, torch.Tensor):
+        return [(_check_id_tensor(context), None)]
+    if isinstance(context, Sequence) and not isinstance(context, (bytes, bytearray)):
+        if len(context) == 0:
+            raise ContextError("The context is an empty list; pass text or token ids to read.")
+        if all(isinstance(item, str) for item in context):
+            return [_tokenize_text(text, tokenizer, i) for i, text in enumerate(context)]
+        if all(isinstance(item, int) and not isinstance(item, bool) for item in context):
+            return [(_check_id_tensor(torch.tensor(list(context), dtype=torch.long)), None)]
+        kinds = sorted({type(item).__name__ for item in context})
+        raise ContextError(f"A list context must hold only strings (documents) or only ints (token ids); got {kinds}.")
+    raise ContextError(
+        f"The context must be a str, a list of str, a list of token ids or a 1-D tensor of ids; got "
+        f"{type(context).__name__}. Read files and decode bytes to text first."
+    )
+
+
+def split_into_chunks(documents: list[tuple[torch.Tensor, list | None]], chunk_size: int) -> list[Chunk]:
+    """Cut each document into `chunk_size`-token chunks; the last chunk of a document may be shorter."""
+    chunks = []
+    for doc_index, (ids, offsets) in enumerate(documents):
+        for start in range(0, ids.numel(), chunk_size):
+            end = min(start + chunk_size, ids.numel())
+            span = (offsets[start][0], offsets[end - 1][1]) if offsets is not None else None
+            chunks.append(Chunk(ids[start:end], doc_index, start, span))
+    return chunks
+
+
+def _tokenize_text(text: str, tokenizer: PreTrainedTokenizerBase, index: int) -> tuple[torch.Tensor, list | None]:
+    if not text.strip():
+        where = "The context" if index == 0 else f"Document {index} of the context"
+        raise ContextError(f"{where} is empty or only whitespace; there is nothing to read.")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast, verbose=False)
+    offsets = encoded.get("offset_mapping")
+    return torch.tensor(encoded["input_ids"], dtype=torch.long), offsets
+
+
+def _check_id_tensor(ids: torch.Tensor) -> torch.Tensor:
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1:
+        raise ContextError(
+            f"A tensor context must be 1-D token ids (or [1, n]); got shape {tuple(ids.shape)}. "
+            "For one context per batch row, pass a list of contexts to generate()."
+        )
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ContextError(f"A tensor context must hold integer token ids; got dtype {ids.dtype}.")
+    if ids.numel() == 0:
+        raise ContextError("The context holds no tokens; there is nothing to read.")
+    return ids.to(device="cpu", dtype=torch.long)

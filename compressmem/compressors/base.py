@@ -1,0 +1,91 @@
+"""The compressor protocol: one forward pass over a batch of chunks, then keep what `score()` ranks highest."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from ..probe import probe
+
+
+@dataclass
+class CompressedChunks:
+    """KV of a batch of equal-length chunks after compression.
+
+    `keys`/`values`: `[batch, layers, kv_heads, m, head_dim]`; `positions`: `[batch, layers, kv_heads, m]`
+    the RoPE position of every kept entry; `prefix_keys`/`prefix_values`: the shared
+    prefix, `[layers, kv_heads, p, head_dim]`. `values` are None when only keys were asked for.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor | None
+    positions: torch.Tensor
+    prefix_keys: torch.Tensor
+    prefix_values: torch.Tensor | None
+
+
+class Compressor:
+    """Runs `[prefix + chunk]` through the model once and keeps `ceil(n / ratio)` KV entries per head.
+
+    Subclasses define `score()`: an importance for every chunk KV entry, computed from the post-RoPE
+    queries and keys of one layer. Entries keep their original positions, so whatever reads a block
+    places its own tokens after position `p + n`.
+    """
+
+    name = "none"
+
+    def __init__(self, ratio: float = 1.0) -> None:
+        self.ratio = ratio
+
+    def score(self, query: torch.Tensor, key: torch.Tensor, prefix_len: int) -> torch.Tensor | None:
+        """Importance of each chunk entry, `[batch, kv_heads, n]`; None keeps every entry."""
+        return None
+
+    def kept_entries(self, num_tokens: int) -> int:
+        return max(1, math.ceil(num_tokens / self.ratio))
+
+    @torch.no_grad()
+    def compress(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
+                 layers: tuple[int, ...], keep_values: bool) -> CompressedChunks:
+        """Compress a `[batch, n]` tensor of chunks that all follow `prefix_ids`, keeping `layers` only."""
+        batch, num_tokens = chunk_ids.shape
+        prefix_len = prefix_ids.numel()
+        ids = torch.cat([prefix_ids.expand(batch, -1), chunk_ids], dim=1).to(model.device)
+        scores: dict[int, torch.Tensor] = {}
+        wanted = set(layers)
+
+        def record(layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> None:
+            if layer_idx in wanted:
+                scores[layer_idx] = self.score(query, key, prefix_len)
+
+        cache = DynamicCache()
+        scoring = self.ratio > 1
+        with probe(model, record) if scoring else contextlib.nullcontext():
+            model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+        kept = self.kept_entries(num_tokens)
+        keys, values, positions = [], [], []
+        for layer_idx in layers:
+            layer = cache.layers[layer_idx]
+            layer_keys, layer_values = layer.keys[:, :, prefix_len:], layer.values[:, :, prefix_len:]
+            index = torch.arange(num_tokens, device=layer_keys.device).expand(*layer_keys.shape[:2], -1)
+            if scoring:
+                index = scores[layer_idx].topk(kept, dim=-1).indices.sort(dim=-1).values
+                gather = index.unsqueeze(-1).expand(-1, -1, -1, layer_keys.shape[-1])
+                layer_keys, layer_values = layer_keys.gather(2, gather), layer_values.gather(2, gather)
+            keys.append(layer_keys)
+            values.append(layer_values)
+            positions.append((index + prefix_len).to(torch.int32))
+        prefix_keys = torch.stack([cache.layers[i].keys[0, :, :prefix_len] for i in layers])
+        prefix_values = torch.stack([cache.layers[i].values[0, :, :prefix_len] for i in layers])
+        return CompressedChunks(
+            keys=torch.stack(keys, dim=1),
+            values=torch.stack(values, dim=1) if keep_values else None,
+            positions=torch.stack(positions, dim=1),
+            prefix_keys=prefix_keys,
+            prefix_values=prefix_values if keep_values else None,
+        )

@@ -1,0 +1,104 @@
+"""The training-free attention gate: which memory blocks does the current (question + memory) attend to?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..bank import BankMismatchError, MemoryBank
+from ..probe import probe
+from ..rope import find_rotary_embedding, unrotate
+from .scoring import gate_scores
+
+
+def default_gate_layers(num_layers: int) -> tuple[int, ...]:
+    """The layers from half to three quarters of the depth, where retrieval-like heads live."""
+    first = num_layers // 2
+    return tuple(range(first, max(first + 1, (3 * num_layers) // 4)))
+
+
+@dataclass
+class GateIndex:
+    """A bank's gate-layer keys, rotated back to position 0 and packed once on the model's device."""
+
+    keys: torch.Tensor  # [gate layers, kv_heads, total entries, d]
+    offsets: torch.Tensor  # [blocks + 1]
+
+    @classmethod
+    def build(cls, bank: MemoryBank, layers: tuple[int, ...], model: PreTrainedModel) -> "GateIndex":
+        missing = sorted(set(layers) - set(bank.layers))
+        if missing or not bank.blocks or bank.blocks[0].keys is None:
+            raise BankMismatchError(
+                f"The gate reads layers {list(layers)} but the bank holds keys for {list(bank.layers)} only; "
+                "rebuild the bank with this MemoryConfig."
+            )
+        rows = [bank.layers.index(i) for i in layers]
+        rotary = find_rotary_embedding(model)
+        keys = []
+        for block in bank.blocks:
+            block_keys = block.keys[rows].to(model.device)
+            if rotary is not None:
+                block_keys = unrotate(block_keys, block.positions[rows].long(), rotary)
+            keys.append(block_keys)
+        sizes = torch.tensor([0] + [block.num_entries for block in bank.blocks])
+        return cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0))
+
+
+class AttentionGate:
+    """Scores blocks by how strongly the gate prompt's queries, at a few layers, match their keys.
+
+    Queries and keys are compared by content (RoPE undone on both sides), through a sharpened
+    log-sum-exp over each block's keys (`sharpness` 1 is attention's own, large values approach the
+    single best match), averaged over the prompt's tokens. Without training there is no calibrated
+    probability, so heads and layers are mixed uniformly after a softmax over blocks: each row's
+    scores sum to 1.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...], sharpness: float = 8.0) -> None:
+        self.tokenizer = tokenizer
+        self.layers = layers
+        self.sharpness = sharpness
+
+    def index(self, bank: MemoryBank, model: PreTrainedModel) -> GateIndex:
+        return GateIndex.build(bank, self.layers, model)
+
+    @torch.no_grad()
+    def score(self, model: PreTrainedModel, texts: list[str], index: GateIndex) -> torch.Tensor:
+        """`[rows, blocks]` block scores for each gate prompt."""
+        prompts = [torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] or
+                                [self.tokenizer.eos_token_id]) for text in texts]
+        queries = self._queries(model, prompts)
+        scale = self.sharpness * queries.shape[-1] ** -0.5
+        rows = []
+        for row_queries, length in zip(queries, (p.numel() for p in prompts)):
+            pooled = gate_scores(row_queries[:, :, :length], index.keys, index.offsets, scale=scale) / self.sharpness
+            rows.append(pooled.softmax(dim=0).mean(dim=(1, 2)))
+        return torch.stack(rows)
+
+    def _queries(self, model: PreTrainedModel, prompts: list[torch.Tensor]) -> torch.Tensor:
+        """Queries at the gate layers rotated back to position 0, `[rows, layers, heads, q, d]`."""
+        width = max(p.numel() for p in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, :prompt.numel()] = prompt
+            mask[row, :prompt.numel()] = 1
+        positions = torch.arange(width).expand(len(prompts), -1).to(model.device)
+        captured: dict[int, torch.Tensor] = {}
+        wanted = set(self.layers)
+
+        def record(layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> None:
+            if layer_idx in wanted:
+                captured[layer_idx] = query
+
+        with probe(model, record):
+            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), position_ids=positions,
+                  use_cache=False, logits_to_keep=1)
+        queries = torch.stack([captured[i] for i in self.layers], dim=1)
+        rotary = find_rotary_embedding(model)
+        if rotary is None:
+            return queries
+        query_positions = positions.view(len(prompts), 1, 1, width).expand(*queries.shape[:-1])
+        return unrotate(queries, query_positions, rotary)

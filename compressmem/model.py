@@ -1,0 +1,273 @@
+"""`CompressedMemoryModel`: any Hugging Face causal LM, answering over contexts far longer than its window."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from .bank import MemoryBank, MemoryBlock
+from .chunking import Context, split_into_chunks, tokenize_context
+from .compressors import build_compressor
+from .config import MemoryConfig
+from .embedded import resolve_model_source
+from .fingerprint import BaseFingerprint, fingerprint_model
+from .gate import build_gate, default_gate_layers
+from .prompts import PromptBuilder, Question
+from .reasoner import Reasoner, Trace
+
+CHECKPOINT_CONFIG = "compressmem_config.json"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+class CheckpointMismatchError(ValueError):
+    """A compressmem checkpoint was made for another base model."""
+
+
+@dataclass
+class CompressedGenerateOutput(GenerateDecoderOnlyOutput):
+    """transformers' generate output, plus one `Trace` per row of what the reasoner read and wrote."""
+
+    trace: list[Trace] | None = None
+
+
+class CompressedMemoryModel:
+    """Wraps a causal LM: `generate(..., context=long_text)` answers over contexts of any length.
+
+    Attributes the wrapper does not define (`config`, `device`, `dtype`, ...) are the base model's.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 memory_config: MemoryConfig | None = None, base_name: str | None = None,
+                 show_progress: bool = True) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.memory_config = memory_config or MemoryConfig()
+        self.show_progress = show_progress
+        self.base_name = base_name or model.config.name_or_path
+        self.fingerprint = fingerprint_model(model, tokenizer, self.base_name)
+        self.prompts = PromptBuilder(tokenizer, self.memory_config)
+        num_layers = model.config.get_text_config().num_hidden_layers
+        self.gate_layers = self.memory_config.gate_layers or default_gate_layers(num_layers)
+        if any(not 0 <= i < num_layers for i in self.gate_layers):
+            raise ValueError(f"gate_layers {list(self.gate_layers)} must lie in 0..{num_layers - 1} for this model.")
+        self.compressor = build_compressor(self.memory_config)
+        gate = build_gate(self.memory_config, tokenizer, self.gate_layers)
+        self.reasoner = Reasoner(model, self.prompts, self.memory_config, gate)
+
+    @classmethod
+    def from_pretrained(cls, base: str, memory: str | Path | None = None, config: MemoryConfig | None = None, *,
+                        show_progress: bool = True, **hf_kwargs: Any) -> "CompressedMemoryModel":
+        """Load `base` (Hub id or folder) with transformers, plus a compressmem checkpoint folder `memory`.
+
+        `hf_kwargs` (`torch_dtype`, `device_map`, `quantization_config`, `attn_implementation`,
+        `trust_remote_code`, ...) go to transformers untouched. `config` overrides the checkpoint's
+        `MemoryConfig`; with neither, the training-free defaults are used.
+        """
+        source = resolve_model_source(base)
+        model = AutoModelForCausalLM.from_pretrained(source, **hf_kwargs)
+        tokenizer_kwargs = {k: hf_kwargs[k] for k in ("trust_remote_code", "revision", "token") if k in hf_kwargs}
+        tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
+        model.eval()
+        saved = _read_checkpoint(Path(memory)) if memory is not None else None
+        wrapper = cls(model, tokenizer, config or (saved[1] if saved else None), base, show_progress)
+        if saved and saved[0].digest != wrapper.fingerprint.digest:
+            raise CheckpointMismatchError(
+                f"The compressmem checkpoint {memory} was made for base model {saved[0].describe()}, but the "
+                f"base model loaded is {wrapper.fingerprint.describe()}. Load the base model it was made for."
+            )
+        return wrapper
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the checkpoint: `compressmem_config.json` (format, base model fingerprint, MemoryConfig).
+
+        Never the base model's weights; the training-free compressor and gate have none of their own.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "base_model": self.fingerprint.to_dict(),
+            "memory_config": self.memory_config.to_dict(),
+        }
+        (directory / CHECKPOINT_CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
+        """Save the checkpoint and upload it to a Hub model repo; returns the repo URL."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload compressmem checkpoint")
+        return str(url)
+
+    @torch.no_grad()
+    def compress(self, context: Context, *, bank_device: torch.device | str | None = None,
+                 show_progress: bool | None = None) -> MemoryBank:
+        """Chunk `context` token-exactly and compress every chunk, batched, into a `MemoryBank`.
+
+        The bank can answer any number of questions; `bank_device="cpu"` keeps it off the GPU (blocks
+        then move to the model's device one at a time while reading).
+        """
+        config = self.memory_config
+        chunks = split_into_chunks(tokenize_context(context, self.tokenizer), config.chunk_size)
+        prefix_ids = self.prompts.section_prefix_ids()
+        layers = self._bank_layers()
+        bank_device = self.model.device if bank_device is None else torch.device(bank_device)
+        keys: list[torch.Tensor | None] = [None] * len(chunks)
+        values: list[torch.Tensor | None] = [None] * len(chunks)
+        positions: list[torch.Tensor | None] = [None] * len(chunks)
+        prefix_keys = prefix_values = None
+        if config.needs_kv:
+            by_length = defaultdict(list)
+            for i, chunk in enumerate(chunks):
+                by_length[chunk.token_ids.numel()].append(i)
+            show = self.show_progress if show_progress is None else show_progress
+            with tqdm(total=len(chunks), desc="Compressing", unit="chunk", disable=not show) as bar:
+                for members in by_length.values():
+                    for start in range(0, len(members), config.compress_batch_size):
+                        batch = members[start:start + config.compress_batch_size]
+                        ids = torch.stack([chunks[i].token_ids for i in batch])
+                        out = self.compressor.compress(self.model, prefix_ids, ids, layers, config.read == "compressed")
+                        for row, i in enumerate(batch):
+                            keys[i] = out.keys[row].to(bank_device)
+                            values[i] = None if out.values is None else out.values[row].to(bank_device)
+                            positions[i] = out.positions[row].to(bank_device)
+                        prefix_keys = out.prefix_keys.to(bank_device)
+                        prefix_values = None if out.prefix_values is None else out.prefix_values.to(bank_device)
+                        bar.update(len(batch))
+        blocks = [MemoryBlock(chunk.token_ids, keys[i], values[i], positions[i], chunk.document, chunk.token_start,
+                              chunk.char_span) for i, chunk in enumerate(chunks)]
+        settings = {"chunk_size": config.chunk_size, "compressor": config.compressor, "ratio": config.ratio,
+                    "score": config.score, "read": config.read, "section_header": config.section_header}
+        return MemoryBank(blocks, prefix_ids, prefix_keys, prefix_values, layers if config.needs_kv else (),
+                          self.fingerprint, settings)
+
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                 context: Context | list[Context] | None = None,
+                 memory: MemoryBank | list[MemoryBank] | None = None, **generation_kwargs: Any):
+        """transformers' `generate()`, reading `context` (or a precomputed `memory` bank) first.
+
+        Returns what transformers returns: prompt ids followed by new ids, or, with
+        `return_dict_in_generate=True`, an output whose `.sequences` are those and whose `.trace`
+        holds, per row, the gate scores, the blocks read and the working memory after each step.
+        Without `context`/`memory` this is exactly the base model's `generate()`, unless the prompt
+        is longer than `direct_max_tokens`: then each row's last user turn (or its last
+        `query_tokens` tokens) is the question and the rest of the prompt the context.
+        """
+        input_ids = generation_kwargs.pop("inputs", input_ids)
+        _check_prompt(input_ids, attention_mask)
+        if context is not None and memory is not None:
+            raise ValueError("Pass either context= (text or ids to compress now) or memory= (a bank), not both.")
+        rows = _unpadded_rows(input_ids, attention_mask)
+        if context is None and memory is None:
+            if input_ids.shape[1] <= self._direct_max_tokens():
+                return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+            splits = [self.prompts.split_long_prompt(row) for row in rows]
+            questions = [question for _, question in splits]
+            banks = [self.compress(text) for text, _ in splits]
+        else:
+            questions = [self.prompts.find_question(row) for row in rows]
+            banks = self._banks_for_rows(len(rows), context, memory)
+        return self._answer_from_banks(input_ids, questions, banks, generation_kwargs)
+
+    def answer(self, question: str, context: Context | None = None, memory: MemoryBank | None = None,
+               **generation_kwargs: Any) -> str:
+        """Ask one question in plain text, with the chat template applied for you; returns the answer text."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string.")
+        if self.tokenizer.chat_template:
+            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                                     return_tensors="pt", return_dict=True)["input_ids"]
+        else:
+            ids = self.tokenizer(question, return_tensors="pt")["input_ids"]
+        generation_kwargs.setdefault("max_new_tokens", 128)
+        generation_kwargs.setdefault("do_sample", False)
+        out = self.generate(ids.to(self.model.device), context=context, memory=memory, **generation_kwargs)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    def _answer_from_banks(self, input_ids: torch.Tensor, questions: list[Question], banks: list[MemoryBank],
+                           generation_kwargs: dict[str, Any]):
+        for bank in banks:
+            bank.check_compatible(self.fingerprint)
+        traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress)
+        prompts = [self.prompts.answer_ids(q, trace.memory) for q, trace in zip(questions, traces)]
+        width = max(p.numel() for p in prompts)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - prompt.numel():] = prompt
+            mask[row, width - prompt.numel():] = 1
+        generation_kwargs.setdefault("pad_token_id", pad_id)
+        out = self.model.generate(input_ids=ids.to(input_ids.device), attention_mask=mask.to(input_ids.device),
+                                  **generation_kwargs)
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        sequences = torch.cat([input_ids, sequences[:, width:].to(input_ids.device)], dim=1)
+        if not generation_kwargs.get("return_dict_in_generate"):
+            return sequences
+        fields = {key: value for key, value in out.items() if key != "sequences"}
+        return CompressedGenerateOutput(sequences=sequences, trace=traces, **fields)
+
+    def _banks_for_rows(self, batch: int, context: Any, memory: Any) -> list[MemoryBank]:
+        """One bank per row: a per-row list when its length is the batch size (and batch > 1), else shared."""
+        if memory is not None:
+            banks = list(memory) if isinstance(memory, (list, tuple)) else [memory] * batch
+            if len(banks) != batch or not all(isinstance(b, MemoryBank) for b in banks):
+                raise ValueError(f"memory must be one MemoryBank or a list of {batch} banks (one per row).")
+            return banks
+        if batch > 1 and isinstance(context, (list, tuple)) and len(context) == batch:
+            return [self.compress(row_context) for row_context in context]
+        return [self.compress(context)] * batch
+
+    def _bank_layers(self) -> tuple[int, ...]:
+        if self.memory_config.read == "compressed":
+            return tuple(range(self.model.config.get_text_config().num_hidden_layers))
+        return tuple(self.gate_layers) if self.memory_config.gate == "attention" else ()
+
+    def _direct_max_tokens(self) -> int:
+        if self.memory_config.direct_max_tokens is not None:
+            return self.memory_config.direct_max_tokens
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or 2**31
+
+
+def _read_checkpoint(directory: Path) -> tuple[BaseFingerprint, MemoryConfig]:
+    path = directory / CHECKPOINT_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a compressmem checkpoint: {CHECKPOINT_CONFIG} is missing.")
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointMismatchError(f"{path} has format {payload['format_version']}; upgrade compressmem to read it.")
+    return BaseFingerprint.from_dict(payload["base_model"]), MemoryConfig.from_dict(payload["memory_config"])
+
+
+def _check_prompt(input_ids: Any, attention_mask: Any) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError("input_ids must be a [batch, length] tensor of token ids, as for transformers' generate().")
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "
+                         f"{tuple(input_ids.shape)}.")
+
+
+def _unpadded_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    if attention_mask is None:
+        return [row.cpu() for row in input_ids]
+    return [row[mask.bool()].cpu() for row, mask in zip(input_ids, attention_mask)]

@@ -1,0 +1,117 @@
+"""The reasoner's prompts: the section prefix, memory updates, gate queries and the final answer.
+
+Everything here is text in, token ids out, built from the tokenizer's own chat template, so the
+rest of the library never sees template details.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jinja2.exceptions import TemplateError
+from transformers import PreTrainedTokenizerBase
+
+from .config import MemoryConfig
+
+_SENTINELS = ("\x00Q1\x00", "\x00A1\x00", "\x00Q2\x00")
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question found in a user's prompt, and how to rebuild that prompt around the working memory."""
+
+    text: str
+    before: str  # prompt text before the question (template head, earlier turns)
+    after: str  # prompt text after it (end of turn, generation prompt)
+
+
+class PromptBuilder:
+    """Renders every prompt the reasoner needs for one tokenizer and one `MemoryConfig`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: MemoryConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.chat_head, self.chat_tail, self.user_open = _chat_markers(tokenizer)
+
+    def encode(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"],
+                            dtype=torch.long)
+
+    def section_prefix_ids(self) -> torch.Tensor:
+        """Tokens every chunk is read after: the chat template's opening of a user turn, then the header."""
+        if self.chat_head is None:
+            bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+            return torch.cat([torch.tensor(bos, dtype=torch.long), self.encode(self.config.section_header)])
+        return self.encode(self.chat_head + self.config.section_header)
+
+    def update_ids(self, question: str, memory: str) -> torch.Tensor:
+        """Tokens read right after a section: the question, the notes so far, and the turn's close."""
+        text = self.config.resolved_update_template.format(question=question, memory=self._memory(memory))
+        return self.encode(text + (self.chat_tail or "\n\nUpdated notes:"))
+
+    def gate_text(self, question: str, memory: str) -> str:
+        return self.config.gate_template.format(question=question, memory=self._memory(memory))
+
+    def answer_ids(self, question: Question, memory: str) -> torch.Tensor:
+        """The user's own prompt with its question replaced by the question plus the working memory."""
+        filled = self.config.answer_template.format(question=question.text, memory=self._memory(memory))
+        return self.encode(question.before + filled + question.after)
+
+    def find_question(self, prompt_ids: torch.Tensor) -> Question:
+        """Locate the question in a prompt: the last user turn of a chat prompt, else the whole prompt."""
+        text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        if self.chat_tail and self.user_open and text.endswith(self.chat_tail):
+            start = text.rfind(self.user_open)
+            if start >= 0:
+                start += len(self.user_open)
+                end = len(text) - len(self.chat_tail)
+                return Question(text[start:end].strip(), text[:start], text[end:])
+        plain = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        return Question(plain.strip(), "", "")
+
+    def split_long_prompt(self, prompt_ids: torch.Tensor) -> tuple[str, Question]:
+        """Split an over-long prompt into (context, question): the question is the last user turn, or
+        its last `query_tokens` tokens when that turn is longer; everything before is the context."""
+        found = self.find_question(prompt_ids)
+        content = self.encode(found.text)
+        keep = self.config.query_tokens
+        head_text = self.tokenizer.decode(self.encode(found.before), skip_special_tokens=True)
+        if content.numel() <= keep:
+            return head_text, Question(found.text, *self._fresh_turn())
+        context = head_text + self.tokenizer.decode(content[:-keep], skip_special_tokens=True)
+        question = self.tokenizer.decode(content[-keep:], skip_special_tokens=True).strip()
+        return context, Question(question, *self._fresh_turn())
+
+    def _fresh_turn(self) -> tuple[str, str]:
+        if self.chat_head is None:
+            return "", ""
+        return self.chat_head, self.chat_tail
+
+    def _memory(self, memory: str) -> str:
+        return memory if memory.strip() else self.config.empty_memory
+
+
+def _chat_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str | None, str | None, str | None]:
+    """(text before a lone user message, text after it incl. the generation prompt, opening of a user turn)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None, None, None
+    q1, a1, q2 = _SENTINELS
+    single = tokenizer.apply_chat_template([{"role": "user", "content": q1}], tokenize=False,
+                                           add_generation_prompt=True)
+    head, tail = single.split(q1)
+    try:
+        turns = tokenizer.apply_chat_template(
+            [{"role": "user", "content": q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": q2}],
+            tokenize=False, add_generation_prompt=True)
+        between = turns.split(a1)[1].split(q2)[0]
+    except TemplateError:  # some templates reject multi-turn layouts; the single-turn head still marks a user turn
+        between = head
+    return head, tail, _common_suffix(head, between) or head
+
+
+def _common_suffix(a: str, b: str) -> str:
+    size = 0
+    while size < min(len(a), len(b)) and a[-1 - size] == b[-1 - size]:
+        size += 1
+    return a[len(a) - size:]

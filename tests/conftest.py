@@ -1,0 +1,67 @@
+"""Shared fixtures: the real SmolLM2-135M-Instruct (converted once per run) and tiny random models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Qwen2Config
+
+from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
+from compressmem.embedded import embedded_model_folder
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096)
+TINY_CONFIGS = {
+    "llama": lambda vocab: LlamaConfig(vocab_size=vocab, **TINY),
+    "qwen2": lambda vocab: Qwen2Config(vocab_size=vocab, **TINY),
+    "mistral": lambda vocab: MistralConfig(vocab_size=vocab, sliding_window=None, **TINY),
+}
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> CompressedMemoryModel:
+    return CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(embedded_model_folder())
+
+
+def tiny_model(arch: str, tokenizer, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[arch](len(tokenizer))
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def tiny_wrapper(arch: str, tokenizer, config: MemoryConfig | None = None, seed: int = 0,
+                 **overrides) -> CompressedMemoryModel:
+    return CompressedMemoryModel(tiny_model(arch, tokenizer, seed, **overrides), tokenizer,
+                                 config or MemoryConfig(chunk_size=64, gate_layers=(1, 2)),
+                                 base_name=f"tiny-{arch}-{seed}", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def haystack() -> str:
+    path = SHARED_DATA / "pg_essays.json"
+    if not path.exists():
+        pytest.skip(f"needs the essay haystack at {path} (../shared/data beside the project)")
+    from compressmem.eval import load_haystack
+
+    return load_haystack(path)
+
+
+@pytest.fixture(scope="session")
+def essay_text(haystack) -> str:
+    return haystack[:20000]

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from compressmem import CompressedGenerateOutput, MemoryConfig, Trace
+
+from .conftest import tiny_wrapper
+
+
+def _chat(tokenizer, question):
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_without_context_generate_is_the_base_models(arch, tokenizer):
+    wrapper = tiny_wrapper(arch, tokenizer)
+    inputs = _chat(tokenizer, "Hello there, how are you?")
+    ours = wrapper.generate(**inputs, max_new_tokens=8, do_sample=False)
+    theirs = wrapper.model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert torch.equal(ours, theirs)
+
+
+def test_without_context_generate_is_the_base_models_smollm2(smollm2):
+    inputs = _chat(smollm2.tokenizer, "Name a colour.")
+    ours = smollm2.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert torch.equal(ours, smollm2.model.generate(**inputs, max_new_tokens=12, do_sample=False))
+
+
+def test_attributes_fall_through_to_the_base_model(tokenizer):
+    wrapper = tiny_wrapper("llama", tokenizer)
+    assert wrapper.config is wrapper.model.config
+    assert wrapper.device == wrapper.model.device and wrapper.dtype == wrapper.model.dtype
+    with pytest.raises(AttributeError):
+        wrapper.no_such_attribute
+
+
+@pytest.mark.parametrize("read", ["raw", "compressed"])
+def test_generate_with_context_returns_prompt_then_new_ids_and_a_trace(tokenizer, essay_text, read):
+    config = MemoryConfig(chunk_size=64, read=read, gate_top_k=2, gate_layers=(1, 2), note_tokens=8)
+    wrapper = tiny_wrapper("llama", tokenizer, config)
+    inputs = _chat(tokenizer, "What is this about?")
+    out = wrapper.generate(**inputs, context=essay_text[:1500], max_new_tokens=5, min_new_tokens=5,
+                           do_sample=False, return_dict_in_generate=True)
+    assert isinstance(out, CompressedGenerateOutput)
+    prompt_len = inputs["input_ids"].shape[1]
+    assert out.sequences.shape == (1, prompt_len + 5)
+    assert torch.equal(out.sequences[0, :prompt_len], inputs["input_ids"][0])
+    trace = out.trace[0]
+    assert isinstance(trace, Trace) and trace.num_blocks > 2
+    assert 1 <= len(trace.blocks_read) and len(set(trace.blocks_read)) == len(trace.blocks_read)
+    for step in trace.steps:
+        assert len(step.gate_scores) == trace.num_blocks
+        assert abs(sum(step.gate_scores) - 1) < 1e-4
+        ranked = sorted(range(trace.num_blocks), key=lambda b: -step.gate_scores[b])
+        assert step.block in ranked[:2]
+
+
+def test_memagent_mode_reads_every_block_in_order(tokenizer, essay_text):
+    wrapper = tiny_wrapper("qwen2", tokenizer, MemoryConfig.memagent(chunk_size=128, note_tokens=4))
+    inputs = _chat(tokenizer, "What is this about?")
+    out = wrapper.generate(**inputs, context=essay_text[:2000], max_new_tokens=3, return_dict_in_generate=True)
+    trace = out.trace[0]
+    assert trace.blocks_read == list(range(trace.num_blocks))
+    assert all(step.gate_scores is None for step in trace.steps)
+
+
+def test_max_steps_bounds_the_reads(tokenizer, essay_text):
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig.memagent(chunk_size=64, max_steps=2, note_tokens=4))
+    out = wrapper.generate(**_chat(tokenizer, "Why?"), context=essay_text[:2000], max_new_tokens=2,
+                           return_dict_in_generate=True)
+    assert out.trace[0].blocks_read == [0, 1]
+
+
+def test_batches_take_one_context_per_row_or_one_shared(tokenizer, essay_text):
+    tokenizer.padding_side = "left"
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig.memagent(chunk_size=128, note_tokens=4))
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+               for q in ("Short?", "A much longer question about the essay?")]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    contexts = [essay_text[:700], essay_text[5000:7000]]
+    out = wrapper.generate(**inputs, context=contexts, max_new_tokens=4, min_new_tokens=4,
+                           return_dict_in_generate=True)
+    assert out.sequences.shape == (2, inputs["input_ids"].shape[1] + 4)
+    assert [t.num_blocks for t in out.trace] == [len(wrapper.compress(c)) for c in contexts]
+    assert out.trace[1].question == "A much longer question about the essay?"
+    shared = wrapper.generate(**inputs, context=essay_text[:700], max_new_tokens=4, return_dict_in_generate=True)
+    assert [t.num_blocks for t in shared.trace] == [out.trace[0].num_blocks] * 2
+
+
+def test_over_long_prompt_becomes_context_and_question(tokenizer, essay_text):
+    config = MemoryConfig.memagent(chunk_size=128, direct_max_tokens=200, note_tokens=4)
+    wrapper = tiny_wrapper("llama", tokenizer, config)
+    question = "What does the author think?"
+    message = essay_text[:3000] + "\n\n" + question
+    inputs = _chat(tokenizer, message)
+    out = wrapper.generate(**inputs, max_new_tokens=3, return_dict_in_generate=True)
+    trace = out.trace[0]
+    assert trace.question.endswith(question) and len(tokenizer(trace.question)["input_ids"]) <= config.query_tokens
+    assert trace.num_blocks >= 4
+    assert out.sequences.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_bad_calls_get_clear_errors(tokenizer, essay_text):
+    wrapper = tiny_wrapper("llama", tokenizer)
+    ids = tokenizer("Question?", return_tensors="pt")["input_ids"]
+    bank = wrapper.compress(essay_text[:500])
+    with pytest.raises(ValueError, match="not both"):
+        wrapper.generate(ids, context="text", memory=bank)
+    with pytest.raises(ValueError, match="integer token ids"):
+        wrapper.generate(ids.float(), context="text")
+    with pytest.raises(ValueError, match="empty"):
+        wrapper.generate(ids, context="   ")
+    with pytest.raises(ValueError, match="str"):
+        wrapper.generate(ids, context=b"bytes")
+    with pytest.raises(ValueError, match="MemoryBank"):
+        wrapper.generate(ids, memory="not a bank")
+    with pytest.raises(ValueError, match="question"):
+        wrapper.answer("", context="text")
+
+
+def test_answer_applies_the_chat_template(smollm2, essay_text):
+    text = smollm2.answer("Who wrote this?", context=essay_text[:1500], max_new_tokens=6)
+    assert isinstance(text, str) and text

@@ -1,0 +1,98 @@
+"""A block read as a KV prefix must behave exactly like the tokens it came from (DESIGN §3.1)."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from compressmem import MemoryConfig
+from compressmem.reasoner import UpdateInput, generate_updates
+
+from .conftest import tiny_wrapper
+
+PROMPT = "\n\nQuestion: what did the text say?"
+
+
+def _logits_from_block(wrapper, bank, block_index, prompt_ids):
+    block = bank.blocks[block_index]
+    keys = torch.cat([bank.prefix_keys, block.keys], dim=2)
+    values = torch.cat([bank.prefix_values, block.values], dim=2)
+    cache = DynamicCache([(keys[i][None], values[i][None]) for i in range(keys.shape[0])])
+    start = bank.prefix_ids.numel() + block.num_tokens
+    positions = torch.arange(start, start + prompt_ids.numel())[None]
+    with torch.no_grad():
+        return wrapper.model(input_ids=prompt_ids[None], past_key_values=cache, position_ids=positions).logits[0]
+
+
+def _logits_from_tokens(wrapper, bank, block_index, prompt_ids, attention_mask=None):
+    ids = torch.cat([bank.prefix_ids, bank.blocks[block_index].token_ids, prompt_ids])[None]
+    with torch.no_grad():
+        logits = wrapper.model(input_ids=ids, attention_mask=attention_mask).logits[0]
+    return logits[-prompt_ids.numel():]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_uncompressed_block_prefix_equals_reading_the_chunk(arch, tokenizer, essay_text):
+    config = MemoryConfig(chunk_size=96, compressor="none", ratio=1, read="compressed", gate=None)
+    wrapper = tiny_wrapper(arch, tokenizer, config)
+    bank = wrapper.compress(essay_text[:3000])
+    prompt = wrapper.prompts.encode(PROMPT)
+    for index in (0, len(bank) - 1):
+        expected = _logits_from_tokens(wrapper, bank, index, prompt)
+        torch.testing.assert_close(_logits_from_block(wrapper, bank, index, prompt), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_uncompressed_block_prefix_equals_reading_the_chunk_smollm2(smollm2, essay_text):
+    config = MemoryConfig(chunk_size=256, compressor="none", ratio=1, read="compressed", gate=None)
+    wrapper = type(smollm2)(smollm2.model, smollm2.tokenizer, config, smollm2.base_name, show_progress=False)
+    bank = wrapper.compress(essay_text[:2000])
+    prompt = wrapper.prompts.encode(PROMPT)
+    expected = _logits_from_tokens(wrapper, bank, 0, prompt)
+    torch.testing.assert_close(_logits_from_block(wrapper, bank, 0, prompt), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_selected_block_continues_at_the_chunks_original_positions(tokenizer, essay_text):
+    """Reference: the full token sequence, with each prompt query allowed to see only the chunk entries
+    the compressor kept for its KV head. Any other placement of the prompt gives other logits."""
+    config = MemoryConfig(chunk_size=80, ratio=2, score="observed", read="compressed", gate=None)
+    wrapper = tiny_wrapper("llama", tokenizer, config, num_hidden_layers=1)  # one layer: one mask fits
+    bank = wrapper.compress(essay_text[:1500])
+    prompt = wrapper.prompts.encode(PROMPT)
+    block = bank.blocks[1]
+    prefix_len, chunk_len, prompt_len = bank.prefix_ids.numel(), block.num_tokens, prompt.numel()
+    total = prefix_len + chunk_len + prompt_len
+    heads = wrapper.model.config.num_attention_heads
+    group = heads // block.positions.shape[1]
+    mask = torch.ones(total, total, dtype=torch.bool).tril().expand(heads, -1, -1).clone()
+    mask[:, prefix_len + chunk_len:, prefix_len:prefix_len + chunk_len] = False
+    for head in range(heads):
+        kept = block.positions[0, head // group].long()
+        mask[head, prefix_len + chunk_len:, kept] = True
+    expected = _logits_from_tokens(wrapper, bank, 1, prompt, attention_mask=mask[None])
+    torch.testing.assert_close(_logits_from_block(wrapper, bank, 1, prompt), expected, atol=1e-5, rtol=1e-5)
+
+    shifted = bank.blocks[1].keys.shape[-2]  # "compacted" placement: right after the kept entries
+    cache_keys = torch.cat([bank.prefix_keys, block.keys], dim=2)
+    cache_values = torch.cat([bank.prefix_values, block.values], dim=2)
+    cache = DynamicCache([(cache_keys[i][None], cache_values[i][None]) for i in range(cache_keys.shape[0])])
+    with torch.no_grad():
+        wrong = wrapper.model(input_ids=prompt[None], past_key_values=cache).logits[0]
+    assert shifted < chunk_len and not torch.allclose(wrong, expected, atol=1e-3)
+
+
+def test_batched_updates_with_ragged_blocks_match_single_rows(tokenizer, essay_text):
+    """Left-padded caches and prompts must not change what each row generates."""
+    config = MemoryConfig(chunk_size=64, compressor="none", ratio=1, read="compressed", gate=None)
+    wrapper = tiny_wrapper("qwen2", tokenizer, config)
+    bank = wrapper.compress(essay_text[:1200])
+    rows = []
+    for index, question in ((0, "Who?"), (len(bank) - 1, "What is the longest question of them all, really?")):
+        block = bank.blocks[index]
+        rows.append(UpdateInput(torch.cat([bank.prefix_keys, block.keys], 2), torch.cat([bank.prefix_values, block.values], 2),
+                                wrapper.prompts.update_ids(question, ""), bank.prefix_ids.numel() + block.num_tokens))
+    raw = UpdateInput(None, None, torch.cat([bank.prefix_ids, bank.blocks[0].token_ids,
+                                             wrapper.prompts.update_ids("Who?", "")]), 0)
+    assert bank.blocks[-1].num_tokens != bank.blocks[0].num_tokens
+    batched = generate_updates(wrapper.model, tokenizer, rows + [raw], 12)
+    single = [generate_updates(wrapper.model, tokenizer, [row], 12)[0] for row in rows]
+    assert batched[:2] == single
+    assert batched[2] == single[0], "reading the raw chunk must equal reading its uncompressed block"
