@@ -53,7 +53,7 @@ class MemoryConfig:
     compressor: str = "select"
     ratio: float = 4.0
     score: str = "observed"
-    gate: str | None = "attention"
+    gate: str | None = "lexical"
     gate_threshold: float | None = None
     gate_top_k: int | None = 1
     gate_layers: tuple[int, ...] | None = None
