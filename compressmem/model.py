@@ -216,7 +216,7 @@ class CompressedMemoryModel:
             ids[row, width - prompt.numel():] = prompt
             mask[row, width - prompt.numel():] = 1
         generation_kwargs.setdefault("pad_token_id", pad_id)
-        out = self.model.generate(input_ids=ids.to(input_ids.device), attention_mask=mask.to(input_ids.device),
+        out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
                                   **generation_kwargs)
         sequences = out.sequences if hasattr(out, "sequences") else out
         sequences = torch.cat([input_ids, sequences[:, width:].to(input_ids.device)], dim=1)

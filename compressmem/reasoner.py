@@ -151,9 +151,9 @@ class Reasoner:
         prompt = self.prompts.update_ids(row.trace.question, row.trace.memory)
         if self.config.read == "raw":
             return UpdateInput(None, None, torch.cat([bank.prefix_ids, block.token_ids, prompt]), 0)
-        device = self.model.device
-        keys = torch.cat([bank.prefix_keys.to(device), block.keys.to(device)], dim=2)
-        values = torch.cat([bank.prefix_values.to(device), block.values.to(device)], dim=2)
+        place = dict(device=self.model.device, dtype=self.model.dtype)  # a bank may come from another dtype
+        keys = torch.cat([bank.prefix_keys.to(**place), block.keys.to(**place)], dim=2)
+        values = torch.cat([bank.prefix_values.to(**place), block.values.to(**place)], dim=2)
         return UpdateInput(keys, values, prompt, bank.prefix_ids.numel() + block.num_tokens)
 
 

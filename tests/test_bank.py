@@ -69,3 +69,16 @@ def test_loading_something_that_is_not_a_bank_fails_clearly(tmp_path):
     save_file({"x": torch.zeros(2)}, str(path))
     with pytest.raises(BankMismatchError, match="not a compressmem memory bank"):
         MemoryBank.load(path)
+
+
+def test_a_bank_moves_between_devices_and_dtypes_and_still_reads(tokenizer, essay_text):
+    import torch
+
+    config = MemoryConfig(chunk_size=64, ratio=2, read="compressed", gate_layers=(1, 2), note_tokens=4)
+    wrapper = tiny_wrapper("llama", tokenizer, config)
+    bank = wrapper.compress(essay_text[:900], bank_device="cpu")
+    assert bank.blocks[0].keys.device.type == "cpu"
+    wrapper.model.to(torch.bfloat16)
+    ids = tokenizer("Question?", return_tensors="pt")["input_ids"]
+    out = wrapper.generate(ids, memory=bank.to("cpu"), max_new_tokens=2, min_new_tokens=2)
+    assert out.shape == (1, ids.shape[1] + 2)

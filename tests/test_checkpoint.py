@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from compressmem import CheckpointMismatchError, CompressedMemoryModel, MemoryConfig
+
+from .conftest import tiny_model
+
+
+def _save_tiny_base(folder, tokenizer, seed):
+    model = tiny_model("llama", tokenizer, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_checkpoint_round_trip_and_base_model_check(tokenizer, tmp_path):
+    base = _save_tiny_base(tmp_path / "base", tokenizer, 0)
+    other = _save_tiny_base(tmp_path / "other", tokenizer, 1)
+    config = MemoryConfig(chunk_size=128, gate_top_k=3, recall=True)
+    model = CompressedMemoryModel.from_pretrained(str(base), config=config, show_progress=False)
+    model.save_pretrained(tmp_path / "ckpt")
+    saved = json.loads((tmp_path / "ckpt" / "compressmem_config.json").read_text())
+    assert saved["base_model"]["digest"] == model.fingerprint.digest
+    assert not list((tmp_path / "ckpt").glob("*.bin")) and not list((tmp_path / "ckpt").glob("*.pt"))
+
+    reloaded = CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "ckpt", show_progress=False)
+    assert reloaded.memory_config == config
+    with pytest.raises(CheckpointMismatchError, match="base.*other|other.*base"):
+        CompressedMemoryModel.from_pretrained(str(other), memory=tmp_path / "ckpt", show_progress=False)
+    with pytest.raises(FileNotFoundError, match="not a compressmem checkpoint"):
+        CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path, show_progress=False)
+
+
+def test_hf_kwargs_reach_transformers(tokenizer, tmp_path):
+    import torch
+
+    base = _save_tiny_base(tmp_path / "base", tokenizer, 0)
+    model = CompressedMemoryModel.from_pretrained(str(base), torch_dtype=torch.bfloat16, attn_implementation="eager",
+                                                  show_progress=False)
+    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "eager"

@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+from .conftest import tiny_model
+
+
+def test_compress_then_ask_from_the_command_line(tokenizer, essay_text, tmp_path):
+    base = tmp_path / "base"
+    tiny_model("llama", tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    document = tmp_path / "doc.txt"
+    document.write_text(essay_text[:3000], encoding="utf-8")
+    bank = tmp_path / "doc.safetensors"
+    common = ["--model", str(base), "--chunk-size", "128", "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "compressmem.cli", "compress", str(document), "-o", str(bank), *common],
+                          capture_output=True, text=True, check=True)
+    assert bank.exists() and "blocks" in done.stdout
+    for source in (document, bank):
+        asked = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--context", str(source), "--question",
+                                "What is this about?", "--max-new-tokens", "3", "--trace", *common],
+                               capture_output=True, text=True, check=True)
+        assert '"read"' in asked.stderr
+    memagent = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--context", str(document), "--question",
+                               "Why?", "--max-new-tokens", "2", "--memagent", "--trace", *common],
+                              capture_output=True, text=True, check=True)
+    assert '"read": [\n    0,\n    1,' in memagent.stderr
+
+
+def test_cli_reports_unreadable_files(tmp_path):
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x80" * 10)
+    done = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--context", str(binary), "--question", "x",
+                           "--model", str(tmp_path), "--quiet"], capture_output=True, text=True)
+    assert done.returncode != 0

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from compressmem import MemoryConfig
+from compressmem.gate import LexicalGate, gate_scores
+from compressmem.rope import find_rotary_embedding, unrotate
+
+from .conftest import tiny_model, tiny_wrapper
+
+
+def _naive_scores(queries, keys, offsets, scale):
+    layers, heads, _, _ = queries.shape
+    group = heads // keys.shape[1]
+    out = torch.empty(len(offsets) - 1, layers, heads)
+    for b in range(len(offsets) - 1):
+        for layer in range(layers):
+            for head in range(heads):
+                block = keys[layer, head // group, offsets[b]:offsets[b + 1]]
+                out[b, layer, head] = (queries[layer, head] @ block.T * scale).logsumexp(-1).mean()
+    return out
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_gate_scores_match_a_naive_loop_on_ragged_blocks(group):
+    torch.manual_seed(group)
+    kv_heads, dim = 2, 16
+    sizes = [1, 7, 3, 12, 1, 5]
+    offsets = torch.tensor([0] + sizes).cumsum(0)
+    queries = torch.randn(3, kv_heads * group, 5, dim)
+    keys = torch.randn(3, kv_heads, int(offsets[-1]), dim)
+    expected = _naive_scores(queries, keys, offsets, dim ** -0.5)
+    torch.testing.assert_close(gate_scores(queries, keys, offsets), expected, atol=1e-5, rtol=1e-5)
+    masked = gate_scores(queries, keys, offsets, query_mask=torch.tensor([True, False, False, False, False]))
+    torch.testing.assert_close(masked, _naive_scores(queries[:, :, :1], keys, offsets, dim ** -0.5), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_gate_scores_reject_mismatched_heads():
+    with pytest.raises(ValueError, match="multiple of KV heads"):
+        gate_scores(torch.randn(1, 3, 2, 8), torch.randn(1, 2, 4, 8), torch.tensor([0, 4]))
+
+
+def test_unrotate_undoes_rope(tokenizer):
+    model = tiny_model("llama", tokenizer)
+    rotary = find_rotary_embedding(model)
+    states = torch.randn(2, 5, 16)
+    positions = torch.tensor([[3, 90, 7, 400, 1], [0, 2, 9, 11, 2000]])
+    cos, sin = rotary(states, positions.reshape(1, -1))
+    cos, sin = cos.reshape(2, 5, 16), sin.reshape(2, 5, 16)
+    half = torch.cat([-states[..., 8:], states[..., :8]], dim=-1)
+    rotated = states * cos + half * sin
+    torch.testing.assert_close(unrotate(rotated, positions, rotary), states, atol=1e-5, rtol=1e-5)
+
+
+def test_lexical_gate_finds_the_block_sharing_rare_words(tokenizer):
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=40, gate="lexical"))
+    filler = "The weather was mild and the town was quiet that year. " * 12
+    context = filler + "The zephyrine lockbox holds the opal key. " + filler
+    bank = wrapper.compress(context)
+    gate = LexicalGate(tokenizer)
+    scores = gate.score(wrapper.model, ["Where is the zephyrine lockbox?", "nothing matches xyzzy"],
+                        gate.index(bank, wrapper.model))
+    holder = next(i for i, b in enumerate(bank.blocks) if "zephyrine" in tokenizer.decode(b.token_ids))
+    assert scores[0].argmax().item() == holder
+    torch.testing.assert_close(scores.sum(dim=1), torch.ones(2))
+    torch.testing.assert_close(scores[1], torch.full((len(bank),), 1 / len(bank)))
+
+
+def test_recall_pass_reads_the_best_unread_block(tokenizer):
+    """With top-2 passing, a scan that has moved past a passing block comes back to it in recall."""
+    from compressmem.reasoner import _Row, Trace
+
+    config = MemoryConfig(gate="lexical", gate_top_k=2, recall=True)
+    row = _Row(bank=[None] * 4, trace=Trace("q", 4))
+    scores = torch.tensor([0.1, 0.5, 0.1, 0.3])
+    assert row.next_block(scores, config) == 1
+    row.trace.steps.append(type("Step", (), {"block": 1})())
+    shifted = torch.tensor([0.6, 0.05, 0.05, 0.3])
+    assert row.next_block(shifted, config) == 3
+    row.trace.steps.append(type("Step", (), {"block": 3})())
+    assert row.next_block(shifted, config) == 0 and row.recalling
+    row.trace.steps.append(type("Step", (), {"block": 0})())
+    assert row.next_block(shifted, config) is None

