@@ -26,7 +26,7 @@ REWRITE_UPDATE_TEMPLATE = (
     "helps answer the question. If the section has nothing relevant, repeat the notes so far."
 )
 DEFAULT_ANSWER_TEMPLATE = "Notes taken while reading a long document: {memory}\n\n{question}"
-DEFAULT_GATE_TEMPLATE = "Question: {question}\n\nNotes so far: {memory}"
+DEFAULT_GATE_TEMPLATE = "{question}\n{memory}"
 DEFAULT_EMPTY_MEMORY = "(none yet)"
 
 
@@ -49,7 +49,7 @@ class MemoryConfig:
     `MemoryConfig.memagent()` for the MemAgent baseline: no compression, no gate, every chunk read.
     """
 
-    chunk_size: int = 4096
+    chunk_size: int = 2048
     compressor: str = "select"
     ratio: float = 4.0
     score: str = "observed"

@@ -51,7 +51,8 @@ class PromptBuilder:
         return self.encode(text + (self.chat_tail or "\n\nUpdated notes:"))
 
     def gate_text(self, question: str, memory: str) -> str:
-        return self.config.gate_template.format(question=question, memory=self._memory(memory))
+        """What the gate matches blocks against: the question and the notes, without placeholder text."""
+        return self.config.gate_template.format(question=question, memory=memory).strip()
 
     def answer_ids(self, question: Question, memory: str) -> torch.Tensor:
         """The user's own prompt with its question replaced by the question plus the working memory."""
