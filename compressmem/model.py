@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .bank import MemoryBank, MemoryBlock
-from .chunking import Context, split_into_chunks, tokenize_context
+from .chunking import Chunk, Context, split_into_chunks, tokenize_context
 from .compressors import build_compressor
 from .config import MemoryConfig
 from .embedded import resolve_model_source
@@ -130,28 +130,12 @@ class CompressedMemoryModel:
         prefix_ids = self.prompts.section_prefix_ids()
         layers = self._bank_layers()
         bank_device = self.model.device if bank_device is None else torch.device(bank_device)
-        keys: list[torch.Tensor | None] = [None] * len(chunks)
-        values: list[torch.Tensor | None] = [None] * len(chunks)
-        positions: list[torch.Tensor | None] = [None] * len(chunks)
-        prefix_keys = prefix_values = None
+        show = self.show_progress if show_progress is None else show_progress
+        empty: list[torch.Tensor | None] = [None] * len(chunks)
+        keys, values, positions, prefix_keys, prefix_values = empty, empty, empty, None, None
         if config.needs_kv:
-            by_length = defaultdict(list)
-            for i, chunk in enumerate(chunks):
-                by_length[chunk.token_ids.numel()].append(i)
-            show = self.show_progress if show_progress is None else show_progress
-            with tqdm(total=len(chunks), desc="Compressing", unit="chunk", disable=not show) as bar:
-                for members in by_length.values():
-                    for start in range(0, len(members), config.compress_batch_size):
-                        batch = members[start:start + config.compress_batch_size]
-                        ids = torch.stack([chunks[i].token_ids for i in batch])
-                        out = self.compressor.compress(self.model, prefix_ids, ids, layers, config.read == "compressed")
-                        for row, i in enumerate(batch):
-                            keys[i] = out.keys[row].to(bank_device)
-                            values[i] = None if out.values is None else out.values[row].to(bank_device)
-                            positions[i] = out.positions[row].to(bank_device)
-                        prefix_keys = out.prefix_keys.to(bank_device)
-                        prefix_values = None if out.prefix_values is None else out.prefix_values.to(bank_device)
-                        bar.update(len(batch))
+            keys, values, positions, prefix_keys, prefix_values = self._compress_chunks(
+                chunks, prefix_ids, layers, bank_device, show)
         blocks = [MemoryBlock(chunk.token_ids, keys[i], values[i], positions[i], chunk.document, chunk.token_start,
                               chunk.char_span) for i, chunk in enumerate(chunks)]
         settings = {"chunk_size": config.chunk_size, "compressor": config.compressor, "ratio": config.ratio,
@@ -201,6 +185,32 @@ class CompressedMemoryModel:
         generation_kwargs.setdefault("do_sample", False)
         out = self.generate(ids.to(self.model.device), context=context, memory=memory, **generation_kwargs)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    def _compress_chunks(self, chunks: list[Chunk], prefix_ids: torch.Tensor, layers: tuple[int, ...],
+                         bank_device: torch.device, show: bool) -> tuple:
+        """Per-chunk (keys, values, positions) plus the shared prefix KV, batching chunks of equal length."""
+        count = len(chunks)
+        keys: list = [None] * count
+        values: list = [None] * count
+        positions: list = [None] * count
+        keep_values = self.memory_config.read == "compressed"
+        by_length = defaultdict(list)
+        for i, chunk in enumerate(chunks):
+            by_length[chunk.token_ids.numel()].append(i)
+        batch_size = self.memory_config.compress_batch_size
+        with tqdm(total=count, desc="Compressing", unit="chunk", disable=not show) as bar:
+            for members in by_length.values():
+                for start in range(0, len(members), batch_size):
+                    batch = members[start:start + batch_size]
+                    out = self.compressor.compress(self.model, prefix_ids, torch.stack([chunks[i].token_ids for i in batch]),
+                                                   layers, keep_values)
+                    for row, i in enumerate(batch):
+                        keys[i] = out.keys[row].to(bank_device)
+                        values[i] = None if out.values is None else out.values[row].to(bank_device)
+                        positions[i] = out.positions[row].to(bank_device)
+                    bar.update(len(batch))
+        prefix_values = None if out.prefix_values is None else out.prefix_values.to(bank_device)
+        return keys, values, positions, out.prefix_keys.to(bank_device), prefix_values
 
     def _answer_from_banks(self, input_ids: torch.Tensor, questions: list[Question], banks: list[MemoryBank],
                            generation_kwargs: dict[str, Any]):

@@ -32,7 +32,8 @@ def test_bank_reports_its_size_and_round_trips_through_safetensors(tokenizer, es
 
 
 def test_gate_only_bank_keeps_just_the_gate_layers_keys(tokenizer, essay_text):
-    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=64, read="raw", gate_layers=(2,)))
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=64, read="raw", gate="attention",
+                                                                gate_layers=(2,)))
     bank = wrapper.compress(essay_text[:1000])
     assert bank.layers == (2,) and bank.blocks[0].keys.shape[0] == 1
     assert bank.blocks[0].values is None and not bank.has_values

@@ -34,9 +34,9 @@ def test_attributes_fall_through_to_the_base_model(tokenizer):
         wrapper.no_such_attribute
 
 
-@pytest.mark.parametrize("read", ["raw", "compressed"])
-def test_generate_with_context_returns_prompt_then_new_ids_and_a_trace(tokenizer, essay_text, read):
-    config = MemoryConfig(chunk_size=64, read=read, gate_top_k=2, gate_layers=(1, 2), note_tokens=8)
+@pytest.mark.parametrize("read, gate", [("raw", "attention"), ("compressed", "attention"), ("raw", "lexical")])
+def test_generate_with_context_returns_prompt_then_new_ids_and_a_trace(tokenizer, essay_text, read, gate):
+    config = MemoryConfig(chunk_size=64, read=read, gate=gate, gate_top_k=2, gate_layers=(1, 2), note_tokens=8)
     wrapper = tiny_wrapper("llama", tokenizer, config)
     inputs = _chat(tokenizer, "What is this about?")
     out = wrapper.generate(**inputs, context=essay_text[:1500], max_new_tokens=5, min_new_tokens=5,
