@@ -1,0 +1,57 @@
+"""Compression throughput as a fraction of plain prefill throughput of the same model, same chunks.
+
+Runs each compressor configuration and a plain forward pass over the same batches, alternating, and
+prints tokens/s and the ratio. Compression is one forward pass plus scoring; anything far below
+1.0 is overhead.
+
+    python benchmarks/compress_throughput.py --tokens 16384 --chunk-size 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "pg_essays.json"
+CONFIGS = {
+    "select/keynorm r4, gate keys only (read=raw, gate=attention)": dict(score="keynorm", gate="attention"),
+    "select/observed r4, gate keys only": dict(score="observed", gate="attention"),
+    "select/window r4, gate keys only": dict(score="window", gate="attention"),
+    "select/keynorm r4, all layers (read=compressed)": dict(score="keynorm", read="compressed", gate=None),
+    "none r1, all layers (read=compressed)": dict(compressor="none", ratio=1, read="compressed", gate=None),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    args = parser.parse_args()
+
+    from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
+    from compressmem.eval import load_haystack
+
+    base = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, show_progress=False)
+    ids = base.tokenizer(load_haystack(HAYSTACK)[:8 * args.tokens], add_special_tokens=False,
+                         return_tensors="pt")["input_ids"][0, :args.tokens]
+    batch = 4
+    print(f"| configuration | compress tok/s | prefill tok/s | compress / prefill |\n|---|---|---|---|")
+    for name, settings in CONFIGS.items():
+        config = MemoryConfig(chunk_size=args.chunk_size, compress_batch_size=batch, **settings)
+        model = CompressedMemoryModel(base.model, base.tokenizer, config, base.base_name, show_progress=False)
+        start = time.perf_counter()
+        model.compress(ids)
+        compress_rate = ids.numel() / (time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for chunk in ids.view(-1, batch, args.chunk_size):
+                base.model(input_ids=chunk, logits_to_keep=1)
+        prefill_rate = ids.numel() / (time.perf_counter() - start)
+        print(f"| {name} | {compress_rate:.0f} | {prefill_rate:.0f} | {compress_rate / prefill_rate:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
