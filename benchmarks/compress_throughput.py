@@ -38,7 +38,7 @@ def main() -> None:
     ids = base.tokenizer(load_haystack(HAYSTACK)[:8 * args.tokens], add_special_tokens=False,
                          return_tensors="pt")["input_ids"][0, :args.tokens]
     batch = 4
-    print(f"| configuration | compress tok/s | prefill tok/s | compress / prefill |\n|---|---|---|---|")
+    print("| configuration | compress tok/s | prefill tok/s | compress / prefill |\n|---|---|---|---|")
     for name, settings in CONFIGS.items():
         config = MemoryConfig(chunk_size=args.chunk_size, compress_batch_size=batch, **settings)
         model = CompressedMemoryModel(base.model, base.tokenizer, config, base.base_name, show_progress=False)

@@ -52,7 +52,7 @@ class MemoryConfig:
     chunk_size: int = 2048
     compressor: str = "select"
     ratio: float = 4.0
-    score: str = "observed"
+    score: str = "keynorm"
     gate: str | None = "lexical"
     gate_threshold: float | None = None
     gate_top_k: int | None = 1

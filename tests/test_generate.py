@@ -31,7 +31,7 @@ def test_attributes_fall_through_to_the_base_model(tokenizer):
     assert wrapper.config is wrapper.model.config
     assert wrapper.device == wrapper.model.device and wrapper.dtype == wrapper.model.dtype
     with pytest.raises(AttributeError):
-        wrapper.no_such_attribute
+        getattr(wrapper, "no_such_attribute")
 
 
 @pytest.mark.parametrize("read, gate", [("raw", "attention"), ("compressed", "attention"), ("raw", "lexical")])
