@@ -33,13 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     from .model import CompressedMemoryModel  # heavy import after argument errors are reported
 
     config = _memory_config(args)
+    source = args.file if args.command == "compress" else args.context
+    text = None if source.suffix == ".safetensors" else _read_text(source)  # fail before loading a model
     model = CompressedMemoryModel.from_pretrained(args.model, config=config, show_progress=not args.quiet)
     if args.command == "compress":
-        bank = model.compress(_read_text(args.file))
+        bank = model.compress(text)
         bank.save(args.output)
         print(f"{args.output}: {len(bank)} blocks, {bank.num_tokens} tokens, {bank.nbytes / 2**20:.1f} MiB")
         return 0
-    return _ask(model, args)
+    return _ask(model, args, text)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -57,13 +59,10 @@ def _memory_config(args: argparse.Namespace) -> MemoryConfig:
     return MemoryConfig.memagent(**settings) if args.memagent else MemoryConfig.from_dict(settings)
 
 
-def _ask(model, args: argparse.Namespace) -> int:
+def _ask(model, args: argparse.Namespace, text: str | None) -> int:
     from .bank import MemoryBank
 
-    if args.context.suffix == ".safetensors":
-        source = {"memory": MemoryBank.load(args.context)}
-    else:
-        source = {"context": _read_text(args.context)}
+    source = {"memory": MemoryBank.load(args.context)} if text is None else {"context": text}
     inputs = model.tokenizer.apply_chat_template([{"role": "user", "content": args.question}],
                                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, **source, max_new_tokens=args.max_new_tokens, do_sample=False,

@@ -31,4 +31,7 @@ def test_cli_reports_unreadable_files(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00\x80" * 10)
     done = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--context", str(binary), "--question", "x",
                            "--model", str(tmp_path), "--quiet"], capture_output=True, text=True)
-    assert done.returncode != 0
+    assert done.returncode != 0 and "not UTF-8 text" in done.stderr
+    missing = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--context", str(tmp_path / "nope.txt"),
+                              "--question", "x", "--model", str(tmp_path), "--quiet"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "cannot read" in missing.stderr
