@@ -25,6 +25,7 @@ class GateIndex:
 
     keys: torch.Tensor  # [gate layers, kv_heads, total entries, d]
     offsets: torch.Tensor  # [blocks + 1]
+    rotary: torch.nn.Module | None  # the model's RoPE module, found once here rather than at every step
 
     @classmethod
     def build(cls, bank: MemoryBank, layers: tuple[int, ...], model: PreTrainedModel) -> "GateIndex":
@@ -43,7 +44,7 @@ class GateIndex:
                 block_keys = unrotate(block_keys, block.positions[rows].long(), rotary)
             keys.append(block_keys)
         sizes = torch.tensor([0] + [block.num_entries for block in bank.blocks])
-        return cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0))
+        return cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0), rotary=rotary)
 
 
 class AttentionGate:
@@ -69,7 +70,7 @@ class AttentionGate:
         """`[rows, blocks]` block scores for each gate prompt."""
         prompts = [torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] or
                                 [self.tokenizer.eos_token_id]) for text in texts]
-        queries = self._queries(model, prompts)
+        queries = self._queries(model, prompts, index.rotary)
         scale = self.sharpness * queries.shape[-1] ** -0.5
         rows = []
         for row_queries, length in zip(queries, (p.numel() for p in prompts)):
@@ -77,7 +78,8 @@ class AttentionGate:
             rows.append(pooled.softmax(dim=0).mean(dim=(1, 2)))
         return torch.stack(rows)
 
-    def _queries(self, model: PreTrainedModel, prompts: list[torch.Tensor]) -> torch.Tensor:
+    def _queries(self, model: PreTrainedModel, prompts: list[torch.Tensor],
+                 rotary: torch.nn.Module | None) -> torch.Tensor:
         """Queries at the gate layers rotated back to position 0, `[rows, layers, heads, q, d]`."""
         width = max(p.numel() for p in prompts)
         ids = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -97,7 +99,6 @@ class AttentionGate:
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), position_ids=positions,
                   use_cache=False, logits_to_keep=1)
         queries = torch.stack([captured[i] for i in self.layers], dim=1)
-        rotary = find_rotary_embedding(model)
         if rotary is None:
             return queries
         query_positions = positions.view(len(prompts), 1, 1, width).expand(*queries.shape[:-1])
