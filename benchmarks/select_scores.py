@@ -26,7 +26,7 @@ def run(model, config, cases, banks) -> tuple[float, float]:
     tok = model.tokenizer
     score = recall = 0
     for case, bank in zip(cases, banks):
-        needle_block = len(tok(case.context[:case.needle_span[0]], add_special_tokens=False)["input_ids"]) // 1024
+        needle_block = bank.blocks_overlapping(list(case.evidence))[0]
         inputs = tok.apply_chat_template([{"role": "user", "content": case.question}], add_generation_prompt=True,
                                          return_tensors="pt", return_dict=True)
         out = reader.generate(**inputs, memory=bank, max_new_tokens=32, do_sample=False, return_dict_in_generate=True)
@@ -44,11 +44,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
-    from compressmem.eval import load_haystack, make_niah_case
+    from compressmem.eval import make_cases
 
     base = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, show_progress=False)
-    haystack = load_haystack(HAYSTACK)
-    cases = [make_niah_case(base.tokenizer, haystack, 4096, seed) for seed in range(args.cases)]
+    cases = make_cases("niah_single", base.tokenizer, 4096, args.cases, seed=0)
     print("| score | ratio | compressed read: accuracy | raw read + attention gate: accuracy | gate needle recall |")
     print("|---|---|---|---|---|")
     for ratio in map(float, args.ratios.split(",")):

@@ -100,6 +100,18 @@ class MemoryBank:
                 "rebuild the bank with this model's compress()."
             )
 
+    def subset(self, indices: list[int]) -> "MemoryBank":
+        """A bank of only the blocks at `indices`, in that order (e.g. the evidence blocks of an oracle gate)."""
+        if any(not 0 <= i < len(self.blocks) for i in indices):
+            raise IndexError(f"block indices {indices} must lie in 0..{len(self.blocks) - 1}.")
+        return replace(self, blocks=[self.blocks[i] for i in indices])
+
+    def blocks_overlapping(self, spans: list[tuple[int, int]], document: int = 0) -> list[int]:
+        """Indices of the blocks whose text overlaps any of the character `spans` of `document`."""
+        return [i for i, block in enumerate(self.blocks)
+                if block.document == document and block.char_span is not None
+                and any(start < block.char_span[1] and block.char_span[0] < end for start, end in spans)]
+
     def to(self, device: torch.device | str) -> "MemoryBank":
         """Move every block to `device` (e.g. "cpu" to offload a bank built on a GPU)."""
         moved = [block.to(device) for block in self.blocks]

@@ -1,4 +1,5 @@
-"""`compressmem ask|compress`: answer a question over a long file, or compress it into a bank."""
+"""`compressmem ask|compress|eval`: answer a question over a long file, compress it into a bank, or
+run the evaluation suite."""
 
 from __future__ import annotations
 
@@ -28,11 +29,29 @@ def main(argv: list[str] | None = None) -> int:
     compress.add_argument("-o", "--output", required=True, type=Path)
     _common(compress)
 
+    evaluate = commands.add_parser("eval", help="seeded long-context tasks, side by side across modes")
+    _common(evaluate)
+    evaluate.add_argument("--memory", type=Path, help="compressmem checkpoint folder for the default mode")
+    evaluate.add_argument("--task", default="niah_single", help="comma-separated tasks: " + ",".join(_tasks()))
+    evaluate.add_argument("--lengths", default="8k,16k,32k", type=_token_counts, help="e.g. 8k,16k,32k or 1.75m")
+    evaluate.add_argument("--n", type=int, default=50, help="cases per task and length")
+    evaluate.add_argument("--modes", default="default,memagent,full", help="comma-separated: default, memagent, "
+                          "oracle (perfect gate), full (plain generate over the whole context)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", required=True, type=Path, help="folder for cases.jsonl, summary.md and plots")
+    evaluate.add_argument("--max-new-tokens", type=int, default=48)
+    evaluate.add_argument("--haystack", type=Path, help="haystack for needle and variable tracking tasks "
+                          "(RULER's pg_essays.json or a text file); default ../shared/data")
+    evaluate.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON; default ../shared/data")
+    evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from .model import CompressedMemoryModel  # heavy import after argument errors are reported
 
     config = _memory_config(args)
+    if args.command == "eval":
+        return _evaluate(args, config)
     source = args.file if args.command == "compress" else args.context
     text = None if source.suffix == ".safetensors" else _read_text(source)  # fail before loading a model
     model = CompressedMemoryModel.from_pretrained(args.model, config=config, show_progress=not args.quiet)
@@ -52,7 +71,55 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
 
-def _memory_config(args: argparse.Namespace) -> MemoryConfig:
+def _tasks() -> tuple[str, ...]:
+    from .eval.tasks import TASKS
+
+    return TASKS
+
+
+def _token_counts(text: str) -> list[int]:
+    """'8k,16k,1.75m' -> [8192, 16384, 1835008]: k and m are binary multiples, as context lengths are."""
+    counts = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        scale = {"k": 2**10, "m": 2**20}.get(item[-1:], 1)
+        try:
+            counts.append(int(float(item[:-1] if scale > 1 else item) * scale))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a token count like 8k, 32768 or 1.75m") from None
+    return counts
+
+
+def _evaluate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
+    from .eval import markdown, plot, run_eval, summarize
+    from .model import CompressedMemoryModel
+
+    tasks = [t.strip() for t in args.task.split(",")]
+    unknown = sorted(set(tasks) - set(_tasks()))
+    if unknown:
+        raise SystemExit(f"Unknown tasks {unknown}; the tasks are {list(_tasks())}.")
+    if not args.no_plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("Plots need matplotlib: pip install 'compressmem[eval]', or pass --no-plots.") from None
+    model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
+                                                  show_progress=not args.quiet)
+    records = run_eval(model, tasks, args.lengths, args.n, [m.strip() for m in args.modes.split(",")], args.seed,
+                       args.out, max_new_tokens=args.max_new_tokens, haystack=args.haystack,
+                       hotpotqa_file=args.hotpotqa_file, show_progress=not args.quiet)
+    rows = summarize(records)
+    summary = markdown(rows)
+    (args.out / "summary.md").write_text(summary, encoding="utf-8")
+    if not args.no_plots:
+        plot(rows, args.out)
+    print(summary)
+    return 0
+
+
+def _memory_config(args: argparse.Namespace) -> MemoryConfig | None:
+    if args.command == "eval" and not (args.config or args.chunk_size or args.memagent):
+        return None  # the checkpoint's (or the default) configuration
     settings = MemoryConfig.load(args.config).to_dict() if args.config else {}
     if args.chunk_size:
         settings["chunk_size"] = args.chunk_size

@@ -85,6 +85,11 @@ class CompressedMemoryModel:
             )
         return wrapper
 
+    def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> "CompressedMemoryModel":
+        """The same base model (no reload, no copy) under another `MemoryConfig`, e.g. to compare modes."""
+        show = self.show_progress if show_progress is None else show_progress
+        return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show)
+
     def __getattr__(self, name: str) -> Any:
         if name == "model":
             raise AttributeError(name)
@@ -174,17 +179,21 @@ class CompressedMemoryModel:
     def answer(self, question: str, context: Context | None = None, memory: MemoryBank | None = None,
                **generation_kwargs: Any) -> str:
         """Ask one question in plain text, with the chat template applied for you; returns the answer text."""
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("question must be a non-empty string.")
-        if self.tokenizer.chat_template:
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                                     return_tensors="pt", return_dict=True)["input_ids"]
-        else:
-            ids = self.tokenizer(question, return_tensors="pt")["input_ids"]
+        ids = self.prompt_ids(question)
         generation_kwargs.setdefault("max_new_tokens", 128)
         generation_kwargs.setdefault("do_sample", False)
         out = self.generate(ids.to(self.model.device), context=context, memory=memory, **generation_kwargs)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    def prompt_ids(self, question: str) -> torch.Tensor:
+        """`[1, n]` prompt ids for a plain-text user turn: the chat template when the tokenizer has one."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string.")
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                                      add_generation_prompt=True, return_tensors="pt",
+                                                      return_dict=True)["input_ids"]
+        return self.tokenizer(question, return_tensors="pt")["input_ids"]
 
     def _compress_chunks(self, chunks: list[Chunk], prefix_ids: torch.Tensor, layers: tuple[int, ...],
                          bank_device: torch.device, show: bool) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,17 @@ def haystack() -> str:
 @pytest.fixture(scope="session")
 def essay_text(haystack) -> str:
     return haystack[:20000]
+
+
+@pytest.fixture(scope="session")
+def hotpot_file(tmp_path_factory) -> Path:
+    """Twelve hand-made HotpotQA-layout questions, 4 paragraphs each, 2 of them gold."""
+    records = []
+    for q in range(12):
+        paragraphs = [[f"Topic {q}-{p}", [f"Sentence {s} about topic {q}-{p} and the river town. " for s in range(4)]]
+                      for p in range(4)]
+        records.append({"question": f"Which town is topic {q}?", "answer": f"Town{q}",
+                        "supporting_facts": [[f"Topic {q}-1", 2], [f"Topic {q}-3", 0]], "context": paragraphs})
+    path = tmp_path_factory.mktemp("hotpot") / "hotpot.json"
+    path.write_text(json.dumps(records))
+    return path

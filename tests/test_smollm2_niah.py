@@ -3,7 +3,7 @@
 import logging
 
 from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
-from compressmem.eval import make_niah_case, substring_match
+from compressmem.eval import make_cases, substring_match
 
 CASES = 10
 
@@ -24,7 +24,7 @@ def _run(smollm2, config, cases):
 
 
 def test_default_matches_memagent_while_reading_half_as_much(smollm2, haystack):
-    cases = [make_niah_case(smollm2.tokenizer, haystack, 4096, seed) for seed in range(CASES)]
+    cases = make_cases("niah_single", smollm2.tokenizer, 4096, CASES, seed=0, haystack=haystack)
     memagent_accuracy, memagent_reads = _run(smollm2, MemoryConfig.memagent(chunk_size=1024), cases)
     default_accuracy, default_reads = _run(smollm2, MemoryConfig(chunk_size=1024), cases)
     assert memagent_accuracy >= 0.6

@@ -1,5 +1,15 @@
-"""Seeded long-context tasks and their scoring."""
+"""Evaluation: seeded long-context tasks with located evidence, their scoring, and the runner."""
 
-from .niah import NiahCase, load_haystack, make_niah_case, substring_match
+from .cases import EvalCase
+from .haystack import load_haystack
+from .measure import PeakMemory
+from .report import markdown, plot, summarize
+from .runner import MODES, run_eval
+from .scoring import exact_match, normalize_answer, score_answer, substring_match, substring_match_all, token_f1
+from .tasks import TASKS, default_data_dir, make_cases
 
-__all__ = ["NiahCase", "load_haystack", "make_niah_case", "substring_match"]
+__all__ = [
+    "EvalCase", "MODES", "PeakMemory", "TASKS", "default_data_dir", "exact_match", "load_haystack", "make_cases",
+    "markdown", "normalize_answer", "plot", "run_eval", "score_answer", "substring_match", "substring_match_all",
+    "summarize", "token_f1",
+]

@@ -1,13 +1,15 @@
-"""RULER-style single needle in a haystack: a 7-digit "magic number" hidden in essay prose."""
+"""RULER's needle-in-a-haystack tasks: 7-digit "magic numbers" hidden in essay prose.
+
+`niah_single` hides one needle; `niah_multikey` hides the asked-for needle among distractor
+needles of the same form with other keys, so the reader must match the key, not just find a number.
+"""
 
 from __future__ import annotations
 
-import json
-import random
-from dataclasses import dataclass
-from pathlib import Path
-
 from transformers import PreTrainedTokenizerBase
+
+from .cases import EvalCase, case_rng
+from .haystack import hide_in_haystack
 
 _KEY_WORDS = (
     "amber", "brisk", "cobalt", "dusty", "eager", "fabled", "gentle", "hollow", "ivory", "jolly", "keen", "lunar",
@@ -19,40 +21,30 @@ _KEY_NOUNS = (
 )
 
 
-@dataclass(frozen=True)
-class NiahCase:
-    """A context with one needle, the question about it, the accepted answers and where the needle is."""
-
-    context: str
-    question: str
-    answers: tuple[str, ...]
-    needle_span: tuple[int, int]  # character span of the needle sentence in `context`
+def niah_single(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int) -> EvalCase:
+    """One needle at a seeded depth; the question asks for its number."""
+    return _niah("niah_single", tokenizer, haystack, length, seed, index, distractors=0)
 
 
-def load_haystack(path: str | Path) -> str:
-    """The essay text of RULER's haystack file (`{"text": ...}`)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))["text"]
+def niah_multikey(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
+                  distractors: int = 3) -> EvalCase:
+    """The asked-for needle plus `distractors` needles with other keys, all at seeded depths."""
+    return _niah("niah_multikey", tokenizer, haystack, length, seed, index, distractors)
 
 
-def make_niah_case(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int) -> NiahCase:
-    """A `length`-token context (within a sentence) cut from `haystack`, the needle at a seeded depth."""
-    rng = random.Random(seed)
-    key = f"{rng.choice(_KEY_WORDS)}-{rng.choice(_KEY_NOUNS)}"
-    value = str(rng.randrange(1_000_000, 10_000_000))
-    needle = f" One of the special magic numbers for {key} is: {value}. "
-    budget = length - len(tokenizer(needle, add_special_tokens=False)["input_ids"])
-    start = rng.randrange(0, max(1, len(haystack) - 8 * length))
-    window = haystack[start:start + 8 * length]
-    ids = tokenizer(window, add_special_tokens=False)["input_ids"][:budget]
-    text = tokenizer.decode(ids)
-    depth = rng.uniform(0.05, 0.95)
-    cut = text.rfind(". ", 0, int(depth * len(text))) + 1 or int(depth * len(text))
-    context = text[:cut] + needle + text[cut:]
-    span = (cut, cut + len(needle))
-    question = f"What is the special magic number for {key} mentioned in the provided text?"
-    return NiahCase(context, question, (value,), span)
-
-
-def substring_match(prediction: str, answers: tuple[str, ...] | list[str]) -> float:
-    """RULER's metric: 1.0 if any gold answer occurs in the prediction (case-insensitive)."""
-    return float(any(answer.lower() in prediction.lower() for answer in answers))
+def _niah(task: str, tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
+          distractors: int) -> EvalCase:
+    rng = case_rng(task, length, seed, index)
+    keys = rng.sample([f"{word}-{noun}" for word in _KEY_WORDS for noun in _KEY_NOUNS], distractors + 1)
+    values = [str(rng.randrange(1_000_000, 10_000_000)) for _ in keys]
+    needles = [f"One of the special magic numbers for {key} is: {value}." for key, value in zip(keys, values)]
+    order = list(range(len(needles)))
+    rng.shuffle(order)
+    context, spans = hide_in_haystack(tokenizer, haystack, length, [needles[i] for i in order], rng)
+    target = order.index(0)
+    return EvalCase(
+        task=task, case_id=f"{task}-{length}-{seed}-{index}", context=context,
+        question=f"What is the special magic number for {keys[0]} mentioned in the provided text?",
+        answers=(values[0],), evidence=(spans[target],), length=length, seed=seed,
+        metadata={"key": keys[0], "distractors": [spans[i] for i in range(len(spans)) if i != target]},
+    )

@@ -1,0 +1,133 @@
+"""The evaluation runner: every (task, length, case, mode), one JSON line each, then a report.
+
+Modes, all on the same loaded base model:
+- `default`: the model's own `MemoryConfig` (or checkpoint), gate and all;
+- `memagent`: the MemAgent baseline at the same chunk size (every raw chunk read in order);
+- `oracle`: the default pipeline with a perfect gate that reads exactly the evidence blocks, so
+  the gap to `default` is the cost of gate errors;
+- `full`: the base model's plain `generate()` over the whole context, skipped (with a note)
+  where the prompt exceeds the model's window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import MemoryConfig
+from ..model import CompressedMemoryModel
+from .cases import EvalCase
+from .measure import PeakMemory
+from .scoring import score_answer
+from .tasks import make_cases
+
+MODES = ("default", "memagent", "oracle", "full")
+FULL_PROMPT = "{context}\n\n{question}"
+
+
+def run_eval(model: CompressedMemoryModel, tasks: Iterable[str], lengths: Iterable[int], n: int,
+             modes: Iterable[str] = ("default", "memagent"), seed: int = 0, out_dir: str | Path | None = None, *,
+             max_new_tokens: int = 48, haystack: str | Path | None = None,
+             hotpotqa_file: str | Path | None = None, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Run every mode on `n` seeded cases per (task, length); returns the per-case records.
+
+    With `out_dir`, records are appended to `out_dir/cases.jsonl` as they finish, so an interrupted
+    run keeps what it did.
+    """
+    modes = list(modes)
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise ValueError(f"Unknown modes {unknown}; the modes are {list(MODES)}.")
+    runners = _mode_runners(model, modes, max_new_tokens)
+    sink = None
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        sink = open(Path(out_dir) / "cases.jsonl", "w", encoding="utf-8")
+    records = []
+    jobs = [(task, length) for task in tasks for length in lengths]
+    try:
+        with tqdm(total=len(jobs) * n * len(modes), desc="Evaluating", unit="run", disable=not show_progress) as bar:
+            for task, length in jobs:
+                cases = make_cases(task, model.tokenizer, length, n, seed, haystack=haystack,
+                                   hotpotqa_file=hotpotqa_file)
+                for case in cases:
+                    for mode in modes:
+                        record = {"mode": mode, **case.to_dict(), **runners[mode](case)}
+                        record.update(score_answer(case.task, record["prediction"], case.answers)
+                                      if not record["skipped"] else {})
+                        records.append(record)
+                        if sink:
+                            sink.write(json.dumps(record) + "\n")
+                            sink.flush()
+                        bar.update()
+    finally:
+        if sink:
+            sink.close()
+    return records
+
+
+def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens: int) -> dict:
+    config = model.memory_config
+    oracle = dataclasses.replace(config, gate=None, gate_top_k=None, gate_threshold=None, recall=False)
+    wrappers = {
+        "default": model.with_config(config, show_progress=False),
+        "memagent": model.with_config(MemoryConfig.memagent(chunk_size=config.chunk_size), show_progress=False),
+        "oracle": model.with_config(oracle, show_progress=False),
+    }
+    return {
+        "default": lambda case: _run_memory(wrappers["default"], case, max_new_tokens, oracle=False),
+        "memagent": lambda case: _run_memory(wrappers["memagent"], case, max_new_tokens, oracle=False),
+        "oracle": lambda case: _run_memory(wrappers["oracle"], case, max_new_tokens, oracle=True),
+        "full": lambda case: _run_full(model, case, max_new_tokens),
+    }
+
+
+def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int, oracle: bool) -> dict[str, Any]:
+    prompt = model.prompt_ids(case.question).to(model.model.device)
+    with PeakMemory(model.model.device) as peak:
+        start = time.perf_counter()
+        bank = model.compress(case.context)
+        compress_seconds = time.perf_counter() - start
+        evidence = bank.blocks_overlapping(list(case.evidence))
+        readable = bank.subset(evidence) if oracle else bank
+        out = model.generate(prompt, memory=readable, max_new_tokens=max_new_tokens, do_sample=False,
+                             return_dict_in_generate=True)
+        seconds = time.perf_counter() - start
+    trace = out.trace[0]
+    read = [evidence[b] for b in trace.blocks_read] if oracle else trace.blocks_read
+    return {
+        "prediction": model.tokenizer.decode(out.sequences[0, prompt.shape[1]:], skip_special_tokens=True).strip(),
+        "context_tokens": bank.num_tokens, "blocks": len(bank), "blocks_read": read, "evidence_blocks": evidence,
+        "evidence_recall": len(set(read) & set(evidence)) / len(evidence) if evidence else None,
+        "seconds": seconds, "compress_seconds": compress_seconds, **_memory_fields(peak), "skipped": False,
+    }
+
+
+def _run_full(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int) -> dict[str, Any]:
+    prompt = model.prompt_ids(FULL_PROMPT.format(context=case.context, question=case.question))
+    window = getattr(model.model.config.get_text_config(), "max_position_embeddings", None)
+    base = {"context_tokens": prompt.shape[1], "blocks": None, "blocks_read": None, "evidence_blocks": None,
+            "evidence_recall": None, "compress_seconds": 0.0}
+    if window is not None and prompt.shape[1] + max_new_tokens > window:
+        return {**base, "prediction": "", "seconds": None, "peak_mib": None, "peak_increase_mib": None,
+                "skipped": True, "note": f"{prompt.shape[1]}-token prompt exceeds the model's {window}-token window"}
+    prompt = prompt.to(model.model.device)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+    with PeakMemory(model.model.device) as peak, torch.no_grad():
+        start = time.perf_counter()
+        out = model.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=pad_id)
+        seconds = time.perf_counter() - start
+    prediction = model.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()
+    return {**base, "prediction": prediction, "seconds": seconds, **_memory_fields(peak), "skipped": False}
+
+
+def _memory_fields(peak: PeakMemory) -> dict[str, float]:
+    return {"peak_mib": peak.peak_bytes / 2**20, "peak_increase_mib": peak.increase_bytes / 2**20}

@@ -1,0 +1,62 @@
+"""The task registry: build `n` seeded cases of a task at a target length, finding the data they need."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from .cases import EvalCase
+from .haystack import load_haystack
+from .hotpotqa import hotpotqa
+from .niah import niah_multikey, niah_single
+from .variable_tracking import variable_tracking
+
+HAYSTACK_TASKS = {"niah_single": niah_single, "niah_multikey": niah_multikey, "variable_tracking": variable_tracking}
+TASKS = (*HAYSTACK_TASKS, "hotpotqa")
+HAYSTACK_FILE = "pg_essays.json"
+HOTPOTQA_FILE = "hotpotqa_dev_60.json"
+
+
+def default_data_dir() -> Path | None:
+    """`$COMPRESSMEM_DATA`, else a `shared/data` folder beside the working directory or the source tree."""
+    candidates = [os.environ.get("COMPRESSMEM_DATA"), Path.cwd().parent / "shared" / "data",
+                  Path(__file__).resolve().parents[3] / "shared" / "data"]
+    return next((Path(c) for c in candidates if c and Path(c).is_dir()), None)
+
+
+def make_cases(task: str, tokenizer: PreTrainedTokenizerBase, length: int, n: int, seed: int = 0, *,
+               haystack: str | Path | None = None, hotpotqa_file: str | Path | None = None) -> list[EvalCase]:
+    """`n` cases of `task` at `length` tokens; the same arguments always give the same cases.
+
+    `haystack` (text, or a path to RULER's JSON or a text file) feeds the needle and variable
+    tracking tasks; `hotpotqa_file` is any file in HotpotQA's layout. Both default to the files in
+    `default_data_dir()`.
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; the tasks are {list(TASKS)}.")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 64:
+        raise ValueError(f"length must be a token count of at least 64, got {length!r}.")
+    if task == "hotpotqa":
+        path = _data_file(hotpotqa_file, HOTPOTQA_FILE, "--hotpotqa-file / hotpotqa_file")
+        return [hotpotqa(tokenizer, path, length, seed, i) for i in range(n)]
+    text = haystack if isinstance(haystack, str) and not _is_path(haystack) else \
+        load_haystack(_data_file(haystack, HAYSTACK_FILE, "--haystack / haystack"))
+    return [HAYSTACK_TASKS[task](tokenizer, text, length, seed, i) for i in range(n)]
+
+
+def _is_path(value: str) -> bool:
+    return len(value) < 4096 and "\n" not in value and Path(value).is_file()
+
+
+def _data_file(given: str | Path | None, name: str, option: str) -> Path:
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist.")
+        return path
+    folder = default_data_dir()
+    if folder is None or not (folder / name).is_file():
+        raise FileNotFoundError(f"No {name} found (looked in $COMPRESSMEM_DATA and ../shared/data); pass {option}.")
+    return folder / name
