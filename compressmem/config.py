@@ -42,7 +42,9 @@ class MemoryConfig:
     and the quote joins the notes only if at least `min_grounding` of its words occur in the section
     (small models otherwise invent "facts" from irrelevant sections); with `"rewrite"` the model
     rewrites the whole memory each step, as in the paper and MemAgent. Either way the memory is
-    capped at `memory_tokens` tokens.
+    capped at `memory_tokens` tokens. `fixed_update_tokens=True` makes every update decode exactly
+    its budget (`note_tokens`, or `memory_tokens` when rewriting), ignoring end-of-sequence, so that
+    timing comparisons decode the same number of tokens per step on both sides.
 
     The defaults are the cheapest configuration that met the project's accuracy bar on
     SmolLM2-135M-Instruct without trained weights (see the README's measurements). Use
@@ -62,6 +64,7 @@ class MemoryConfig:
     memory_update: str = "append"
     note_tokens: int = 96
     min_grounding: float = 0.8
+    fixed_update_tokens: bool = False
     max_steps: int | None = None
     recall: bool = False
     read: str = "raw"
@@ -133,8 +136,9 @@ class MemoryConfig:
         if self.direct_max_tokens is not None:
             _positive_int("direct_max_tokens", self.direct_max_tokens)
         _positive_int("query_tokens", self.query_tokens)
-        if not isinstance(self.recall, bool):
-            raise ConfigError(f"recall must be True or False, got {self.recall!r}.")
+        for name in ("recall", "fixed_update_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if self.update_template is not None:
             _template("update_template", self.update_template, ("question",))
         for name, keys in ( ("answer_template", ("question", "memory")),

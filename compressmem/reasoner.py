@@ -138,7 +138,7 @@ class Reasoner:
         inputs = [self._update_input(row, block) for row, block, _ in reads]
         budget = self.config.note_tokens if self.config.memory_update == "append" else self.config.memory_tokens
         tokenizer = self.prompts.tokenizer
-        outputs = generate_updates(self.model, tokenizer, inputs, budget)
+        outputs = generate_updates(self.model, tokenizer, inputs, budget, exact=self.config.fixed_update_tokens)
         for (row, block, row_scores), output in zip(reads, outputs):
             section = tokenizer.decode(row.bank.blocks[block].token_ids, skip_special_tokens=True)
             memory = update_memory(row.trace.memory, output, section, row.trace.question, self.config, tokenizer)
@@ -168,8 +168,11 @@ class UpdateInput:
     first_position: int
 
 
-def generate_updates(model: PreTrainedModel, tokenizer, inputs: list[UpdateInput], max_new_tokens: int) -> list[str]:
+def generate_updates(model: PreTrainedModel, tokenizer, inputs: list[UpdateInput], max_new_tokens: int,
+                     exact: bool = False) -> list[str]:
     """Greedy-decode each row's new working memory, batching rows of different prefix and prompt lengths.
+
+    `exact` decodes exactly `max_new_tokens` tokens per row, past end-of-sequence (for timing).
 
     Prefixes are left-padded into one `DynamicCache` and prompts left-padded after them; the 2-D
     attention mask hides the padding and explicit position ids place each prompt after its own block.
@@ -190,7 +193,8 @@ def generate_updates(model: PreTrainedModel, tokenizer, inputs: list[UpdateInput
         if item.keys is not None:
             mask[row, prefix_width - item.keys.shape[2]:prefix_width] = 1
     cache = _padded_cache(inputs, prefix_width) if prefix_width else None
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+    config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if exact else None,
+                              do_sample=False, pad_token_id=pad_id,
                               eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id)
     with torch.no_grad():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),

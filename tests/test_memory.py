@@ -32,3 +32,21 @@ def test_memory_never_exceeds_its_token_budget(tokenizer):
     rewrite = MemoryConfig(memory_update="rewrite", memory_tokens=5)
     rewritten = update_memory("old", "a b c d e f g h i j", SECTION, QUESTION, rewrite, tokenizer)
     assert len(tokenizer(rewritten, add_special_tokens=False)["input_ids"]) <= 5
+
+
+def test_fixed_update_tokens_decodes_past_end_of_sequence(tokenizer):
+    import torch
+
+    from compressmem.reasoner import UpdateInput, generate_updates
+
+    from .conftest import tiny_model
+
+    model = tiny_model("llama", tokenizer)
+    prompt = UpdateInput(None, None, torch.tensor(tokenizer("a short section")["input_ids"]), 0)
+    with torch.no_grad():
+        first = int(model(prompt.input_ids[None]).logits[0, -1].argmax())
+    model.generation_config.eos_token_id = first  # the very first greedy token ends the update
+    free = generate_updates(model, tokenizer, [prompt], 6)
+    exact = generate_updates(model, tokenizer, [prompt], 6, exact=True)
+    assert free == [tokenizer.decode([first], skip_special_tokens=True).strip()]
+    assert len(tokenizer(exact[0], add_special_tokens=False)["input_ids"]) >= 4  # 6 decoded, none was the stop
