@@ -1,7 +1,7 @@
 """compressmem: answer questions over contexts of millions of tokens with any Hugging Face causal LM."""
 
 from .bank import BankMismatchError, MemoryBank, MemoryBlock
-from .chunking import ContextError
+from .chunking import ContextError, text_pieces
 from .config import ConfigError, MemoryConfig
 from .embedded import DEFAULT_MODEL
 from .model import CheckpointMismatchError, CompressedGenerateOutput, CompressedMemoryModel
@@ -10,6 +10,7 @@ from .reasoner import ReadStep, Trace
 __all__ = [
     "BankMismatchError", "CheckpointMismatchError", "CompressedGenerateOutput", "CompressedMemoryModel",
     "ConfigError", "ContextError", "DEFAULT_MODEL", "MemoryBank", "MemoryBlock", "MemoryConfig", "ReadStep", "Trace",
+    "text_pieces",
 ]
 
 __version__ = "0.1.0"

@@ -151,8 +151,17 @@ class MemoryBank:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "MemoryBank":
-        """Read a bank written by `save`; tensors land on `device` (CPU unless told otherwise)."""
+        """Read a bank written by `save`, or open a bank folder written by `compress_stream`.
+
+        A file's tensors land on `device` (CPU unless told otherwise); a folder's blocks stay on disk
+        and are read one at a time.
+        """
         from safetensors import safe_open
+
+        if Path(path).is_dir():
+            from .storage import open_bank
+
+            return open_bank(path)
 
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

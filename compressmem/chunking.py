@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,60 @@ def split_into_chunks(documents: list[tuple[torch.Tensor, list | None]], chunk_s
             span = (offsets[start][0], offsets[end - 1][1]) if offsets is not None else None
             chunks.append(Chunk(ids[start:end], doc_index, start, span))
     return chunks
+
+
+def stream_chunks(pieces: Iterable[str], tokenizer: PreTrainedTokenizerBase, chunk_size: int,
+                  group: int) -> Iterator[list[Chunk]]:
+    """Chunks of a text that arrives in pieces, `group` full chunks at a time (the last group may be short).
+
+    One piece is tokenized at a time and only the tail of a chunk is carried over, so memory holds
+    a piece and a group, never the whole text. Character spans count from the start of the stream.
+    """
+    carried_ids: list[int] = []
+    carried_offsets: list[tuple[int, int]] = []
+    start_token = char_base = 0
+    pending: list[Chunk] = []
+    for piece in pieces:
+        if not isinstance(piece, str):
+            raise ContextError(f"A streamed context must yield str pieces; got {type(piece).__name__}.")
+        encoded = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast, verbose=False)
+        carried_ids += encoded["input_ids"]
+        offsets = encoded.get("offset_mapping") or [(0, 0)] * len(encoded["input_ids"])
+        carried_offsets += [(char_base + a, char_base + b) for a, b in offsets]
+        char_base += len(piece)
+        used = 0
+        while len(carried_ids) - used >= chunk_size:
+            end = used + chunk_size
+            span = (carried_offsets[used][0], carried_offsets[end - 1][1]) if tokenizer.is_fast else None
+            pending.append(Chunk(torch.tensor(carried_ids[used:end]), 0, start_token, span))
+            used, start_token = end, start_token + chunk_size
+            if len(pending) == group:
+                yield pending
+                pending = []
+        del carried_ids[:used], carried_offsets[:used]
+    if carried_ids:
+        span = (carried_offsets[0][0], carried_offsets[-1][1]) if tokenizer.is_fast else None
+        pending.append(Chunk(torch.tensor(carried_ids), 0, start_token, span))
+    if not pending and not start_token:
+        raise ContextError("The streamed context holds no tokens; there is nothing to read.")
+    if pending:
+        yield pending
+
+
+def text_pieces(path: str | Path, piece_chars: int = 1 << 20) -> Iterator[str]:
+    """A UTF-8 text file in pieces of about `piece_chars` characters, each cut just before a space."""
+    with open(path, encoding="utf-8") as handle:
+        tail = ""
+        while block := handle.read(piece_chars):
+            text = tail + block
+            cut = text.rfind(" ", 1)
+            if cut <= 0:
+                tail = text
+                continue
+            yield text[:cut]
+            tail = text[cut:]
+        if tail:
+            yield tail
 
 
 def _tokenize_text(text: str, tokenizer: PreTrainedTokenizerBase, index: int) -> tuple[torch.Tensor, list | None]:

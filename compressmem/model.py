@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .bank import MemoryBank, MemoryBlock
-from .chunking import Chunk, Context, split_into_chunks, tokenize_context
+from .chunking import Chunk, Context, split_into_chunks, stream_chunks, tokenize_context
 from .compressors import build_compressor
 from .config import MemoryConfig
 from .embedded import resolve_model_source
@@ -22,6 +23,7 @@ from .fingerprint import BaseFingerprint, fingerprint_model
 from .gate import build_gate, default_gate_layers
 from .prompts import PromptBuilder, Question
 from .reasoner import Reasoner, Trace
+from .storage import BankWriter
 
 CHECKPOINT_CONFIG = "compressmem_config.json"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -128,25 +130,36 @@ class CompressedMemoryModel:
         """Chunk `context` token-exactly and compress every chunk, batched, into a `MemoryBank`.
 
         The bank can answer any number of questions; `bank_device="cpu"` keeps it off the GPU (blocks
-        then move to the model's device one at a time while reading).
+        then move to the model's device one at a time while reading). For contexts too large for
+        memory, use `compress_stream`, which keeps the bank on disk.
         """
-        config = self.memory_config
-        chunks = split_into_chunks(tokenize_context(context, self.tokenizer), config.chunk_size)
-        prefix_ids = self.prompts.section_prefix_ids()
-        layers = self._bank_layers()
+        chunks = split_into_chunks(tokenize_context(context, self.tokenizer), self.memory_config.chunk_size)
         bank_device = self.model.device if bank_device is None else torch.device(bank_device)
         show = self.show_progress if show_progress is None else show_progress
-        empty: list[torch.Tensor | None] = [None] * len(chunks)
-        keys, values, positions, prefix_keys, prefix_values = empty, empty, empty, None, None
-        if config.needs_kv:
-            keys, values, positions, prefix_keys, prefix_values = self._compress_chunks(
-                chunks, prefix_ids, layers, bank_device, show)
-        blocks = [MemoryBlock(chunk.token_ids, keys[i], values[i], positions[i], chunk.document, chunk.token_start,
-                              chunk.char_span) for i, chunk in enumerate(chunks)]
-        settings = {"chunk_size": config.chunk_size, "compressor": config.compressor, "ratio": config.ratio,
-                    "score": config.score, "read": config.read, "section_header": config.section_header}
-        return MemoryBank(blocks, prefix_ids, prefix_keys, prefix_values, layers if config.needs_kv else (),
-                          self.fingerprint, settings)
+        with tqdm(total=len(chunks), desc="Compressing", unit="chunk", disable=not show) as bar:
+            blocks, prefix_keys, prefix_values = self._compress_into_blocks(chunks, bank_device, bar)
+        return MemoryBank(blocks, self.prompts.section_prefix_ids(), prefix_keys, prefix_values, *self._bank_labels())
+
+    @torch.no_grad()
+    def compress_stream(self, pieces: Iterable[str], directory: str | Path, *, show_progress: bool | None = None,
+                        shard_blocks: int = 256) -> MemoryBank:
+        """Compress text that arrives in pieces (e.g. `text_pieces(path)`) into a bank folder on disk.
+
+        Blocks are written shard by shard as they are made, so memory stays flat however long the
+        text is; the returned bank reads its blocks back from `directory` one at a time. Pieces are
+        tokenized one by one: cut them before a space (as `text_pieces` does) to keep the tokens
+        identical to tokenizing the whole text.
+        """
+        writer = BankWriter(directory, shard_blocks)
+        show = self.show_progress if show_progress is None else show_progress
+        group = self.memory_config.compress_batch_size * 4
+        prefix_keys = prefix_values = None
+        with tqdm(desc="Compressing", unit="chunk", disable=not show) as bar:
+            for chunks in stream_chunks(pieces, self.tokenizer, self.memory_config.chunk_size, group):
+                blocks, prefix_keys, prefix_values = self._compress_into_blocks(chunks, torch.device("cpu"), bar)
+                for block in blocks:
+                    writer.add(block)
+        return writer.close(self.prompts.section_prefix_ids(), prefix_keys, prefix_values, *self._bank_labels())
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
                  context: Context | list[Context] | None = None,
@@ -195,31 +208,53 @@ class CompressedMemoryModel:
                                                       return_dict=True)["input_ids"]
         return self.tokenizer(question, return_tensors="pt")["input_ids"]
 
-    def _compress_chunks(self, chunks: list[Chunk], prefix_ids: torch.Tensor, layers: tuple[int, ...],
-                         bank_device: torch.device, show: bool) -> tuple:
+    def _compress_into_blocks(self, chunks: list[Chunk], bank_device: torch.device, bar: tqdm) -> tuple:
+        """The chunks' blocks (KV only when the configuration needs it) plus the shared prefix KV."""
+        count = len(chunks)
+        keys: list = [None] * count
+        values: list = [None] * count
+        positions: list = [None] * count
+        prefix_keys = prefix_values = None
+        if self.memory_config.needs_kv:
+            keys, values, positions, prefix_keys, prefix_values = self._compress_chunks(chunks, bank_device, bar)
+        else:
+            bar.update(count)
+        blocks = [MemoryBlock(chunk.token_ids, keys[i], values[i], positions[i], chunk.document, chunk.token_start,
+                              chunk.char_span) for i, chunk in enumerate(chunks)]
+        return blocks, prefix_keys, prefix_values
+
+    def _compress_chunks(self, chunks: list[Chunk], bank_device: torch.device, bar: tqdm) -> tuple:
         """Per-chunk (keys, values, positions) plus the shared prefix KV, batching chunks of equal length."""
         count = len(chunks)
         keys: list = [None] * count
         values: list = [None] * count
         positions: list = [None] * count
+        prefix_ids = self.prompts.section_prefix_ids()
+        layers = self._bank_layers()
         keep_values = self.memory_config.read == "compressed"
         by_length = defaultdict(list)
         for i, chunk in enumerate(chunks):
             by_length[chunk.token_ids.numel()].append(i)
         batch_size = self.memory_config.compress_batch_size
-        with tqdm(total=count, desc="Compressing", unit="chunk", disable=not show) as bar:
-            for members in by_length.values():
-                for start in range(0, len(members), batch_size):
-                    batch = members[start:start + batch_size]
-                    out = self.compressor.compress(self.model, prefix_ids, torch.stack([chunks[i].token_ids for i in batch]),
-                                                   layers, keep_values)
-                    for row, i in enumerate(batch):
-                        keys[i] = out.keys[row].to(bank_device)
-                        values[i] = None if out.values is None else out.values[row].to(bank_device)
-                        positions[i] = out.positions[row].to(bank_device)
-                    bar.update(len(batch))
+        for members in by_length.values():
+            for start in range(0, len(members), batch_size):
+                batch = members[start:start + batch_size]
+                out = self.compressor.compress(self.model, prefix_ids, torch.stack([chunks[i].token_ids for i in batch]),
+                                               layers, keep_values)
+                for row, i in enumerate(batch):
+                    keys[i] = out.keys[row].to(bank_device)
+                    values[i] = None if out.values is None else out.values[row].to(bank_device)
+                    positions[i] = out.positions[row].to(bank_device)
+                bar.update(len(batch))
         prefix_values = None if out.prefix_values is None else out.prefix_values.to(bank_device)
         return keys, values, positions, out.prefix_keys.to(bank_device), prefix_values
+
+    def _bank_labels(self) -> tuple[tuple[int, ...], BaseFingerprint, dict[str, Any]]:
+        """What a bank records of how it was made: its KV layers, the base model, the settings."""
+        config = self.memory_config
+        settings = {"chunk_size": config.chunk_size, "compressor": config.compressor, "ratio": config.ratio,
+                    "score": config.score, "read": config.read, "section_header": config.section_header}
+        return (self._bank_layers() if config.needs_kv else ()), self.fingerprint, settings
 
     def _answer_from_banks(self, input_ids: torch.Tensor, questions: list[Question], banks: list[MemoryBank],
                            generation_kwargs: dict[str, Any]):
