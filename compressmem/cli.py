@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ask = commands.add_parser("ask", help="answer a question over a long text file")
-    ask.add_argument("--context", required=True, type=Path, help="UTF-8 text file, or a .safetensors bank")
+    ask.add_argument("--context", required=True, type=Path,
+                     help="UTF-8 text file, a .safetensors bank, or a bank folder written by compress")
     ask.add_argument("--question", required=True)
     _common(ask)
     ask.add_argument("--max-new-tokens", type=int, default=64)
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
     compress = commands.add_parser("compress", help="compress a long text file into a reusable memory bank")
     compress.add_argument("file", type=Path)
-    compress.add_argument("-o", "--output", required=True, type=Path)
+    compress.add_argument("-o", "--output", required=True, type=Path,
+                          help="a .safetensors file, or a folder: the text is then streamed into a bank on disk "
+                               "(flat memory, for files of any size)")
     _common(compress)
 
     evaluate = commands.add_parser("eval", help="seeded long-context tasks, side by side across modes")
@@ -53,11 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         return _evaluate(args, config)
     source = args.file if args.command == "compress" else args.context
-    text = None if source.suffix == ".safetensors" else _read_text(source)  # fail before loading a model
+    streamed = args.command == "compress" and args.output.suffix != ".safetensors"
+    text = None if source.suffix == ".safetensors" or source.is_dir() or streamed else _read_text(source)
+    if streamed:
+        _read_text(source, limit=1 << 20)  # a missing or binary file fails before a model is loaded
     model = CompressedMemoryModel.from_pretrained(args.model, config=config, show_progress=not args.quiet)
     if args.command == "compress":
-        bank = model.compress(text)
-        bank.save(args.output)
+        if args.output.suffix == ".safetensors":
+            bank = model.compress(text)
+            bank.save(args.output)
+        else:
+            from .chunking import text_pieces
+
+            bank = model.compress_stream(text_pieces(args.file), args.output)
         print(f"{args.output}: {len(bank)} blocks, {bank.num_tokens} tokens, {bank.nbytes / 2**20:.1f} MiB")
         return 0
     return _ask(model, args, text)
@@ -144,9 +155,10 @@ def _ask(model, args: argparse.Namespace, text: str | None) -> int:
     return 0
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, limit: int = -1) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            return handle.read(limit)
     except UnicodeDecodeError as error:
         raise SystemExit(f"{path} is not UTF-8 text ({error}); convert it to text first.") from None
     except OSError as error:

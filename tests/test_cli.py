@@ -15,7 +15,11 @@ def test_compress_then_ask_from_the_command_line(tokenizer, essay_text, tmp_path
     done = subprocess.run([sys.executable, "-m", "compressmem.cli", "compress", str(document), "-o", str(bank), *common],
                           capture_output=True, text=True, check=True)
     assert bank.exists() and "blocks" in done.stdout
-    for source in (document, bank):
+    folder = tmp_path / "streamed"
+    subprocess.run([sys.executable, "-m", "compressmem.cli", "compress", str(document), "-o", str(folder), *common],
+                   capture_output=True, text=True, check=True)
+    assert (folder / "bank.json").exists()
+    for source in (document, bank, folder):
         asked = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--context", str(source), "--question",
                                 "What is this about?", "--max-new-tokens", "3", "--trace", *common],
                                capture_output=True, text=True, check=True)
