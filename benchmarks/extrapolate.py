@@ -93,11 +93,12 @@ def main() -> None:
             disk = sum(f.stat().st_size for f in (Path(scratch) / f"bank-{tokens}").iterdir())
             rows.append((tokens, len(bank), seconds, disk, log))
             text.unlink()
-        print("\n| tokens | blocks | seconds | s per M tokens | RSS at 1M (MiB) | RSS at last M | growth | bank on disk |")
+        print("\n| tokens | blocks | seconds | s per M tokens | RSS at 1M (MiB) | RSS at last M | growth "
+              "| bank on disk |")
         print("|---|---|---|---|---|---|---|---|")
         for tokens, blocks, seconds, disk, log in rows:
-            print(f"| {tokens / 1e6:.2f}M | {blocks} | {seconds:.0f} | {seconds / tokens * 1e6:.1f} | {log[0][1]:.0f} | "
-                  f"{log[-1][1]:.0f} | {log[-1][1] - log[0][1]:+.0f} MiB | {disk / 2**20:.0f} MiB |")
+            print(f"| {tokens / 1e6:.2f}M | {blocks} | {seconds:.0f} | {seconds / tokens * 1e6:.1f} | "
+                  f"{log[0][1]:.0f} | {log[-1][1]:.0f} | {log[-1][1] - log[0][1]:+.0f} MiB | {disk / 2**20:.0f} MiB |")
         for tokens, _, _, _, log in rows:
             stretches = [f"{(b[2] - a[2]):.1f}" for a, b in zip(log, log[1:])]
             print(f"{tokens / 1e6:.2f}M: seconds per million tokens, stretch by stretch: {', '.join(stretches)}")

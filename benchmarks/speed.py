@@ -6,9 +6,10 @@ what they read. For each length it prints wall time and peak memory (process RSS
 `torch.cuda.max_memory_allocated` on a GPU) with their ratios to MemAgent, then the amortised
 case: compress once and ask `--questions` questions, against MemAgent answering the same questions.
 
-    python benchmarks/speed.py --lengths 8k,16k,32k,64k,128k --amortised-length 32k --out benchmarks/results/speed
+    python benchmarks/speed.py --lengths 4k,8k,16k,32k,64k,128k --amortised-length 32k --out benchmarks/results/speed
     python benchmarks/speed.py --shape qwen2.5-7b --device cuda --dtype bfloat16 --chunk-size 4096 \
-        --lengths 32k,64k,128k,256k,512k --amortised-length 128k   # random weights: timing needs shapes only
+        --memagent-chunk-size 4096 --lengths 32k,64k,128k,256k,512k --amortised-length 128k
+        # random weights: timing depends on shapes only
 
 Peak memory is reported twice: the whole process (or all allocated GPU memory), which includes the
 model's weights, and the rise above what was in use before the question ("working memory").
@@ -87,12 +88,12 @@ def ask(model, question: str, answer_tokens: int, **source) -> dict:
     return {"answer": answer, "reads": len(out.trace[0].blocks_read), "blocks": out.trace[0].num_blocks}
 
 
-def ask_full(model, context: str, question: str, answer_tokens: int) -> dict:
-    """The base model's plain generate over the whole context, or a skip note beyond its window."""
-    prompt = model.prompt_ids(f"{context}\n\n{question}").to(model.model.device)
-    window = model.model.config.get_text_config().max_position_embeddings
-    if prompt.shape[1] + answer_tokens > window:
-        return {"skipped": f"{prompt.shape[1]} tokens exceed the {window}-token window"}
+def full_prompt(model, context: str, question: str) -> torch.Tensor:
+    return model.prompt_ids(f"{context}\n\n{question}").to(model.model.device)
+
+
+def ask_full(model, prompt: torch.Tensor, answer_tokens: int) -> dict:
+    """The base model's plain generate over the whole context."""
     with torch.no_grad():
         out = model.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=answer_tokens,
                                    min_new_tokens=answer_tokens, do_sample=False,
@@ -105,13 +106,15 @@ def single_question(models: dict, device, context: str, qa: tuple, args) -> dict
     results = {}
     for name, model in models.items():
         if name == "full":
-            result = ask_full(model, context, question, args.answer_tokens)
-            if "skipped" not in result:
-                result = measure(device, lambda: ask_full(model, context, question, args.answer_tokens))
+            prompt = full_prompt(model, context, question)
+            window = model.model.config.get_text_config().max_position_embeddings
+            if prompt.shape[1] + args.answer_tokens > window:
+                results[name] = {"skipped": f"{prompt.shape[1]} tokens exceed the {window}-token window"}
+                continue
+            result = measure(device, lambda m=model, p=prompt: ask_full(m, p, args.answer_tokens))
         else:
-            result = measure(device, lambda: ask(model, question, args.answer_tokens, context=context))
-        if "answer" in result:
-            result["correct"] = gold in result["answer"]
+            result = measure(device, lambda m=model: ask(m, question, args.answer_tokens, context=context))
+        result["correct"] = gold in result["answer"]
         results[name] = result
     return results
 
@@ -184,13 +187,14 @@ def main() -> None:
     from compressmem.eval import load_haystack
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=_token_counts, default=_token_counts("8k,16k,32k,64k,128k"))
+    parser.add_argument("--lengths", type=_token_counts, default=_token_counts("4k,8k,16k,32k,64k,128k"))
     parser.add_argument("--amortised-length", type=lambda s: _token_counts(s)[0], default=32768)
     parser.add_argument("--questions", type=int, default=10)
     parser.add_argument("--shape", choices=["smollm2", *SHAPES], default="smollm2")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--chunk-size", type=int, default=2048)
+    parser.add_argument("--chunk-size", type=int, default=512, help="compressmem's chunk size")
+    parser.add_argument("--memagent-chunk-size", type=int, default=2048)
     parser.add_argument("--ratio", type=float, default=4.0)
     parser.add_argument("--update-tokens", type=int, default=32)
     parser.add_argument("--answer-tokens", type=int, default=16)
@@ -201,11 +205,11 @@ def main() -> None:
 
     model = load(args)
     device = model.model.device
-    memagent = model.with_config(MemoryConfig.memagent(chunk_size=args.chunk_size, note_tokens=args.update_tokens,
-                                                       fixed_update_tokens=True))
+    memagent = model.with_config(MemoryConfig.memagent(chunk_size=args.memagent_chunk_size,
+                                                       note_tokens=args.update_tokens, fixed_update_tokens=True))
     models = {"compressmem": model, "memagent": memagent, "full": model}
     haystack = load_haystack(args.haystack)
-    warm_context, warm_pairs = make_context(model.tokenizer, haystack, 2 * args.chunk_size, 1, args.seed + 1)
+    warm_context, warm_pairs = make_context(model.tokenizer, haystack, 2 * args.memagent_chunk_size, 1, args.seed + 1)
     single_question(models, device, warm_context, warm_pairs[0], args)  # allocator and kernels warm
     rows = []
     for length in args.lengths:
@@ -217,7 +221,8 @@ def main() -> None:
                      **amortised(models, device, context, pairs, args)}
     print(json.dumps(amortised_row), flush=True)
     machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}"
-    header = (f"{args.shape} ({args.dtype}) on {machine}; chunk {args.chunk_size}, ratio {args.ratio}, "
+    header = (f"{args.shape} ({args.dtype}) on {machine}; chunk {args.chunk_size} (MemAgent: "
+              f"{args.memagent_chunk_size}), ratio {args.ratio}, "
               f"{args.update_tokens} tokens per update, {args.answer_tokens} per answer")
     table = header + "\n\n" + print_tables(rows, amortised_row)
     print("\n" + table)

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", required=True, type=Path, help="folder for cases.jsonl, summary.md and plots")
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
+    evaluate.add_argument("--memagent-chunk-size", type=int, default=2048, help="chunk size of the MemAgent mode")
     evaluate.add_argument("--haystack", type=Path, help="haystack for needle and variable tracking tasks "
                           "(RULER's pg_essays.json or a text file); default ../shared/data")
     evaluate.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON; default ../shared/data")
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     from .model import CompressedMemoryModel  # heavy import after argument errors are reported
 
     config = _memory_config(args)
@@ -118,7 +123,8 @@ def _evaluate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
                                                   show_progress=not args.quiet)
     records = run_eval(model, tasks, args.lengths, args.n, [m.strip() for m in args.modes.split(",")], args.seed,
                        args.out, max_new_tokens=args.max_new_tokens, haystack=args.haystack,
-                       hotpotqa_file=args.hotpotqa_file, show_progress=not args.quiet)
+                       hotpotqa_file=args.hotpotqa_file, show_progress=not args.quiet,
+                       memagent=MemoryConfig.memagent(chunk_size=args.memagent_chunk_size))
     rows = summarize(records)
     summary = markdown(rows)
     (args.out / "summary.md").write_text(summary, encoding="utf-8")

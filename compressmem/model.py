@@ -239,8 +239,8 @@ class CompressedMemoryModel:
         for members in by_length.values():
             for start in range(0, len(members), batch_size):
                 batch = members[start:start + batch_size]
-                out = self.compressor.compress(self.model, prefix_ids, torch.stack([chunks[i].token_ids for i in batch]),
-                                               layers, keep_values)
+                batch_ids = torch.stack([chunks[i].token_ids for i in batch])
+                out = self.compressor.compress(self.model, prefix_ids, batch_ids, layers, keep_values)
                 for row, i in enumerate(batch):
                     keys[i] = out.keys[row].to(bank_device)
                     values[i] = None if out.values is None else out.values[row].to(bank_device)

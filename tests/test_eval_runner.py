@@ -20,7 +20,8 @@ CONFIG = MemoryConfig(chunk_size=128, note_tokens=4, gate_layers=(1, 2))
 def records(tokenizer, hotpot_file):
     model = tiny_wrapper("llama", tokenizer, CONFIG, max_position_embeddings=512)
     return run_eval(model, TASKS, [300, 600], n=2, modes=MODES, seed=3, max_new_tokens=3, haystack=HAYSTACK,
-                    hotpotqa_file=hotpot_file, show_progress=False)
+                    hotpotqa_file=hotpot_file, memagent=MemoryConfig.memagent(chunk_size=100, note_tokens=4),
+                    show_progress=False)
 
 
 def test_every_task_length_case_and_mode_has_a_scored_record(records):
@@ -35,6 +36,7 @@ def test_memagent_reads_every_block_and_oracle_exactly_the_evidence(records):
     for record in records:
         if record["mode"] == "memagent":
             assert record["blocks_read"] == list(range(record["blocks"]))
+            assert record["blocks"] == -(-record["context_tokens"] // 100)  # its own chunk size
         if record["mode"] == "oracle":
             assert record["evidence_blocks"] and record["blocks_read"] == record["evidence_blocks"]
             assert record["evidence_recall"] == 1.0
@@ -70,9 +72,12 @@ def test_eval_command_writes_cases_summary_and_plots(tokenizer, tmp_path):
     tiny_model("llama", tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
     out = tmp_path / "run"
+    config = tmp_path / "config.json"
+    MemoryConfig(chunk_size=128, note_tokens=4).save(config)
     subprocess.run([sys.executable, "-m", "compressmem.cli", "eval", "--model", str(base), "--task",
                     "niah_single,variable_tracking", "--lengths", "0.25k,300", "--n", "2", "--modes", "default,memagent",
-                    "--chunk-size", "128", "--max-new-tokens", "2", "--haystack", str(HAYSTACK), "--out", str(out),
+                    "--config", str(config), "--memagent-chunk-size", "128", "--max-new-tokens", "2",
+                    "--haystack", str(HAYSTACK), "--out", str(out),
                     "--quiet"], capture_output=True, text=True, check=True)
     lines = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
     assert len(lines) == 2 * 2 * 2 * 2 and {r["length"] for r in lines} == {256, 300}

@@ -2,7 +2,7 @@
 
 Modes, all on the same loaded base model:
 - `default`: the model's own `MemoryConfig` (or checkpoint), gate and all;
-- `memagent`: the MemAgent baseline at the same chunk size (every raw chunk read in order);
+- `memagent`: the MemAgent baseline, every raw chunk read in order (its own, larger chunks);
 - `oracle`: the default pipeline with a perfect gate that reads exactly the evidence blocks, so
   the gap to `default` is the cost of gate errors;
 - `full`: the base model's plain `generate()` over the whole context, skipped (with a note)
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,55 +31,60 @@ from .tasks import make_cases
 
 MODES = ("default", "memagent", "oracle", "full")
 FULL_PROMPT = "{context}\n\n{question}"
+_WARM_UP_TEXT = "The harbour town kept its records in a stone archive by the quay. " * 40
 
 
 def run_eval(model: CompressedMemoryModel, tasks: Iterable[str], lengths: Iterable[int], n: int,
              modes: Iterable[str] = ("default", "memagent"), seed: int = 0, out_dir: str | Path | None = None, *,
              max_new_tokens: int = 48, haystack: str | Path | None = None,
-             hotpotqa_file: str | Path | None = None, show_progress: bool = True) -> list[dict[str, Any]]:
+             hotpotqa_file: str | Path | None = None, memagent: MemoryConfig | None = None,
+             show_progress: bool = True) -> list[dict[str, Any]]:
     """Run every mode on `n` seeded cases per (task, length); returns the per-case records.
 
-    With `out_dir`, records are appended to `out_dir/cases.jsonl` as they finish, so an interrupted
-    run keeps what it did.
+    `memagent` is the baseline's configuration (default `MemoryConfig.memagent()`, 2048-token
+    chunks). Each mode first answers one short warm-up case, unrecorded, so one-time allocations
+    do not land in the first case's peak memory. With `out_dir`, records are appended to
+    `out_dir/cases.jsonl` as they finish, so an interrupted run keeps what it did.
     """
     modes = list(modes)
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"Unknown modes {unknown}; the modes are {list(MODES)}.")
-    runners = _mode_runners(model, modes, max_new_tokens)
-    sink = None
+    memagent = memagent or MemoryConfig.memagent()
+    runners = _mode_runners(model, modes, max_new_tokens, memagent)
+    warm_up_length = 2 * max(model.memory_config.chunk_size, memagent.chunk_size)
+    warm_up = make_cases("niah_single", model.tokenizer, warm_up_length, 1, seed=-1, haystack=_WARM_UP_TEXT)[0]
+    for mode in modes:
+        runners[mode](warm_up)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        sink = open(Path(out_dir) / "cases.jsonl", "w", encoding="utf-8")
     records = []
     jobs = [(task, length) for task in tasks for length in lengths]
-    try:
-        with tqdm(total=len(jobs) * n * len(modes), desc="Evaluating", unit="run", disable=not show_progress) as bar:
-            for task, length in jobs:
-                cases = make_cases(task, model.tokenizer, length, n, seed, haystack=haystack,
-                                   hotpotqa_file=hotpotqa_file)
-                for case in cases:
-                    for mode in modes:
-                        record = {"mode": mode, **case.to_dict(), **runners[mode](case)}
-                        record.update(score_answer(case.task, record["prediction"], case.answers)
-                                      if not record["skipped"] else {})
-                        records.append(record)
-                        if sink:
-                            sink.write(json.dumps(record) + "\n")
-                            sink.flush()
-                        bar.update()
-    finally:
-        if sink:
-            sink.close()
+    sink = open(Path(out_dir) / "cases.jsonl", "w", encoding="utf-8") if out_dir is not None else nullcontext()
+    bar = tqdm(total=len(jobs) * n * len(modes), desc="Evaluating", unit="run", disable=not show_progress)
+    with sink, bar:
+        for task, length in jobs:
+            cases = make_cases(task, model.tokenizer, length, n, seed, haystack=haystack, hotpotqa_file=hotpotqa_file)
+            for case in cases:
+                for mode in modes:
+                    record = {"mode": mode, **case.to_dict(), **runners[mode](case)}
+                    if not record["skipped"]:
+                        record.update(score_answer(case.task, record["prediction"], case.answers))
+                    records.append(record)
+                    if out_dir is not None:
+                        sink.write(json.dumps(record) + "\n")
+                        sink.flush()
+                    bar.update()
     return records
 
 
-def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens: int) -> dict:
+def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens: int,
+                  memagent: MemoryConfig) -> dict:
     config = model.memory_config
     oracle = dataclasses.replace(config, gate=None, gate_top_k=None, gate_threshold=None, recall=False)
     wrappers = {
         "default": model.with_config(config, show_progress=False),
-        "memagent": model.with_config(MemoryConfig.memagent(chunk_size=config.chunk_size), show_progress=False),
+        "memagent": model.with_config(memagent, show_progress=False),
         "oracle": model.with_config(oracle, show_progress=False),
     }
     return {

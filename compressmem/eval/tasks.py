@@ -30,8 +30,8 @@ def make_cases(task: str, tokenizer: PreTrainedTokenizerBase, length: int, n: in
                haystack: str | Path | None = None, hotpotqa_file: str | Path | None = None) -> list[EvalCase]:
     """`n` cases of `task` at `length` tokens; the same arguments always give the same cases.
 
-    `haystack` (text, or a path to RULER's JSON or a text file) feeds the needle and variable
-    tracking tasks; `hotpotqa_file` is any file in HotpotQA's layout. Both default to the files in
+    `haystack` (the text itself as a str, or a `Path` to RULER's JSON or a text file) feeds the
+    needle and variable tracking tasks; `hotpotqa_file` is any file in HotpotQA's layout. Both default to the files in
     `default_data_dir()`.
     """
     if task not in TASKS:
@@ -41,13 +41,8 @@ def make_cases(task: str, tokenizer: PreTrainedTokenizerBase, length: int, n: in
     if task == "hotpotqa":
         path = _data_file(hotpotqa_file, HOTPOTQA_FILE, "--hotpotqa-file / hotpotqa_file")
         return [hotpotqa(tokenizer, path, length, seed, i) for i in range(n)]
-    text = haystack if isinstance(haystack, str) and not _is_path(haystack) else \
-        load_haystack(_data_file(haystack, HAYSTACK_FILE, "--haystack / haystack"))
+    text = haystack if isinstance(haystack, str) else load_haystack(_data_file(haystack, HAYSTACK_FILE, "--haystack"))
     return [HAYSTACK_TASKS[task](tokenizer, text, length, seed, i) for i in range(n)]
-
-
-def _is_path(value: str) -> bool:
-    return len(value) < 4096 and "\n" not in value and Path(value).is_file()
 
 
 def _data_file(given: str | Path | None, name: str, option: str) -> Path:
