@@ -96,3 +96,17 @@ def test_batched_updates_with_ragged_blocks_match_single_rows(tokenizer, essay_t
     single = [generate_updates(wrapper.model, tokenizer, [row], 12)[0] for row in rows]
     assert batched[:2] == single
     assert batched[2] == single[0], "reading the raw chunk must equal reading its uncompressed block"
+
+
+def test_gate_only_banks_stop_the_forward_after_the_last_gate_layer_with_the_same_keys(tokenizer, essay_text):
+    gate_only = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=64, gate="attention", gate_layers=(1,)))
+    full = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=64, read="compressed", gate=None))
+    calls = []
+    hook = gate_only.model.model.layers[2].register_forward_hook(lambda *args: calls.append(1))
+    keys_only = gate_only.compress(essay_text[:1500])
+    hook.remove()
+    assert not calls  # layers after the last gate layer never ran
+    every_layer = full.compress(essay_text[:1500])
+    for ours, theirs in zip(keys_only.blocks, every_layer.blocks):
+        torch.testing.assert_close(ours.keys[0], theirs.keys[1])
+        assert torch.equal(ours.positions[0], theirs.positions[1])

@@ -12,6 +12,10 @@ from transformers import DynamicCache, PreTrainedModel
 from ..probe import probe
 
 
+class _LastLayerSeen(Exception):
+    """Ends a compression forward pass early, once the last layer the bank keeps has been seen."""
+
+
 @dataclass
 class CompressedChunks:
     """KV of a batch of equal-length chunks after compression.
@@ -57,15 +61,20 @@ class Compressor:
         ids = torch.cat([prefix_ids.expand(batch, -1), chunk_ids], dim=1).to(model.device)
         scores: dict[int, torch.Tensor] = {}
         wanted = set(layers)
+        scoring = self.ratio > 1
+        # A bank of keys at a few gate layers needs nothing from the layers after the last of them.
+        stop_after = max(layers) if not keep_values else None
 
         def record(layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> None:
-            if layer_idx in wanted:
+            if scoring and layer_idx in wanted:
                 scores[layer_idx] = self.score(query, key, prefix_len)
+            if layer_idx == stop_after:
+                raise _LastLayerSeen
 
         cache = DynamicCache()
-        scoring = self.ratio > 1
-        with probe(model, record) if scoring else contextlib.nullcontext():
-            model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        with probe(model, record) if scoring or stop_after is not None else contextlib.nullcontext():
+            with contextlib.suppress(_LastLayerSeen):
+                model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
         kept = self.kept_entries(num_tokens)
         keys, values, positions = [], [], []
