@@ -189,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=_token_counts, default=_token_counts("4k,8k,16k,32k,64k,128k"))
     parser.add_argument("--amortised-length", type=lambda s: _token_counts(s)[0], default=32768)
-    parser.add_argument("--questions", type=int, default=10)
+    parser.add_argument("--questions", type=int, default=10, help="questions of the amortised case (0 skips it)")
     parser.add_argument("--shape", choices=["smollm2", *SHAPES], default="smollm2")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
@@ -216,10 +216,12 @@ def main() -> None:
         context, pairs = make_context(model.tokenizer, haystack, length, 1, args.seed)
         rows.append({"length": length, "modes": single_question(models, device, context, pairs[0], args)})
         print(json.dumps(rows[-1]), flush=True)
-    context, pairs = make_context(model.tokenizer, haystack, args.amortised_length, args.questions, args.seed)
-    amortised_row = {"length": args.amortised_length, "questions": args.questions,
-                     **amortised(models, device, context, pairs, args)}
-    print(json.dumps(amortised_row), flush=True)
+    amortised_row = None
+    if args.questions:
+        context, pairs = make_context(model.tokenizer, haystack, args.amortised_length, args.questions, args.seed)
+        amortised_row = {"length": args.amortised_length, "questions": args.questions,
+                         **amortised(models, device, context, pairs, args)}
+        print(json.dumps(amortised_row), flush=True)
     machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}"
     header = (f"{args.shape} ({args.dtype}) on {machine}; chunk {args.chunk_size} (MemAgent: "
               f"{args.memagent_chunk_size}), ratio {args.ratio}, "

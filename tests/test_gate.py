@@ -81,3 +81,33 @@ def test_recall_pass_reads_the_best_unread_block(tokenizer):
     assert row.next_block(shifted, config) == 0 and row.recalling
     row.trace.steps.append(type("Step", (), {"block": 0})())
     assert row.next_block(shifted, config) is None
+
+
+def test_lexical_gate_is_bm25(tokenizer):
+    """The packed inverted index gives the textbook BM25 scores, computed here block by block."""
+    import math
+    from collections import Counter
+
+    from compressmem.gate.lexical import words
+
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=24, gate="lexical"))
+    text = ("Amber rivers run to the cold sea. The sea keeps amber stones. Stones sink; rivers rise again. "
+            "Cold winds bring rain to the amber hills, and the hills keep the rain for the rivers.")
+    bank = wrapper.compress(text)
+    question = "Where do amber rivers meet the cold sea?"
+    gate = LexicalGate(tokenizer)
+    scores = gate.score(wrapper.model, [question], gate.index(bank, wrapper.model))[0]
+    counts = [Counter(words(tokenizer.decode(b.token_ids))) for b in bank.blocks]
+    lengths = [sum(c.values()) for c in counts]
+    average = sum(lengths) / len(lengths)
+    expected = []
+    for count, length in zip(counts, lengths):
+        total = 0.0
+        for term in set(words(question)):
+            df = sum(term in c for c in counts)
+            if count[term]:
+                idf = math.log(1 + (len(counts) - df + 0.5) / (df + 0.5))
+                total += idf * count[term] * 2.2 / (count[term] + 1.2 * (0.25 + 0.75 * length / average))
+        expected.append(total)
+    expected = torch.tensor(expected)
+    torch.testing.assert_close(scores, expected / expected.sum())
