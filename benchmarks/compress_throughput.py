@@ -4,7 +4,7 @@ Runs each compressor configuration and a plain forward pass over the same batche
 prints tokens/s and the ratio. Compression is one forward pass plus scoring; anything far below
 1.0 is overhead.
 
-    python benchmarks/compress_throughput.py --tokens 16384 --chunk-size 1024
+    python benchmarks/compress_throughput.py --tokens 16384 --chunk-size 512
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CONFIGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--chunk-size", type=int, default=512)
     args = parser.parse_args()
 
     from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig

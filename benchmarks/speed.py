@@ -8,7 +8,8 @@ case: compress once and ask `--questions` questions, against MemAgent answering 
 
     python benchmarks/speed.py --lengths 4k,8k,16k,32k,64k,128k --amortised-length 32k --out benchmarks/results/speed
     python benchmarks/speed.py --shape qwen2.5-7b --device cuda --dtype bfloat16 --chunk-size 4096 \
-        --memagent-chunk-size 4096 --lengths 32k,64k,128k,256k,512k --amortised-length 128k
+        --memagent-chunk-size 4096 --read compressed --gate attention --lengths 32k,64k,128k,256k,512k \
+        --amortised-length 128k   # and once more without --read/--gate: the default pipeline
         # random weights: timing depends on shapes only
 
 Peak memory is reported twice: the whole process (or all allocated GPU memory), which includes the
@@ -40,8 +41,8 @@ def load(args: argparse.Namespace):
 
     from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
 
-    config = MemoryConfig(chunk_size=args.chunk_size, ratio=args.ratio, note_tokens=args.update_tokens,
-                          fixed_update_tokens=True)
+    config = MemoryConfig(chunk_size=args.chunk_size, ratio=args.ratio, read=args.read, gate=args.gate,
+                          note_tokens=args.update_tokens, fixed_update_tokens=True)
     dtype = getattr(torch, args.dtype)
     smollm2 = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, config=config, torch_dtype=dtype,
                                                     show_progress=False)
@@ -195,6 +196,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--chunk-size", type=int, default=512, help="compressmem's chunk size")
     parser.add_argument("--memagent-chunk-size", type=int, default=2048)
+    parser.add_argument("--read", choices=["raw", "compressed"], default="raw", help="compressmem's read mode")
+    parser.add_argument("--gate", choices=["lexical", "attention"], default="lexical", help="compressmem's gate")
     parser.add_argument("--ratio", type=float, default=4.0)
     parser.add_argument("--update-tokens", type=int, default=32)
     parser.add_argument("--answer-tokens", type=int, default=16)
@@ -223,8 +226,8 @@ def main() -> None:
                          **amortised(models, device, context, pairs, args)}
         print(json.dumps(amortised_row), flush=True)
     machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}"
-    header = (f"{args.shape} ({args.dtype}) on {machine}; chunk {args.chunk_size} (MemAgent: "
-              f"{args.memagent_chunk_size}), ratio {args.ratio}, "
+    header = (f"{args.shape} ({args.dtype}) on {machine}; {args.gate} gate, {args.read} read, chunk {args.chunk_size} "
+              f"(MemAgent: {args.memagent_chunk_size}), ratio {args.ratio}, "
               f"{args.update_tokens} tokens per update, {args.answer_tokens} per answer")
     table = header + "\n\n" + print_tables(rows, amortised_row)
     print("\n" + table)
