@@ -82,12 +82,13 @@ def checkpoints(pieces, chars_per_token: float, log: list, start: float):
 
 
 def main() -> None:
+    from transformers import AutoTokenizer
+
     from compressmem import CompressedMemoryModel, MemoryConfig, text_pieces
     from compressmem.cli import _token_counts
     from compressmem.embedded import embedded_model_folder
     from compressmem.eval import load_haystack
     from compressmem.eval.measure import process_rss
-    from transformers import AutoTokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=_token_counts, default=_token_counts("1.75m,10m"))

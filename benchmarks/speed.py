@@ -89,25 +89,25 @@ def ask(model, question: str, answer_tokens: int, **source) -> dict:
     return {"answer": answer, "reads": len(out.trace[0].blocks_read), "blocks": out.trace[0].num_blocks}
 
 
-def full_prompt(model, context: str, question: str) -> torch.Tensor:
-    return model.prompt_ids(f"{context}\n\n{question}").to(model.model.device)
-
-
 def ask_full(model, prompt: torch.Tensor, answer_tokens: int) -> dict:
     """The base model's plain generate over the whole context."""
+    from compressmem.prompts import pad_token_id
+
     with torch.no_grad():
         out = model.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=answer_tokens,
                                    min_new_tokens=answer_tokens, do_sample=False,
-                                   pad_token_id=model.tokenizer.eos_token_id)
+                                   pad_token_id=pad_token_id(model.tokenizer))
     return {"answer": model.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True), "reads": None}
 
 
 def single_question(models: dict, device, context: str, qa: tuple, args) -> dict[str, dict]:
+    from compressmem.eval.runner import full_prompt_ids
+
     question, gold = qa
     results = {}
     for name, model in models.items():
         if name == "full":
-            prompt = full_prompt(model, context, question)
+            prompt = full_prompt_ids(model, context, question).to(device)
             window = model.model.config.get_text_config().max_position_embeddings
             if prompt.shape[1] + args.answer_tokens > window:
                 results[name] = {"skipped": f"{prompt.shape[1]} tokens exceed the {window}-token window"}
@@ -122,16 +122,16 @@ def single_question(models: dict, device, context: str, qa: tuple, args) -> dict
 
 def amortised(models: dict, device, context: str, pairs: list[tuple], args) -> dict[str, dict]:
     """compressmem compresses once and answers every question from the bank; MemAgent re-reads per question."""
-    def with_bank():
-        bank = models["compressmem"].compress(context)
-        answers = [ask(models["compressmem"], q, args.answer_tokens, memory=bank) for q, _ in pairs]
+    def answer_all(model, **source) -> dict:
+        answers = [ask(model, q, args.answer_tokens, **source) for q, _ in pairs]
         return {"correct": sum(g in a["answer"] for a, (_, g) in zip(answers, pairs)),
                 "reads": sum(a["reads"] for a in answers)}
 
+    def with_bank():
+        return answer_all(models["compressmem"], memory=models["compressmem"].compress(context))
+
     def memagent():
-        answers = [ask(models["memagent"], q, args.answer_tokens, context=context) for q, _ in pairs]
-        return {"correct": sum(g in a["answer"] for a, (_, g) in zip(answers, pairs)),
-                "reads": sum(a["reads"] for a in answers)}
+        return answer_all(models["memagent"], context=context)
 
     return {"compressmem": measure(device, with_bank), "memagent": measure(device, memagent)}
 

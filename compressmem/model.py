@@ -21,7 +21,7 @@ from .config import MemoryConfig
 from .embedded import resolve_model_source
 from .fingerprint import BaseFingerprint, fingerprint_model
 from .gate import build_gate, default_gate_layers
-from .prompts import PromptBuilder, Question
+from .prompts import PromptBuilder, Question, pad_token_id
 from .reasoner import Reasoner, Trace
 from .storage import BankWriter
 
@@ -263,7 +263,7 @@ class CompressedMemoryModel:
         traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress)
         prompts = [self.prompts.answer_ids(q, trace.memory) for q, trace in zip(questions, traces)]
         width = max(p.numel() for p in prompts)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        pad_id = pad_token_id(self.tokenizer)
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, prompt in enumerate(prompts):

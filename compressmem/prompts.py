@@ -14,6 +14,11 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import MemoryConfig
 
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's padding id, or its end-of-sequence id when it has none (as most causal LMs)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
 _SENTINELS = ("\x00Q1\x00", "\x00A1\x00", "\x00Q2\x00")
 
 

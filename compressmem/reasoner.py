@@ -16,7 +16,7 @@ from .bank import BankMismatchError, MemoryBank
 from .config import MemoryConfig
 from .gate import Gate
 from .memory import update_memory
-from .prompts import PromptBuilder
+from .prompts import PromptBuilder, pad_token_id
 
 
 @dataclass
@@ -181,7 +181,7 @@ def generate_updates(model: PreTrainedModel, tokenizer, inputs: list[UpdateInput
     batch = len(inputs)
     prefix_width = max((row.keys.shape[2] for row in inputs if row.keys is not None), default=0)
     prompt_width = max(row.input_ids.numel() for row in inputs)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     ids = torch.full((batch, prefix_width + prompt_width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     positions = torch.zeros_like(ids)

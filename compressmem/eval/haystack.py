@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+from functools import lru_cache
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 
+@lru_cache(maxsize=4)
 def load_haystack(path: str | Path) -> str:
     """Haystack text from RULER's `{"text": ...}` JSON file or from a plain text file."""
     path = Path(path)

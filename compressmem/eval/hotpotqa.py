@@ -23,8 +23,11 @@ class Paragraph:
     title: str
     sentences: tuple[str, ...]
 
+    def header(self, number: int) -> str:
+        return f"Document {number}:\n{self.title}\n"
+
     def text(self, number: int) -> str:
-        return f"Document {number}:\n{self.title}\n" + "".join(self.sentences)
+        return self.header(number) + "".join(self.sentences)
 
 
 @dataclass(frozen=True)
@@ -69,15 +72,14 @@ def hotpotqa(tokenizer: PreTrainedTokenizerBase, path: str | Path, length: int, 
     pool = [p for p in target.paragraphs if p.title not in gold_titles] + [p for q in others for p in q.paragraphs]
     chosen = _pad(tokenizer, gold, pool, length, path)
     rng.shuffle(chosen)
-    context, evidence, position = "", [], 0
+    texts, evidence, position = [], [], 0
     for number, paragraph in enumerate(chosen, start=1):
-        text = paragraph.text(number) + "\n\n"
-        if paragraph in gold:
-            evidence += _sentence_spans(paragraph, number, position, target.supporting)
-        context += text
-        position += len(text)
+        texts.append(paragraph.text(number) + "\n\n")
+        if paragraph.title in gold_titles:
+            evidence += _sentence_spans(paragraph, position + len(paragraph.header(number)), target.supporting)
+        position += len(texts[-1])
     return EvalCase(
-        task="hotpotqa", case_id=f"hotpotqa-{length}-{seed}-{index}", context=context, question=target.question,
+        task="hotpotqa", case_id=f"hotpotqa-{length}-{seed}-{index}", context="".join(texts), question=target.question,
         answers=(target.answer,), evidence=tuple(evidence), length=length, seed=seed,
         metadata={"gold_titles": sorted(gold_titles), "paragraphs": len(chosen)},
     )
@@ -102,10 +104,9 @@ def _pad(tokenizer: PreTrainedTokenizerBase, gold: list[Paragraph], pool: list[P
                      "asked for; point --hotpotqa-file at a larger HotpotQA file or ask for a shorter length.")
 
 
-def _sentence_spans(paragraph: Paragraph, number: int, start: int,
-                    supporting: tuple[tuple[str, int], ...]) -> list[tuple[int, int]]:
-    header = f"Document {number}:\n{paragraph.title}\n"
-    spans, position = [], start + len(header)
+def _sentence_spans(paragraph: Paragraph, start: int, supporting: tuple[tuple[str, int], ...]) -> list[tuple[int, int]]:
+    """Character spans of the paragraph's supporting sentences, its sentences beginning at `start`."""
+    spans, position = [], start
     for i, sentence in enumerate(paragraph.sentences):
         if (paragraph.title, i) in supporting:
             spans.append((position, position + len(sentence)))

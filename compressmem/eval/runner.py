@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..config import MemoryConfig
 from ..model import CompressedMemoryModel
+from ..prompts import pad_token_id
 from .cases import EvalCase
 from .measure import PeakMemory
 from .scoring import score_answer
@@ -116,8 +117,13 @@ def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: in
     }
 
 
+def full_prompt_ids(model: CompressedMemoryModel, context: str, question: str) -> torch.Tensor:
+    """The `full` mode's prompt: the whole context, then the question, in one chat turn."""
+    return model.prompt_ids(FULL_PROMPT.format(context=context, question=question))
+
+
 def _run_full(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int) -> dict[str, Any]:
-    prompt = model.prompt_ids(FULL_PROMPT.format(context=case.context, question=case.question))
+    prompt = full_prompt_ids(model, case.context, case.question)
     window = getattr(model.model.config.get_text_config(), "max_position_embeddings", None)
     base = {"context_tokens": prompt.shape[1], "blocks": None, "blocks_read": None, "evidence_blocks": None,
             "evidence_recall": None, "compress_seconds": 0.0}
@@ -125,11 +131,10 @@ def _run_full(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int)
         return {**base, "prediction": "", "seconds": None, "peak_mib": None, "peak_increase_mib": None,
                 "skipped": True, "note": f"{prompt.shape[1]}-token prompt exceeds the model's {window}-token window"}
     prompt = prompt.to(model.model.device)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
     with PeakMemory(model.model.device) as peak, torch.no_grad():
         start = time.perf_counter()
         out = model.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=pad_id)
+                                   do_sample=False, pad_token_id=pad_token_id(model.tokenizer))
         seconds = time.perf_counter() - start
     prediction = model.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()
     return {**base, "prediction": prediction, "seconds": seconds, **_memory_fields(peak), "skipped": False}
