@@ -1,4 +1,5 @@
-# `make demo`: set up and answer a question over examples/long_document.txt with SmolLM2-135M-Instruct.
+# `make demo`: set up and answer a question over examples/long_document.txt with SmolLM2-135M-Instruct
+# and the gate head trained for it (compressmem/checkpoints/smollm2-135m-instruct-gate).
 # `make test`: set up and run the test suite.
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/compressmem ask --context examples/long_document.txt \
+	$(BIN)/compressmem ask --memory compressmem/checkpoints/smollm2-135m-instruct-gate \
+		--context examples/long_document.txt \
 		--question "What is the secret code for the lighthouse vault?" --trace
 
 test: $(STAMP)

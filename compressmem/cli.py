@@ -1,5 +1,5 @@
-"""`compressmem ask|compress|eval`: answer a question over a long file, compress it into a bank, or
-run the evaluation suite."""
+"""`compressmem ask|compress|eval|train`: answer a question over a long file, compress it into a bank,
+run the evaluation suite, or train the gate head."""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate = commands.add_parser("eval", help="seeded long-context tasks, side by side across modes")
     _common(evaluate)
-    evaluate.add_argument("--memory", type=Path, help="compressmem checkpoint folder for the default mode")
     evaluate.add_argument("--task", default="niah_single", help="comma-separated tasks: " + ",".join(_tasks()))
     evaluate.add_argument("--lengths", default="8k,16k,32k", type=_token_counts, help="e.g. 8k,16k,32k or 1.75m")
     evaluate.add_argument("--n", type=int, default=50, help="cases per task and length")
@@ -49,6 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON; default ../shared/data")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
 
+    train = commands.add_parser("train", help="train a part of compressmem")
+    trainers = train.add_subparsers(dest="trainer", required=True)
+    gate = trainers.add_parser("gate", help="train the gate head on evidence labels of the evaluation tasks")
+    _common(gate)
+    gate.add_argument("--out", required=True, type=Path, help="checkpoint folder to write (examples are cached here)")
+    gate.add_argument("--task", default="niah_single,variable_tracking,hotpotqa", help="comma-separated tasks")
+    gate.add_argument("--lengths", default="4k,8k,16k", type=_token_counts, help="context lengths of the cases")
+    gate.add_argument("--n-train", type=int, default=16, help="training cases per task and length")
+    gate.add_argument("--n-test", type=int, default=4, help="held-out cases per task and length")
+    gate.add_argument("--seed", type=int, default=0)
+    gate.add_argument("--first-case", type=int, default=20,
+                      help="number of the first training case: the evaluation's cases 0..first-1 are never trained on")
+    gate.add_argument("--no-lexical", action="store_true", help="attention features only, no BM25 feature")
+    gate.add_argument("--max-steps", type=int, default=6, help="reads per question in the checkpoint's configuration")
+    gate.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the standardised features' weights")
+    gate.add_argument("--haystack", type=Path, help="haystack for the needle and variable tracking tasks")
+    gate.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.quiet:
@@ -60,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     config = _memory_config(args)
     if args.command == "eval":
         return _evaluate(args, config)
+    if args.command == "train":
+        return _train_gate(args, config)
     source = args.file if args.command == "compress" else args.context
     streamed = args.command == "compress" and args.output.suffix != ".safetensors"
     text = None if source.suffix == ".safetensors" or source.is_dir() or streamed else _read_text(source)
     if streamed:
         _read_text(source, limit=1 << 20)  # a missing or binary file fails before a model is loaded
-    model = CompressedMemoryModel.from_pretrained(args.model, config=config, show_progress=not args.quiet)
+    model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
+                                                  show_progress=not args.quiet)
     if args.command == "compress":
         if args.output.suffix == ".safetensors":
             bank = model.compress(text)
@@ -82,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"HF id or folder (default {DEFAULT_MODEL})")
     parser.add_argument("--memagent", action="store_true", help="MemAgent baseline: read every raw chunk")
+    parser.add_argument("--memory", type=Path, help="compressmem checkpoint folder (its configuration and trained "
+                        "parts, e.g. a gate head); --config and --chunk-size override its configuration")
     parser.add_argument("--config", type=Path, help="MemoryConfig JSON file")
     parser.add_argument("--chunk-size", type=int, help="tokens per chunk")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
@@ -134,8 +156,34 @@ def _evaluate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     return 0
 
 
+def _train_gate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
+    from .eval import make_cases
+    from .model import CompressedMemoryModel
+    from .training import train_gate
+
+    model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
+                                                  show_progress=not args.quiet)
+    tasks = [t.strip() for t in args.task.split(",")]
+    data = dict(haystack=args.haystack, hotpotqa_file=args.hotpotqa_file)
+    train, test = [], []
+    for task in tasks:
+        for length in args.lengths:
+            train += make_cases(task, model.tokenizer, length, args.n_train, args.seed, first=args.first_case, **data)
+            test += make_cases(task, model.tokenizer, length, args.n_test, args.seed,
+                               first=args.first_case + args.n_train, **data)
+    _, report = train_gate(model, train, test, args.out, lexical=not args.no_lexical, max_steps=args.max_steps, l2=args.l2,
+                           show_progress=not args.quiet)
+    (args.out / "metrics.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    table = report.markdown()
+    (args.out / "metrics.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"{args.out}: gate head trained on {report.train_decisions} decisions; load it with "
+          f"CompressedMemoryModel.from_pretrained(base, memory={str(args.out)!r}).")
+    return 0
+
+
 def _memory_config(args: argparse.Namespace) -> MemoryConfig | None:
-    if args.command == "eval" and not (args.config or args.chunk_size or args.memagent):
+    if not (args.config or args.chunk_size or args.memagent):
         return None  # the checkpoint's (or the default) configuration
     settings = MemoryConfig.load(args.config).to_dict() if args.config else {}
     if args.chunk_size:

@@ -10,7 +10,8 @@ from typing import Any
 
 COMPRESSORS = ("select", "none")
 SCORES = ("keynorm", "observed", "window")
-GATES = ("attention", "lexical", None)
+GATES = ("attention", "lexical", "head", None)
+READ_ORDERS = ("document", "score")
 READ_MODES = ("compressed", "raw")
 MEMORY_UPDATES = ("append", "rewrite")
 
@@ -44,7 +45,14 @@ class MemoryConfig:
     and the quote joins the notes only if at least `min_grounding` of its words occur in the section
     (small models otherwise invent "facts" from irrelevant sections); with `"rewrite"` the model
     rewrites the whole memory each step, as in the paper and MemAgent. Either way the memory is
-    capped at `memory_tokens` tokens. `fixed_update_tokens=True` makes every update decode exactly
+    capped at `memory_tokens` tokens.
+
+    Gates: `"lexical"` (BM25, no KV needed), `"attention"` (training-free, over compressed keys) and
+    `"head"` (a trained `GateHead`, loaded from a checkpoint's `gate_head.safetensors`). A block passes
+    when it is among the `gate_top_k` best and scores at least `gate_threshold`. `read_order="document"`
+    reads the passing blocks in document order (the paper's linear scan, plus an optional `recall`
+    pass); `"score"` re-scores every block after each update and reads the best unread block over
+    `gate_threshold` next (no top-k), so a later hop can send the reader back to an earlier block. `fixed_update_tokens=True` makes every update decode exactly
     its budget (`note_tokens`, or `memory_tokens` when rewriting), ignoring end-of-sequence, so that
     timing comparisons decode the same number of tokens per step on both sides.
 
@@ -68,6 +76,7 @@ class MemoryConfig:
     min_grounding: float = 0.8
     fixed_update_tokens: bool = False
     max_steps: int | None = None
+    read_order: str = "document"
     recall: bool = False
     read: str = "raw"
     compress_batch_size: int = 4
@@ -104,9 +113,14 @@ class MemoryConfig:
         return DEFAULT_UPDATE_TEMPLATE if self.memory_update == "append" else REWRITE_UPDATE_TEMPLATE
 
     @property
+    def gate_needs_keys(self) -> bool:
+        """Whether the gate scores blocks by their compressed keys (the attention gate and the head)."""
+        return self.gate in ("attention", "head")
+
+    @property
     def needs_kv(self) -> bool:
-        """Whether the bank must hold compressed KV (for the attention gate or for compressed reading)."""
-        return self.gate == "attention" or self.read == "compressed"
+        """Whether the bank must hold compressed KV (for a key-reading gate or for compressed reading)."""
+        return self.gate_needs_keys or self.read == "compressed"
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the field, the bad value and what is allowed."""
@@ -139,6 +153,11 @@ class MemoryConfig:
             raise ConfigError(f"min_grounding must lie in [0, 1], got {self.min_grounding!r}.")
         if self.max_steps is not None:
             _positive_int("max_steps", self.max_steps)
+        _choice("read_order", self.read_order, READ_ORDERS)
+        if self.read_order == "score" and (self.gate is None or self.gate_top_k is not None):
+            raise ConfigError("read_order='score' reads, after each update, the best unread block whose gate score "
+                              "is at least gate_threshold: set gate, gate_threshold and gate_top_k=None (and "
+                              f"max_steps to bound the reads); got gate={self.gate!r}, gate_top_k={self.gate_top_k!r}.")
         _positive_int("compress_batch_size", self.compress_batch_size)
         if self.direct_max_tokens is not None:
             _positive_int("direct_max_tokens", self.direct_max_tokens)

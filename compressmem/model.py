@@ -20,7 +20,8 @@ from .compressors import build_compressor
 from .config import MemoryConfig
 from .embedded import resolve_model_source
 from .fingerprint import BaseFingerprint, fingerprint_model
-from .gate import build_gate, default_gate_layers
+from .gate import GateHead, build_gate, default_gate_layers
+from .gate.head import HEAD_FILE
 from .prompts import PromptBuilder, Question, pad_token_id
 from .reasoner import Reasoner, Trace
 from .storage import BankWriter
@@ -48,7 +49,7 @@ class CompressedMemoryModel:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  memory_config: MemoryConfig | None = None, base_name: str | None = None,
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, gate_head: GateHead | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.memory_config = memory_config or MemoryConfig()
@@ -56,12 +57,10 @@ class CompressedMemoryModel:
         self.base_name = base_name or model.config.name_or_path
         self.fingerprint = fingerprint_model(model, tokenizer, self.base_name)
         self.prompts = PromptBuilder(tokenizer, self.memory_config)
-        num_layers = model.config.get_text_config().num_hidden_layers
-        self.gate_layers = self.memory_config.gate_layers or default_gate_layers(num_layers)
-        if any(not 0 <= i < num_layers for i in self.gate_layers):
-            raise ValueError(f"gate_layers {list(self.gate_layers)} must lie in 0..{num_layers - 1} for this model.")
+        self.gate_head = gate_head
+        self.gate_layers = self._resolve_gate_layers()
         self.compressor = build_compressor(self.memory_config)
-        gate = build_gate(self.memory_config, tokenizer, self.gate_layers)
+        gate = build_gate(self.memory_config, tokenizer, self.gate_layers, gate_head)
         self.reasoner = Reasoner(model, self.prompts, self.memory_config, gate)
 
     @classmethod
@@ -73,24 +72,26 @@ class CompressedMemoryModel:
         `trust_remote_code`, ...) go to transformers untouched. `config` overrides the checkpoint's
         `MemoryConfig`; with neither, the training-free defaults are used.
         """
+        saved = _read_checkpoint(Path(memory)) if memory is not None else None
         source = resolve_model_source(base)
         model = AutoModelForCausalLM.from_pretrained(source, **hf_kwargs)
         tokenizer_kwargs = {k: hf_kwargs[k] for k in ("trust_remote_code", "revision", "token") if k in hf_kwargs}
         tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
         model.eval()
-        saved = _read_checkpoint(Path(memory)) if memory is not None else None
-        wrapper = cls(model, tokenizer, config or (saved[1] if saved else None), base, show_progress)
-        if saved and saved[0].digest != wrapper.fingerprint.digest:
+        if saved is None:
+            return cls(model, tokenizer, config, base, show_progress)
+        fingerprint = fingerprint_model(model, tokenizer, base)
+        if saved.fingerprint.digest != fingerprint.digest:
             raise CheckpointMismatchError(
-                f"The compressmem checkpoint {memory} was made for base model {saved[0].describe()}, but the "
-                f"base model loaded is {wrapper.fingerprint.describe()}. Load the base model it was made for."
+                f"The compressmem checkpoint {memory} was made for base model {saved.fingerprint.describe()}, but "
+                f"the base model loaded is {fingerprint.describe()}. Load the base model it was made for."
             )
-        return wrapper
+        return cls(model, tokenizer, config or saved.config, base, show_progress, saved.gate_head)
 
     def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> "CompressedMemoryModel":
         """The same base model (no reload, no copy) under another `MemoryConfig`, e.g. to compare modes."""
         show = self.show_progress if show_progress is None else show_progress
-        return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show)
+        return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show, self.gate_head)
 
     def __getattr__(self, name: str) -> Any:
         if name == "model":
@@ -98,9 +99,10 @@ class CompressedMemoryModel:
         return getattr(self.model, name)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the checkpoint: `compressmem_config.json` (format, base model fingerprint, MemoryConfig).
+        """Write the checkpoint: `compressmem_config.json` (format, base model fingerprint, MemoryConfig)
+        and, when the wrapper has a trained gate head, `gate_head.safetensors`.
 
-        Never the base model's weights; the training-free compressor and gate have none of their own.
+        Never the base model's weights; the training-free compressors and gates have none of their own.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -110,6 +112,8 @@ class CompressedMemoryModel:
             "memory_config": self.memory_config.to_dict(),
         }
         (directory / CHECKPOINT_CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        if self.gate_head is not None:
+            self.gate_head.save(directory / HEAD_FILE)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
         """Save the checkpoint and upload it to a Hub model repo; returns the repo URL."""
@@ -290,10 +294,25 @@ class CompressedMemoryModel:
             return [self.compress(row_context) for row_context in context]
         return [self.compress(context)] * batch
 
+    def _resolve_gate_layers(self) -> tuple[int, ...]:
+        """The layers whose keys the gate reads: the trained head's own, else the config's, else a default."""
+        num_layers = self.model.config.get_text_config().num_hidden_layers
+        configured = self.memory_config.gate_layers
+        if self.gate_head is not None:
+            self.gate_head.check_model(self.model)
+            if configured is not None and tuple(configured) != self.gate_head.layers:
+                raise ValueError(f"gate_layers {list(configured)} differ from the layers the gate head was trained on "
+                                 f"({list(self.gate_head.layers)}); leave gate_layers unset to use the head's.")
+            return self.gate_head.layers
+        layers = configured or default_gate_layers(num_layers)
+        if any(not 0 <= i < num_layers for i in layers):
+            raise ValueError(f"gate_layers {list(layers)} must lie in 0..{num_layers - 1} for this model.")
+        return tuple(layers)
+
     def _bank_layers(self) -> tuple[int, ...]:
         if self.memory_config.read == "compressed":
             return tuple(range(self.model.config.get_text_config().num_hidden_layers))
-        return tuple(self.gate_layers) if self.memory_config.gate == "attention" else ()
+        return tuple(self.gate_layers) if self.memory_config.gate_needs_keys else ()
 
     def _direct_max_tokens(self) -> int:
         if self.memory_config.direct_max_tokens is not None:
@@ -301,14 +320,23 @@ class CompressedMemoryModel:
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or 2**31
 
 
-def _read_checkpoint(directory: Path) -> tuple[BaseFingerprint, MemoryConfig]:
+@dataclass
+class _Checkpoint:
+    fingerprint: BaseFingerprint
+    config: MemoryConfig
+    gate_head: GateHead | None
+
+
+def _read_checkpoint(directory: Path) -> _Checkpoint:
     path = directory / CHECKPOINT_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a compressmem checkpoint: {CHECKPOINT_CONFIG} is missing.")
     payload = json.loads(path.read_text(encoding="utf-8"))
     if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointMismatchError(f"{path} has format {payload['format_version']}; upgrade compressmem to read it.")
-    return BaseFingerprint.from_dict(payload["base_model"]), MemoryConfig.from_dict(payload["memory_config"])
+    head = GateHead.load(directory / HEAD_FILE) if (directory / HEAD_FILE).is_file() else None
+    return _Checkpoint(BaseFingerprint.from_dict(payload["base_model"]), MemoryConfig.from_dict(payload["memory_config"]),
+                       head)
 
 
 def _check_prompt(input_ids: Any, attention_mask: Any) -> None:

@@ -65,15 +65,19 @@ class _Row:
         if scores is None:
             return self._advance(self.cursor) if self.cursor < len(self.bank) else None
         passing = _passing(scores, config)
+        if config.read_order == "score":
+            return self._best_unread(scores, passing, read)
         if not self.recalling:
             ahead = [b for b in range(self.cursor, len(self.bank)) if passing[b] and b not in read]
             if ahead:
                 return self._advance(ahead[0])
             self.recalling = config.recall
-        if self.recalling:
-            unread = [b for b in scores.argsort(descending=True).tolist() if passing[b] and b not in read]
-            return unread[0] if unread else None
-        return None
+        return self._best_unread(scores, passing, read) if self.recalling else None
+
+    @staticmethod
+    def _best_unread(scores: torch.Tensor, passing: list[bool], read: set[int]) -> int | None:
+        unread = [b for b in scores.argsort(descending=True, stable=True).tolist() if passing[b] and b not in read]
+        return unread[0] if unread else None
 
     def _advance(self, block: int) -> int:
         self.cursor = block + 1

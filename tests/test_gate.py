@@ -8,7 +8,7 @@ from compressmem.rope import find_rotary_embedding, unrotate
 from .conftest import tiny_model, tiny_wrapper
 
 
-def _naive_scores(queries, keys, offsets, scale):
+def _naive_scores(queries, keys, offsets, scale, weights, pool="mean"):
     layers, heads, _, _ = queries.shape
     group = heads // keys.shape[1]
     out = torch.empty(len(offsets) - 1, layers, heads)
@@ -16,7 +16,9 @@ def _naive_scores(queries, keys, offsets, scale):
         for layer in range(layers):
             for head in range(heads):
                 block = keys[layer, head // group, offsets[b]:offsets[b + 1]]
-                out[b, layer, head] = (queries[layer, head] @ block.T * scale).logsumexp(-1).mean()
+                lse = (queries[layer, head] @ block.T * scale).logsumexp(-1)
+                pooled = (lse * weights).sum() / weights.sum() if pool == "mean" else lse[weights > 0].max()
+                out[b, layer, head] = pooled
     return out
 
 
@@ -28,11 +30,17 @@ def test_gate_scores_match_a_naive_loop_on_ragged_blocks(group):
     offsets = torch.tensor([0] + sizes).cumsum(0)
     queries = torch.randn(3, kv_heads * group, 5, dim)
     keys = torch.randn(3, kv_heads, int(offsets[-1]), dim)
-    expected = _naive_scores(queries, keys, offsets, dim ** -0.5)
+    ones = torch.ones(5)
+    expected = _naive_scores(queries, keys, offsets, dim ** -0.5, ones)
     torch.testing.assert_close(gate_scores(queries, keys, offsets), expected, atol=1e-5, rtol=1e-5)
-    masked = gate_scores(queries, keys, offsets, query_mask=torch.tensor([True, False, False, False, False]))
-    torch.testing.assert_close(masked, _naive_scores(queries[:, :, :1], keys, offsets, dim ** -0.5), atol=1e-5,
-                               rtol=1e-5)
+    first = torch.tensor([1.0, 0, 0, 0, 0])
+    masked = gate_scores(queries, keys, offsets, query_weights=first)
+    torch.testing.assert_close(masked, _naive_scores(queries[:, :, :1], keys, offsets, dim ** -0.5, ones[:1]),
+                               atol=1e-5, rtol=1e-5)
+    weights = torch.rand(5)
+    for pool in ("mean", "max"):
+        torch.testing.assert_close(gate_scores(queries, keys, offsets, weights, scale=0.7, pool=pool),
+                                   _naive_scores(queries, keys, offsets, 0.7, weights, pool), atol=1e-5, rtol=1e-5)
 
 
 def test_gate_scores_reject_mismatched_heads():
@@ -68,7 +76,7 @@ def test_lexical_gate_finds_the_block_sharing_rare_words(tokenizer):
 
 def test_recall_pass_reads_the_best_unread_block(tokenizer):
     """With top-2 passing, a scan that has moved past a passing block comes back to it in recall."""
-    from compressmem.reasoner import _Row, Trace
+    from compressmem.reasoner import Trace, _Row
 
     config = MemoryConfig(gate="lexical", gate_top_k=2, recall=True)
     row = _Row(bank=[None] * 4, trace=Trace("q", 4))

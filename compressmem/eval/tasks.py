@@ -27,8 +27,12 @@ def default_data_dir() -> Path | None:
 
 
 def make_cases(task: str, tokenizer: PreTrainedTokenizerBase, length: int, n: int, seed: int = 0, *,
-               haystack: str | Path | None = None, hotpotqa_file: str | Path | None = None) -> list[EvalCase]:
+               haystack: str | Path | None = None, hotpotqa_file: str | Path | None = None,
+               first: int = 0) -> list[EvalCase]:
     """`n` cases of `task` at `length` tokens; the same arguments always give the same cases.
+
+    Cases are numbered: `first` skips the first ones, so that e.g. training cases (from 20 on) never
+    repeat the evaluation's (0 to 19) for the same seed.
 
     `haystack` (the text itself as a str, or a `Path` to RULER's JSON or a text file) feeds the
     needle and variable tracking tasks; `hotpotqa_file` is any file in HotpotQA's layout. Both default to the files in
@@ -40,9 +44,9 @@ def make_cases(task: str, tokenizer: PreTrainedTokenizerBase, length: int, n: in
         raise ValueError(f"length must be a token count of at least 64, got {length!r}.")
     if task == "hotpotqa":
         path = _data_file(hotpotqa_file, HOTPOTQA_FILE, "--hotpotqa-file / hotpotqa_file")
-        return [hotpotqa(tokenizer, path, length, seed, i) for i in range(n)]
+        return [hotpotqa(tokenizer, path, length, seed, i) for i in range(first, first + n)]
     text = haystack if isinstance(haystack, str) else load_haystack(_data_file(haystack, HAYSTACK_FILE, "--haystack"))
-    return [HAYSTACK_TASKS[task](tokenizer, text, length, seed, i) for i in range(n)]
+    return [HAYSTACK_TASKS[task](tokenizer, text, length, seed, i) for i in range(first, first + n)]
 
 
 def _data_file(given: str | Path | None, name: str, option: str) -> Path:

@@ -6,14 +6,22 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from ..config import MemoryConfig
+from ..kernels import gate_scores
 from .attention import AttentionGate, GateIndex, default_gate_layers
+from .head import GateHead, GateHeadError, HeadGate
 from .lexical import LexicalGate, LexicalIndex
-from .scoring import gate_scores
 
-Gate = AttentionGate | LexicalGate
+Gate = AttentionGate | LexicalGate | HeadGate
 
 
-def build_gate(config: MemoryConfig, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...]) -> Gate | None:
+def build_gate(config: MemoryConfig, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...],
+               head: GateHead | None = None) -> Gate | None:
+    if config.gate == "head":
+        if head is None:
+            raise GateHeadError("gate='head' needs trained weights: load a checkpoint that has them with "
+                                "from_pretrained(base, memory=CHECKPOINT), pass gate_head=, or train one with "
+                                "`compressmem train gate`.")
+        return HeadGate(tokenizer, head)
     if config.gate == "attention":
         return AttentionGate(tokenizer, layers, config.gate_sharpness)
     if config.gate == "lexical":
@@ -21,5 +29,5 @@ def build_gate(config: MemoryConfig, tokenizer: PreTrainedTokenizerBase, layers:
     return None
 
 
-__all__ = ["AttentionGate", "Gate", "GateIndex", "LexicalGate", "LexicalIndex", "build_gate", "default_gate_layers",
-           "gate_scores"]
+__all__ = ["AttentionGate", "Gate", "GateHead", "GateHeadError", "GateIndex", "HeadGate", "LexicalGate", "LexicalIndex",
+           "build_gate", "default_gate_layers", "gate_scores"]

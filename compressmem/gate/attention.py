@@ -8,9 +8,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import BankMismatchError, MemoryBank
+from ..kernels import gate_scores
 from ..probe import probe
 from ..rope import find_rotary_embedding, unrotate
-from .scoring import gate_scores
 
 
 def default_gate_layers(num_layers: int) -> tuple[int, ...]:
@@ -24,7 +24,7 @@ class GateIndex:
     """A bank's gate-layer keys, rotated back to position 0 and packed once on the model's device."""
 
     keys: torch.Tensor  # [gate layers, kv_heads, total entries, d]
-    offsets: torch.Tensor  # [blocks + 1]
+    offsets: torch.Tensor  # [blocks + 1] int64, on the keys' device
     rotary: torch.nn.Module | None  # the model's RoPE module, found once here rather than at every step
 
     @classmethod
@@ -44,7 +44,7 @@ class GateIndex:
                 block_keys = unrotate(block_keys, block.positions[rows].long(), rotary)
             keys.append(block_keys)
         sizes = torch.tensor([0] + [block.num_entries for block in bank.blocks])
-        return cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0), rotary=rotary)
+        return cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0).to(model.device), rotary=rotary)
 
 
 class AttentionGate:
@@ -68,14 +68,23 @@ class AttentionGate:
     @torch.no_grad()
     def score(self, model: PreTrainedModel, texts: list[str], index: GateIndex) -> torch.Tensor:
         """`[rows, blocks]` block scores for each gate prompt."""
+        pooled = self.pooled_scores(model, texts, index, ("mean",))[:, :, 0]
+        return pooled.softmax(dim=1).mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def pooled_scores(self, model: PreTrainedModel, texts: list[str], index: GateIndex,
+                      pools: tuple[str, ...]) -> torch.Tensor:
+        """`[rows, blocks, pools, layers, heads]`: each prompt's sharpened log-sum-exp on each block,
+        pooled over its tokens by each of `pools` ("mean", "max"), in logit units."""
         prompts = [torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] or
                                 [self.tokenizer.eos_token_id]) for text in texts]
-        queries = self._queries(model, prompts, index.rotary)
+        queries = self._queries(model, prompts, index.rotary).to(index.keys.dtype)
         scale = self.sharpness * queries.shape[-1] ** -0.5
         rows = []
         for row_queries, length in zip(queries, (p.numel() for p in prompts)):
-            pooled = gate_scores(row_queries[:, :, :length], index.keys, index.offsets, scale=scale) / self.sharpness
-            rows.append(pooled.softmax(dim=0).mean(dim=(1, 2)))
+            rows.append(torch.stack([
+                gate_scores(row_queries[:, :, :length], index.keys, index.offsets, scale=scale, pool=pool)
+                for pool in pools], dim=1) / self.sharpness)
         return torch.stack(rows)
 
     def _queries(self, model: PreTrainedModel, prompts: list[torch.Tensor],

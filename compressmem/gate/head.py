@@ -1,0 +1,127 @@
+"""The trained gate (DESIGN §3.3): a logistic mix of how strongly each head attends to each block.
+
+For every block, the fused `gate_scores` op gives, per gate layer and query head, the log-sum-exp
+of the gate prompt's queries against the block's compressed keys, pooled over the prompt's tokens
+by mean and by max. `GateHead` centres those scores over the bank (a block is relevant relative to
+the others, whatever the prompt's overall scale), optionally adds the lexical gate's BM25 score as
+one more feature, and maps them through a learned weight per (pool, layer, head), a bias and a
+sigmoid to one probability per block. It is a few hundred parameters, trained as a classifier by
+`compressmem.training.gate` and saved as `gate_head.safetensors` in a compressmem checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..bank import MemoryBank
+from .attention import AttentionGate, GateIndex
+from .lexical import LexicalGate, LexicalIndex
+
+HEAD_FILE = "gate_head.safetensors"
+HEAD_FORMAT = "compressmem.GateHead"
+POOLS = ("mean", "max")
+
+
+class GateHeadError(ValueError):
+    """A gate head file is malformed or does not fit the model or configuration it is used with."""
+
+
+class GateHead(torch.nn.Module):
+    """p(block holds evidence) = sigmoid(bias + weight . centred pooled scores [+ w_lex . BM25])."""
+
+    def __init__(self, layers: tuple[int, ...], heads: int, sharpness: float = 8.0, lexical: bool = False) -> None:
+        super().__init__()
+        self.layers = tuple(layers)
+        self.heads = heads
+        self.sharpness = float(sharpness)
+        self.lexical = lexical
+        self.weight = torch.nn.Parameter(torch.zeros(self.num_features))
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+
+    @property
+    def num_features(self) -> int:
+        return len(POOLS) * len(self.layers) * self.heads + int(self.lexical)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits `[..., blocks]` from features `[..., blocks, num_features]`."""
+        return features @ self.weight + self.bias
+
+    def save(self, path: str | Path) -> None:
+        metadata = {"format": HEAD_FORMAT, "layers": json.dumps(list(self.layers)), "heads": str(self.heads),
+                    "sharpness": str(self.sharpness), "lexical": json.dumps(self.lexical),
+                    "pools": json.dumps(list(POOLS))}
+        tensors = {"weight": self.weight.detach().float().contiguous().cpu(),
+                   "bias": self.bias.detach().float().reshape(1).contiguous().cpu()}
+        save_file(tensors, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GateHead":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("format") != HEAD_FORMAT or json.loads(metadata.get("pools", "[]")) != list(POOLS):
+            raise GateHeadError(f"{path} is not a compressmem gate head (format {metadata.get('format')!r}, pools "
+                                f"{metadata.get('pools')!r}; expected {HEAD_FORMAT!r} with pools {list(POOLS)}).")
+        head = cls(tuple(json.loads(metadata["layers"])), int(metadata["heads"]), float(metadata["sharpness"]),
+                   json.loads(metadata["lexical"]))
+        tensors = load_file(str(path))
+        if tensors["weight"].shape != (head.num_features,):
+            raise GateHeadError(f"{path}: weight has shape {tuple(tensors['weight'].shape)}, its metadata needs "
+                                f"({head.num_features},).")
+        with torch.no_grad():
+            head.weight.copy_(tensors["weight"])
+            head.bias.copy_(tensors["bias"][0])
+        return head
+
+    def check_model(self, model: PreTrainedModel) -> None:
+        """Raise `GateHeadError` if this head was trained for a model of another depth or head count."""
+        config = model.config.get_text_config()
+        if config.num_attention_heads != self.heads or max(self.layers) >= config.num_hidden_layers:
+            raise GateHeadError(
+                f"This gate head reads {self.heads} heads at layers {list(self.layers)}, but the model has "
+                f"{config.num_attention_heads} heads and {config.num_hidden_layers} layers: it was trained for "
+                "another base model. Load the checkpoint made for this model, or train one (compressmem train gate).")
+
+
+@dataclass
+class HeadIndex:
+    """What the head needs of a bank: its packed gate keys and, with a lexical feature, its BM25 index."""
+
+    keys: GateIndex
+    words: LexicalIndex | None
+
+
+class HeadGate:
+    """The gate a reasoner uses with a trained `GateHead`: probabilities per block, in [0, 1]."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, head: GateHead) -> None:
+        self.head = head.eval()
+        self.attention = AttentionGate(tokenizer, head.layers, head.sharpness)
+        self.lexical = LexicalGate(tokenizer) if head.lexical else None
+
+    def index(self, bank: MemoryBank, model: PreTrainedModel) -> HeadIndex:
+        words = self.lexical.index(bank, model) if self.lexical is not None else None
+        return HeadIndex(self.attention.index(bank, model), words)
+
+    def features(self, model: PreTrainedModel, texts: list[str], index: HeadIndex) -> torch.Tensor:
+        """`[rows, blocks, num_features]`: per-prompt centred pooled scores, then the BM25 feature."""
+        pooled = self.attention.pooled_scores(model, texts, index.keys, POOLS)  # [rows, blocks, P, L, H]
+        centred = pooled - pooled.mean(dim=1, keepdim=True)
+        features = centred.flatten(2)
+        if self.lexical is None:
+            return features
+        bm25 = self.lexical.score(model, texts, index.words)  # each row sums to 1
+        relative = bm25 * bm25.shape[1] - 1  # 0 for an average block, whatever the bank's size
+        return torch.cat([features, relative.unsqueeze(-1).to(features)], dim=-1)
+
+    @torch.no_grad()
+    def score(self, model: PreTrainedModel, texts: list[str], index: HeadIndex) -> torch.Tensor:
+        """`[rows, blocks]` probabilities that each block holds evidence for each gate prompt."""
+        return torch.sigmoid(self.head(self.features(model, texts, index).cpu()))

@@ -1,0 +1,145 @@
+"""The trained gate head: features, probabilities, its file, checkpoints that carry it, and score-order reading."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from compressmem import CompressedMemoryModel, MemoryConfig
+from compressmem.config import ConfigError
+from compressmem.gate import GateHead, GateHeadError, HeadGate
+from compressmem.reasoner import Reasoner
+
+from .conftest import tiny_model, tiny_wrapper
+
+HEAD_CONFIG = MemoryConfig(chunk_size=64, gate="attention", gate_layers=(1, 2))
+SECTIONS = ["The lighthouse keeper painted the door blue.", "Bakers rise before dawn to knead bread.",
+            "The vault code is 4719283, said the keeper.", "Rivers carve canyons over many years."]
+
+
+def _context() -> str:
+    return " ".join(s + " Filler words follow here." * 12 for s in SECTIONS)
+
+
+def test_head_features_are_centred_and_probabilities_follow_the_weights(tokenizer):
+    model = tiny_wrapper("llama", tokenizer, HEAD_CONFIG)
+    bank = model.compress(_context())
+    head = GateHead((1, 2), heads=4, lexical=True)
+    gate = HeadGate(tokenizer, head)
+    index = gate.index(bank, model.model)
+    features = gate.features(model.model, ["What is the vault code?", "Who paints doors?\nthe keeper"], index)
+    assert features.shape == (2, len(bank), head.num_features)
+    attention = features[..., :-1]
+    assert attention.mean(dim=1).abs().max() < 1e-4  # centred over the bank
+    assert attention.abs().sum() > 0
+    lexical = features[..., -1]
+    torch.testing.assert_close(lexical.mean(dim=1), torch.zeros(2), atol=1e-5, rtol=0)
+    vault = bank.blocks_overlapping([(_context().index("4719283"), _context().index("4719283") + 7)])
+    assert lexical[0].argmax().item() in vault
+
+    with torch.no_grad():
+        head.weight[-1] = 5.0  # only the lexical feature counts
+        head.bias.fill_(-1.0)
+    scores = gate.score(model.model, ["What is the vault code?"], index)[0]
+    expected = torch.sigmoid(5.0 * lexical[0] - 1.0)
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_head_file_round_trip_and_refusals(tokenizer, tmp_path):
+    head = GateHead((1, 3), heads=4, sharpness=4.0, lexical=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.num_features))
+        head.bias.fill_(0.25)
+    head.save(tmp_path / "gate_head.safetensors")
+    loaded = GateHead.load(tmp_path / "gate_head.safetensors")
+    assert (loaded.layers, loaded.heads, loaded.sharpness, loaded.lexical) == ((1, 3), 4, 4.0, False)
+    torch.testing.assert_close(loaded.weight, head.weight, rtol=0, atol=0)
+    assert loaded.bias.item() == 0.25
+
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(GateHeadError, match="not a compressmem gate head"):
+        GateHead.load(tmp_path / "other.safetensors")
+    with pytest.raises(GateHeadError, match="trained for another base model"):
+        GateHead((1, 3), heads=9).check_model(tiny_model("llama", tokenizer))
+
+
+def test_gate_head_config_needs_weights_and_matching_layers(tokenizer):
+    config = dataclasses.replace(HEAD_CONFIG, gate="head", gate_layers=None)
+    with pytest.raises(GateHeadError, match="needs trained weights"):
+        tiny_wrapper("llama", tokenizer, config)
+    with pytest.raises(ValueError, match="differ from the layers the gate head was trained on"):
+        CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, dataclasses.replace(config, gate_layers=(0,)),
+                              gate_head=GateHead((1, 2), heads=4))
+    model = CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, config, gate_head=GateHead((2, 3), 4),
+                                  show_progress=False)
+    assert model.gate_layers == (2, 3)
+    assert model.compress(_context()).layers == (2, 3)
+
+
+def test_checkpoint_carries_the_head_and_reads_with_it(tokenizer, tmp_path):
+    base = tmp_path / "base"
+    tiny_model("llama", tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    head = GateHead((1, 2), heads=4, lexical=True)
+    with torch.no_grad():
+        head.weight.copy_(torch.linspace(-1, 1, head.num_features))
+    config = MemoryConfig(chunk_size=64, gate="head", gate_threshold=0.0, gate_top_k=None, read_order="score",
+                          max_steps=2)
+    plain = CompressedMemoryModel.from_pretrained(str(base), show_progress=False)
+    model = CompressedMemoryModel(plain.model, tokenizer, config, str(base), False, head)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "gate_head.safetensors").is_file()
+
+    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "ckpt", show_progress=False)
+    assert loaded.memory_config == config
+    torch.testing.assert_close(loaded.gate_head.weight, head.weight, rtol=0, atol=0)
+    question = "What is the vault code?"
+    out = loaded.generate(loaded.prompt_ids(question), context=_context(), max_new_tokens=4,
+                          return_dict_in_generate=True)
+    trace = out.trace[0]
+    assert len(trace.blocks_read) == 2  # threshold 0 passes every block; max_steps stops the reading
+    first_scores = torch.tensor(trace.steps[0].gate_scores)
+    assert trace.blocks_read[0] == int(first_scores.argmax())
+
+
+class _ScriptedGate:
+    """A gate whose scores at each call come from a script, to test the reading order alone."""
+
+    def __init__(self, script: list[list[float]]) -> None:
+        self.script = script
+        self.calls = 0
+
+    def index(self, bank, model):
+        return None
+
+    def score(self, model, texts, index):
+        scores = torch.tensor([self.script[min(self.calls, len(self.script) - 1)]] * len(texts))
+        self.calls += 1
+        return scores
+
+
+@pytest.mark.parametrize("order, expected", [("score", [2, 0]), ("document", [2])])
+def test_score_order_returns_to_earlier_blocks_that_document_order_skips(tokenizer, order, expected):
+    model = tiny_wrapper("llama", tokenizer, HEAD_CONFIG)
+    bank = model.compress(_context())
+    assert len(bank) >= 4
+    blocks = len(bank)
+    script = [[0.1, 0.2, 0.9, 0.3] + [0.0] * (blocks - 4),  # block 2 first
+              [0.8, 0.1, 0.95, 0.2] + [0.0] * (blocks - 4),  # then block 0, behind the cursor
+              [0.4, 0.1, 0.95, 0.2] + [0.0] * (blocks - 4)]  # nothing unread over the threshold: stop
+    config = dataclasses.replace(HEAD_CONFIG, gate_threshold=0.5, gate_top_k=None, read_order=order)
+    reasoner = Reasoner(model.model, model.prompts, config, _ScriptedGate(script))
+    trace = reasoner.run(["What is the vault code?"], [bank], show_progress=False)[0]
+    assert trace.blocks_read == expected
+
+
+def test_score_order_configuration_is_checked():
+    with pytest.raises(ConfigError, match="read_order='score'.*gate_top_k=None"):
+        MemoryConfig(gate="lexical", read_order="score")
+    with pytest.raises(ConfigError, match="read_order"):
+        MemoryConfig(read_order="random")
+    with pytest.raises(ConfigError, match="gate must be one of"):
+        MemoryConfig(gate="learned")
+    assert MemoryConfig(gate="head", gate_threshold=0.5, gate_top_k=None, read_order="score").needs_kv
