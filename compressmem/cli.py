@@ -171,8 +171,8 @@ def _train_gate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
             train += make_cases(task, model.tokenizer, length, args.n_train, args.seed, first=args.first_case, **data)
             test += make_cases(task, model.tokenizer, length, args.n_test, args.seed,
                                first=args.first_case + args.n_train, **data)
-    _, report = train_gate(model, train, test, args.out, lexical=not args.no_lexical, max_steps=args.max_steps, l2=args.l2,
-                           show_progress=not args.quiet)
+    _, report = train_gate(model, train, test, args.out, lexical=not args.no_lexical, max_steps=args.max_steps,
+                           l2=args.l2, show_progress=not args.quiet)
     (args.out / "metrics.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     table = report.markdown()
     (args.out / "metrics.md").write_text(table, encoding="utf-8")

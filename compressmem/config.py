@@ -52,9 +52,11 @@ class MemoryConfig:
     when it is among the `gate_top_k` best and scores at least `gate_threshold`. `read_order="document"`
     reads the passing blocks in document order (the paper's linear scan, plus an optional `recall`
     pass); `"score"` re-scores every block after each update and reads the best unread block over
-    `gate_threshold` next (no top-k), so a later hop can send the reader back to an earlier block. `fixed_update_tokens=True` makes every update decode exactly
-    its budget (`note_tokens`, or `memory_tokens` when rewriting), ignoring end-of-sequence, so that
-    timing comparisons decode the same number of tokens per step on both sides.
+    `gate_threshold` next (no top-k), so a later hop can send the reader back to an earlier block.
+
+    `fixed_update_tokens=True` makes every update decode exactly its budget (`note_tokens`, or
+    `memory_tokens` when rewriting), ignoring end-of-sequence, so that timing comparisons decode the
+    same number of tokens per step on both sides.
 
     The defaults are the cheapest configuration that met the project's accuracy bar on
     SmolLM2-135M-Instruct without trained weights (see the README's measurements). Use
@@ -139,9 +141,9 @@ class MemoryConfig:
             _positive_int("gate_top_k", self.gate_top_k)
         if self.gate is not None and self.gate_threshold is None and self.gate_top_k is None:
             raise ConfigError(f"gate={self.gate!r} needs gate_top_k or gate_threshold; set one, or gate=None.")
-        if self.gate_layers is not None:
-            if not self.gate_layers or any(isinstance(i, bool) or not isinstance(i, int) for i in self.gate_layers):
-                raise ConfigError(f"gate_layers must be a non-empty list of layer indices, got {self.gate_layers!r}.")
+        if self.gate_layers is not None and (
+                not self.gate_layers or any(isinstance(i, bool) or not isinstance(i, int) for i in self.gate_layers)):
+            raise ConfigError(f"gate_layers must be a non-empty list of layer indices, got {self.gate_layers!r}.")
         if isinstance(self.gate_sharpness, bool) or not isinstance(self.gate_sharpness, (int, float)) \
                 or not self.gate_sharpness > 0:
             raise ConfigError(f"gate_sharpness must be a positive number, got {self.gate_sharpness!r}.")

@@ -335,8 +335,8 @@ def _read_checkpoint(directory: Path) -> _Checkpoint:
     if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointMismatchError(f"{path} has format {payload['format_version']}; upgrade compressmem to read it.")
     head = GateHead.load(directory / HEAD_FILE) if (directory / HEAD_FILE).is_file() else None
-    return _Checkpoint(BaseFingerprint.from_dict(payload["base_model"]), MemoryConfig.from_dict(payload["memory_config"]),
-                       head)
+    config = MemoryConfig.from_dict(payload["memory_config"])
+    return _Checkpoint(BaseFingerprint.from_dict(payload["base_model"]), config, head)
 
 
 def _check_prompt(input_ids: Any, attention_mask: Any) -> None:
