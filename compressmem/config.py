@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-COMPRESSORS = ("select", "none")
+COMPRESSORS = ("select", "learned", "none")
 SCORES = ("keynorm", "observed", "window")
 GATES = ("attention", "lexical", "head", None)
 READ_ORDERS = ("document", "score")

@@ -16,7 +16,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .bank import MemoryBank, MemoryBlock
 from .chunking import Chunk, Context, split_into_chunks, stream_chunks, tokenize_context
-from .compressors import build_compressor
+from .compressors import LearnedCompressor, build_compressor
 from .config import MemoryConfig
 from .embedded import resolve_model_source
 from .fingerprint import BaseFingerprint, fingerprint_model
@@ -28,6 +28,7 @@ from .storage import BankWriter
 
 CHECKPOINT_CONFIG = "compressmem_config.json"
 CHECKPOINT_FORMAT_VERSION = 1
+COMPRESSOR_FOLDER = "compressor"
 
 
 class CheckpointMismatchError(ValueError):
@@ -49,7 +50,8 @@ class CompressedMemoryModel:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  memory_config: MemoryConfig | None = None, base_name: str | None = None,
-                 show_progress: bool = True, gate_head: GateHead | None = None) -> None:
+                 show_progress: bool = True, gate_head: GateHead | None = None,
+                 compressor: LearnedCompressor | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.memory_config = memory_config or MemoryConfig()
@@ -59,7 +61,11 @@ class CompressedMemoryModel:
         self.prompts = PromptBuilder(tokenizer, self.memory_config)
         self.gate_head = gate_head
         self.gate_layers = self._resolve_gate_layers()
-        self.compressor = build_compressor(self.memory_config)
+        learned = self.memory_config.compressor == "learned"
+        if compressor is not None and not learned:
+            raise ValueError(f"A learned compressor was given but the configuration asks for "
+                             f"compressor={self.memory_config.compressor!r}; set compressor='learned'.")
+        self.compressor = compressor if learned and compressor is not None else build_compressor(self.memory_config)
         gate = build_gate(self.memory_config, tokenizer, self.gate_layers, gate_head)
         self.reasoner = Reasoner(model, self.prompts, self.memory_config, gate)
 
@@ -86,12 +92,18 @@ class CompressedMemoryModel:
                 f"The compressmem checkpoint {memory} was made for base model {saved.fingerprint.describe()}, but "
                 f"the base model loaded is {fingerprint.describe()}. Load the base model it was made for."
             )
-        return cls(model, tokenizer, config or saved.config, base, show_progress, saved.gate_head)
+        chosen = config or saved.config
+        compressor = None
+        if chosen.compressor == "learned" and (Path(memory) / COMPRESSOR_FOLDER).is_dir():
+            compressor = LearnedCompressor.load(model, Path(memory) / COMPRESSOR_FOLDER, chosen.ratio)
+        return cls(model, tokenizer, chosen, base, show_progress, saved.gate_head, compressor)
 
     def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> "CompressedMemoryModel":
         """The same base model (no reload, no copy) under another `MemoryConfig`, e.g. to compare modes."""
         show = self.show_progress if show_progress is None else show_progress
-        return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show, self.gate_head)
+        keeps_learned = memory_config.compressor == "learned" and isinstance(self.compressor, LearnedCompressor)
+        learned = self.compressor if keeps_learned else None
+        return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show, self.gate_head, learned)
 
     def __getattr__(self, name: str) -> Any:
         if name == "model":
@@ -100,7 +112,8 @@ class CompressedMemoryModel:
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the checkpoint: `compressmem_config.json` (format, base model fingerprint, MemoryConfig)
-        and, when the wrapper has a trained gate head, `gate_head.safetensors`.
+        and the trained parts the wrapper has: `gate_head.safetensors`, and `compressor/` (the learned
+        compressor's LoRA adapter in PEFT layout plus its memory embeddings).
 
         Never the base model's weights; the training-free compressors and gates have none of their own.
         """
@@ -114,6 +127,8 @@ class CompressedMemoryModel:
         (directory / CHECKPOINT_CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         if self.gate_head is not None:
             self.gate_head.save(directory / HEAD_FILE)
+        if isinstance(self.compressor, LearnedCompressor):
+            self.compressor.save(self.model, directory / COMPRESSOR_FOLDER)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
         """Save the checkpoint and upload it to a Hub model repo; returns the repo URL."""

@@ -23,7 +23,7 @@ def test_memagent_preset_reads_raw_chunks_without_gate_or_compression():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("chunk_size", 0), ("chunk_size", 1.5), ("compressor", "learned"), ("ratio", 0.5), ("ratio", "4"),
+    ("chunk_size", 0), ("chunk_size", 1.5), ("compressor", "gist"), ("ratio", 0.5), ("ratio", "4"),
     ("gate", "magic"), ("gate_threshold", 1.5), ("gate_top_k", 0), ("memory_tokens", -1), ("max_steps", 0),
     ("read", "both"), ("recall", "yes"), ("score", "random"), ("memory_update", "merge"), ("min_grounding", 2.0),
     ("gate_layers", ()), ("answer_template", "no placeholders"), ("update_template", "{memory} only"),
