@@ -66,6 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     gate.add_argument("--haystack", type=Path, help="haystack for the needle and variable tracking tasks")
     gate.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON")
 
+    pre = trainers.add_parser("pretrain", help="pre-train the learned compressor: rebuild and continue a chunk "
+                              "from its block alone (the base model frozen)")
+    _common(pre)
+    pre.add_argument("--out", required=True, type=Path, help="checkpoint folder; a run found there is resumed")
+    pre.add_argument("--files", nargs="*", type=Path, help="text files to train on (default: the essay haystack in "
+                     "../shared/data)")
+    pre.add_argument("--steps", type=int, default=200)
+    pre.add_argument("--batch-size", type=int, default=4)
+    pre.add_argument("--learning-rate", type=float, default=1e-3)
+    pre.add_argument("--continuation-tokens", type=int, default=64)
+    pre.add_argument("--save-every", type=int, default=50)
+    pre.add_argument("--ratio", type=float, help="memory tokens: one per RATIO chunk tokens (default: the config's)")
+    pre.add_argument("--rank", type=int, default=8, help="LoRA rank of a new compressor")
+    pre.add_argument("--seed", type=int, default=0)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.quiet:
@@ -78,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         return _evaluate(args, config)
     if args.command == "train":
-        return _train_gate(args, config)
+        return _train_gate(args, config) if args.trainer == "gate" else _pretrain(args, config)
     source = args.file if args.command == "compress" else args.context
     streamed = args.command == "compress" and args.output.suffix != ".safetensors"
     text = None if source.suffix == ".safetensors" or source.is_dir() or streamed else _read_text(source)
@@ -178,6 +193,32 @@ def _train_gate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     (args.out / "metrics.md").write_text(table, encoding="utf-8")
     print(table)
     print(f"{args.out}: gate head trained on {report.train_decisions} decisions; load it with "
+          f"CompressedMemoryModel.from_pretrained(base, memory={str(args.out)!r}).")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace, config: MemoryConfig | None) -> int:
+    import dataclasses
+
+    from .eval import default_data_dir, load_haystack
+    from .model import CompressedMemoryModel
+    from .training.pretrain import PretrainConfig, pretrain, start_or_resume
+
+    if args.files:
+        texts = [_read_text(path) for path in args.files]
+    else:
+        haystack = default_data_dir() / "pg_essays.json"
+        if not haystack.is_file():
+            raise SystemExit(f"No --files given and the default essays ({haystack}) are missing; pass --files.")
+        texts = [load_haystack(haystack)]
+    base = CompressedMemoryModel.from_pretrained(args.model, config=config, show_progress=not args.quiet)
+    if args.ratio is not None:
+        base = base.with_config(dataclasses.replace(base.memory_config, ratio=args.ratio))
+    model = start_or_resume(base, args.out, rank=args.rank, seed=args.seed)
+    settings = PretrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                              continuation_tokens=args.continuation_tokens, save_every=args.save_every, seed=args.seed)
+    log = pretrain(model, texts, args.out, settings, show_progress=not args.quiet)
+    print(f"{args.out}: step {log[-1]['step']}, loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; load it with "
           f"CompressedMemoryModel.from_pretrained(base, memory={str(args.out)!r}).")
     return 0
 

@@ -42,8 +42,8 @@ class LearnedCompressor(Compressor):
     @classmethod
     def initialise(cls, model: PreTrainedModel, ratio: float, chunk_size: int, rank: int = 8,
                    seed: int = 0) -> "LearnedCompressor":
-        """A fresh compressor for `model`: a zero-initialised LoRA adapter (so it starts as the base model)
-        and memory embeddings drawn around the mean token embedding."""
+        """A fresh compressor for `model`: a LoRA adapter whose B is zero (so it starts as the base model)
+        and memory embeddings drawn around the mean token embedding; the same `seed` gives the same one."""
         from peft import LoraConfig
 
         slots = math.ceil(chunk_size / ratio)
@@ -51,8 +51,10 @@ class LearnedCompressor(Compressor):
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(slots, embeddings.shape[1], generator=generator) * embeddings.float().std().item()
         memory = torch.nn.Parameter(embeddings.float().mean(dim=0).cpu() + noise)
-        attach_adapter(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS),
-                                         lora_dropout=0.0))
+        with torch.random.fork_rng(devices=[]):  # the adapter's random init follows `seed`, not global state
+            torch.manual_seed(seed)
+            attach_adapter(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS),
+                                             lora_dropout=0.0))
         return cls(ratio, memory)
 
     def save(self, model: PreTrainedModel, directory: str | Path) -> None:

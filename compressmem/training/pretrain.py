@@ -1,0 +1,191 @@
+"""Compressor pre-training (DESIGN §3.6): from a block alone, reconstruct its chunk and continue the text.
+
+The reasoner is the frozen base model (adapter off). Each example is a chunk and the tokens that
+follow it in the text: the chunk is compressed into a block by the learned compressor, with
+gradients, and the base model, reading only that block (after the shared section prefix, at the
+positions the reasoner uses), is scored by cross-entropy on the chunk's own tokens (reconstruction)
+and then on the next ones (continuation). Only the compressor's LoRA adapter and memory embeddings
+learn. Checkpoints are compressmem checkpoints plus `trainer_state.safetensors` (step and AdamW
+state, no pickle), so a run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from ..compressors import LearnedCompressor
+from ..model import CompressedMemoryModel
+
+TRAINER_STATE = "trainer_state.safetensors"
+LOG_FILE = "pretrain_log.jsonl"
+
+
+@dataclass
+class PretrainConfig:
+    """Optimisation settings of `pretrain`."""
+
+    steps: int = 200
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    continuation_tokens: int = 64
+    save_every: int = 50
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+def reconstruction_loss(model: CompressedMemoryModel, chunk_ids: torch.Tensor,
+                        continuation_ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the frozen base model rebuilding `chunk_ids` `[B, n]` and continuing with
+    `continuation_ids` `[B, t]` from the chunks' blocks alone."""
+    compressor = model.compressor
+    if not isinstance(compressor, LearnedCompressor):
+        raise TypeError("reconstruction_loss trains a learned compressor; build the model with compressor='learned'.")
+    base = model.model
+    layers = tuple(range(base.config.get_text_config().num_hidden_layers))
+    prefix = model.prompts.section_prefix_ids()
+    blocks = compressor.forward_blocks(base, prefix, chunk_ids, layers, keep_values=True)
+    batch = chunk_ids.shape[0]
+    keys = torch.cat([blocks.prefix_keys.expand(batch, -1, -1, -1, -1), blocks.keys], dim=3)
+    values = torch.cat([blocks.prefix_values.expand(batch, -1, -1, -1, -1), blocks.values], dim=3)
+    cache = DynamicCache([(keys[:, i], values[:, i]) for i in range(len(layers))])
+    targets = torch.cat([chunk_ids, continuation_ids], dim=1).to(base.device)
+    start = prefix.numel() + chunk_ids.shape[1]
+    positions = torch.arange(start, start + targets.shape[1] - 1, device=base.device).expand(batch, -1)
+    logits = base(input_ids=targets[:, :-1], past_key_values=cache, position_ids=positions, use_cache=True).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten())
+
+
+def training_pairs(model: CompressedMemoryModel, texts: list[str], continuation_tokens: int) -> torch.Tensor:
+    """Every (chunk, continuation) window of the texts, `[pairs, chunk_size + continuation_tokens]` ids."""
+    width = model.memory_config.chunk_size + continuation_tokens
+    windows = []
+    for text in texts:
+        ids = torch.tensor(model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        stride = model.memory_config.chunk_size
+        windows += [ids[i:i + width] for i in range(0, ids.numel() - width + 1, stride)]
+    if not windows:
+        raise ValueError(f"The texts hold no window of {width} tokens (chunk_size + continuation_tokens); give "
+                         "longer texts or a smaller chunk_size.")
+    return torch.stack(windows)
+
+
+def pretrain(model: CompressedMemoryModel, texts: list[str], out: str | Path, config: PretrainConfig | None = None,
+             show_progress: bool = True) -> list[dict]:
+    """Train `model`'s learned compressor on `texts`, resuming from `out` when it holds a run; returns the log."""
+    config = config or PretrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = training_pairs(model, texts, config.continuation_tokens)
+    weights = trainable_weights(model)
+    optimizer = torch.optim.AdamW(weights, lr=config.learning_rate)
+    step = _resume(optimizer, out)
+    chunk = model.memory_config.chunk_size
+    log_path = out / LOG_FILE
+    log = [json.loads(line) for line in log_path.read_text().splitlines()] if step and log_path.exists() else []
+    log = [entry for entry in log if entry["step"] <= step]
+    with tqdm(total=config.steps, initial=step, desc="Pre-training", unit="step", disable=not show_progress) as bar:
+        while step < config.steps:
+            order = random.Random(f"{config.seed}:{step}")
+            batch = pairs[[order.randrange(len(pairs)) for _ in range(config.batch_size)]]
+            started = time.perf_counter()
+            loss = reconstruction_loss(model, batch[:, :chunk], batch[:, chunk:])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(weights, config.max_grad_norm)
+            optimizer.step()
+            step += 1
+            log.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % config.save_every == 0 or step == config.steps:
+                _save(model, optimizer, step, out, log, config)
+    return log
+
+
+def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
+    """The compressor's memory embeddings and LoRA weights, made trainable; the base model frozen."""
+    compressor = model.compressor
+    if not isinstance(compressor, LearnedCompressor):
+        raise TypeError("pretrain trains a learned compressor; build the model with compressor='learned'.")
+    adapter = []
+    for name, weight in model.model.named_parameters():
+        weight.requires_grad_("lora_" in name)
+        if "lora_" in name:
+            adapter.append(weight)
+    compressor.memory_embeddings.requires_grad_(True)
+    return [compressor.memory_embeddings, *adapter]
+
+
+def _save(model: CompressedMemoryModel, optimizer: torch.optim.Optimizer, step: int, out: Path, log: list[dict],
+          config: PretrainConfig) -> None:
+    from safetensors.torch import save_file
+
+    model.save_pretrained(out)
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_file(tensors, str(out / TRAINER_STATE), metadata={"step": str(step), "config": json.dumps(asdict(config))})
+    (out / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in log), encoding="utf-8")
+    _plot(log, out / "pretrain_loss.png")
+
+
+def _resume(optimizer: torch.optim.Optimizer, out: Path) -> int:
+    """Restore AdamW's state from `out` and return the step it reached (0 for a new run)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = out / TRAINER_STATE
+    if not path.is_file():
+        return 0
+    with safe_open(str(path), framework="pt") as handle:
+        step = int((handle.metadata() or {})["step"])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path)).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    saved = optimizer.state_dict()
+    saved["state"] = state
+    optimizer.load_state_dict(saved)
+    return step
+
+
+def _plot(log: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # the JSONL log holds the same curve
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot([e["step"] for e in log], [e["loss"] for e in log])
+    axis.set_xlabel("step")
+    axis.set_ylabel("reconstruction + continuation loss")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def start_or_resume(model: CompressedMemoryModel, out: str | Path, rank: int = 8,
+                    seed: int = 0) -> CompressedMemoryModel:
+    """`model`'s base with the learned compressor of the run in `out`, or a fresh one (LoRA rank `rank`)
+    when `out` holds no run yet. The configuration is `model`'s, with `compressor="learned"` and
+    `read="compressed"`."""
+    import dataclasses
+
+    config = dataclasses.replace(model.memory_config, compressor="learned", read="compressed")
+    if (Path(out) / TRAINER_STATE).is_file():
+        compressor = LearnedCompressor.load(model.model, Path(out) / "compressor", config.ratio)
+    else:
+        compressor = LearnedCompressor.initialise(model.model, config.ratio, config.chunk_size, rank=rank, seed=seed)
+    return type(model)(model.model, model.tokenizer, config, model.base_name, model.show_progress,
+                       model.gate_head, compressor)

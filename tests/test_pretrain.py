@@ -1,0 +1,89 @@
+"""Compressor pre-training: the loss falls on a fixed batch, and a resumed run continues the same run."""
+
+import json
+
+import pytest
+import torch
+
+from compressmem import CompressedMemoryModel, MemoryConfig
+from compressmem.training.pretrain import (PretrainConfig, pretrain, reconstruction_loss, start_or_resume,
+                                           trainable_weights, training_pairs)
+
+from .conftest import tiny_model
+
+pytest.importorskip("peft", reason="the learned compressor needs PEFT: pip install 'compressmem[train]'")
+
+CONFIG = MemoryConfig(chunk_size=32, ratio=4, gate=None, gate_top_k=None)
+TEXT = ("The harbour master counted the boats each morning and wrote their names in a ledger. "
+        "Gulls argued over the nets while the tide turned. ") * 20
+
+
+def _plain(tokenizer, seed=0):
+    return CompressedMemoryModel(tiny_model("llama", tokenizer, seed), tokenizer, CONFIG, "tiny", False)
+
+
+def test_a_few_steps_on_one_batch_lower_the_loss_markedly(tokenizer):
+    torch.manual_seed(0)
+    # weights at initializer_range 0.2 give the random base logits a range the block can steer
+    plain = CompressedMemoryModel(tiny_model("llama", tokenizer, 0, initializer_range=0.2), tokenizer, CONFIG, "tiny",
+                                  False)
+    model = start_or_resume(plain, "/nonexistent-run")
+    pairs = training_pairs(model, [TEXT], continuation_tokens=16)[:2]
+    optimizer = torch.optim.Adam(trainable_weights(model), lr=3e-2)
+    losses = []
+    for _ in range(15):
+        loss = reconstruction_loss(model, pairs[:, :32], pairs[:, 32:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert all(not w.requires_grad for n, w in model.model.named_parameters() if "lora_" not in n)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tokenizer, tmp_path):
+    base = tmp_path / "base"
+    tiny_model("llama", tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    settings = dict(batch_size=2, learning_rate=1e-2, continuation_tokens=16, save_every=2, seed=1)
+
+    def run(out, steps):
+        plain = CompressedMemoryModel.from_pretrained(str(base), config=CONFIG, show_progress=False)
+        return pretrain(start_or_resume(plain, out, seed=1), [TEXT], out, PretrainConfig(steps=steps, **settings),
+                        show_progress=False)
+
+    straight = run(tmp_path / "straight", 6)
+    run(tmp_path / "resumed", 4)
+    resumed = run(tmp_path / "resumed", 6)
+    assert [e["step"] for e in resumed] == [1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close(torch.tensor([e["loss"] for e in resumed]), torch.tensor([e["loss"] for e in straight]),
+                               rtol=1e-4, atol=1e-5)
+    logged = [json.loads(line) for line in (tmp_path / "resumed" / "pretrain_log.jsonl").read_text().splitlines()]
+    assert len(logged) == 6
+    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "resumed", show_progress=False)
+    assert loaded.memory_config.compressor == "learned" and len(loaded.compress(TEXT)) > 1
+
+
+def test_texts_too_short_for_one_window_are_refused(tokenizer):
+    with pytest.raises(ValueError, match="no window of 48 tokens"):
+        training_pairs(_plain(tokenizer), ["too short"], continuation_tokens=16)
+
+
+def test_pretrain_command_trains_resumes_and_writes_a_loadable_checkpoint(tokenizer, tmp_path):
+    from compressmem.cli import main
+
+    base = tmp_path / "base"
+    tiny_model("llama", tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "run"
+    args = ["train", "pretrain", "--model", str(base), "--chunk-size", "32", "--files", str(text), "--out", str(out),
+            "--batch-size", "2", "--continuation-tokens", "8", "--save-every", "2", "--quiet"]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "3"]) == 0
+    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3]
+    assert (out / "pretrain_loss.png").is_file() and (out / "compressor" / "adapter_model.safetensors").is_file()
+    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
+    assert loaded.memory_config.compressor == "learned" and loaded.memory_config.read == "compressed"
