@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from compressmem import CompressedMemoryModel, MemoryConfig
-from compressmem.training.pretrain import (PretrainConfig, pretrain, reconstruction_loss, start_or_resume,
-                                           trainable_weights, training_pairs)
+from compressmem.training.pretrain import (
+    PretrainConfig,
+    pretrain,
+    reconstruction_loss,
+    start_or_resume,
+    trainable_weights,
+    training_pairs,
+)
 
 from .conftest import tiny_model
 

@@ -35,9 +35,10 @@ class LearnedCompressor(Compressor):
 
     name = "learned"
 
-    def __init__(self, ratio: float, memory_embeddings: torch.nn.Parameter) -> None:
+    def __init__(self, ratio: float, memory_embeddings: torch.nn.Parameter, lora_config) -> None:
         super().__init__(ratio)
         self.memory_embeddings = memory_embeddings  # [slots, hidden]: slot j is memory token j
+        self.lora_config = lora_config  # the adapter's `peft.LoraConfig`
 
     @classmethod
     def initialise(cls, model: PreTrainedModel, ratio: float, chunk_size: int, rank: int = 8,
@@ -51,29 +52,26 @@ class LearnedCompressor(Compressor):
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(slots, embeddings.shape[1], generator=generator) * embeddings.float().std().item()
         memory = torch.nn.Parameter(embeddings.float().mean(dim=0).cpu() + noise)
+        lora_config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS), lora_dropout=0.0)
         with torch.random.fork_rng(devices=[]):  # the adapter's random init follows `seed`, not global state
             torch.manual_seed(seed)
-            attach_adapter(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS),
-                                             lora_dropout=0.0))
-        return cls(ratio, memory)
+            attach_adapter(model, lora_config)
+        return cls(ratio, memory, lora_config)
 
     def save(self, model: PreTrainedModel, directory: str | Path) -> None:
         """Write the adapter (PEFT layout: `adapter_config.json`, `adapter_model.safetensors`) plus the
         memory embeddings, in the same safetensors file; never the base model's weights."""
-        from peft import get_peft_model_state_dict
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        model.peft_config[ADAPTER].save_pretrained(str(directory))
-        tensors = {name: weight.detach().contiguous().cpu()
-                   for name, weight in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}
+        self.lora_config.save_pretrained(str(directory))
+        tensors = {name: weight.detach().contiguous().cpu() for name, weight in adapter_weights(model).items()}
         tensors[MEMORY_TENSOR] = self.memory_embeddings.detach().float().contiguous().cpu()
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"ratio": str(self.ratio)})
 
     @classmethod
     def load(cls, model: PreTrainedModel, directory: str | Path, ratio: float) -> "LearnedCompressor":
         """Attach the saved adapter to `model` and read the memory embeddings; `ratio` must be the saved one."""
-        from peft import LoraConfig, set_peft_model_state_dict
+        from peft import LoraConfig
         from safetensors import safe_open
 
         directory = Path(directory)
@@ -84,9 +82,16 @@ class LearnedCompressor(Compressor):
                              f"asks for ratio {ratio}; use the checkpoint's ratio.")
         tensors = load_file(str(directory / WEIGHTS_FILE))
         memory = torch.nn.Parameter(tensors.pop(MEMORY_TENSOR), requires_grad=False)
-        attach_adapter(model, LoraConfig.from_pretrained(str(directory)))
-        set_peft_model_state_dict(model, tensors, adapter_name=ADAPTER)
-        return cls(ratio, memory)
+        lora_config = LoraConfig.from_pretrained(str(directory))
+        attach_adapter(model, lora_config)
+        expected = adapter_weights(model)
+        if set(tensors) != set(expected):
+            raise ValueError(f"The adapter in {directory} does not fit this model: {len(set(tensors) - set(expected))} "
+                             f"saved weights have no place in it and {len(set(expected) - set(tensors))} are missing.")
+        with torch.no_grad():
+            for name, weight in expected.items():
+                weight.copy_(tensors[name])
+        return cls(ratio, memory, lora_config)
 
     @torch.no_grad()
     def compress(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
@@ -137,10 +142,24 @@ def memory_positions(num_tokens: int, kept: int, ratio: float) -> torch.Tensor:
 
 
 def attach_adapter(model: PreTrainedModel, lora_config) -> None:
-    """Add the compressor's LoRA adapter to `model` (switched off: it is on only while compressing)."""
-    if ADAPTER not in (getattr(model, "peft_config", None) or {}):
-        model.add_adapter(lora_config, adapter_name=ADAPTER)
-    model.disable_adapters()
+    """Inject the compressor's LoRA adapter into `model` (switched off: it is on only while compressing).
+
+    PEFT's own injection, not transformers' adapter integration, so any transformers version that
+    PEFT supports works.
+    """
+    from peft import inject_adapter_in_model
+
+    if not adapter_weights(model):
+        trainable = {name: weight.requires_grad for name, weight in model.named_parameters()}
+        inject_adapter_in_model(lora_config, model, adapter_name=ADAPTER)
+        for name, weight in model.named_parameters():  # PEFT freezes the base; leave it as the user had it
+            weight.requires_grad_(trainable.get(name, weight.requires_grad))
+    _switch(model, on=False)
+
+
+def adapter_weights(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
+    """The compressor adapter's weights in `model`, by parameter name."""
+    return {name: weight for name, weight in model.named_parameters() if f".{ADAPTER}." in name}
 
 
 @contextlib.contextmanager
@@ -150,13 +169,20 @@ def adapter_active(model: PreTrainedModel) -> Iterator[None]:
     Switching an adapter off also freezes its weights in PEFT; their trainability is restored after,
     so a trainer's backward pass (which runs once the adapter is off again) still reaches them.
     """
-    adapter_weights = [p for name, p in model.named_parameters() if f".{ADAPTER}." in name]
-    trainable = [p.requires_grad for p in adapter_weights]
-    model.set_adapter(ADAPTER)
-    model.enable_adapters()
+    weights = list(adapter_weights(model).values())
+    trainable = [w.requires_grad for w in weights]
+    _switch(model, on=True)
     try:
         yield
     finally:
-        model.disable_adapters()
-        for weight, flag in zip(adapter_weights, trainable):
+        _switch(model, on=False)
+        for weight, flag in zip(weights, trainable):
             weight.requires_grad_(flag)
+
+
+def _switch(model: PreTrainedModel, on: bool) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.enable_adapters(on)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from ..compressors import LearnedCompressor
+from ..compressors.learned import adapter_weights
 from ..model import CompressedMemoryModel
 
 TRAINER_STATE = "trainer_state.safetensors"
@@ -115,13 +116,13 @@ def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
     compressor = model.compressor
     if not isinstance(compressor, LearnedCompressor):
         raise TypeError("pretrain trains a learned compressor; build the model with compressor='learned'.")
-    adapter = []
-    for name, weight in model.model.named_parameters():
-        weight.requires_grad_("lora_" in name)
-        if "lora_" in name:
-            adapter.append(weight)
+    adapter = adapter_weights(model.model)
+    for weight in model.model.parameters():
+        weight.requires_grad_(False)
+    for weight in adapter.values():
+        weight.requires_grad_(True)
     compressor.memory_embeddings.requires_grad_(True)
-    return [compressor.memory_embeddings, *adapter]
+    return [compressor.memory_embeddings, *adapter.values()]
 
 
 def _save(model: CompressedMemoryModel, optimizer: torch.optim.Optimizer, step: int, out: Path, log: list[dict],
