@@ -68,8 +68,13 @@ class AttentionGate:
     @torch.no_grad()
     def score(self, model: PreTrainedModel, texts: list[str], index: GateIndex) -> torch.Tensor:
         """`[rows, blocks]` block scores for each gate prompt."""
-        pooled = self.pooled_scores(model, texts, index, ("mean",))[:, :, 0]
-        return pooled.softmax(dim=1).mean(dim=(2, 3))
+        return self.mix(self.pooled_scores(model, texts, index, ("mean",))[:, :, 0])
+
+    @staticmethod
+    def mix(mean_pooled: torch.Tensor) -> torch.Tensor:
+        """`[rows, blocks]` from mean-pooled scores `[rows, blocks, layers, heads]`: a softmax over blocks per
+        layer and head, averaged uniformly (no training, so no better weighting is known)."""
+        return mean_pooled.softmax(dim=1).mean(dim=(2, 3))
 
     @torch.no_grad()
     def pooled_scores(self, model: PreTrainedModel, texts: list[str], index: GateIndex,

@@ -110,9 +110,14 @@ class HeadGate:
         words = self.lexical.index(bank, model) if self.lexical is not None else None
         return HeadIndex(self.attention.index(bank, model), words)
 
-    def features(self, model: PreTrainedModel, texts: list[str], index: HeadIndex) -> torch.Tensor:
-        """`[rows, blocks, num_features]`: per-prompt centred pooled scores, then the BM25 feature."""
-        pooled = self.attention.pooled_scores(model, texts, index.keys, POOLS)  # [rows, blocks, P, L, H]
+    def features(self, model: PreTrainedModel, texts: list[str], index: HeadIndex,
+                 pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """`[rows, blocks, num_features]`: per-prompt centred pooled scores, then the BM25 feature.
+
+        `pooled` is `attention.pooled_scores(..., POOLS)` when the caller has computed it already.
+        """
+        if pooled is None:
+            pooled = self.attention.pooled_scores(model, texts, index.keys, POOLS)  # [rows, blocks, P, L, H]
         centred = pooled - pooled.mean(dim=1, keepdim=True)
         features = centred.flatten(2)
         if self.lexical is None:

@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..eval.cases import EvalCase
-from ..gate import GateHead, HeadGate
+from ..gate import AttentionGate, GateHead, HeadGate
+from ..gate.head import POOLS
 from ..model import CompressedMemoryModel
 
 logger = logging.getLogger("compressmem")
@@ -75,8 +76,9 @@ def collect_examples(model: CompressedMemoryModel, cases: list[EvalCase],
         memories = [""] + [step.memory for step in trace.steps]
         index = gate.index(bank, model.model)
         texts = [model.prompts.gate_text(case.question, memory) for memory in memories]
-        features = gate.features(model.model, texts, index).cpu()
-        baseline = gate.attention.score(model.model, texts, index.keys).cpu()
+        pooled = gate.attention.pooled_scores(model.model, texts, index.keys, POOLS)  # one prefill for both
+        features = gate.features(model.model, texts, index, pooled).cpu()
+        baseline = AttentionGate.mix(pooled[:, :, POOLS.index("mean")]).cpu()
         labels = torch.zeros(len(bank), dtype=torch.bool)
         labels[evidence] = True
         for step in range(len(memories)):

@@ -11,6 +11,7 @@ state, no pickle), so a run resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -181,8 +182,6 @@ def start_or_resume(model: CompressedMemoryModel, out: str | Path, rank: int = 8
     """`model`'s base with the learned compressor of the run in `out`, or a fresh one (LoRA rank `rank`)
     when `out` holds no run yet. The configuration is `model`'s, with `compressor="learned"` and
     `read="compressed"`."""
-    import dataclasses
-
     config = dataclasses.replace(model.memory_config, compressor="learned", read="compressed")
     if (Path(out) / TRAINER_STATE).is_file():
         compressor = LearnedCompressor.load(model.model, Path(out) / "compressor", config.ratio)
