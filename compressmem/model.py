@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .adapters import ReasonerAdapter
 from .bank import MemoryBank, MemoryBlock
 from .chunking import Chunk, Context, split_into_chunks, stream_chunks, tokenize_context
 from .compressors import LearnedCompressor, build_compressor
@@ -29,6 +30,7 @@ from .storage import BankWriter
 CHECKPOINT_CONFIG = "compressmem_config.json"
 CHECKPOINT_FORMAT_VERSION = 1
 COMPRESSOR_FOLDER = "compressor"
+REASONER_FOLDER = "reasoner"
 
 
 class CheckpointMismatchError(ValueError):
@@ -51,7 +53,7 @@ class CompressedMemoryModel:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  memory_config: MemoryConfig | None = None, base_name: str | None = None,
                  show_progress: bool = True, gate_head: GateHead | None = None,
-                 compressor: LearnedCompressor | None = None) -> None:
+                 compressor: LearnedCompressor | None = None, reasoner_adapter: ReasonerAdapter | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.memory_config = memory_config or MemoryConfig()
@@ -67,7 +69,8 @@ class CompressedMemoryModel:
                              f"compressor={self.memory_config.compressor!r}; set compressor='learned'.")
         self.compressor = compressor if learned and compressor is not None else build_compressor(self.memory_config)
         gate = build_gate(self.memory_config, tokenizer, self.gate_layers, gate_head)
-        self.reasoner = Reasoner(model, self.prompts, self.memory_config, gate)
+        self.reasoner_adapter = reasoner_adapter
+        self.reasoner = Reasoner(model, self.prompts, self.memory_config, gate, reasoner_adapter)
 
     @classmethod
     def from_pretrained(cls, base: str, memory: str | Path | None = None, config: MemoryConfig | None = None, *,
@@ -93,17 +96,20 @@ class CompressedMemoryModel:
                 f"the base model loaded is {fingerprint.describe()}. Load the base model it was made for."
             )
         chosen = config or saved.config
-        compressor = None
+        compressor = adapter = None
         if chosen.compressor == "learned" and (Path(memory) / COMPRESSOR_FOLDER).is_dir():
             compressor = LearnedCompressor.load(model, Path(memory) / COMPRESSOR_FOLDER, chosen.ratio)
-        return cls(model, tokenizer, chosen, base, show_progress, saved.gate_head, compressor)
+        if (Path(memory) / REASONER_FOLDER).is_dir():
+            adapter = ReasonerAdapter.load(model, Path(memory) / REASONER_FOLDER)
+        return cls(model, tokenizer, chosen, base, show_progress, saved.gate_head, compressor, adapter)
 
     def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> "CompressedMemoryModel":
         """The same base model (no reload, no copy) under another `MemoryConfig`, e.g. to compare modes."""
         show = self.show_progress if show_progress is None else show_progress
         keeps_learned = memory_config.compressor == "learned" and isinstance(self.compressor, LearnedCompressor)
         learned = self.compressor if keeps_learned else None
-        return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show, self.gate_head, learned)
+        return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show, self.gate_head, learned,
+                          self.reasoner_adapter)
 
     def __getattr__(self, name: str) -> Any:
         if name == "model":
@@ -112,8 +118,9 @@ class CompressedMemoryModel:
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the checkpoint: `compressmem_config.json` (format, base model fingerprint, MemoryConfig)
-        and the trained parts the wrapper has: `gate_head.safetensors`, and `compressor/` (the learned
-        compressor's LoRA adapter in PEFT layout plus its memory embeddings).
+        and the trained parts the wrapper has: `gate_head.safetensors`, `compressor/` (the learned
+        compressor's LoRA adapter in PEFT layout plus its memory embeddings) and `reasoner/` (the
+        reasoner's LoRA adapter).
 
         Never the base model's weights; the training-free compressors and gates have none of their own.
         """
@@ -129,6 +136,8 @@ class CompressedMemoryModel:
             self.gate_head.save(directory / HEAD_FILE)
         if isinstance(self.compressor, LearnedCompressor):
             self.compressor.save(self.model, directory / COMPRESSOR_FOLDER)
+        if self.reasoner_adapter is not None:
+            self.reasoner_adapter.save(self.model, directory / REASONER_FOLDER)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
         """Save the checkpoint and upload it to a Hub model repo; returns the repo URL."""
@@ -206,7 +215,7 @@ class CompressedMemoryModel:
         else:
             questions = [self.prompts.find_question(row) for row in rows]
             banks = self._banks_for_rows(len(rows), context, memory)
-        return self._answer_from_banks(input_ids, questions, banks, generation_kwargs)
+        return self.answer_from_banks(input_ids, questions, banks, generation_kwargs)
 
     def answer(self, question: str, context: Context | None = None, memory: MemoryBank | None = None,
                **generation_kwargs: Any) -> str:
@@ -275,11 +284,17 @@ class CompressedMemoryModel:
                     "score": config.score, "read": config.read, "section_header": config.section_header}
         return (self._bank_layers() if config.needs_kv else ()), self.fingerprint, settings
 
-    def _answer_from_banks(self, input_ids: torch.Tensor, questions: list[Question], banks: list[MemoryBank],
-                           generation_kwargs: dict[str, Any]):
+    def answer_from_banks(self, input_ids: torch.Tensor, questions: list[Question], banks: list[MemoryBank],
+                          generation_kwargs: dict[str, Any], update_sampling: dict[str, Any] | None = None):
+        """`generate()`'s work once each row has its question and its bank: read, then answer.
+
+        `generation_kwargs` apply to the answer; `update_sampling` (e.g. `do_sample`, `temperature`)
+        to the working-memory updates, which are otherwise greedy. Rollouts for reinforcement
+        learning sample both.
+        """
         for bank in banks:
             bank.check_compatible(self.fingerprint)
-        traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress)
+        traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, update_sampling)
         prompts = [self.prompts.answer_ids(q, trace.memory) for q, trace in zip(questions, traces)]
         width = max(p.numel() for p in prompts)
         pad_id = pad_token_id(self.tokenizer)
@@ -289,8 +304,9 @@ class CompressedMemoryModel:
             ids[row, width - prompt.numel():] = prompt
             mask[row, width - prompt.numel():] = 1
         generation_kwargs.setdefault("pad_token_id", pad_id)
-        out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                  **generation_kwargs)
+        with self.reasoner.active():
+            out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                      **generation_kwargs)
         sequences = out.sequences if hasattr(out, "sequences") else out
         sequences = torch.cat([input_ids, sequences[:, width:].to(input_ids.device)], dim=1)
         if not generation_kwargs.get("return_dict_in_generate"):

@@ -6,12 +6,15 @@ batched `generate()` call that rewrites that row's working memory.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 
+from .adapters import ReasonerAdapter
 from .bank import BankMismatchError, MemoryBank
 from .config import MemoryConfig
 from .gate import Gate
@@ -21,14 +24,15 @@ from .prompts import PromptBuilder, pad_token_id
 
 @dataclass
 class ReadStep:
-    """One working-memory update: the block read, what the model wrote, the memory that resulted, and
-    the gate's scores when the block was chosen."""
+    """One working-memory update: the block read, what the model wrote (text and token ids), the memory
+    that resulted, and the gate's scores when the block was chosen."""
 
     block: int
     memory: str
     output: str
     gate_scores: list[float] | None = None
     recall: bool = False
+    output_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -88,13 +92,21 @@ class Reasoner:
     """Reads memory banks into working memories; `run()` returns one `Trace` per question."""
 
     def __init__(self, model: PreTrainedModel, prompts: PromptBuilder, config: MemoryConfig,
-                 gate: Gate | None) -> None:
+                 gate: Gate | None, adapter: ReasonerAdapter | None = None) -> None:
         self.model = model
         self.prompts = prompts
         self.config = config
         self.gate = gate
+        self.adapter = adapter
 
-    def run(self, questions: list[str], banks: list[MemoryBank], show_progress: bool = True) -> list[Trace]:
+    def active(self) -> contextlib.AbstractContextManager:
+        """The reasoner's own adapter switched on (a no-op without one), for every pass that reads or writes."""
+        return self.adapter.active(self.model) if self.adapter is not None else contextlib.nullcontext()
+
+    def run(self, questions: list[str], banks: list[MemoryBank], show_progress: bool = True,
+            sampling: dict[str, Any] | None = None) -> list[Trace]:
+        """Read each row's bank into a working memory; `sampling` (`do_sample`, `temperature`, `top_p`, ...)
+        replaces greedy decoding of the updates, as reinforcement-learning rollouts need."""
         if self.config.read == "compressed" and not all(bank.has_values for bank in banks):
             raise BankMismatchError(
                 "read='compressed' needs a bank with compressed values at every layer, but this bank holds only "
@@ -120,7 +132,7 @@ class Reasoner:
                 else:
                     reads.append((row, block, row_scores))
             if reads:
-                self._read(reads)
+                self._read(reads, sampling)
                 bar.update(len(reads))
         bar.close()
         return [row.trace for row in rows]
@@ -138,16 +150,19 @@ class Reasoner:
                 scores[i] = row_scores
         return scores
 
-    def _read(self, reads: list[tuple[_Row, int, torch.Tensor | None]]) -> None:
+    def _read(self, reads: list[tuple[_Row, int, torch.Tensor | None]], sampling: dict[str, Any] | None) -> None:
         inputs = [self._update_input(row, block) for row, block, _ in reads]
         budget = self.config.note_tokens if self.config.memory_update == "append" else self.config.memory_tokens
         tokenizer = self.prompts.tokenizer
-        outputs = generate_updates(self.model, tokenizer, inputs, budget, exact=self.config.fixed_update_tokens)
-        for (row, block, row_scores), output in zip(reads, outputs):
+        with self.active():
+            new_ids = generate_update_ids(self.model, tokenizer, inputs, budget, exact=self.config.fixed_update_tokens,
+                                          sampling=sampling)
+        for (row, block, row_scores), ids in zip(reads, new_ids):
+            output = tokenizer.decode(ids, skip_special_tokens=True).strip()
             section = tokenizer.decode(row.bank.blocks[block].token_ids, skip_special_tokens=True)
             memory = update_memory(row.trace.memory, output, section, row.trace.question, self.config, tokenizer)
             row.trace.steps.append(ReadStep(
-                block=block, memory=memory, output=output, recall=row.recalling,
+                block=block, memory=memory, output=output, recall=row.recalling, output_ids=ids.tolist(),
                 gate_scores=None if row_scores is None else row_scores.tolist()))
 
     def _update_input(self, row: _Row, block_index: int) -> "UpdateInput":
@@ -174,9 +189,17 @@ class UpdateInput:
 
 def generate_updates(model: PreTrainedModel, tokenizer, inputs: list[UpdateInput], max_new_tokens: int,
                      exact: bool = False) -> list[str]:
-    """Greedy-decode each row's new working memory, batching rows of different prefix and prompt lengths.
+    """Greedy-decode each row's new working memory as text (see `generate_update_ids`)."""
+    ids = generate_update_ids(model, tokenizer, inputs, max_new_tokens, exact)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
-    `exact` decodes exactly `max_new_tokens` tokens per row, past end-of-sequence (for timing).
+
+def generate_update_ids(model: PreTrainedModel, tokenizer, inputs: list[UpdateInput], max_new_tokens: int,
+                        exact: bool = False, sampling: dict[str, Any] | None = None) -> list[torch.Tensor]:
+    """Decode each row's new working memory: its new token ids, up to and including end-of-sequence.
+
+    Greedy unless `sampling` gives generation settings; `exact` decodes exactly `max_new_tokens`
+    tokens per row, past end-of-sequence (for timing).
 
     Prefixes are left-padded into one `DynamicCache` and prompts left-padded after them; the 2-D
     attention mask hides the padding and explicit position ids place each prompt after its own block.
@@ -197,13 +220,22 @@ def generate_updates(model: PreTrainedModel, tokenizer, inputs: list[UpdateInput
         if item.keys is not None:
             mask[row, prefix_width - item.keys.shape[2]:prefix_width] = 1
     cache = _padded_cache(inputs, prefix_width) if prefix_width else None
+    eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
+    settings = dict(do_sample=False) if sampling is None else dict(sampling)
     config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if exact else None,
-                              do_sample=False, pad_token_id=pad_id,
-                              eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id)
+                              pad_token_id=pad_id, eos_token_id=eos, **settings)
     with torch.no_grad():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              position_ids=positions.to(device), past_key_values=cache, generation_config=config)
-    return [text.strip() for text in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
+    return [cut_at_eos(row, eos) for row in out[:, ids.shape[1]:].cpu()]
+
+
+def cut_at_eos(ids: torch.Tensor, eos: int | list[int] | None) -> torch.Tensor:
+    """Generated ids up to and including the first end-of-sequence token (the padding after it dropped)."""
+    if eos is None:
+        return ids
+    stops = torch.isin(ids, torch.tensor(eos if isinstance(eos, list) else [eos])).nonzero()
+    return ids[:stops[0, 0] + 1] if stops.numel() else ids
 
 
 def _padded_cache(inputs: list[UpdateInput], width: int) -> DynamicCache:

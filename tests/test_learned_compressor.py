@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from compressmem import CompressedMemoryModel, MemoryConfig
+from compressmem.adapters import ReasonerAdapter
 from compressmem.compressors import LearnedCompressor
 from compressmem.compressors.learned import memory_positions
 
@@ -77,16 +78,20 @@ def test_checkpoint_round_trip_gives_identical_blocks_and_ids(tokenizer, tmp_pat
     tokenizer.save_pretrained(base)
     loaded_base = CompressedMemoryModel.from_pretrained(str(base), show_progress=False)
     compressor = LearnedCompressor.initialise(loaded_base.model, CONFIG.ratio, CONFIG.chunk_size, seed=3)
+    reasoner = ReasonerAdapter.initialise(loaded_base.model, rank=4, seed=4)
     with torch.no_grad():
         for name, weight in loaded_base.model.named_parameters():
             if "lora_B" in name:
                 weight.uniform_(-0.05, 0.05)
-    wrapper = CompressedMemoryModel(loaded_base.model, tokenizer, CONFIG, str(base), False, compressor=compressor)
+    wrapper = CompressedMemoryModel(loaded_base.model, tokenizer, CONFIG, str(base), False, compressor=compressor,
+                                    reasoner_adapter=reasoner)
     wrapper.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "compressor" / "adapter_config.json").is_file()
+    assert (tmp_path / "ckpt" / "reasoner" / "adapter_config.json").is_file()
     assert not list((tmp_path / "ckpt").rglob("*.bin")) and not list((tmp_path / "ckpt").rglob("model.safetensors"))
 
     reloaded = CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "ckpt", show_progress=False)
+    assert reloaded.reasoner_adapter is not None and reloaded.reasoner_adapter.lora_config.r == 4
     first, second = wrapper.compress(CONTEXT), reloaded.compress(CONTEXT)
     for a, b in zip(first.blocks, second.blocks):
         torch.testing.assert_close(a.keys, b.keys, rtol=0, atol=0)

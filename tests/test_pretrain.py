@@ -90,6 +90,6 @@ def test_pretrain_command_trains_resumes_and_writes_a_loadable_checkpoint(tokeni
     assert main(args + ["--steps", "3"]) == 0
     log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3]
-    assert (out / "pretrain_loss.png").is_file() and (out / "compressor" / "adapter_model.safetensors").is_file()
+    assert (out / "pretrain_log.png").is_file() and (out / "compressor" / "adapter_model.safetensors").is_file()
     loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
     assert loaded.memory_config.compressor == "learned" and loaded.memory_config.read == "compressed"

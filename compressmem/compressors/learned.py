@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
+from ..adapters import (
+    WEIGHTS_FILE,
+    adapter_active,
+    adapter_weights,
+    attach_adapter,
+    default_lora_config,
+    load_adapter,
+    save_adapter,
+)
+from ..kv_cache import RecordingCache
 from ..probe import probe
 from .base import CompressedChunks, Compressor, _LastLayerSeen
 
 ADAPTER = "compressmem_compressor"
-WEIGHTS_FILE = "adapter_model.safetensors"
 MEMORY_TENSOR = "memory_embeddings"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 class LearnedCompressor(Compressor):
@@ -45,33 +51,24 @@ class LearnedCompressor(Compressor):
                    seed: int = 0) -> "LearnedCompressor":
         """A fresh compressor for `model`: a LoRA adapter whose B is zero (so it starts as the base model)
         and memory embeddings drawn around the mean token embedding; the same `seed` gives the same one."""
-        from peft import LoraConfig
-
         slots = math.ceil(chunk_size / ratio)
         embeddings = model.get_input_embeddings().weight.detach()
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(slots, embeddings.shape[1], generator=generator) * embeddings.float().std().item()
         memory = torch.nn.Parameter(embeddings.float().mean(dim=0).cpu() + noise)
-        lora_config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS), lora_dropout=0.0)
-        with torch.random.fork_rng(devices=[]):  # the adapter's random init follows `seed`, not global state
-            torch.manual_seed(seed)
-            attach_adapter(model, lora_config)
-        return cls(ratio, memory, lora_config)
+        config = default_lora_config(rank)
+        attach_adapter(model, config, ADAPTER, seed=seed)
+        return cls(ratio, memory, config)
 
     def save(self, model: PreTrainedModel, directory: str | Path) -> None:
         """Write the adapter (PEFT layout: `adapter_config.json`, `adapter_model.safetensors`) plus the
         memory embeddings, in the same safetensors file; never the base model's weights."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.lora_config.save_pretrained(str(directory))
-        tensors = {name: weight.detach().contiguous().cpu() for name, weight in adapter_weights(model).items()}
-        tensors[MEMORY_TENSOR] = self.memory_embeddings.detach().float().contiguous().cpu()
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"ratio": str(self.ratio)})
+        save_adapter(model, self.lora_config, ADAPTER, directory,
+                     extra={MEMORY_TENSOR: self.memory_embeddings.float()}, metadata={"ratio": str(self.ratio)})
 
     @classmethod
     def load(cls, model: PreTrainedModel, directory: str | Path, ratio: float) -> "LearnedCompressor":
         """Attach the saved adapter to `model` and read the memory embeddings; `ratio` must be the saved one."""
-        from peft import LoraConfig
         from safetensors import safe_open
 
         directory = Path(directory)
@@ -80,18 +77,12 @@ class LearnedCompressor(Compressor):
         if saved_ratio != ratio:
             raise ValueError(f"The compressor in {directory} was trained at ratio {saved_ratio}, but the configuration "
                              f"asks for ratio {ratio}; use the checkpoint's ratio.")
-        tensors = load_file(str(directory / WEIGHTS_FILE))
-        memory = torch.nn.Parameter(tensors.pop(MEMORY_TENSOR), requires_grad=False)
-        lora_config = LoraConfig.from_pretrained(str(directory))
-        attach_adapter(model, lora_config)
-        expected = adapter_weights(model)
-        if set(tensors) != set(expected):
-            raise ValueError(f"The adapter in {directory} does not fit this model: {len(set(tensors) - set(expected))} "
-                             f"saved weights have no place in it and {len(set(expected) - set(tensors))} are missing.")
-        with torch.no_grad():
-            for name, weight in expected.items():
-                weight.copy_(tensors[name])
-        return cls(ratio, memory, lora_config)
+        config, extras = load_adapter(model, ADAPTER, directory, extra=(MEMORY_TENSOR,))
+        return cls(ratio, torch.nn.Parameter(extras[MEMORY_TENSOR], requires_grad=False), config)
+
+    def weights(self, model: PreTrainedModel) -> list[torch.nn.Parameter]:
+        """Everything the compressor learns: its memory embeddings and its LoRA weights in `model`."""
+        return [self.memory_embeddings, *adapter_weights(model, ADAPTER).values()]
 
     @torch.no_grad()
     def compress(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
@@ -115,23 +106,23 @@ class LearnedCompressor(Compressor):
         embeds = torch.cat([text_embeds, memory.expand(batch, -1, -1)], dim=1)
         slots = memory_positions(num_tokens, kept, self.ratio) + prefix_len
         positions = torch.cat([torch.arange(prefix_len + num_tokens), slots]).to(device).expand(batch, -1)
-        cache = DynamicCache()
+        cache = RecordingCache(model.config.get_text_config().num_hidden_layers)
         stop_after = None if keep_values else max(layers)
 
         def record(layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> None:
             if layer_idx == stop_after:
                 raise _LastLayerSeen
 
-        with adapter_active(model), probe(model, record), contextlib.suppress(_LastLayerSeen):
+        with adapter_active(model, ADAPTER), probe(model, record), contextlib.suppress(_LastLayerSeen):
             model(inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True,
                   logits_to_keep=1)
         start = prefix_len + num_tokens
-        keys = torch.stack([cache.layers[i].keys[:, :, start:] for i in layers], dim=1)
-        values = torch.stack([cache.layers[i].values[:, :, start:] for i in layers], dim=1) if keep_values else None
+        kv = [cache.recorded(i) for i in layers]
+        keys = torch.stack([k[:, :, start:] for k, _ in kv], dim=1)
+        values = torch.stack([v[:, :, start:] for _, v in kv], dim=1) if keep_values else None
         entry_positions = slots.to(device=device, dtype=torch.int32).expand(*keys.shape[:3], -1)
-        prefix_keys = torch.stack([cache.layers[i].keys[0, :, :prefix_len] for i in layers])
-        prefix_values = torch.stack([cache.layers[i].values[0, :, :prefix_len] for i in layers]) if keep_values \
-            else None
+        prefix_keys = torch.stack([k[0, :, :prefix_len] for k, _ in kv])
+        prefix_values = torch.stack([v[0, :, :prefix_len] for _, v in kv]) if keep_values else None
         return CompressedChunks(keys, values, entry_positions, prefix_keys, prefix_values)
 
 
@@ -139,50 +130,3 @@ def memory_positions(num_tokens: int, kept: int, ratio: float) -> torch.Tensor:
     """Chunk-relative RoPE position of each memory token: the last token of its group of `ratio`."""
     ends = torch.ceil((torch.arange(kept) + 1) * ratio).long() - 1
     return ends.clamp(max=num_tokens - 1)
-
-
-def attach_adapter(model: PreTrainedModel, lora_config) -> None:
-    """Inject the compressor's LoRA adapter into `model` (switched off: it is on only while compressing).
-
-    PEFT's own injection, not transformers' adapter integration, so any transformers version that
-    PEFT supports works.
-    """
-    from peft import inject_adapter_in_model
-
-    if not adapter_weights(model):
-        trainable = {name: weight.requires_grad for name, weight in model.named_parameters()}
-        inject_adapter_in_model(lora_config, model, adapter_name=ADAPTER)
-        for name, weight in model.named_parameters():  # PEFT freezes the base; leave it as the user had it
-            weight.requires_grad_(trainable.get(name, weight.requires_grad))
-    _switch(model, on=False)
-
-
-def adapter_weights(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
-    """The compressor adapter's weights in `model`, by parameter name."""
-    return {name: weight for name, weight in model.named_parameters() if f".{ADAPTER}." in name}
-
-
-@contextlib.contextmanager
-def adapter_active(model: PreTrainedModel) -> Iterator[None]:
-    """Run the block with the compressor's adapter on, and switch it off again whatever happens.
-
-    Switching an adapter off also freezes its weights in PEFT; their trainability is restored after,
-    so a trainer's backward pass (which runs once the adapter is off again) still reaches them.
-    """
-    weights = list(adapter_weights(model).values())
-    trainable = [w.requires_grad for w in weights]
-    _switch(model, on=True)
-    try:
-        yield
-    finally:
-        _switch(model, on=False)
-        for weight, flag in zip(weights, trainable):
-            weight.requires_grad_(flag)
-
-
-def _switch(model: PreTrainedModel, on: bool) -> None:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.enable_adapters(on)

@@ -12,7 +12,6 @@ state, no pickle), so a run resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -20,13 +19,12 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from ..compressors import LearnedCompressor
-from ..compressors.learned import adapter_weights
+from ..kv_cache import PrefixCache
 from ..model import CompressedMemoryModel
+from .state import TRAINER_STATE, read_log, resume_trainer_state, save_trainer_state, write_log
 
-TRAINER_STATE = "trainer_state.safetensors"
 LOG_FILE = "pretrain_log.jsonl"
 
 
@@ -57,7 +55,7 @@ def reconstruction_loss(model: CompressedMemoryModel, chunk_ids: torch.Tensor,
     batch = chunk_ids.shape[0]
     keys = torch.cat([blocks.prefix_keys.expand(batch, -1, -1, -1, -1), blocks.keys], dim=3)
     values = torch.cat([blocks.prefix_values.expand(batch, -1, -1, -1, -1), blocks.values], dim=3)
-    cache = DynamicCache([(keys[:, i], values[:, i]) for i in range(len(layers))])
+    cache = PrefixCache([(keys[:, i], values[:, i]) for i in range(len(layers))])
     targets = torch.cat([chunk_ids, continuation_ids], dim=1).to(base.device)
     start = prefix.numel() + chunk_ids.shape[1]
     positions = torch.arange(start, start + targets.shape[1] - 1, device=base.device).expand(batch, -1)
@@ -88,11 +86,9 @@ def pretrain(model: CompressedMemoryModel, texts: list[str], out: str | Path, co
     pairs = training_pairs(model, texts, config.continuation_tokens)
     weights = trainable_weights(model)
     optimizer = torch.optim.AdamW(weights, lr=config.learning_rate)
-    step = _resume(optimizer, out)
+    step = resume_trainer_state(optimizer, out)
     chunk = model.memory_config.chunk_size
-    log_path = out / LOG_FILE
-    log = [json.loads(line) for line in log_path.read_text().splitlines()] if step and log_path.exists() else []
-    log = [entry for entry in log if entry["step"] <= step]
+    log = read_log(out / LOG_FILE, step)
     with tqdm(total=config.steps, initial=step, desc="Pre-training", unit="step", disable=not show_progress) as bar:
         while step < config.steps:
             order = random.Random(f"{config.seed}:{step}")
@@ -117,64 +113,19 @@ def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
     compressor = model.compressor
     if not isinstance(compressor, LearnedCompressor):
         raise TypeError("pretrain trains a learned compressor; build the model with compressor='learned'.")
-    adapter = adapter_weights(model.model)
     for weight in model.model.parameters():
         weight.requires_grad_(False)
-    for weight in adapter.values():
+    weights = compressor.weights(model.model)
+    for weight in weights:
         weight.requires_grad_(True)
-    compressor.memory_embeddings.requires_grad_(True)
-    return [compressor.memory_embeddings, *adapter.values()]
+    return weights
 
 
 def _save(model: CompressedMemoryModel, optimizer: torch.optim.Optimizer, step: int, out: Path, log: list[dict],
           config: PretrainConfig) -> None:
-    from safetensors.torch import save_file
-
     model.save_pretrained(out)
-    tensors = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    save_file(tensors, str(out / TRAINER_STATE), metadata={"step": str(step), "config": json.dumps(asdict(config))})
-    (out / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in log), encoding="utf-8")
-    _plot(log, out / "pretrain_loss.png")
-
-
-def _resume(optimizer: torch.optim.Optimizer, out: Path) -> int:
-    """Restore AdamW's state from `out` and return the step it reached (0 for a new run)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = out / TRAINER_STATE
-    if not path.is_file():
-        return 0
-    with safe_open(str(path), framework="pt") as handle:
-        step = int((handle.metadata() or {})["step"])
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(str(path)).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    saved = optimizer.state_dict()
-    saved["state"] = state
-    optimizer.load_state_dict(saved)
-    return step
-
-
-def _plot(log: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return  # the JSONL log holds the same curve
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot([e["step"] for e in log], [e["loss"] for e in log])
-    axis.set_xlabel("step")
-    axis.set_ylabel("reconstruction + continuation loss")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    save_trainer_state(optimizer, step, out, asdict(config))
+    write_log(log, out / LOG_FILE, "loss", "reconstruction + continuation loss")
 
 
 def start_or_resume(model: CompressedMemoryModel, out: str | Path, rank: int = 8,

@@ -1,0 +1,155 @@
+"""Named LoRA adapters inside the base model: the compressor's and the reasoner's (DESIGN §3.5).
+
+Both are injected with PEFT into the user's own model object and are off by default, so the
+base model's `generate()` is untouched; each is switched on only around the forward passes it
+belongs to (`adapter_active`). Saved in PEFT's layout (`adapter_config.json`,
+`adapter_model.safetensors`), never with the base model's weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def default_lora_config(rank: int):
+    """The LoRA settings both adapters use: rank `rank` on the attention projections, alpha `2 * rank`."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS), lora_dropout=0.0)
+
+
+def attach_adapter(model: PreTrainedModel, config, name: str, seed: int | None = None) -> None:
+    """Inject adapter `name` into `model`, switched off; `seed` fixes its random initialisation.
+
+    PEFT's own injection, not transformers' adapter integration, so any transformers version that
+    PEFT supports works. The base weights' trainability is left as the user had it.
+    """
+    from peft import inject_adapter_in_model
+
+    if adapter_weights(model, name):
+        raise ValueError(f"The model already holds an adapter named {name!r}; load a fresh base model.")
+    trainable = {key: weight.requires_grad for key, weight in model.named_parameters()}
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # two adapters is the design
+        if seed is not None:
+            torch.manual_seed(seed)
+        inject_adapter_in_model(config, model, adapter_name=name)
+    for key, weight in model.named_parameters():
+        weight.requires_grad_(trainable.get(key, False))  # new adapter weights start frozen; trainers thaw them
+    _activate(model, None)
+
+
+def adapter_weights(model: PreTrainedModel, name: str) -> dict[str, torch.nn.Parameter]:
+    """Adapter `name`'s weights in `model`, by parameter name."""
+    return {key: weight for key, weight in model.named_parameters() if f".{name}." in key}
+
+
+@contextlib.contextmanager
+def adapter_active(model: PreTrainedModel, name: str | None) -> Iterator[None]:
+    """Run the body with adapter `name` on (or, for None, every adapter off), then restore what was on.
+
+    Only which adapter runs changes; no weight's `requires_grad` is touched, so a trainer's choice of
+    what learns holds throughout.
+    """
+    before = active_adapter(model)
+    _activate(model, name)
+    try:
+        yield
+    finally:
+        _activate(model, before)
+
+
+def active_adapter(model: PreTrainedModel) -> str | None:
+    """The adapter now switched on in `model`, or None."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layer = next((m for m in model.modules() if isinstance(m, BaseTunerLayer)), None)
+    if layer is None or layer.disable_adapters:
+        return None
+    return layer.active_adapter
+
+
+def save_adapter(model: PreTrainedModel, config, name: str, directory: str | Path,
+                 extra: dict[str, torch.Tensor] | None = None, metadata: dict[str, str] | None = None) -> None:
+    """Write adapter `name` in PEFT's layout, plus `extra` tensors in the same safetensors file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(directory))
+    tensors = {key: weight.detach().contiguous().cpu() for key, weight in adapter_weights(model, name).items()}
+    tensors.update({key: value.detach().contiguous().cpu() for key, value in (extra or {}).items()})
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata=metadata or {})
+
+
+def load_adapter(model: PreTrainedModel, name: str, directory: str | Path, extra: tuple[str, ...] = ()):
+    """Attach the adapter saved in `directory` as `name`; returns its `LoraConfig` and the `extra` tensors."""
+    from peft import LoraConfig
+
+    directory = Path(directory)
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; it is not a saved compressmem adapter.")
+    tensors = load_file(str(directory / WEIGHTS_FILE))
+    extras = {key: tensors.pop(key) for key in extra if key in tensors}
+    config = LoraConfig.from_pretrained(str(directory))
+    attach_adapter(model, config, name)
+    expected = adapter_weights(model, name)
+    if set(tensors) != set(expected):
+        raise ValueError(f"The adapter in {directory} does not fit this model: {len(set(tensors) - set(expected))} "
+                         f"saved weights have no place in it and {len(set(expected) - set(tensors))} are missing.")
+    with torch.no_grad():
+        for key, weight in expected.items():
+            weight.copy_(tensors[key])
+    return config, extras
+
+
+def _activate(model: PreTrainedModel, name: str | None) -> None:
+    """Switch adapter `name` on in every adapted layer (None: all off), leaving `requires_grad` alone
+    (PEFT's own `set_adapter` and `enable_adapters` would change it)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module._disable_adapters = name is None
+            if name is not None:
+                module._active_adapter = name
+
+
+REASONER_ADAPTER = "compressmem_reasoner"
+
+
+class ReasonerAdapter:
+    """The reasoner's own LoRA adapter (optional): on while it reads blocks, updates its working memory
+    and answers; off for compression, the gate, and the base model's plain `generate()`."""
+
+    def __init__(self, config) -> None:
+        self.lora_config = config
+
+    @classmethod
+    def initialise(cls, model: PreTrainedModel, rank: int = 8, seed: int = 0) -> "ReasonerAdapter":
+        """A fresh adapter (LoRA B zero, so the reasoner starts as the base model) injected into `model`."""
+        config = default_lora_config(rank)
+        attach_adapter(model, config, REASONER_ADAPTER, seed=seed)
+        return cls(config)
+
+    @classmethod
+    def load(cls, model: PreTrainedModel, directory: str | Path) -> "ReasonerAdapter":
+        config, _ = load_adapter(model, REASONER_ADAPTER, directory)
+        return cls(config)
+
+    def save(self, model: PreTrainedModel, directory: str | Path) -> None:
+        save_adapter(model, self.lora_config, REASONER_ADAPTER, directory)
+
+    def weights(self, model: PreTrainedModel) -> list[torch.nn.Parameter]:
+        return list(adapter_weights(model, REASONER_ADAPTER).values())
+
+    def active(self, model: PreTrainedModel) -> contextlib.AbstractContextManager:
+        return adapter_active(model, REASONER_ADAPTER)

@@ -1,0 +1,182 @@
+"""End-to-end GRPO: where the policy gradient goes, what the loss reads, and that training raises the reward."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from compressmem import CompressedMemoryModel, MemoryConfig
+from compressmem.compressors import LearnedCompressor
+from compressmem.training.grpo import (
+    GRPOConfig,
+    GRPOExample,
+    GRPOTrainer,
+    activation_checkpointing,
+    conversation_logprobs,
+    examples_from_jsonl,
+    micro_batches,
+    sample_group,
+    with_reasoner_adapter,
+)
+from compressmem.training.grpo_loss import clipped_policy_loss
+
+from .conftest import tiny_model
+
+pytest.importorskip("peft", reason="GRPO trains LoRA adapters: pip install 'compressmem[train]'")
+
+CONFIG = MemoryConfig(chunk_size=64, compressor="learned", ratio=4, read="compressed", gate=None, gate_top_k=None,
+                      note_tokens=4)
+EXAMPLE = GRPOExample("What is the vault code?", "The lighthouse keeper wrote the vault code 4719283. " * 8,
+                      ("4719283",))
+
+
+def _policy(tokenizer, seed=0, perturb=True, **overrides):
+    """A tiny model with a learned compressor and a reasoner adapter, moved away from their zero start
+    when `perturb` (so that every adapter weight gets a gradient)."""
+    model = tiny_model("llama", tokenizer, seed, **overrides)
+    compressor = LearnedCompressor.initialise(model, CONFIG.ratio, CONFIG.chunk_size, seed=seed)
+    policy = with_reasoner_adapter(CompressedMemoryModel(model, tokenizer, CONFIG, "tiny", False,
+                                                         compressor=compressor), seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if perturb and "lora_B" in name:
+                weight.normal_(0, 0.05, generator=generator)
+    return policy
+
+
+def _rollouts(policy, group_size=4, seed=0):
+    torch.manual_seed(seed)
+    return sample_group(policy, EXAMPLE, GRPOConfig(group_size=group_size, max_new_tokens=5), lambda p, a: 0.0)
+
+
+def test_a_rollout_is_every_update_then_the_answer(tokenizer):
+    group = _rollouts(_policy(tokenizer))
+    blocks = len(group.conversations) // 4 - 1
+    assert blocks >= 2  # gate off: every block is read, in order, by each of the 4 rollouts
+    for rollout in range(4):
+        mine = [c for c in group.conversations if c.rollout == rollout]
+        assert [c.block for c in mine] == [*range(blocks), None]
+        assert all(0 < c.output_ids.numel() <= 5 for c in mine)
+    batches = micro_batches(group.conversations, size=3)
+    assert [len(b) for b in batches] == [4] * blocks + [3, 1]
+    assert all(len({c.block for c in batch}) == 1 for batch in batches)
+
+
+def test_loss_reads_the_same_tokens_the_rollout_generated(tokenizer):
+    policy = _policy(tokenizer)
+    group = _rollouts(policy)
+    update = [c for c in group.conversations if c.block == 1]
+    answer = [c for c in group.conversations if c.block is None]
+    with torch.no_grad():
+        recomputed, mask = conversation_logprobs(policy, update, recompute_block=True)
+        from_bank, _ = conversation_logprobs(policy, update, recompute_block=False)
+        answer_logprobs, answer_mask = conversation_logprobs(policy, answer[:1])
+        with policy.reasoner.active():
+            sequence = torch.cat([answer[0].prompt_ids, answer[0].output_ids])
+            direct = torch.log_softmax(policy.model(sequence[None]).logits[0, :-1].float(), -1)
+    torch.testing.assert_close(recomputed, from_bank, rtol=1e-4, atol=1e-4)  # the block made with gradients
+    assert mask.sum(dim=1).tolist() == [c.output_ids.numel() for c in update]
+    outputs = answer[0].output_ids.numel()
+    expected = direct[-outputs:].gather(-1, answer[0].output_ids[:, None]).squeeze(-1)
+    torch.testing.assert_close(answer_logprobs[0][answer_mask[0]], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_policy_gradient_reaches_compressor_and_reasoner_but_not_the_base(tokenizer):
+    policy = _policy(tokenizer)
+    group = _rollouts(policy)
+    weights = policy.compressor.weights(policy.model) + policy.reasoner_adapter.weights(policy.model)
+    for weight in policy.model.parameters():
+        weight.requires_grad_(False)
+    for weight in weights:
+        weight.requires_grad_(True)
+    update = [c for c in group.conversations if c.block == 0]
+    logprobs, mask = conversation_logprobs(policy, update)
+    clipped_policy_loss(logprobs, logprobs.detach(), torch.tensor([1.0, -1.0, 0.5, -0.5]), mask).backward()
+    assert policy.compressor.memory_embeddings.grad.abs().sum() > 0
+    named = dict(policy.model.named_parameters())
+    compressor_lora = [w for n, w in named.items() if "compressmem_compressor" in n and "lora_A" in n]
+    reasoner_lora = [w for n, w in named.items() if "compressmem_reasoner" in n and "lora_A" in n]
+    assert any(w.grad is not None and w.grad.abs().sum() > 0 for w in compressor_lora)
+    assert any(w.grad is not None and w.grad.abs().sum() > 0 for w in reasoner_lora)
+    assert all(w.grad is None for n, w in named.items() if "lora_" not in n)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tokenizer):
+    policy = _policy(tokenizer)
+    group = _rollouts(policy)
+    update = [c for c in group.conversations if c.block == 0]
+    weights = policy.compressor.weights(policy.model) + policy.reasoner_adapter.weights(policy.model)
+    for weight in weights:
+        weight.requires_grad_(True)
+    grads = []
+    for checkpointing in (False, True):
+        for weight in weights:
+            weight.grad = None
+        with activation_checkpointing(policy.model, checkpointing):
+            logprobs, mask = conversation_logprobs(policy, update)
+            clipped_policy_loss(logprobs, logprobs.detach(), torch.tensor([1.0, -1.0, 0.5, -0.5]), mask).backward()
+        grads.append([torch.zeros_like(w) if w.grad is None else w.grad.clone() for w in weights])
+    assert grads[0][0].abs().sum() > 0
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_a_few_grpo_steps_raise_the_reward(tokenizer, tmp_path):
+    """The toy reward: the answer starts with one of the characters the untrained policy starts ~1 in 4
+    answers with. Rewards before and after are measured on 32 rollouts with the same seed."""
+    policy = _policy(tokenizer, perturb=False, initializer_range=0.2)
+    starts = Counter(p[:1] for p in _rollouts(policy, group_size=32, seed=7).predictions)
+    chosen, count = set(), 0
+    for character, n in starts.most_common():
+        if count >= 8:
+            break
+        chosen.add(character)
+        count += n
+
+    def reward(prediction, answers):
+        return float(prediction[:1] in chosen)
+
+    def mean_reward():
+        torch.manual_seed(123)
+        return sample_group(policy, EXAMPLE, GRPOConfig(group_size=32, max_new_tokens=6), reward).rewards.mean()
+
+    before = mean_reward()
+    config = GRPOConfig(steps=16, questions_per_step=1, group_size=8, max_new_tokens=6, learning_rate=2e-2,
+                        save_every=8)
+    log = GRPOTrainer(policy, [EXAMPLE], tmp_path / "run", config, reward, show_progress=False).train()
+    after = mean_reward()
+    assert after > before + 0.3, (before, after, [e["reward"] for e in log])
+    assert [e["step"] for e in log] == list(range(1, 17))
+    assert (tmp_path / "run" / "grpo_log.png").is_file() and (tmp_path / "run" / "reasoner").is_dir()
+
+
+def test_grpo_checks_its_inputs(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="group_size must be at least 2"):
+        GRPOConfig(group_size=1)
+    with pytest.raises(ValueError, match="must sample"):
+        GRPOConfig(temperature=0)
+    plain = CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, CONFIG.__class__(
+        chunk_size=64, read="compressed", gate=None, gate_top_k=None), "tiny", False)
+    with pytest.raises(ValueError, match="Nothing to train"):
+        GRPOTrainer(plain, [EXAMPLE], tmp_path, GRPOConfig(), show_progress=False)
+    raw = with_reasoner_adapter(CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer,
+                                                      MemoryConfig(chunk_size=64), "tiny", False))
+    with pytest.raises(ValueError, match="read='compressed'"):
+        GRPOTrainer(raw, [EXAMPLE], tmp_path, GRPOConfig(), show_progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "context": "c"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1 lacks \['answers'\]"):
+        examples_from_jsonl(bad)
+
+
+def test_reasoner_adapter_is_on_only_while_the_reasoner_reads(tokenizer):
+    policy = _policy(tokenizer)
+    untouched = tiny_model("llama", tokenizer)
+    ids = torch.randint(0, 1000, (1, 12))
+    with torch.no_grad():
+        plain = policy.model(ids).logits
+        with policy.reasoner.active():
+            reading = policy.model(ids).logits
+        torch.testing.assert_close(plain, untouched(ids).logits, rtol=0, atol=0)
+    assert not torch.allclose(reading, plain, atol=1e-4)
