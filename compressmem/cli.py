@@ -81,6 +81,36 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--rank", type=int, default=8, help="LoRA rank of a new compressor")
     pre.add_argument("--seed", type=int, default=0)
 
+    grpo = trainers.add_parser("grpo", help="train compressor and reasoner end to end with GRPO from a verifiable "
+                               "reward (start from a pre-trained compressor with --memory)")
+    _common(grpo)
+    grpo.add_argument("--out", required=True, type=Path, help="checkpoint folder; a run found there is resumed")
+    grpo.add_argument("--task", default="niah_single", help=f"task whose generator makes the questions: {_tasks()}")
+    grpo.add_argument("--length", default="1k", type=lambda text: _token_counts(text)[0],
+                      help="context length of the training questions")
+    grpo.add_argument("--n-train", type=int, default=64, help="training questions (cycled through)")
+    grpo.add_argument("--first-case", type=int, default=20,
+                      help="number of the first training case: the evaluation's cases 0..first-1 are never trained on")
+    grpo.add_argument("--data", type=Path, help="JSONL of {context, question, answers} to train on instead of --task")
+    grpo.add_argument("--steps", type=int, default=50)
+    grpo.add_argument("--questions-per-step", type=int, default=2)
+    grpo.add_argument("--group-size", type=int, default=4, help="rollouts per question")
+    grpo.add_argument("--temperature", type=float, default=1.0)
+    grpo.add_argument("--top-p", type=float, default=1.0)
+    grpo.add_argument("--max-new-tokens", type=int, default=32, help="answer tokens per rollout")
+    grpo.add_argument("--learning-rate", type=float, default=1e-4)
+    grpo.add_argument("--clip", type=float, default=0.2)
+    grpo.add_argument("--kl-coef", type=float, default=0.0, help="KL penalty to the starting policy")
+    grpo.add_argument("--iterations", type=int, default=1, help="optimisation passes over each batch of rollouts")
+    grpo.add_argument("--micro-batch", type=int, default=8, help="answers per backward pass")
+    grpo.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    grpo.add_argument("--reasoner-rank", type=int, default=8, help="LoRA rank of a new reasoner adapter (0: none)")
+    grpo.add_argument("--freeze-compressor", action="store_true", help="train the reasoner adapter only")
+    grpo.add_argument("--save-every", type=int, default=10)
+    grpo.add_argument("--seed", type=int, default=0)
+    grpo.add_argument("--haystack", type=Path, help="haystack for the needle and variable tracking tasks")
+    grpo.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.quiet:
@@ -93,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         return _evaluate(args, config)
     if args.command == "train":
-        return _train_gate(args, config) if args.trainer == "gate" else _pretrain(args, config)
+        trainers = {"gate": _train_gate, "pretrain": _pretrain, "grpo": _train_grpo}
+        return trainers[args.trainer](args, config)
     source = args.file if args.command == "compress" else args.context
     streamed = args.command == "compress" and args.output.suffix != ".safetensors"
     text = None if source.suffix == ".safetensors" or source.is_dir() or streamed else _read_text(source)
@@ -220,6 +251,36 @@ def _pretrain(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     log = pretrain(model, texts, args.out, settings, show_progress=not args.quiet)
     print(f"{args.out}: step {log[-1]['step']}, loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; load it with "
           f"CompressedMemoryModel.from_pretrained(base, memory={str(args.out)!r}).")
+    return 0
+
+
+def _train_grpo(args: argparse.Namespace, config: MemoryConfig | None) -> int:
+    from .eval import make_cases
+    from .model import CompressedMemoryModel
+    from .training.grpo import GRPOConfig, examples_from_cases, examples_from_jsonl, train_grpo, with_reasoner_adapter
+    from .training.state import TRAINER_STATE
+
+    resuming = (args.out / TRAINER_STATE).is_file()
+    model = CompressedMemoryModel.from_pretrained(args.model, memory=args.out if resuming else args.memory,
+                                                  config=config, show_progress=not args.quiet)
+    if args.reasoner_rank and not resuming:
+        model = with_reasoner_adapter(model, rank=args.reasoner_rank, seed=args.seed)
+    if args.data:
+        examples = examples_from_jsonl(args.data)
+    else:
+        cases = make_cases(args.task, model.tokenizer, args.length, args.n_train, args.seed, haystack=args.haystack,
+                           hotpotqa_file=args.hotpotqa_file, first=args.first_case)
+        examples = examples_from_cases(cases)
+    settings = GRPOConfig(steps=args.steps, questions_per_step=args.questions_per_step, group_size=args.group_size,
+                          temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                          learning_rate=args.learning_rate, clip=args.clip, kl_coef=args.kl_coef,
+                          iterations=args.iterations, micro_batch=args.micro_batch,
+                          gradient_checkpointing=args.gradient_checkpointing,
+                          train_compressor=not args.freeze_compressor, save_every=args.save_every, seed=args.seed)
+    log = train_grpo(model, examples, args.out, settings, show_progress=not args.quiet)
+    first, last = log[0], log[-1]
+    print(f"{args.out}: step {last['step']}, mean reward {first['reward']:.3f} (step {first['step']}) -> "
+          f"{last['reward']:.3f}; load it with CompressedMemoryModel.from_pretrained(base, memory={str(args.out)!r}).")
     return 0
 
 

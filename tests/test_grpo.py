@@ -180,3 +180,29 @@ def test_reasoner_adapter_is_on_only_while_the_reasoner_reads(tokenizer):
             reading = policy.model(ids).logits
         torch.testing.assert_close(plain, untouched(ids).logits, rtol=0, atol=0)
     assert not torch.allclose(reading, plain, atol=1e-4)
+
+
+def test_grpo_command_trains_resumes_and_writes_a_checkpoint_that_loads(tokenizer, tmp_path):
+    import json
+
+    from compressmem.cli import main
+
+    base = tmp_path / "base"
+    tiny_model("llama", tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    config = tmp_path / "config.json"
+    MemoryConfig(chunk_size=64, compressor="none", ratio=1, read="compressed", gate=None, gate_top_k=None,
+                 note_tokens=4).save(config)
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"context": EXAMPLE.context, "question": EXAMPLE.question,
+                                "answers": list(EXAMPLE.answers)}) + "\n")
+    out = tmp_path / "run"
+    common = ["train", "grpo", "--model", str(base), "--config", str(config), "--data", str(data), "--out", str(out),
+              "--group-size", "2", "--questions-per-step", "1", "--max-new-tokens", "3", "--reasoner-rank", "2",
+              "--save-every", "1", "--quiet"]
+    assert main([*common, "--steps", "1"]) == 0
+    assert main([*common, "--steps", "2"]) == 0  # resumes at step 1
+    log = [json.loads(line) for line in (out / "grpo_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2]
+    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
+    assert loaded.reasoner_adapter is not None and loaded.reasoner_adapter.lora_config.r == 2
