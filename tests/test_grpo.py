@@ -22,8 +22,6 @@ from compressmem.training.grpo_loss import clipped_policy_loss
 
 from .conftest import tiny_model
 
-pytest.importorskip("peft", reason="GRPO trains LoRA adapters: pip install 'compressmem[train]'")
-
 CONFIG = MemoryConfig(chunk_size=64, compressor="learned", ratio=4, read="compressed", gate=None, gate_top_k=None,
                       note_tokens=4)
 EXAMPLE = GRPOExample("What is the vault code?", "The lighthouse keeper wrote the vault code 4719283. " * 8,

@@ -12,8 +12,6 @@ from compressmem.compressors.learned import memory_positions
 
 from .conftest import tiny_model
 
-pytest.importorskip("peft", reason="the learned compressor needs PEFT: pip install 'compressmem[train]'")
-
 CONFIG = MemoryConfig(chunk_size=64, compressor="learned", ratio=4, read="compressed", gate=None, gate_top_k=None)
 CONTEXT = "The lighthouse keeper wrote the vault code 4719283 in the logbook before the storm. " * 12
 

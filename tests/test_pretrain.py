@@ -17,8 +17,6 @@ from compressmem.training.pretrain import (
 
 from .conftest import tiny_model
 
-pytest.importorskip("peft", reason="the learned compressor needs PEFT: pip install 'compressmem[train]'")
-
 CONFIG = MemoryConfig(chunk_size=32, ratio=4, gate=None, gate_top_k=None)
 TEXT = ("The harbour master counted the boats each morning and wrote their names in a ledger. "
         "Gulls argued over the nets while the tide turned. ") * 20
