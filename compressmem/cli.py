@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     grpo.add_argument("--micro-batch", type=int, default=8, help="answers per backward pass")
     grpo.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     grpo.add_argument("--reasoner-rank", type=int, default=8, help="LoRA rank of a new reasoner adapter (0: none)")
+    grpo.add_argument("--reward", choices=("match", "partial"), default="match", help="match: the evaluation's "
+                      "metric; partial: the share of the answer's longest stretch found when it does not match")
     grpo.add_argument("--freeze-compressor", action="store_true", help="train the reasoner adapter only")
     grpo.add_argument("--save-every", type=int, default=10)
     grpo.add_argument("--seed", type=int, default=0)
@@ -257,7 +259,14 @@ def _pretrain(args: argparse.Namespace, config: MemoryConfig | None) -> int:
 def _train_grpo(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     from .eval import make_cases
     from .model import CompressedMemoryModel
-    from .training.grpo import GRPOConfig, examples_from_cases, examples_from_jsonl, train_grpo, with_reasoner_adapter
+    from .training.grpo import (
+        GRPOConfig,
+        examples_from_cases,
+        examples_from_jsonl,
+        partial_credit_reward,
+        train_grpo,
+        with_reasoner_adapter,
+    )
     from .training.state import TRAINER_STATE
 
     resuming = (args.out / TRAINER_STATE).is_file()
@@ -277,7 +286,9 @@ def _train_grpo(args: argparse.Namespace, config: MemoryConfig | None) -> int:
                           iterations=args.iterations, micro_batch=args.micro_batch,
                           gradient_checkpointing=args.gradient_checkpointing,
                           train_compressor=not args.freeze_compressor, save_every=args.save_every, seed=args.seed)
-    log = train_grpo(model, examples, args.out, settings, show_progress=not args.quiet)
+    task = examples[0].task
+    reward = partial_credit_reward(task) if args.reward == "partial" else None
+    log = train_grpo(model, examples, args.out, settings, reward, show_progress=not args.quiet)
     first, last = log[0], log[-1]
     print(f"{args.out}: step {last['step']}, mean reward {first['reward']:.3f} (step {first['step']}) -> "
           f"{last['reward']:.3f}; load it with CompressedMemoryModel.from_pretrained(base, memory={str(args.out)!r}).")

@@ -88,6 +88,28 @@ def default_reward(task: str) -> RewardFunction:
     return lambda prediction, answers: score_answer(task, prediction, answers)["substring"]
 
 
+def partial_credit_reward(task: str) -> RewardFunction:
+    """`default_reward`, or, when it gives nothing, the longest stretch of a gold answer that the
+    prediction contains, as a share of that answer (so a group of near misses still has a best one)."""
+    exact = default_reward(task)
+
+    def reward(prediction: str, answers: Sequence[str]) -> float:
+        full = exact(prediction, answers)
+        return full if full > 0 else max(_longest_common_run(prediction.lower(), a.lower()) / len(a) for a in answers)
+
+    return reward
+
+
+def _longest_common_run(text: str, answer: str) -> int:
+    best = 0
+    for start in range(len(answer)):
+        for end in range(len(answer), start + best, -1):
+            if answer[start:end] in text:
+                best = end - start
+                break
+    return best
+
+
 @dataclass
 class GRPOConfig:
     """Settings of `train_grpo`.
@@ -320,7 +342,8 @@ class GRPOTrainer:
                 "loss": loss, "rollout_seconds": sampled - started, "learn_seconds": time.perf_counter() - sampled,
                 "seconds": time.perf_counter() - started,
                 "generated_tokens": sum(c.output_ids.numel() for g in groups for c in g.conversations),
-                "conversations": sum(len(g.conversations) for g in groups), "peak_memory_mib": _peak_memory_mib()}
+                "conversations": sum(len(g.conversations) for g in groups), "peak_memory_mib": _peak_memory_mib(),
+                "sample": {"answers": list(groups[0].example.answers), "prediction": groups[0].predictions[0]}}
 
     def _questions(self, step: int) -> list[GRPOExample]:
         """This process's questions of step `step`: the step's global batch, cycling through the examples."""
