@@ -6,4 +6,8 @@ from pathlib import Path
 SMOLLM2_GATE = Path(__file__).resolve().parent / "smollm2-135m-instruct-gate"
 """A gate head trained for SmolLM2-135M-Instruct (`compressmem train gate`; see its README.md)."""
 
-__all__ = ["SMOLLM2_GATE"]
+SMOLLM2_LEARNED = Path(__file__).resolve().parent / "smollm2-135m-instruct-learned-r4"
+"""A learned compressor (ratio 4, chunks of 256) and reasoner adapter for SmolLM2-135M-Instruct,
+pre-trained then trained with GRPO on this project's CPU (see its README.md and docs/training.md)."""
+
+__all__ = ["SMOLLM2_GATE", "SMOLLM2_LEARNED"]
