@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if streamed:
         _read_text(source, limit=1 << 20)  # a missing or binary file fails before a model is loaded
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
-                                                  show_progress=not args.quiet)
+                                                  show_progress=not args.quiet, **_placement(args))
     if args.command == "compress":
         if args.output.suffix == ".safetensors":
             bank = model.compress(text)
@@ -154,7 +154,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         "parts, e.g. a gate head); --config and --chunk-size override its configuration")
     parser.add_argument("--config", type=Path, help="MemoryConfig JSON file")
     parser.add_argument("--chunk-size", type=int, help="tokens per chunk")
+    parser.add_argument("--device", help="where the base model runs: cpu, cuda, cuda:1, mps, or auto (spread over "
+                        "the devices by accelerate); default cpu")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights' dtype (default: float32; auto: the checkpoint's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+
+
+def _placement(args: argparse.Namespace) -> dict:
+    """transformers' `device_map` and `dtype` from --device and --dtype (nothing when not given)."""
+    placement = {}
+    if args.device:
+        placement["device_map"] = args.device
+    if args.dtype:
+        placement["dtype"] = args.dtype
+    return placement
 
 
 def _tasks() -> tuple[str, ...]:
@@ -190,7 +204,7 @@ def _evaluate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
         except ImportError:
             raise SystemExit("Plots need matplotlib: pip install 'compressmem[eval]', or pass --no-plots.") from None
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
-                                                  show_progress=not args.quiet)
+                                                  show_progress=not args.quiet, **_placement(args))
     records = run_eval(model, tasks, args.lengths, args.n, [m.strip() for m in args.modes.split(",")], args.seed,
                        args.out, max_new_tokens=args.max_new_tokens, haystack=args.haystack,
                        hotpotqa_file=args.hotpotqa_file, show_progress=not args.quiet,
@@ -210,7 +224,7 @@ def _train_gate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     from .training import train_gate
 
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
-                                                  show_progress=not args.quiet)
+                                                  show_progress=not args.quiet, **_placement(args))
     tasks = [t.strip() for t in args.task.split(",")]
     data = dict(haystack=args.haystack, hotpotqa_file=args.hotpotqa_file)
     train, test = [], []
@@ -244,7 +258,10 @@ def _pretrain(args: argparse.Namespace, config: MemoryConfig | None) -> int:
         if not haystack.is_file():
             raise SystemExit(f"No --files given and the default essays ({haystack}) are missing; pass --files.")
         texts = [load_haystack(haystack)]
-    base = CompressedMemoryModel.from_pretrained(args.model, config=config, show_progress=not args.quiet)
+    if config is not None and config.compressor == "learned":
+        config = dataclasses.replace(config, compressor="select")  # the base loads training-free; the run adds its own
+    base = CompressedMemoryModel.from_pretrained(args.model, config=config, show_progress=not args.quiet,
+                                                 **_placement(args))
     if args.ratio is not None:
         base = base.with_config(dataclasses.replace(base.memory_config, ratio=args.ratio))
     model = start_or_resume(base, args.out, rank=args.rank, seed=args.seed)
@@ -271,7 +288,7 @@ def _train_grpo(args: argparse.Namespace, config: MemoryConfig | None) -> int:
 
     resuming = (args.out / TRAINER_STATE).is_file()
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.out if resuming else args.memory,
-                                                  config=config, show_progress=not args.quiet)
+                                                  config=config, show_progress=not args.quiet, **_placement(args))
     if args.reasoner_rank and not resuming:
         model = with_reasoner_adapter(model, rank=args.reasoner_rank, seed=args.seed)
     if args.data:

@@ -91,3 +91,23 @@ def test_pretrain_command_trains_resumes_and_writes_a_loadable_checkpoint(tokeni
     assert (out / "pretrain_log.png").is_file() and (out / "compressor" / "adapter_model.safetensors").is_file()
     loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
     assert loaded.memory_config.compressor == "learned" and loaded.memory_config.read == "compressed"
+
+
+def test_pretrain_command_takes_a_learned_configuration_and_a_device(tokenizer, tmp_path):
+    from compressmem.cli import main
+
+    base = tmp_path / "base"
+    tiny_model("llama", tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    config = tmp_path / "learned.json"
+    MemoryConfig(chunk_size=32, compressor="learned", ratio=4.0, read="compressed", gate="lexical",
+                 gate_top_k=2).save(config)
+    out = tmp_path / "run"
+    assert main(["train", "pretrain", "--model", str(base), "--config", str(config), "--files", str(text),
+                 "--out", str(out), "--batch-size", "2", "--continuation-tokens", "8", "--steps", "1",
+                 "--device", "cpu", "--dtype", "float32", "--quiet"]) == 0
+    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
+    assert loaded.memory_config.compressor == "learned" and loaded.memory_config.gate_top_k == 2
+    assert loaded.memory_config.chunk_size == 32 and loaded.memory_config.ratio == 4.0

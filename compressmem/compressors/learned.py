@@ -55,7 +55,7 @@ class LearnedCompressor(Compressor):
         embeddings = model.get_input_embeddings().weight.detach()
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(slots, embeddings.shape[1], generator=generator) * embeddings.float().std().item()
-        memory = torch.nn.Parameter(embeddings.float().mean(dim=0).cpu() + noise)
+        memory = torch.nn.Parameter((embeddings.float().mean(dim=0).cpu() + noise).to(embeddings.device))
         config = default_lora_config(rank)
         attach_adapter(model, config, ADAPTER, seed=seed)
         return cls(ratio, memory, config)
@@ -78,7 +78,8 @@ class LearnedCompressor(Compressor):
             raise ValueError(f"The compressor in {directory} was trained at ratio {saved_ratio}, but the configuration "
                              f"asks for ratio {ratio}; use the checkpoint's ratio.")
         config, extras = load_adapter(model, ADAPTER, directory, extra=(MEMORY_TENSOR,))
-        return cls(ratio, torch.nn.Parameter(extras[MEMORY_TENSOR], requires_grad=False), config)
+        memory = extras[MEMORY_TENSOR].to(model.get_input_embeddings().weight.device)
+        return cls(ratio, torch.nn.Parameter(memory, requires_grad=False), config)
 
     def weights(self, model: PreTrainedModel) -> list[torch.nn.Parameter]:
         """Everything the compressor learns: its memory embeddings and its LoRA weights in `model`."""
