@@ -87,7 +87,7 @@ def test_pretrain_command_trains_resumes_and_writes_a_loadable_checkpoint(tokeni
     assert main(args + ["--steps", "2"]) == 0
     assert main(args + ["--steps", "3"]) == 0
     log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [1, 2, 3]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(e["peak_memory_mib"] > 0 for e in log)
     assert (out / "pretrain_log.png").is_file() and (out / "compressor" / "adapter_model.safetensors").is_file()
     loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
     assert loaded.memory_config.compressor == "learned" and loaded.memory_config.read == "compressed"

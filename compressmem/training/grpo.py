@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +39,7 @@ from ..model import CompressedMemoryModel
 from ..prompts import pad_token_id
 from ..reasoner import cut_at_eos
 from .grpo_loss import clipped_policy_loss, group_advantages
-from .state import read_log, resume_trainer_state, save_trainer_state, write_log
+from .state import peak_memory_mib, read_log, resume_trainer_state, save_trainer_state, write_log
 
 LOG_FILE = "grpo_log.jsonl"
 
@@ -342,7 +341,7 @@ class GRPOTrainer:
                 "loss": loss, "rollout_seconds": sampled - started, "learn_seconds": time.perf_counter() - sampled,
                 "seconds": time.perf_counter() - started,
                 "generated_tokens": sum(c.output_ids.numel() for g in groups for c in g.conversations),
-                "conversations": sum(len(g.conversations) for g in groups), "peak_memory_mib": _peak_memory_mib(),
+                "conversations": sum(len(g.conversations) for g in groups), "peak_memory_mib": peak_memory_mib(),
                 "sample": {"answers": list(groups[0].example.answers), "prediction": groups[0].predictions[0]}}
 
     def _questions(self, step: int) -> list[GRPOExample]:
@@ -461,13 +460,6 @@ def _weights_swapped(weights: list[torch.nn.Parameter], replacements: list[torch
         with torch.no_grad():
             for weight, value in zip(weights, saved):
                 weight.copy_(value)
-
-
-def _peak_memory_mib() -> float:
-    """Peak accelerator memory on a GPU, else the process's peak resident memory, in MiB."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def with_reasoner_adapter(model: CompressedMemoryModel, rank: int = 8, seed: int = 0) -> CompressedMemoryModel:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..compressors import LearnedCompressor
 from ..kv_cache import PrefixCache
 from ..model import CompressedMemoryModel
-from .state import TRAINER_STATE, read_log, resume_trainer_state, save_trainer_state, write_log
+from .state import TRAINER_STATE, peak_memory_mib, read_log, resume_trainer_state, save_trainer_state, write_log
 
 LOG_FILE = "pretrain_log.jsonl"
 
@@ -100,7 +100,8 @@ def pretrain(model: CompressedMemoryModel, texts: list[str], out: str | Path, co
             torch.nn.utils.clip_grad_norm_(weights, config.max_grad_norm)
             optimizer.step()
             step += 1
-            log.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started})
+            log.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started,
+                        "peak_memory_mib": peak_memory_mib()})
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % config.save_every == 0 or step == config.steps:

@@ -7,6 +7,7 @@ resumes exactly where it stopped; the log is JSONL, one line a step, and its cur
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,10 @@ def write_log(log: list[dict], path: Path, key: str, label: str) -> None:
     figure.tight_layout()
     figure.savefig(path.with_suffix(".png"))
     plt.close(figure)
+
+
+def peak_memory_mib() -> float:
+    """Peak accelerator memory on a GPU, else the process's peak resident memory, in MiB (for the logs)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
