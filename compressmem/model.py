@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from .embedded import resolve_model_source
 from .fingerprint import BaseFingerprint, fingerprint_model
 from .gate import GateHead, build_gate, default_gate_layers
 from .gate.head import HEAD_FILE
+from .model_card import write_model_card
 from .prompts import PromptBuilder, Question, pad_token_id
 from .reasoner import Reasoner, Trace
 from .storage import BankWriter
@@ -116,15 +117,19 @@ class CompressedMemoryModel:
             raise AttributeError(name)
         return getattr(self.model, name)
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, evaluation: Mapping[str, float | str] | None = None) -> None:
         """Write the checkpoint: `compressmem_config.json` (format, base model fingerprint, MemoryConfig)
         and the trained parts the wrapper has: `gate_head.safetensors`, `compressor/` (the learned
         compressor's LoRA adapter in PEFT layout plus its memory embeddings) and `reasoner/` (the
-        reasoner's LoRA adapter).
+        reasoner's LoRA adapter), plus a generated model card (`README.md`) listing `evaluation`'s
+        numbers when given; a card the user edited is kept.
 
         Never the base model's weights; the training-free compressors and gates have none of their own.
         """
-        directory = Path(directory)
+        self._save_checkpoint(Path(directory), str(directory), evaluation)
+
+    def _save_checkpoint(self, directory: Path, location: str, evaluation: Mapping[str, float | str] | None) -> None:
+        """`save_pretrained`, with the model card telling users to load it from `location`."""
         directory.mkdir(parents=True, exist_ok=True)
         payload = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -132,25 +137,36 @@ class CompressedMemoryModel:
             "memory_config": self.memory_config.to_dict(),
         }
         (directory / CHECKPOINT_CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        parts = []
         if self.gate_head is not None:
             self.gate_head.save(directory / HEAD_FILE)
+            parts.append("gate head")
         if isinstance(self.compressor, LearnedCompressor):
             self.compressor.save(self.model, directory / COMPRESSOR_FOLDER)
+            parts.append(f"learned compressor (LoRA and memory embeddings, ratio {self.compressor.ratio:g})")
         if self.reasoner_adapter is not None:
             self.reasoner_adapter.save(self.model, directory / REASONER_FOLDER)
+            parts.append("reasoner adapter (LoRA)")
+        write_model_card(directory, location, self.fingerprint, self.memory_config, parts, evaluation)
 
-    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
-        """Save the checkpoint and upload it to a Hub model repo; returns the repo URL."""
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    revision: str | None = None, commit_message: str = "Upload compressmem checkpoint",
+                    evaluation: Mapping[str, float | str] | None = None) -> str:
+        """Save the checkpoint (as `save_pretrained`) and upload it to the Hub model repo `repo_id`,
+        creating the repo (and the branch `revision`) when missing; returns the commit's URL."""
         import tempfile
 
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload compressmem checkpoint")
-        return str(url)
+            self._save_checkpoint(Path(folder), repo_id, evaluation)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                       commit_message=commit_message)
+        return str(commit.commit_url)
 
     @torch.no_grad()
     def compress(self, context: Context, *, bank_device: torch.device | str | None = None,

@@ -39,3 +39,24 @@ def test_hf_kwargs_reach_transformers(tokenizer, tmp_path):
     model = CompressedMemoryModel.from_pretrained(str(base), torch_dtype=torch.bfloat16, attn_implementation="eager",
                                                   show_progress=False)
     assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "eager"
+
+
+def test_save_writes_a_model_card_and_keeps_an_edited_one(tokenizer, tmp_path):
+    from huggingface_hub import ModelCard
+
+    base = _save_tiny_base(tmp_path / "base", tokenizer, 0)
+    config = MemoryConfig(chunk_size=128, gate_top_k=3)
+    model = CompressedMemoryModel.from_pretrained(str(base), config=config, show_progress=False)
+    model.save_pretrained(tmp_path / "ckpt", evaluation={"niah_single 16K accuracy": 0.925})
+    assert f'memory="{tmp_path / "ckpt"}"' in (tmp_path / "ckpt" / "README.md").read_text()
+    card = ModelCard.load(tmp_path / "ckpt" / "README.md")
+    assert card.data.base_model == str(base) and card.data.library_name == "compressmem"
+    assert "| `gate_top_k` | `3` |" in card.text and "| `chunk_size` | `128` |" in card.text
+    assert "| `gate_sharpness` |" not in card.text  # a default: left out
+    assert "| niah_single 16K accuracy | 0.925 |" in card.text and model.fingerprint.digest[:12] in card.text
+
+    model.save_pretrained(tmp_path / "ckpt")  # a generated card is regenerated
+    assert "niah_single 16K accuracy" not in (tmp_path / "ckpt" / "README.md").read_text()
+    (tmp_path / "ckpt" / "README.md").write_text("# My own notes\n")
+    model.save_pretrained(tmp_path / "ckpt", evaluation={"x": 1.0})
+    assert (tmp_path / "ckpt" / "README.md").read_text() == "# My own notes\n"

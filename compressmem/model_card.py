@@ -1,0 +1,78 @@
+"""The checkpoint's model card (`README.md`): what a reader of the Hub page needs to use it.
+
+YAML front matter from `huggingface_hub.ModelCardData` (base model, library, tags), then the base
+model and its fingerprint, the trained parts, the `MemoryConfig` settings that differ from the
+defaults, how to load it, and evaluation numbers when the caller gives them. A card without the
+generated marker (one the user wrote, or edited and then removed the marker from) is never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+from .config import MemoryConfig
+from .fingerprint import BaseFingerprint
+
+CARD_FILE = "README.md"
+GENERATED_MARKER = "<!-- compressmem rewrites this card on every save; delete this line to keep your edits -->"
+
+
+def write_model_card(directory: Path, location: str, fingerprint: BaseFingerprint, config: MemoryConfig,
+                     parts: list[str], evaluation: Mapping[str, float | str] | None = None) -> bool:
+    """Write `directory/README.md` unless it holds a card without the marker; returns whether it wrote one.
+    `location` is where users will load the checkpoint from (its folder or Hub repo id)."""
+    path = directory / CARD_FILE
+    if path.exists() and GENERATED_MARKER not in path.read_text(encoding="utf-8"):
+        return False
+    path.write_text(model_card(location, fingerprint, config, parts, evaluation), encoding="utf-8")
+    return True
+
+
+def model_card(location: str, fingerprint: BaseFingerprint, config: MemoryConfig, parts: list[str],
+               evaluation: Mapping[str, float | str] | None = None) -> str:
+    """The card's text: front matter, then sections for the base model, settings, usage and results."""
+    from huggingface_hub import ModelCardData
+
+    front = ModelCardData(base_model=fingerprint.name, library_name="compressmem",
+                          tags=["compressmem", "long-context", f"compressor-{config.compressor}"]).to_yaml()
+    lines = [
+        f"---\n{front}\n---", "",
+        f"# compressmem memory for {fingerprint.name}", "",
+        "A [compressmem](https://pypi.org/project/compressmem/) checkpoint: it holds only what compressmem "
+        "adds to the base model, never the base model's weights.", "",
+        f"- Base model: `{fingerprint.name}` (fingerprint `{fingerprint.digest[:12]}`; loading it on another "
+        "base model is refused)",
+        f"- Trained parts: {', '.join(parts) if parts else 'none (training-free settings only)'}", "",
+        "## Settings", "",
+        *_settings_table(config), "",
+        "## Use", "",
+        "```python",
+        "from compressmem import CompressedMemoryModel",
+        "",
+        f'model = CompressedMemoryModel.from_pretrained("{fingerprint.name}", memory="{location}")',
+        'out = model.generate(model.prompt_ids("Your question?"), context=long_text, max_new_tokens=64)',
+        "```",
+    ]
+    if evaluation:
+        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {_format(value)} |" for name, value in evaluation.items()]
+    return "\n".join(lines + ["", GENERATED_MARKER, ""])
+
+
+def _settings_table(config: MemoryConfig) -> list[str]:
+    """The settings that differ from `MemoryConfig()`'s defaults (all of them would bury the few that matter)."""
+    defaults = MemoryConfig()
+    rows = [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(defaults, f.name) or f.name in ("compressor", "ratio", "chunk_size")]
+    return ["| setting | value |", "|---|---|", *[_row(name, value) for name, value in rows]]
+
+
+def _row(name: str, value: object) -> str:
+    shown = repr(value).replace("|", "\\|")  # a template's pipe would split the table cell
+    return f"| `{name}` | `{shown}` |"
+
+
+def _format(value: float | str) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
