@@ -73,14 +73,20 @@ def test_texts_too_short_for_one_window_are_refused(tokenizer):
         training_pairs(_plain(tokenizer), ["too short"], continuation_tokens=16)
 
 
+def _base_and_text(tokenizer, folder):
+    """A saved tiny base model and a text file to pre-train on, for the command-line tests."""
+    base = folder / "base"
+    tiny_model("llama", tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    text = folder / "text.txt"
+    text.write_text(TEXT)
+    return base, text
+
+
 def test_pretrain_command_trains_resumes_and_writes_a_loadable_checkpoint(tokenizer, tmp_path):
     from compressmem.cli import main
 
-    base = tmp_path / "base"
-    tiny_model("llama", tokenizer).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    text = tmp_path / "text.txt"
-    text.write_text(TEXT)
+    base, text = _base_and_text(tokenizer, tmp_path)
     out = tmp_path / "run"
     args = ["train", "pretrain", "--model", str(base), "--chunk-size", "32", "--files", str(text), "--out", str(out),
             "--batch-size", "2", "--continuation-tokens", "8", "--save-every", "2", "--quiet"]
@@ -96,11 +102,7 @@ def test_pretrain_command_trains_resumes_and_writes_a_loadable_checkpoint(tokeni
 def test_pretrain_command_takes_a_learned_configuration_and_a_device(tokenizer, tmp_path):
     from compressmem.cli import main
 
-    base = tmp_path / "base"
-    tiny_model("llama", tokenizer).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    text = tmp_path / "text.txt"
-    text.write_text(TEXT)
+    base, text = _base_and_text(tokenizer, tmp_path)
     config = tmp_path / "learned.json"
     MemoryConfig(chunk_size=32, compressor="learned", ratio=4.0, read="compressed", gate="lexical",
                  gate_top_k=2).save(config)
