@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
+from huggingface_hub import ModelCardData
+
 from .config import MemoryConfig
 from .fingerprint import BaseFingerprint
 
@@ -33,8 +35,6 @@ def write_model_card(directory: Path, location: str, fingerprint: BaseFingerprin
 def model_card(location: str, fingerprint: BaseFingerprint, config: MemoryConfig, parts: list[str],
                evaluation: Mapping[str, float | str] | None = None) -> str:
     """The card's text: front matter, then sections for the base model, settings, usage and results."""
-    from huggingface_hub import ModelCardData
-
     front = ModelCardData(base_model=fingerprint.name, library_name="compressmem",
                           tags=["compressmem", "long-context", f"compressor-{config.compressor}"]).to_yaml()
     lines = [
