@@ -4,7 +4,8 @@ from .bank import BankMismatchError, MemoryBank, MemoryBlock
 from .chunking import ContextError, text_pieces
 from .config import ConfigError, MemoryConfig
 from .embedded import DEFAULT_MODEL
-from .model import CheckpointMismatchError, CompressedGenerateOutput, CompressedMemoryModel
+from .hub import CheckpointMismatchError
+from .model import CompressedGenerateOutput, CompressedMemoryModel
 from .reasoner import ReadStep, Trace
 
 __all__ = [

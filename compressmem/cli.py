@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"HF id or folder (default {DEFAULT_MODEL})")
     parser.add_argument("--memagent", action="store_true", help="MemAgent baseline: read every raw chunk")
-    parser.add_argument("--memory", type=Path, help="compressmem checkpoint folder (its configuration and trained "
-                        "parts, e.g. a gate head); --config and --chunk-size override its configuration")
+    parser.add_argument("--memory", help="compressmem checkpoint: a folder or a Hub repo id (its configuration and "
+                        "trained parts, e.g. a gate head); --config and --chunk-size override its configuration")
+    parser.add_argument("--revision", help="the Hub checkpoint's branch, tag or commit (default main)")
     parser.add_argument("--config", type=Path, help="MemoryConfig JSON file")
     parser.add_argument("--chunk-size", type=int, help="tokens per chunk")
     parser.add_argument("--device", help="where the base model runs: cpu, cuda, cuda:1, mps, or auto (spread over "
@@ -162,8 +163,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _placement(args: argparse.Namespace) -> dict:
-    """transformers' `device_map` and `dtype` from --device and --dtype (nothing when not given)."""
-    placement = {}
+    """transformers' `device_map` and `dtype` from --device and --dtype, and the checkpoint's --revision
+    (nothing when not given)."""
+    placement = {"revision": args.revision} if args.revision else {}
     if args.device:
         placement["device_map"] = args.device
     if args.dtype:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,19 +22,18 @@ from .embedded import resolve_model_source
 from .fingerprint import BaseFingerprint, fingerprint_model
 from .gate import GateHead, build_gate, default_gate_layers
 from .gate.head import HEAD_FILE
+from .hub import (
+    COMPRESSOR_FOLDER,
+    REASONER_FOLDER,
+    fetch_checkpoint,
+    find_checkpoint,
+    upload_checkpoint,
+    write_config,
+)
 from .model_card import write_model_card
 from .prompts import PromptBuilder, Question, pad_token_id
 from .reasoner import Reasoner, Trace
 from .storage import BankWriter
-
-CHECKPOINT_CONFIG = "compressmem_config.json"
-CHECKPOINT_FORMAT_VERSION = 1
-COMPRESSOR_FOLDER = "compressor"
-REASONER_FOLDER = "reasoner"
-
-
-class CheckpointMismatchError(ValueError):
-    """A compressmem checkpoint was made for another base model."""
 
 
 @dataclass
@@ -75,33 +73,39 @@ class CompressedMemoryModel:
 
     @classmethod
     def from_pretrained(cls, base: str, memory: str | Path | None = None, config: MemoryConfig | None = None, *,
-                        show_progress: bool = True, **hf_kwargs: Any) -> "CompressedMemoryModel":
-        """Load `base` (Hub id or folder) with transformers, plus a compressmem checkpoint folder `memory`.
+                        revision: str | None = None, base_revision: str | None = None, show_progress: bool = True,
+                        **hf_kwargs: Any) -> "CompressedMemoryModel":
+        """Load `base` (Hub id or folder) with transformers, plus a compressmem checkpoint `memory`.
 
+        `memory` is a checkpoint folder or a Hub repo id (downloaded once, then read from the Hub cache,
+        offline too). `base` may itself be a checkpoint (folder or Hub repo): the base model it was made
+        for is then read from it. `revision` is the checkpoint's branch, tag or commit when there is one
+        on the Hub, else the base model's; `base_revision` pins the base model's beside a checkpoint's.
         `hf_kwargs` (`torch_dtype`, `device_map`, `quantization_config`, `attn_implementation`,
-        `trust_remote_code`, ...) go to transformers untouched. `config` overrides the checkpoint's
+        `trust_remote_code`, `token`, `cache_dir`, ...) go to transformers untouched; `token`,
+        `cache_dir` and `local_files_only` also fetch the checkpoint. `config` overrides the checkpoint's
         `MemoryConfig`; with neither, the training-free defaults are used.
         """
-        saved = _read_checkpoint(Path(memory)) if memory is not None else None
-        source = resolve_model_source(base)
-        model = AutoModelForCausalLM.from_pretrained(source, **hf_kwargs)
-        tokenizer_kwargs = {k: hf_kwargs[k] for k in ("trust_remote_code", "revision", "token") if k in hf_kwargs}
-        tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
-        model.eval()
+        hub_kwargs = {k: hf_kwargs[k] for k in ("token", "cache_dir", "local_files_only") if k in hf_kwargs}
+        if memory is not None:
+            saved = fetch_checkpoint(memory, revision, **hub_kwargs)
+        else:
+            saved = find_checkpoint(base, revision, **hub_kwargs)
+            base = saved.fingerprint.name if saved is not None else base
+        if saved is None or saved.repo_id is None:
+            base_revision = base_revision or revision
+        if base_revision is not None:
+            hf_kwargs["revision"] = base_revision
+        model, tokenizer = _load_base(base, hf_kwargs)
         if saved is None:
             return cls(model, tokenizer, config, base, show_progress)
-        fingerprint = fingerprint_model(model, tokenizer, base)
-        if saved.fingerprint.digest != fingerprint.digest:
-            raise CheckpointMismatchError(
-                f"The compressmem checkpoint {memory} was made for base model {saved.fingerprint.describe()}, but "
-                f"the base model loaded is {fingerprint.describe()}. Load the base model it was made for."
-            )
+        saved.check_base(fingerprint_model(model, tokenizer, base))
         chosen = config or saved.config
         compressor = adapter = None
-        if chosen.compressor == "learned" and (Path(memory) / COMPRESSOR_FOLDER).is_dir():
-            compressor = LearnedCompressor.load(model, Path(memory) / COMPRESSOR_FOLDER, chosen.ratio)
-        if (Path(memory) / REASONER_FOLDER).is_dir():
-            adapter = ReasonerAdapter.load(model, Path(memory) / REASONER_FOLDER)
+        if chosen.compressor == "learned" and saved.compressor_folder is not None:
+            compressor = LearnedCompressor.load(model, saved.compressor_folder, chosen.ratio)
+        if saved.reasoner_folder is not None:
+            adapter = ReasonerAdapter.load(model, saved.reasoner_folder)
         return cls(model, tokenizer, chosen, base, show_progress, saved.gate_head, compressor, adapter)
 
     def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> "CompressedMemoryModel":
@@ -130,13 +134,7 @@ class CompressedMemoryModel:
 
     def _save_checkpoint(self, directory: Path, location: str, evaluation: Mapping[str, float | str] | None) -> None:
         """`save_pretrained`, with the model card telling users to load it from `location`."""
-        directory.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "base_model": self.fingerprint.to_dict(),
-            "memory_config": self.memory_config.to_dict(),
-        }
-        (directory / CHECKPOINT_CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_config(directory, self.fingerprint, self.memory_config)
         parts = []
         if self.gate_head is not None:
             self.gate_head.save(directory / HEAD_FILE)
@@ -152,21 +150,10 @@ class CompressedMemoryModel:
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     revision: str | None = None, commit_message: str = "Upload compressmem checkpoint",
                     evaluation: Mapping[str, float | str] | None = None) -> str:
-        """Save the checkpoint (as `save_pretrained`) and upload it to the Hub model repo `repo_id`,
-        creating the repo (and the branch `revision`) when missing; returns the commit's URL."""
-        import tempfile
-
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        with tempfile.TemporaryDirectory() as folder:
-            self._save_checkpoint(Path(folder), repo_id, evaluation)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
-                                       commit_message=commit_message)
-        return str(commit.commit_url)
+        """Save the checkpoint (as `save_pretrained`) and upload it to the Hub model repo `repo_id` as one
+        commit, creating the repo (and the branch `revision`) when missing; returns the commit's URL."""
+        return upload_checkpoint(lambda folder: self._save_checkpoint(folder, repo_id, evaluation), repo_id,
+                                 private=private, token=token, revision=revision, commit_message=commit_message)
 
     @torch.no_grad()
     def compress(self, context: Context, *, bank_device: torch.device | str | None = None,
@@ -367,23 +354,14 @@ class CompressedMemoryModel:
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or 2**31
 
 
-@dataclass
-class _Checkpoint:
-    fingerprint: BaseFingerprint
-    config: MemoryConfig
-    gate_head: GateHead | None
-
-
-def _read_checkpoint(directory: Path) -> _Checkpoint:
-    path = directory / CHECKPOINT_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a compressmem checkpoint: {CHECKPOINT_CONFIG} is missing.")
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointMismatchError(f"{path} has format {payload['format_version']}; upgrade compressmem to read it.")
-    head = GateHead.load(directory / HEAD_FILE) if (directory / HEAD_FILE).is_file() else None
-    config = MemoryConfig.from_dict(payload["memory_config"])
-    return _Checkpoint(BaseFingerprint.from_dict(payload["base_model"]), config, head)
+def _load_base(base: str, hf_kwargs: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model (in eval mode) and its tokenizer, through transformers."""
+    source = resolve_model_source(base)
+    model = AutoModelForCausalLM.from_pretrained(source, **hf_kwargs)
+    tokenizer_kwargs = {k: hf_kwargs[k] for k in ("trust_remote_code", "revision", "token", "cache_dir",
+                                                  "local_files_only") if k in hf_kwargs}
+    tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
+    return model.eval(), tokenizer
 
 
 def _check_prompt(input_ids: Any, attention_mask: Any) -> None:

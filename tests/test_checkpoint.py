@@ -60,3 +60,14 @@ def test_save_writes_a_model_card_and_keeps_an_edited_one(tokenizer, tmp_path):
     (tmp_path / "ckpt" / "README.md").write_text("# My own notes\n")
     model.save_pretrained(tmp_path / "ckpt", evaluation={"x": 1.0})
     assert (tmp_path / "ckpt" / "README.md").read_text() == "# My own notes\n"
+
+
+def test_a_checkpoint_from_a_newer_compressmem_says_to_upgrade(tokenizer, tmp_path):
+    base = _save_tiny_base(tmp_path / "base", tokenizer, 0)
+    CompressedMemoryModel.from_pretrained(str(base), show_progress=False).save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "compressmem_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 99}))
+    with pytest.raises(CheckpointMismatchError, match="format 99.*upgrade compressmem"):
+        CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "ckpt", show_progress=False)
+    with pytest.raises(FileNotFoundError, match="neither a folder nor a Hub repo id"):
+        CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "missing", show_progress=False)
