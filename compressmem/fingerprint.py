@@ -45,6 +45,15 @@ def fingerprint_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     fields = {key: getattr(config, key, None) for key in _CONFIG_FIELDS}
     digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    sample = model.get_input_embeddings().weight[:4, :64].detach().to("cpu", torch.bfloat16).float()
+    sample = _embedding_weight(model)[:4, :64].detach().to("cpu", torch.bfloat16).float()
     digest.update(sample.numpy().tobytes())
     return BaseFingerprint(name=name, digest=digest.hexdigest())
+
+
+def _embedding_weight(model: PreTrainedModel) -> torch.Tensor:
+    """The input embedding matrix, also when accelerate offloaded it (its parameter is then on `meta`
+    and the weights rest in the module's offload hook)."""
+    embeddings = model.get_input_embeddings()
+    if embeddings.weight.device.type == "meta":
+        return embeddings._hf_hook.weights_map["weight"]
+    return embeddings.weight

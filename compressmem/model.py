@@ -31,6 +31,7 @@ from .hub import (
     write_config,
 )
 from .model_card import write_model_card
+from .placement import check_placement
 from .prompts import PromptBuilder, Question, pad_token_id
 from .reasoner import Reasoner, Trace
 from .storage import BankWriter
@@ -53,6 +54,7 @@ class CompressedMemoryModel:
                  memory_config: MemoryConfig | None = None, base_name: str | None = None,
                  show_progress: bool = True, gate_head: GateHead | None = None,
                  compressor: LearnedCompressor | None = None, reasoner_adapter: ReasonerAdapter | None = None) -> None:
+        check_placement(model)
         self.model = model
         self.tokenizer = tokenizer
         self.memory_config = memory_config or MemoryConfig()

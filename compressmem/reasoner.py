@@ -19,6 +19,7 @@ from .bank import BankMismatchError, MemoryBank
 from .config import MemoryConfig
 from .gate import Gate
 from .memory import update_memory
+from .placement import layer_devices
 from .prompts import PromptBuilder, pad_token_id
 
 
@@ -219,7 +220,7 @@ def generate_update_ids(model: PreTrainedModel, tokenizer, inputs: list[UpdateIn
         positions[row, -length:] = torch.arange(item.first_position, item.first_position + length)
         if item.keys is not None:
             mask[row, prefix_width - item.keys.shape[2]:prefix_width] = 1
-    cache = _padded_cache(inputs, prefix_width) if prefix_width else None
+    cache = _padded_cache(inputs, prefix_width, layer_devices(model)) if prefix_width else None
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
     settings = dict(do_sample=False) if sampling is None else dict(sampling)
     config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if exact else None,
@@ -238,7 +239,8 @@ def cut_at_eos(ids: torch.Tensor, eos: int | list[int] | None) -> torch.Tensor:
     return ids[:stops[0, 0] + 1] if stops.numel() else ids
 
 
-def _padded_cache(inputs: list[UpdateInput], width: int) -> DynamicCache:
+def _padded_cache(inputs: list[UpdateInput], width: int, devices: list[torch.device]) -> DynamicCache:
+    """The rows' prefixes left-padded to `width`, each layer's on the device that layer runs on."""
     reference = next(row.keys for row in inputs if row.keys is not None)
     layers, kv_heads, _, dim = reference.shape
     keys = reference.new_zeros(len(inputs), layers, kv_heads, width, dim)
@@ -247,7 +249,7 @@ def _padded_cache(inputs: list[UpdateInput], width: int) -> DynamicCache:
         if item.keys is not None:
             keys[row, :, :, width - item.keys.shape[2]:] = item.keys
             values[row, :, :, width - item.values.shape[2]:] = item.values
-    return DynamicCache([(keys[:, i], values[:, i]) for i in range(layers)])
+    return DynamicCache([(keys[:, i].to(devices[i]), values[:, i].to(devices[i])) for i in range(layers)])
 
 
 def _passing(scores: torch.Tensor, config: MemoryConfig) -> list[bool]:

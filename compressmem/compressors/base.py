@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from ..placement import to_one_device
 from ..probe import probe
 
 
@@ -89,12 +90,14 @@ class Compressor:
             keys.append(layer_keys)
             values.append(layer_values)
             positions.append((index + prefix_len).to(torch.int32))
-        prefix_keys = torch.stack([cache.layers[i].keys[0, :, :prefix_len] for i in layers])
-        prefix_values = torch.stack([cache.layers[i].values[0, :, :prefix_len] for i in layers])
+        device = model.device  # layers split over devices (device_map) are gathered on the first
+        prefix_keys = torch.stack(to_one_device([cache.layers[i].keys[0, :, :prefix_len] for i in layers], device))
+        prefix_values = torch.stack(to_one_device([cache.layers[i].values[0, :, :prefix_len] for i in layers],
+                                                  device))
         return CompressedChunks(
-            keys=torch.stack(keys, dim=1),
-            values=torch.stack(values, dim=1) if keep_values else None,
-            positions=torch.stack(positions, dim=1),
+            keys=torch.stack(to_one_device(keys, device), dim=1),
+            values=torch.stack(to_one_device(values, device), dim=1) if keep_values else None,
+            positions=torch.stack(to_one_device(positions, device), dim=1),
             prefix_keys=prefix_keys,
             prefix_values=prefix_values if keep_values else None,
         )

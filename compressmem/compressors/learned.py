@@ -29,6 +29,7 @@ from ..adapters import (
     save_adapter,
 )
 from ..kv_cache import RecordingCache
+from ..placement import to_one_device
 from ..probe import probe
 from .base import CompressedChunks, Compressor, _LastLayerSeen
 
@@ -118,7 +119,7 @@ class LearnedCompressor(Compressor):
             model(inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True,
                   logits_to_keep=1)
         start = prefix_len + num_tokens
-        kv = [cache.recorded(i) for i in layers]
+        kv = [tuple(to_one_device(list(cache.recorded(i)), device)) for i in layers]
         keys = torch.stack([k[:, :, start:] for k, _ in kv], dim=1)
         values = torch.stack([v[:, :, start:] for _, v in kv], dim=1) if keep_values else None
         entry_positions = slots.to(device=device, dtype=torch.int32).expand(*keys.shape[:3], -1)

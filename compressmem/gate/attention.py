@@ -9,6 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import BankMismatchError, MemoryBank
 from ..kernels import gate_scores
+from ..placement import to_one_device
 from ..probe import probe
 from ..rope import find_rotary_embedding, unrotate
 
@@ -112,7 +113,7 @@ class AttentionGate:
         with probe(model, record):
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), position_ids=positions,
                   use_cache=False, logits_to_keep=1)
-        queries = torch.stack([captured[i] for i in self.layers], dim=1)
+        queries = torch.stack(to_one_device([captured[i] for i in self.layers], model.device), dim=1)
         if rotary is None:
             return queries
         query_positions = positions.view(len(prompts), 1, 1, width).expand(*queries.shape[:-1])
