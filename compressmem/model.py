@@ -92,7 +92,7 @@ class CompressedMemoryModel:
         if memory is not None:
             saved = fetch_checkpoint(memory, revision, **hub_kwargs)
         else:
-            saved = find_checkpoint(base, revision, **hub_kwargs)
+            saved = find_checkpoint(resolve_model_source(base), revision, **hub_kwargs)
             base = saved.fingerprint.name if saved is not None else base
         if saved is None or saved.repo_id is None:
             base_revision = base_revision or revision
