@@ -1,12 +1,13 @@
 # `make demo`: set up and answer a question over examples/long_document.txt with SmolLM2-135M-Instruct
 # and the gate head trained for it (compressmem/checkpoints/smollm2-135m-instruct-gate).
 # `make test`: set up and run the test suite.
+# `make docs`: set up and build the documentation site into site/, failing on any warning.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.compressmem-installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test docs setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +27,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site
