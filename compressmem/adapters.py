@@ -49,6 +49,27 @@ def attach_adapter(model: PreTrainedModel, config, name: str, seed: int | None =
     _activate(model, None)
 
 
+def keep_quantized_differentiable(model: PreTrainedModel) -> None:
+    """Let gradients pass through a bitsandbytes 4-bit base's layers (QLoRA), however it ran before.
+
+    On CPUs with AVX512-BF16, bitsandbytes (seen in 0.50) repacks a `Linear4bit` weight in place the
+    first time the layer runs in eval mode on an input without gradient (any compression or
+    generation) into a layout whose matmul has no backward: from then on gradients silently stop at
+    that layer, so a compressor's memory embeddings, or any adapter below the top, learn nothing.
+    Trainers call this first: it turns the repacking off in every 4-bit layer and undoes it where it
+    happened. A no-op for other models.
+    """
+    for module in model.modules():
+        if "support_avx512bf16_for_cpu" not in vars(module):  # bitsandbytes' own 4-bit layers, not PEFT's wrappers
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+
+
 def adapter_weights(model: PreTrainedModel, name: str) -> dict[str, torch.nn.Parameter]:
     """Adapter `name`'s weights in `model`, by parameter name."""
     return {key: weight for key, weight in model.named_parameters() if f".{name}." in key}

@@ -30,7 +30,7 @@ import torch.utils.checkpoint
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..adapters import ReasonerAdapter, active_adapter, adapter_active
+from ..adapters import ReasonerAdapter, active_adapter, adapter_active, keep_quantized_differentiable
 from ..bank import MemoryBank
 from ..compressors import LearnedCompressor
 from ..eval.scoring import score_answer
@@ -288,11 +288,13 @@ class GRPOTrainer:
         self.optimizer = torch.optim.AdamW(self.weights, lr=self.config.learning_rate)
 
     def _trainable_weights(self) -> list[torch.nn.Parameter]:
-        """The reasoner adapter's weights, and the compressor's when it learns; the base model frozen."""
+        """The reasoner adapter's weights, and the compressor's when it learns; the base model frozen (and,
+        when it is 4-bit, kept differentiable: `keep_quantized_differentiable`)."""
         base = self.model.model
         if self.model.reasoner_adapter is None and not self.learns_compressor:
             raise ValueError("Nothing to train: the model has no reasoner adapter and no learned compressor; "
                              "add one with `with_reasoner_adapter()` or use compressor='learned'.")
+        keep_quantized_differentiable(base)
         for weight in base.parameters():
             weight.requires_grad_(False)
         weights = []

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..adapters import keep_quantized_differentiable
 from ..compressors import LearnedCompressor
 from ..kv_cache import PrefixCache
 from ..model import CompressedMemoryModel
@@ -110,10 +111,12 @@ def pretrain(model: CompressedMemoryModel, texts: list[str], out: str | Path, co
 
 
 def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
-    """The compressor's memory embeddings and LoRA weights, made trainable; the base model frozen."""
+    """The compressor's memory embeddings and LoRA weights, made trainable; the base model frozen (and,
+    when it is 4-bit, kept differentiable: `keep_quantized_differentiable`)."""
     compressor = model.compressor
     if not isinstance(compressor, LearnedCompressor):
         raise TypeError("pretrain trains a learned compressor; build the model with compressor='learned'.")
+    keep_quantized_differentiable(model.model)
     for weight in model.model.parameters():
         weight.requires_grad_(False)
     weights = compressor.weights(model.model)
