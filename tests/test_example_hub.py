@@ -17,7 +17,7 @@ FACT = "4719283"
 def test_push_and_pull_example_round_trips_the_gate_checkpoint(tmp_path):
     text = (ROOT / "examples" / "long_document.txt").read_text(encoding="utf-8")
     at = text.index(FACT)
-    (tmp_path / "excerpt.txt").write_text(text[at - 3000:at + 3000], encoding="utf-8")  # ~1.5K tokens around it
+    (tmp_path / "excerpt.txt").write_text(text[at - 6000:at + 6000], encoding="utf-8")  # ~3K tokens around it
     with HubServer() as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": hub.token, "HF_HUB_DISABLE_XET": "1",
                "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "2"}
