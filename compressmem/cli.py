@@ -127,23 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         trainers = {"gate": _train_gate, "pretrain": _pretrain, "grpo": _train_grpo}
         return trainers[args.trainer](args, config)
-    source = args.file if args.command == "compress" else args.context
-    streamed = args.command == "compress" and args.output.suffix != ".safetensors"
-    text = None if source.suffix == ".safetensors" or source.is_dir() or streamed else _read_text(source)
-    if streamed:
-        _read_text(source, limit=1 << 20)  # a missing or binary file fails before a model is loaded
+    if args.command == "compress":
+        return _compress(args, config)
+    text = None if args.context.suffix == ".safetensors" or args.context.is_dir() else _read_text(args.context)
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
                                                   show_progress=not args.quiet, **_placement(args))
-    if args.command == "compress":
-        if args.output.suffix == ".safetensors":
-            bank = model.compress(text)
-            bank.save(args.output)
-        else:
-            from .chunking import text_pieces
-
-            bank = model.compress_stream(text_pieces(args.file), args.output)
-        print(f"{args.output}: {len(bank)} blocks, {bank.num_tokens} tokens, {bank.nbytes / 2**20:.1f} MiB")
-        return 0
     return _ask(model, args, text)
 
 
@@ -190,6 +178,62 @@ def _token_counts(text: str) -> list[int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r} is not a token count like 8k, 32768 or 1.75m") from None
     return counts
+
+
+def _compress(args: argparse.Namespace, config: MemoryConfig | None) -> int:
+    """`compress`, in one process or shared by the processes of `accelerate launch` (one bank either way).
+
+    One process writes a .safetensors file from the text in memory, or streams it into a folder;
+    several stream it into the folder together, each compressing its share of the chunks.
+    """
+    from .chunking import text_pieces
+    from .distributed import compress_distributed, process_state
+    from .model import CompressedMemoryModel
+
+    state = process_state(cpu=args.device == "cpu")
+    to_file = args.output.suffix == ".safetensors"
+    text = _read_text(args.file) if to_file and state.num_processes == 1 else None
+    if text is None:
+        _read_text(args.file, limit=1 << 20)  # a missing or binary file fails before a model is loaded
+    placement = _placement(args)
+    if state.num_processes > 1 and not args.device and state.device.type != "cpu":
+        placement["device_map"] = str(state.device)  # one accelerator per process
+    with state.main_process_first():  # the first load may convert or download the model: once, not racing
+        model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
+                                                      show_progress=not args.quiet, **placement)
+    if text is not None:
+        bank = model.compress(text)
+        bank.save(args.output)
+    elif to_file:
+        bank = _compress_shared_to_file(model, args.file, args.output, state)
+    else:
+        bank = compress_distributed(model, text_pieces(args.file), args.output, state=state)
+    if state.is_main_process:
+        by = f" (compressed by {state.num_processes} processes)" if state.num_processes > 1 else ""
+        print(f"{args.output}: {len(bank)} blocks, {bank.num_tokens} tokens, {bank.nbytes / 2**20:.1f} MiB{by}")
+    return 0
+
+
+def _compress_shared_to_file(model, file: Path, output: Path, state):
+    """Several processes, one .safetensors file: they fill a temporary bank folder beside it, which the main
+    process then writes out as the file and removes."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from accelerate.utils import broadcast_object_list
+
+    from .chunking import text_pieces
+    from .distributed import compress_distributed
+
+    folder = [tempfile.mkdtemp(prefix=f"{output.name}.", dir=output.parent) if state.is_main_process else None]
+    broadcast_object_list(folder)
+    bank = compress_distributed(model, text_pieces(file), folder[0], state=state)
+    if state.is_main_process:
+        bank = dataclasses.replace(bank, blocks=list(bank.blocks))
+        bank.save(output)
+        shutil.rmtree(folder[0])
+    return bank
 
 
 def _evaluate(args: argparse.Namespace, config: MemoryConfig | None) -> int:

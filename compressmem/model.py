@@ -15,9 +15,10 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .adapters import ReasonerAdapter
 from .bank import MemoryBank, MemoryBlock
-from .chunking import Chunk, Context, split_into_chunks, stream_chunks, tokenize_context
+from .chunking import Chunk, Context, split_into_chunks, tokenize_context
 from .compressors import LearnedCompressor, build_compressor
 from .config import MemoryConfig
+from .distributed import ONE_PROCESS, compress_into_folder
 from .embedded import resolve_model_source
 from .fingerprint import BaseFingerprint, fingerprint_model
 from .gate import GateHead, build_gate, default_gate_layers
@@ -34,7 +35,6 @@ from .model_card import write_model_card
 from .placement import check_placement
 from .prompts import PromptBuilder, Question, pad_token_id
 from .reasoner import Reasoner, Trace
-from .storage import BankWriter
 
 
 @dataclass
@@ -181,18 +181,11 @@ class CompressedMemoryModel:
         Blocks are written shard by shard as they are made, so memory stays flat however long the
         text is; the returned bank reads its blocks back from `directory` one at a time. Pieces are
         tokenized one by one: cut them before a space (as `text_pieces` does) to keep the tokens
-        identical to tokenizing the whole text.
+        identical to tokenizing the whole text. To share the work among the processes of
+        `accelerate launch`, call `compressmem.distributed.compress_distributed` in each instead.
         """
-        writer = BankWriter(directory, shard_blocks)
-        show = self.show_progress if show_progress is None else show_progress
-        group = self.memory_config.compress_batch_size * 4
-        prefix_keys = prefix_values = None
-        with tqdm(desc="Compressing", unit="chunk", disable=not show) as bar:
-            for chunks in stream_chunks(pieces, self.tokenizer, self.memory_config.chunk_size, group):
-                blocks, prefix_keys, prefix_values = self._compress_into_blocks(chunks, torch.device("cpu"), bar)
-                for block in blocks:
-                    writer.add(block)
-        return writer.close(self.prompts.section_prefix_ids(), prefix_keys, prefix_values, *self._bank_labels())
+        return compress_into_folder(self, pieces, directory, ONE_PROCESS, show_progress=show_progress,
+                                    shard_blocks=shard_blocks)
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
                  context: Context | list[Context] | None = None,

@@ -1,0 +1,167 @@
+"""Compress one long text across processes (`accelerate launch`): each compresses its share, one bank results.
+
+Every process streams the same text and tokenizes all of it (cheap next to compressing), so the
+processes agree on the chunks without sending any. Process `r` of `n` compresses the batches
+`r, r + n, r + 2n, ...` of the document and writes their blocks to its own shards of the output
+folder. The processes then exchange what they wrote (a few numbers per block), check that they
+read the same text into the same folder with the same model, and the main process writes the one
+index. One process is the degenerate case: `CompressedMemoryModel.compress_stream` runs this code
+with `ONE_PROCESS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from .bank import MemoryBank
+from .chunking import stream_chunks
+from .storage import BankPart, BankWriter, open_bank, write_index
+
+if TYPE_CHECKING:
+    from .model import CompressedMemoryModel
+
+
+class ProcessMismatchError(RuntimeError):
+    """The processes sharing a compression did not read the same text into the same folder with the same model."""
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The processes sharing one compression: this one's rank, how many there are, and how they talk.
+
+    `gather(obj)` returns every process's `obj`, in rank order, in every process; `barrier()`
+    returns once every process has called it.
+    """
+
+    rank: int
+    count: int
+    gather: Callable[[Any], list]
+    barrier: Callable[[], None]
+
+    @classmethod
+    def from_state(cls, state: PartialState) -> "Processes":
+        """accelerate's processes (several under `accelerate launch`, otherwise one)."""
+        return cls(state.process_index, state.num_processes, lambda obj: gather_object([obj]), state.wait_for_everyone)
+
+
+ONE_PROCESS = Processes(0, 1, lambda obj: [obj], lambda: None)
+"""A process compressing alone, whatever launched it."""
+
+
+@dataclass
+class _Report:
+    """What one process did and read: its part of the bank, and what every process must agree on."""
+
+    part: BankPart
+    chunks: int
+    tokens: int
+    digest: str
+    folder: str
+    model: str
+
+    def agreement(self) -> tuple:
+        return self.chunks, self.tokens, self.digest, self.folder, self.model
+
+    def describe(self) -> str:
+        return (f"process {self.part.rank}: {self.chunks} chunks, {self.tokens} tokens (digest {self.digest[:12]}) "
+                f"into {self.folder}, model and settings {self.model}")
+
+
+def process_state(cpu: bool = False) -> PartialState:
+    """accelerate's view of the processes: several under `accelerate launch`, one otherwise.
+
+    They are CPU processes (talking over gloo) when `cpu` is set or no GPU is present: launched with
+    `--multi_gpu` on a machine without one, accelerate would otherwise give every process a world of
+    its own and each would compress the whole text.
+    """
+    return PartialState(cpu=cpu or not torch.cuda.is_available())
+
+
+def compress_distributed(model: CompressedMemoryModel, pieces: Iterable[str], directory: str | Path, *,
+                         state: PartialState | None = None, show_progress: bool | None = None,
+                         shard_blocks: int = 256) -> MemoryBank:
+    """Compress text arriving in pieces (e.g. `text_pieces(path)`) into one bank folder, the work shared by processes.
+
+    Call it in every process of `accelerate launch` with the same pieces and the same folder:
+    each process compresses every `n`-th batch of chunks and writes its own shards, the main
+    process writes the index, and every process returns the bank, opened from disk. Run once, it
+    is `model.compress_stream`. `state` is accelerate's `PartialState` (default: `process_state()`);
+    the progress bar shows on the main process only.
+    """
+    state = process_state() if state is None else state
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise ProcessMismatchError(
+            f"{launched} processes were launched (WORLD_SIZE) but accelerate's state counts {state.num_processes}: "
+            "it was set up before this call without distributed support (e.g. PartialState() on a machine "
+            "without a GPU). Create it with compressmem.distributed.process_state() or PartialState(cpu=True)."
+        )
+    return compress_into_folder(model, pieces, directory, Processes.from_state(state), show_progress=show_progress,
+                                shard_blocks=shard_blocks)
+
+
+def compress_into_folder(model: CompressedMemoryModel, pieces: Iterable[str], directory: str | Path,
+                         processes: Processes, *, show_progress: bool | None = None,
+                         shard_blocks: int = 256) -> MemoryBank:
+    """`compress_distributed` over any `Processes` (`ONE_PROCESS` for `compress_stream`); the bank, in every process."""
+    directory = Path(directory)
+    writer = BankWriter(directory, shard_blocks, processes.rank, processes.count)
+    show = (model.show_progress if show_progress is None else show_progress) and processes.rank == 0
+    report, prefix_kv = _compress_share(model, pieces, writer, processes, show)
+    reports = processes.gather(report)
+    _check_agreement(reports)
+    if processes.rank == 0:
+        write_index(directory, [r.part for r in reports], model.prompts.section_prefix_ids(), *prefix_kv,
+                    *model._bank_labels())
+    processes.barrier()
+    return open_bank(directory)
+
+
+def _compress_share(model: CompressedMemoryModel, pieces: Iterable[str], writer: BankWriter, processes: Processes,
+                    show: bool) -> tuple[_Report, tuple]:
+    """Stream every chunk, compress this process's batches into `writer`; the report and the shared prefix KV."""
+    config = model.memory_config
+    digest = hashlib.sha256()
+    done = tokens = 0
+    prefix_kv: tuple = (None, None)
+    description = "Compressing" if processes.count == 1 else f"Compressing ({processes.count} processes)"
+    with tqdm(desc=description, unit="chunk", disable=not show) as bar:
+        batches = stream_chunks(pieces, model.tokenizer, config.chunk_size, config.compress_batch_size)
+        for number, chunks in enumerate(batches):
+            for chunk in chunks:
+                digest.update(chunk.token_ids.numpy().tobytes())
+                tokens += chunk.token_ids.numel()
+            if number % processes.count == processes.rank:
+                blocks, *prefix_kv = model._compress_into_blocks(chunks, torch.device("cpu"), bar)
+                for offset, block in enumerate(blocks):
+                    writer.add(block, done + offset)
+            else:
+                bar.update(len(chunks))
+            done += len(chunks)
+    labels = model._bank_labels()
+    identity = json.dumps({"model": labels[1].to_dict(), "settings": labels[2]}, sort_keys=True)
+    return _Report(writer.finish(), done, tokens, digest.hexdigest(), str(writer.directory.resolve()),
+                   hashlib.sha256(identity.encode()).hexdigest()[:12]), tuple(prefix_kv)
+
+
+def _check_agreement(reports: list[_Report]) -> None:
+    """Raise `ProcessMismatchError`, in every process alike, unless all read the same text into the same folder."""
+    if all(report.agreement() == reports[0].agreement() for report in reports):
+        return
+    seen = "; ".join(report.describe() for report in reports)
+    raise ProcessMismatchError(
+        f"The {len(reports)} processes sharing this compression disagree ({seen}). Every process must read the "
+        "same text into the same folder with the same model and settings: launch them with the same file, "
+        "output and options."
+    )
