@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return _compress(args, config)
     text = None if args.context.suffix == ".safetensors" or args.context.is_dir() else _read_text(args.context)
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
-                                                  show_progress=not args.quiet, **_placement(args))
+                                                  show_progress=not args.quiet, **_load_options(args))
     return _ask(model, args, text)
 
 
@@ -150,15 +150,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
 
-def _placement(args: argparse.Namespace) -> dict:
-    """transformers' `device_map` and `dtype` from --device and --dtype, and the checkpoint's --revision
-    (nothing when not given)."""
-    placement = {"revision": args.revision} if args.revision else {}
+def _load_options(args: argparse.Namespace) -> dict:
+    """`from_pretrained`'s keywords from --revision (the checkpoint's), --device (`device_map`) and --dtype;
+    nothing for an option not given."""
+    options = {"revision": args.revision} if args.revision else {}
     if args.device:
-        placement["device_map"] = args.device
+        options["device_map"] = args.device
     if args.dtype:
-        placement["dtype"] = args.dtype
-    return placement
+        options["dtype"] = args.dtype
+    return options
 
 
 def _tasks() -> tuple[str, ...]:
@@ -195,12 +195,12 @@ def _compress(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     text = _read_text(args.file) if to_file and state.num_processes == 1 else None
     if text is None:
         _read_text(args.file, limit=1 << 20)  # a missing or binary file fails before a model is loaded
-    placement = _placement(args)
+    options = _load_options(args)
     if state.num_processes > 1 and not args.device and state.device.type != "cpu":
-        placement["device_map"] = str(state.device)  # one accelerator per process
+        options["device_map"] = str(state.device)  # one accelerator per process
     with state.main_process_first():  # the first load may convert or download the model: once, not racing
         model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
-                                                      show_progress=not args.quiet, **placement)
+                                                      show_progress=not args.quiet, **options)
     if text is not None:
         bank = model.compress(text)
         bank.save(args.output)
@@ -250,7 +250,7 @@ def _evaluate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
         except ImportError:
             raise SystemExit("Plots need matplotlib: pip install 'compressmem[eval]', or pass --no-plots.") from None
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
-                                                  show_progress=not args.quiet, **_placement(args))
+                                                  show_progress=not args.quiet, **_load_options(args))
     records = run_eval(model, tasks, args.lengths, args.n, [m.strip() for m in args.modes.split(",")], args.seed,
                        args.out, max_new_tokens=args.max_new_tokens, haystack=args.haystack,
                        hotpotqa_file=args.hotpotqa_file, show_progress=not args.quiet,
@@ -270,7 +270,7 @@ def _train_gate(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     from .training import train_gate
 
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, config=config,
-                                                  show_progress=not args.quiet, **_placement(args))
+                                                  show_progress=not args.quiet, **_load_options(args))
     tasks = [t.strip() for t in args.task.split(",")]
     data = dict(haystack=args.haystack, hotpotqa_file=args.hotpotqa_file)
     train, test = [], []
@@ -307,7 +307,7 @@ def _pretrain(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     if config is not None and config.compressor == "learned":
         config = dataclasses.replace(config, compressor="select")  # the base loads training-free; the run adds its own
     base = CompressedMemoryModel.from_pretrained(args.model, config=config, show_progress=not args.quiet,
-                                                 **_placement(args))
+                                                 **_load_options(args))
     if args.ratio is not None:
         base = base.with_config(dataclasses.replace(base.memory_config, ratio=args.ratio))
     model = start_or_resume(base, args.out, rank=args.rank, seed=args.seed)
@@ -334,7 +334,7 @@ def _train_grpo(args: argparse.Namespace, config: MemoryConfig | None) -> int:
 
     resuming = (args.out / TRAINER_STATE).is_file()
     model = CompressedMemoryModel.from_pretrained(args.model, memory=args.out if resuming else args.memory,
-                                                  config=config, show_progress=not args.quiet, **_placement(args))
+                                                  config=config, show_progress=not args.quiet, **_load_options(args))
     if args.reasoner_rank and not resuming:
         model = with_reasoner_adapter(model, rank=args.reasoner_rank, seed=args.seed)
     if args.data:
