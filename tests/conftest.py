@@ -46,6 +46,15 @@ def tiny_model(arch: str, tokenizer, seed: int = 0, **overrides):
     return model
 
 
+@pytest.fixture
+def base_folder(tokenizer, tmp_path) -> str:
+    """A tiny random llama saved with its tokenizer, for tests that load a base through from_pretrained."""
+    folder = tmp_path / "base"
+    tiny_model("llama", tokenizer, 0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def tiny_wrapper(arch: str, tokenizer, config: MemoryConfig | None = None, seed: int = 0,
                  **overrides) -> CompressedMemoryModel:
     return CompressedMemoryModel(tiny_model(arch, tokenizer, seed, **overrides), tokenizer,

@@ -38,17 +38,9 @@ def hub(tmp_path, monkeypatch):
         yield server
 
 
-@pytest.fixture
-def base(tokenizer, tmp_path):
-    folder = tmp_path / "base"
-    tiny_model("llama", tokenizer, 0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-def _trained(base: str, config: MemoryConfig = CONFIG, seed: int = 0) -> CompressedMemoryModel:
+def _trained(base_folder: str, config: MemoryConfig = CONFIG, seed: int = 0) -> CompressedMemoryModel:
     """A wrapper with every part a checkpoint can carry: a learned compressor (nonzero LoRA) and a gate head."""
-    plain = CompressedMemoryModel.from_pretrained(base, show_progress=False)
+    plain = CompressedMemoryModel.from_pretrained(base_folder, show_progress=False)
     compressor = LearnedCompressor.initialise(plain.model, config.ratio, config.chunk_size, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -57,7 +49,7 @@ def _trained(base: str, config: MemoryConfig = CONFIG, seed: int = 0) -> Compres
                 weight.normal_(0, 0.05, generator=generator)
         head = GateHead((1, 2), heads=4)
         head.weight.normal_(generator=generator)
-    return CompressedMemoryModel(plain.model, plain.tokenizer, config, base, False, gate_head=head,
+    return CompressedMemoryModel(plain.model, plain.tokenizer, config, base_folder, False, gate_head=head,
                                  compressor=compressor)
 
 
@@ -67,8 +59,8 @@ def _same_memory(a: CompressedMemoryModel, b: CompressedMemoryModel) -> bool:
                for x, y in zip(first.blocks, second.blocks, strict=True))
 
 
-def test_push_then_pull_with_the_base_or_from_the_repo_alone(hub, base, tokenizer, tmp_path):
-    model = _trained(base)
+def test_push_then_pull_with_the_base_or_from_the_repo_alone(hub, base_folder, tokenizer, tmp_path):
+    model = _trained(base_folder)
     url = model.push_to_hub(f"{USER}/memory", token=hub.token, evaluation={"niah 4K accuracy": 0.5})
     assert url.startswith(f"{hub.url}/{USER}/memory/commit/")
     files = hub.repos[f"{USER}/memory"].commits[url.rsplit("/", 1)[1]]
@@ -78,32 +70,32 @@ def test_push_then_pull_with_the_base_or_from_the_repo_alone(hub, base, tokenize
     card = files["README.md"].decode()
     assert f'memory="{USER}/memory"' in card and "| niah 4K accuracy | 0.5 |" in card
 
-    pulled = CompressedMemoryModel.from_pretrained(base, memory=f"{USER}/memory", show_progress=False)
+    pulled = CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/memory", show_progress=False)
     assert pulled.memory_config == CONFIG
     assert torch.equal(pulled.gate_head.weight, model.gate_head.weight)
     assert _same_memory(pulled, model)
 
     alone = CompressedMemoryModel.from_pretrained(f"{USER}/memory", show_progress=False)
-    assert alone.base_name == base and alone.memory_config == CONFIG
+    assert alone.base_name == base_folder and alone.memory_config == CONFIG
     assert _same_memory(alone, model)
 
     other = tmp_path / "other"
     tiny_model("llama", tokenizer, 1).save_pretrained(other)
     tokenizer.save_pretrained(other)
-    with pytest.raises(CheckpointMismatchError, match=f"'{USER}/memory'.*{base}.*other"):
+    with pytest.raises(CheckpointMismatchError, match=f"'{USER}/memory'.*{base_folder}.*other"):
         CompressedMemoryModel.from_pretrained(str(other), memory=f"{USER}/memory", show_progress=False)
 
 
-def test_revisions_pin_what_is_loaded(hub, base):
-    first = _trained(base, dataclasses.replace(CONFIG, gate_top_k=1))
+def test_revisions_pin_what_is_loaded(hub, base_folder):
+    first = _trained(base_folder, dataclasses.replace(CONFIG, gate_top_k=1))
     commit = first.push_to_hub(f"{USER}/pinned", token=hub.token).rsplit("/", 1)[1]
-    second = _trained(base, dataclasses.replace(CONFIG, gate_top_k=3), seed=1)
+    second = _trained(base_folder, dataclasses.replace(CONFIG, gate_top_k=3), seed=1)
     second.push_to_hub(f"{USER}/pinned", token=hub.token, commit_message="top 3")
-    _trained(base, dataclasses.replace(CONFIG, gate_top_k=5), seed=2).push_to_hub(
+    _trained(base_folder, dataclasses.replace(CONFIG, gate_top_k=5), seed=2).push_to_hub(
         f"{USER}/pinned", token=hub.token, revision="experiment")
 
     def top_k(**kwargs) -> int:
-        return CompressedMemoryModel.from_pretrained(base, memory=f"{USER}/pinned", show_progress=False,
+        return CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/pinned", show_progress=False,
                                                      **kwargs).memory_config.gate_top_k
 
     assert (top_k(), top_k(revision=commit), top_k(revision="experiment")) == (3, 1, 5)
@@ -112,29 +104,29 @@ def test_revisions_pin_what_is_loaded(hub, base):
         top_k(revision="v9")
 
 
-def test_a_pulled_checkpoint_loads_offline_from_the_cache(hub, base, monkeypatch):
+def test_a_pulled_checkpoint_loads_offline_from_the_cache(hub, base_folder, monkeypatch):
     import huggingface_hub.constants as constants
 
-    model = _trained(base)
+    model = _trained(base_folder)
     model.push_to_hub(f"{USER}/cached", token=hub.token)
-    CompressedMemoryModel.from_pretrained(base, memory=f"{USER}/cached", show_progress=False)
+    CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/cached", show_progress=False)
     hub.stop()  # the Hub is gone: connection refused
 
-    unreachable = CompressedMemoryModel.from_pretrained(base, memory=f"{USER}/cached", show_progress=False)
+    unreachable = CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/cached", show_progress=False)
     assert _same_memory(unreachable, model)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     offline = CompressedMemoryModel.from_pretrained(f"{USER}/cached", show_progress=False)
-    assert offline.base_name == base and _same_memory(offline, model)
+    assert offline.base_name == base_folder and _same_memory(offline, model)
     with pytest.raises(FileNotFoundError, match="not in the local Hub cache"):
-        CompressedMemoryModel.from_pretrained(base, memory=f"{USER}/never-downloaded", show_progress=False)
+        CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/never-downloaded", show_progress=False)
 
 
-def test_a_private_checkpoint_needs_a_token(hub, base):
-    _trained(base).push_to_hub(f"{USER}/secret", private=True, token=hub.token)
+def test_a_private_checkpoint_needs_a_token(hub, base_folder):
+    _trained(base_folder).push_to_hub(f"{USER}/secret", private=True, token=hub.token)
     assert hub.repos[f"{USER}/secret"].private
     with pytest.raises(FileNotFoundError, match="private.*token"):
-        CompressedMemoryModel.from_pretrained(base, memory=f"{USER}/secret", show_progress=False)
-    pulled = CompressedMemoryModel.from_pretrained(base, memory=f"{USER}/secret", token=hub.token,
+        CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/secret", show_progress=False)
+    pulled = CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/secret", token=hub.token,
                                                    show_progress=False)
     assert pulled.memory_config == CONFIG

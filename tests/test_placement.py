@@ -6,8 +6,6 @@ import torch
 from compressmem import CompressedMemoryModel, MemoryConfig
 from compressmem.placement import layer_devices
 
-from .conftest import tiny_model
-
 CONFIG = MemoryConfig(chunk_size=64, read="compressed", gate="attention", gate_layers=(1, 2), gate_top_k=2)
 CONTEXT = "The vault code is 4719283, said the keeper. Bakers rise before dawn to knead bread. " * 30
 HALF_ON_DISK = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
@@ -15,18 +13,10 @@ HALF_ON_DISK = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.l
                 "lm_head": "disk"}
 
 
-@pytest.fixture
-def base(tokenizer, tmp_path):
-    folder = tmp_path / "base"
-    tiny_model("llama", tokenizer, 0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-def test_a_base_with_layers_offloaded_to_disk_compresses_and_answers_like_one_on_a_device(base, tmp_path):
-    whole = CompressedMemoryModel.from_pretrained(base, config=CONFIG, show_progress=False)
-    split = CompressedMemoryModel.from_pretrained(base, config=CONFIG, show_progress=False, device_map=HALF_ON_DISK,
-                                                  offload_folder=str(tmp_path / "offload"))
+def test_a_base_with_layers_offloaded_to_disk_compresses_and_answers_like_one_on_a_device(base_folder, tmp_path):
+    whole = CompressedMemoryModel.from_pretrained(base_folder, config=CONFIG, show_progress=False)
+    split = CompressedMemoryModel.from_pretrained(base_folder, config=CONFIG, show_progress=False,
+                                                  device_map=HALF_ON_DISK, offload_folder=str(tmp_path / "offload"))
     layers = split.model.get_decoder().layers
     assert next(layers[3].parameters()).device.type == "meta"  # its weights really rest on disk
     assert layer_devices(split.model) == [torch.device("cpu")] * 4  # ... and it computes on the CPU
@@ -43,7 +33,7 @@ def test_a_base_with_layers_offloaded_to_disk_compresses_and_answers_like_one_on
     assert torch.equal(have.sequences, want.sequences)
 
 
-def test_a_base_offloaded_whole_is_refused_with_what_to_do(base, tmp_path):
+def test_a_base_offloaded_whole_is_refused_with_what_to_do(base_folder, tmp_path):
     with pytest.raises(ValueError, match="input embeddings were offloaded.*max_memory"):
-        CompressedMemoryModel.from_pretrained(base, config=CONFIG, show_progress=False, device_map={"": "disk"},
+        CompressedMemoryModel.from_pretrained(base_folder, config=CONFIG, show_progress=False, device_map={"": "disk"},
                                               offload_folder=str(tmp_path / "offload"))
