@@ -119,9 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    from .model import CompressedMemoryModel  # heavy import after argument errors are reported
+    from .bank import BankMismatchError  # heavy imports after argument errors are reported
+    from .hub import CheckpointMismatchError
 
-    config = _memory_config(args)
+    try:
+        return _run(args, _memory_config(args))
+    except (CheckpointMismatchError, BankMismatchError, FileNotFoundError) as error:
+        raise SystemExit(f"compressmem {args.command}: {error}") from None
+
+
+def _run(args: argparse.Namespace, config: MemoryConfig | None) -> int:
+    from .model import CompressedMemoryModel
+
     if args.command == "eval":
         return _evaluate(args, config)
     if args.command == "train":

@@ -130,3 +130,24 @@ def test_a_private_checkpoint_needs_a_token(hub, base_folder):
     pulled = CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/secret", token=hub.token,
                                                    show_progress=False)
     assert pulled.memory_config == CONFIG
+
+
+def test_the_command_line_takes_a_hub_checkpoint_and_its_revision(hub, base_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _trained(base_folder).push_to_hub(f"{USER}/cli", token=hub.token, revision="v1")
+    (tmp_path / "doc.txt").write_text(CONTEXT, encoding="utf-8")
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
+
+    def ask(revision: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--model", base_folder, "--memory",
+                               f"{USER}/cli", "--revision", revision, "--context", str(tmp_path / "doc.txt"),
+                               "--question", "What is the vault code?", "--quiet"],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    answered, missing = ask("v1"), ask("v2")
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    assert missing.returncode != 0 and f"'{USER}/cli' has no revision 'v2'" in missing.stderr
+    assert "Traceback" not in missing.stderr
