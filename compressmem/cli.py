@@ -8,9 +8,16 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import MemoryConfig
 from .embedded import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+    from .bank import MemoryBank
+    from .model import CompressedMemoryModel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +230,7 @@ def _compress(args: argparse.Namespace, config: MemoryConfig | None) -> int:
     return 0
 
 
-def _compress_shared_to_file(model, file: Path, output: Path, state):
+def _compress_shared_to_file(model: CompressedMemoryModel, file: Path, output: Path, state: PartialState) -> MemoryBank:
     """Several processes, one .safetensors file: they fill a temporary bank folder beside it, which the main
     process then writes out as the file and removes."""
     import dataclasses

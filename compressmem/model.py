@@ -89,16 +89,19 @@ class CompressedMemoryModel:
         `MemoryConfig`; with neither, the training-free defaults are used.
         """
         hub_kwargs = {k: hf_kwargs[k] for k in ("token", "cache_dir", "local_files_only") if k in hf_kwargs}
+        source = resolve_model_source(base)
         if memory is not None:
             saved = fetch_checkpoint(memory, revision, **hub_kwargs)
         else:
-            saved = find_checkpoint(resolve_model_source(base), revision, **hub_kwargs)
-            base = saved.fingerprint.name if saved is not None else base
+            saved = find_checkpoint(source, revision, **hub_kwargs)
+            if saved is not None:
+                base = saved.fingerprint.name
+                source = resolve_model_source(base)
         if saved is None or saved.repo_id is None:
             base_revision = base_revision or revision
         if base_revision is not None:
             hf_kwargs["revision"] = base_revision
-        model, tokenizer = _load_base(base, hf_kwargs)
+        model, tokenizer = _load_base(source, hf_kwargs)
         if saved is None:
             return cls(model, tokenizer, config, base, show_progress)
         saved.check_base(fingerprint_model(model, tokenizer, base))
@@ -349,9 +352,8 @@ class CompressedMemoryModel:
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or 2**31
 
 
-def _load_base(base: str, hf_kwargs: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base model (in eval mode) and its tokenizer, through transformers."""
-    source = resolve_model_source(base)
+def _load_base(source: str, hf_kwargs: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model (in eval mode) and its tokenizer from `source` (an id or folder), through transformers."""
     model = AutoModelForCausalLM.from_pretrained(source, **hf_kwargs)
     tokenizer_kwargs = {k: hf_kwargs[k] for k in ("trust_remote_code", "revision", "token", "cache_dir",
                                                   "local_files_only") if k in hf_kwargs}

@@ -151,3 +151,22 @@ def test_the_command_line_takes_a_hub_checkpoint_and_its_revision(hub, base_fold
     assert answered.returncode == 0, answered.stderr[-2000:]
     assert missing.returncode != 0 and f"'{USER}/cli' has no revision 'v2'" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_revision_names_the_hub_checkpoints_and_base_revision_the_base(hub, base_folder, monkeypatch):
+    import compressmem.model
+
+    _trained(base_folder).push_to_hub(f"{USER}/revs", token=hub.token, revision="v1")
+    asked = []
+    load = compressmem.model.AutoModelForCausalLM.from_pretrained
+
+    def spy(source, **kwargs):
+        asked.append(kwargs.get("revision"))
+        return load(source, **{k: v for k, v in kwargs.items() if k != "revision"})
+
+    monkeypatch.setattr(compressmem.model.AutoModelForCausalLM, "from_pretrained", spy)
+    CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/revs", revision="v1", show_progress=False)
+    CompressedMemoryModel.from_pretrained(base_folder, memory=f"{USER}/revs", revision="v1", base_revision="b2",
+                                          show_progress=False)
+    CompressedMemoryModel.from_pretrained(base_folder, revision="r3", show_progress=False)
+    assert asked == [None, "b2", "r3"]
