@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/compressmem ask --memory compressmem/checkpoints/smollm2-135m-instruct-gate \
+	$(BIN)/compressmem ask --checkpoint compressmem/checkpoints/smollm2-135m-instruct-gate \
 		--context examples/long_document.txt \
 		--question "What is the secret code for the lighthouse vault?" --trace
 

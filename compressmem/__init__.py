@@ -2,16 +2,26 @@
 
 from .bank import BankMismatchError, MemoryBank, MemoryBlock
 from .chunking import ContextError, text_pieces
-from .config import ConfigError, MemoryConfig
+from .config import (
+    ChunkingConfig,
+    CompressionConfig,
+    ConfigError,
+    GateConfig,
+    MemoryConfig,
+    NotesConfig,
+    PromptConfig,
+    ReadingConfig,
+)
 from .embedded import DEFAULT_MODEL
 from .hub import CheckpointMismatchError
 from .model import CompressedGenerateOutput, CompressedMemoryModel
-from .reasoner import ReadStep, Trace
+from .reader import ReadStep, Trace
 
 __all__ = [
-    "BankMismatchError", "CheckpointMismatchError", "CompressedGenerateOutput", "CompressedMemoryModel",
-    "ConfigError", "ContextError", "DEFAULT_MODEL", "MemoryBank", "MemoryBlock", "MemoryConfig", "ReadStep", "Trace",
+    "BankMismatchError", "CheckpointMismatchError", "ChunkingConfig", "CompressedGenerateOutput",
+    "CompressedMemoryModel", "CompressionConfig", "ConfigError", "ContextError", "DEFAULT_MODEL", "GateConfig",
+    "MemoryBank", "MemoryBlock", "MemoryConfig", "NotesConfig", "PromptConfig", "ReadStep", "ReadingConfig", "Trace",
     "text_pieces",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

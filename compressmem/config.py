@@ -1,191 +1,351 @@
-"""`MemoryConfig`: every knob of the compress -> gate -> reason pipeline, serialisable to JSON."""
+"""Settings of the pipeline, one small dataclass per stage: chunking -> compression -> gate -> reading -> notes.
+
+Each stage's dataclass holds only what that stage reads, and `MemoryConfig` refuses a combination in
+which a setting would be silently ignored (a compressor when nothing reads compressed KV, gate
+layers for the lexical gate, a recall pass without a gate, ...), naming the setting and what to do.
+Stage settings left at `None` take the stage's default when the stage runs, so a configuration
+written to JSON holds what each stage really used.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-COMPRESSORS = ("select", "learned", "none")
+COMPRESSION_METHODS = ("none", "select", "learned")
 SCORES = ("keynorm", "observed", "window")
-GATES = ("attention", "lexical", "head", None)
+GATE_KINDS = ("lexical", "attention", "head")
+READ_MODES = ("raw", "compressed")
 READ_ORDERS = ("document", "score")
-READ_MODES = ("compressed", "raw")
-MEMORY_UPDATES = ("append", "rewrite")
+NOTE_UPDATES = ("append", "rewrite")
 
+DEFAULT_RATIO = 4.0
+DEFAULT_SCORE = "keynorm"
+DEFAULT_SHARPNESS = 8.0
+DEFAULT_NOTE_TOKENS = 96
+DEFAULT_MIN_GROUNDING = 0.8
 MEMAGENT_CHUNK_SIZE = 2048
 
 DEFAULT_SECTION_HEADER = "Here is one section of a long document:\n\n"
-DEFAULT_UPDATE_TEMPLATE = (
-    "\n\nQuestion: {question}\nNotes so far: {memory}\n\n"
+APPEND_TEMPLATE = (
+    "\n\nQuestion: {question}\nNotes so far: {notes}\n\n"
     "Quote the exact sentence of the section above that answers the question, or reply NONE if the "
     "section does not answer it."
 )
-REWRITE_UPDATE_TEMPLATE = (
-    "\n\nQuestion: {question}\nNotes so far: {memory}\n\n"
+REWRITE_TEMPLATE = (
+    "\n\nQuestion: {question}\nNotes so far: {notes}\n\n"
     "Write the updated notes: keep the notes so far and add every fact from the section above that "
     "helps answer the question. If the section has nothing relevant, repeat the notes so far."
 )
-DEFAULT_ANSWER_TEMPLATE = "Notes taken while reading a long document: {memory}\n\n{question}"
-DEFAULT_GATE_TEMPLATE = "{question}\n{memory}"
-DEFAULT_EMPTY_MEMORY = "(none yet)"
+DEFAULT_ANSWER_TEMPLATE = "Notes taken while reading a long document: {notes}\n\n{question}"
+DEFAULT_GATE_TEMPLATE = "{question}\n{notes}"
+DEFAULT_EMPTY_NOTES = "(none yet)"
 
 
 class ConfigError(ValueError):
-    """A `MemoryConfig` value is out of range or of the wrong kind."""
+    """A setting is out of range, of the wrong kind, or would be ignored by the stage it belongs to."""
 
 
-@dataclass
-class MemoryConfig:
-    """How a long context is chunked, compressed, gated and read.
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """How the context is cut: `size` tokens per chunk (the last chunk of a document may be shorter)."""
 
-    Working memory: with `memory_update="append"` (default) each read quotes the section's evidence
-    and the quote joins the notes only if at least `min_grounding` of its words occur in the section
-    (small models otherwise invent "facts" from irrelevant sections); with `"rewrite"` the model
-    rewrites the whole memory each step, as in the paper and MemAgent. Either way the memory is
-    capped at `memory_tokens` tokens.
+    size: int = 512
 
-    Gates: `"lexical"` (BM25, no KV needed), `"attention"` (training-free, over compressed keys) and
-    `"head"` (a trained `GateHead`, loaded from a checkpoint's `gate_head.safetensors`). A block passes
-    when it is among the `gate_top_k` best and scores at least `gate_threshold`. `read_order="document"`
-    reads the passing blocks in document order (the paper's linear scan, plus an optional `recall`
-    pass); `"score"` re-scores every block after each update and reads the best unread block over
-    `gate_threshold` next (no top-k), so a later hop can send the reader back to an earlier block.
+    def __post_init__(self) -> None:
+        _positive_int("chunking.size", self.size)
 
-    `fixed_update_tokens=True` makes every update decode exactly its budget (`note_tokens`, or
-    `memory_tokens` when rewriting), ignoring end-of-sequence, so that timing comparisons decode the
-    same number of tokens per step on both sides.
 
-    The defaults are the cheapest configuration that met the project's accuracy bar on
-    SmolLM2-135M-Instruct without trained weights (see the README's measurements). Use
-    `MemoryConfig.memagent()` for the MemAgent baseline: no compression, no gate, every chunk read.
-    """
+@dataclass(frozen=True)
+class CompressionConfig:
+    """How a chunk becomes a block of KV: `none` keeps every entry (ratio 1), `select` keeps the `1/ratio`
+    entries a training-free `score` ranks highest, `learned` keeps the KV of one trained memory token per
+    `ratio` chunk tokens (it needs a checkpoint's compressor)."""
 
-    chunk_size: int = 512
-    compressor: str = "select"
-    ratio: float = 4.0
-    score: str = "keynorm"
-    gate: str | None = "lexical"
-    gate_threshold: float | None = None
-    gate_top_k: int | None = 1
-    gate_layers: tuple[int, ...] | None = None
-    gate_sharpness: float = 8.0
-    memory_tokens: int = 1024
-    memory_update: str = "append"
-    note_tokens: int = 96
-    min_grounding: float = 0.8
-    fixed_update_tokens: bool = False
-    max_steps: int | None = None
-    read_order: str = "document"
+    method: str = "select"
+    ratio: float | None = None
+    score: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("compression.method", self.method, COMPRESSION_METHODS)
+        if self.method == "none":
+            if self.ratio not in (None, 1):
+                raise ConfigError(f"compression.method='none' keeps every KV entry, so compression.ratio must be 1, "
+                                  f"got {self.ratio!r}.")
+            _set(self, "ratio", 1.0)
+        else:
+            ratio = DEFAULT_RATIO if self.ratio is None else self.ratio
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 1:
+                raise ConfigError(f"compression.ratio must be a number >= 1, got {self.ratio!r}.")
+            _set(self, "ratio", float(ratio))
+        if self.method == "select":
+            _set(self, "score", DEFAULT_SCORE if self.score is None else self.score)
+            _choice("compression.score", self.score, SCORES)
+        elif self.score is not None:
+            raise ConfigError(f"compression.score ranks entries for method='select' only; it would be ignored with "
+                              f"method={self.method!r}: drop it.")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Which blocks get read: `lexical` (BM25 over each block's text, needs no KV), `attention` (training-free,
+    over the compressed keys at `layers`, sharpened by `sharpness`) or `head` (a trained `GateHead` from a
+    checkpoint, with its own layers). A block passes when it is among the `top_k` best and scores at least
+    `threshold` (either may be None, not both)."""
+
+    kind: str = "lexical"
+    top_k: int | None = 1
+    threshold: float | None = None
+    layers: tuple[int, ...] | None = None
+    sharpness: float | None = None
+
+    def __post_init__(self) -> None:
+        _choice("gate.kind", self.kind, GATE_KINDS)
+        if self.top_k is not None:
+            _positive_int("gate.top_k", self.top_k)
+        if self.threshold is not None and (isinstance(self.threshold, bool)
+                                           or not isinstance(self.threshold, (int, float))
+                                           or not 0.0 <= self.threshold <= 1.0):
+            raise ConfigError(f"gate.threshold must lie in [0, 1], got {self.threshold!r}.")
+        if self.top_k is None and self.threshold is None:
+            raise ConfigError(f"gate kind {self.kind!r} needs gate.top_k or gate.threshold; set one, or use gate=None.")
+        if self.kind != "attention":
+            for name in ("layers", "sharpness"):
+                if getattr(self, name) is not None:
+                    owner = "the trained head brings its own" if self.kind == "head" else "BM25 reads no keys"
+                    raise ConfigError(f"gate.{name} applies to kind='attention' only ({owner}); drop it.")
+            return
+        if self.layers is not None:
+            layers = tuple(self.layers)
+            if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+                raise ConfigError(f"gate.layers must be a non-empty list of layer indices >= 0, got {self.layers!r}.")
+            _set(self, "layers", layers)
+        sharpness = DEFAULT_SHARPNESS if self.sharpness is None else self.sharpness
+        if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not sharpness > 0:
+            raise ConfigError(f"gate.sharpness must be a positive number, got {self.sharpness!r}.")
+        _set(self, "sharpness", float(sharpness))
+
+    @property
+    def reads_keys(self) -> bool:
+        """Whether this gate scores blocks by their compressed keys (the attention gate and the head)."""
+        return self.kind in ("attention", "head")
+
+
+@dataclass(frozen=True)
+class ReadingConfig:
+    """How passed blocks are read: `mode` `raw` re-reads the chunk's tokens, `compressed` reads the block's
+    KV as a prefix (the paper). `order` `document` reads the passing blocks in document order (then, with
+    `recall`, the best unread ones); `score` re-scores after every update and reads the best unread block
+    over the gate's threshold. `max_steps` bounds the reads per question."""
+
+    mode: str = "raw"
+    order: str = "document"
     recall: bool = False
-    read: str = "raw"
-    compress_batch_size: int = 4
-    direct_max_tokens: int | None = None
-    query_tokens: int = 256
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("reading.mode", self.mode, READ_MODES)
+        _choice("reading.order", self.order, READ_ORDERS)
+        if not isinstance(self.recall, bool):
+            raise ConfigError(f"reading.recall must be True or False, got {self.recall!r}.")
+        if self.max_steps is not None:
+            _positive_int("reading.max_steps", self.max_steps)
+
+
+@dataclass(frozen=True)
+class NotesConfig:
+    """The working memory: `append` adds one quote per read, kept only if at least `min_grounding` of its
+    new words occur in the section (`note_tokens` per quote); `rewrite` has the model rewrite all its notes
+    each read (the paper, MemAgent). Either way the notes keep at most `max_tokens` tokens."""
+
+    update: str = "append"
+    max_tokens: int = 1024
+    note_tokens: int | None = None
+    min_grounding: float | None = None
+
+    def __post_init__(self) -> None:
+        _choice("notes.update", self.update, NOTE_UPDATES)
+        _positive_int("notes.max_tokens", self.max_tokens)
+        if self.update == "rewrite":
+            for name in ("note_tokens", "min_grounding"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"notes.{name} applies to update='append' only (a rewrite writes up to "
+                                      "max_tokens and is not checked against the section); drop it.")
+            return
+        _set(self, "note_tokens", DEFAULT_NOTE_TOKENS if self.note_tokens is None else self.note_tokens)
+        _positive_int("notes.note_tokens", self.note_tokens)
+        grounding = DEFAULT_MIN_GROUNDING if self.min_grounding is None else self.min_grounding
+        if isinstance(grounding, bool) or not isinstance(grounding, (int, float)) or not 0.0 <= grounding <= 1.0:
+            raise ConfigError(f"notes.min_grounding must lie in [0, 1], got {self.min_grounding!r}.")
+        _set(self, "min_grounding", float(grounding))
+
+    @property
+    def budget(self) -> int:
+        """Tokens one read may write: a quote's, or the whole notes' when rewriting."""
+        return self.note_tokens if self.update == "append" else self.max_tokens
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """The text around what the model reads: the header every chunk follows, the update prompt after a
+    section (`{question}`, `{notes}`; None: the notes mode's own), the answer prompt, the gate's query,
+    and what stands in for empty notes."""
+
     section_header: str = DEFAULT_SECTION_HEADER
     update_template: str | None = None
     answer_template: str = DEFAULT_ANSWER_TEMPLATE
     gate_template: str = DEFAULT_GATE_TEMPLATE
-    empty_memory: str = DEFAULT_EMPTY_MEMORY
+    empty_notes: str = DEFAULT_EMPTY_NOTES
 
     def __post_init__(self) -> None:
-        if self.gate_layers is not None:
-            self.gate_layers = tuple(self.gate_layers)
-        self.validate()
+        for name in ("section_header", "empty_notes"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"prompts.{name} must be a string, got {type(getattr(self, name)).__name__}.")
+        if self.update_template is not None:
+            _template("prompts.update_template", self.update_template, ("question",))
+        _template("prompts.answer_template", self.answer_template, ("question", "notes"))
+        _template("prompts.gate_template", self.gate_template, ("question",))
+
+    def update_for(self, notes: NotesConfig) -> str:
+        """The update prompt: the configured one, or the default of the notes' update mode."""
+        if self.update_template is not None:
+            return self.update_template
+        return APPEND_TEMPLATE if notes.update == "append" else REWRITE_TEMPLATE
+
+
+_STAGES = {"chunking": ChunkingConfig, "compression": CompressionConfig, "gate": GateConfig,
+           "reading": ReadingConfig, "notes": NotesConfig, "prompts": PromptConfig}
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """How a long context is chunked, compressed, gated and read into notes.
+
+    `compression` is None when nothing reads compressed KV (the lexical gate with raw reading): the bank
+    then holds only token ids and compressing is tokenizing. It must be set when the gate reads keys
+    (`attention`, `head`) or `reading.mode` is `compressed`. `gate=None` reads every block.
+
+    `direct_max_tokens` and `query_tokens` rule `generate()` without a context: a prompt longer than
+    `direct_max_tokens` (default: the model's window) is split into context and question, the question
+    being its last user turn or its last `query_tokens` tokens.
+
+    The defaults are the cheapest configuration that met the project's accuracy bar on
+    SmolLM2-135M-Instruct without trained weights (README). `MemoryConfig.memagent()` is the MemAgent
+    baseline: raw chunks, no gate, every chunk read.
+    """
+
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    compression: CompressionConfig | None = None
+    gate: GateConfig | None = field(default_factory=GateConfig)
+    reading: ReadingConfig = field(default_factory=ReadingConfig)
+    notes: NotesConfig = field(default_factory=NotesConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    direct_max_tokens: int | None = None
+    query_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        for name, kind in _STAGES.items():
+            value = getattr(self, name)
+            if value is None and name in ("compression", "gate"):
+                continue
+            if not isinstance(value, kind):
+                raise ConfigError(f"{name} must be a {kind.__name__}" + (" or None" if name in ("compression", "gate")
+                                                                          else "") + f", got {value!r}.")
+        if self.direct_max_tokens is not None:
+            _positive_int("direct_max_tokens", self.direct_max_tokens)
+        _positive_int("query_tokens", self.query_tokens)
+        self._check_compression()
+        self._check_reading()
+
+    def _check_compression(self) -> None:
+        users = self.kv_users
+        if self.compression is None and users:
+            raise ConfigError(f"{' and '.join(users)} need compressed KV, but compression is None: set "
+                              "compression=CompressionConfig(...) (e.g. method='select', ratio=4).")
+        if self.compression is not None and not users:
+            raise ConfigError(
+                f"compression={self.compression.method!r} would be ignored: with "
+                f"{'no gate' if self.gate is None else f'the {self.gate.kind} gate'} and raw reading, nothing reads "
+                "compressed KV (the bank holds only token ids). Drop compression, or use a gate that reads keys "
+                "(kind='attention' or 'head') or reading mode 'compressed'.")
+
+    def _check_reading(self) -> None:
+        reading, gate = self.reading, self.gate
+        if reading.order == "score" and (gate is None or gate.top_k is not None or gate.threshold is None):
+            raise ConfigError("reading.order='score' reads, after each update, the best unread block whose gate score "
+                              "is at least gate.threshold: set a gate with a threshold and top_k=None (and "
+                              f"reading.max_steps to bound the reads); got gate={gate!r}.")
+        if reading.recall and (gate is None or reading.order != "document"):
+            raise ConfigError("reading.recall re-visits the gate's best unread blocks after a document-order scan: it "
+                              f"needs a gate and order='document' (got gate={gate!r}, order={reading.order!r}).")
+
+    @property
+    def kv_users(self) -> list[str]:
+        """The stages that read compressed KV: a key-reading gate, compressed reading; empty when none does."""
+        users = []
+        if self.gate is not None and self.gate.reads_keys:
+            users.append(f"gate kind {self.gate.kind!r}")
+        if self.reading.mode == "compressed":
+            users.append("reading mode 'compressed'")
+        return users
+
+    @property
+    def needs_kv(self) -> bool:
+        """Whether banks must hold compressed KV (for a key-reading gate or for compressed reading)."""
+        return bool(self.kv_users)
 
     @classmethod
-    def memagent(cls, **overrides: Any) -> "MemoryConfig":
+    def memagent(cls, chunk_size: int = MEMAGENT_CHUNK_SIZE, **overrides: Any) -> "MemoryConfig":
         """The MemAgent baseline: raw chunks, no compression, no gate; every chunk is read in order.
 
         MemAgent reads large chunks (5000 tokens in its paper) to keep the number of steps down; the
         default here, 2048, is the largest at which SmolLM2-135M still quotes a chunk's evidence.
         """
-        settings: dict[str, Any] = dict(chunk_size=MEMAGENT_CHUNK_SIZE, compressor="none", ratio=1.0, gate=None,
-                                        gate_top_k=None, read="raw")
+        settings: dict[str, Any] = {"chunking": ChunkingConfig(chunk_size), "compression": None, "gate": None}
         settings.update(overrides)
         return cls(**settings)
 
-    @property
-    def resolved_update_template(self) -> str:
-        """`update_template`, or the default for the `memory_update` mode when unset."""
-        if self.update_template is not None:
-            return self.update_template
-        return DEFAULT_UPDATE_TEMPLATE if self.memory_update == "append" else REWRITE_UPDATE_TEMPLATE
+    def ungated(self) -> "MemoryConfig":
+        """These settings without a gate: every block of a bank is read, in document order (an oracle reads
+        exactly the evidence blocks this way). Compression is kept only if reading still needs it."""
+        reading = dataclasses.replace(self.reading, order="document", recall=False)
+        compression = self.compression if reading.mode == "compressed" else None
+        return dataclasses.replace(self, gate=None, reading=reading, compression=compression)
 
-    @property
-    def gate_needs_keys(self) -> bool:
-        """Whether the gate scores blocks by their compressed keys (the attention gate and the head)."""
-        return self.gate in ("attention", "head")
-
-    @property
-    def needs_kv(self) -> bool:
-        """Whether the bank must hold compressed KV (for a key-reading gate or for compressed reading)."""
-        return self.gate_needs_keys or self.read == "compressed"
-
-    def validate(self) -> None:
-        """Raise `ConfigError` naming the field, the bad value and what is allowed."""
-        _positive_int("chunk_size", self.chunk_size)
-        _choice("compressor", self.compressor, COMPRESSORS)
-        _choice("score", self.score, SCORES)
-        _choice("gate", self.gate, GATES)
-        _choice("read", self.read, READ_MODES)
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not self.ratio >= 1:
-            raise ConfigError(f"ratio must be a number >= 1 (1 keeps every KV entry), got {self.ratio!r}.")
-        if self.compressor == "none" and self.ratio != 1:
-            raise ConfigError(f"compressor='none' keeps every KV entry, so ratio must be 1, got {self.ratio!r}.")
-        if self.gate_threshold is not None and not 0.0 <= self.gate_threshold <= 1.0:
-            raise ConfigError(f"gate_threshold must lie in [0, 1], got {self.gate_threshold!r}.")
-        if self.gate_top_k is not None:
-            _positive_int("gate_top_k", self.gate_top_k)
-        if self.gate is not None and self.gate_threshold is None and self.gate_top_k is None:
-            raise ConfigError(f"gate={self.gate!r} needs gate_top_k or gate_threshold; set one, or gate=None.")
-        if self.gate_layers is not None and (
-                not self.gate_layers or any(isinstance(i, bool) or not isinstance(i, int) for i in self.gate_layers)):
-            raise ConfigError(f"gate_layers must be a non-empty list of layer indices, got {self.gate_layers!r}.")
-        if isinstance(self.gate_sharpness, bool) or not isinstance(self.gate_sharpness, (int, float)) \
-                or not self.gate_sharpness > 0:
-            raise ConfigError(f"gate_sharpness must be a positive number, got {self.gate_sharpness!r}.")
-        _positive_int("memory_tokens", self.memory_tokens)
-        _choice("memory_update", self.memory_update, MEMORY_UPDATES)
-        _positive_int("note_tokens", self.note_tokens)
-        if isinstance(self.min_grounding, bool) or not isinstance(self.min_grounding, (int, float)) \
-                or not 0.0 <= self.min_grounding <= 1.0:
-            raise ConfigError(f"min_grounding must lie in [0, 1], got {self.min_grounding!r}.")
-        if self.max_steps is not None:
-            _positive_int("max_steps", self.max_steps)
-        _choice("read_order", self.read_order, READ_ORDERS)
-        if self.read_order == "score" and (self.gate is None or self.gate_top_k is not None):
-            raise ConfigError("read_order='score' reads, after each update, the best unread block whose gate score "
-                              "is at least gate_threshold: set gate, gate_threshold and gate_top_k=None (and "
-                              f"max_steps to bound the reads); got gate={self.gate!r}, gate_top_k={self.gate_top_k!r}.")
-        _positive_int("compress_batch_size", self.compress_batch_size)
-        if self.direct_max_tokens is not None:
-            _positive_int("direct_max_tokens", self.direct_max_tokens)
-        _positive_int("query_tokens", self.query_tokens)
-        for name in ("recall", "fixed_update_tokens"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        if self.update_template is not None:
-            _template("update_template", self.update_template, ("question",))
-        for name, keys in ( ("answer_template", ("question", "memory")),
-                           ("gate_template", ("question",))):
-            _template(name, getattr(self, name), keys)
+    def replace(self, **changes: Any) -> "MemoryConfig":
+        """A copy with whole stages (or top-level settings) replaced, validated again."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["gate_layers"] is not None:
-            data["gate_layers"] = list(data["gate_layers"])
+        if self.gate is not None and self.gate.layers is not None:
+            data["gate"]["layers"] = list(self.gate.layers)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MemoryConfig":
+        """The configuration `to_dict` wrote; unknown settings are refused by name."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"A MemoryConfig must be a JSON object, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"Unknown MemoryConfig fields {unknown}; known fields are {sorted(known)}.")
-        return cls(**data)
+            hint = " (a flat 0.1 configuration: load it with MemoryConfig.from_legacy)" if "chunk_size" in data else ""
+            raise ConfigError(f"Unknown MemoryConfig settings {unknown}{hint}; the settings are {sorted(known)}.")
+        values = dict(data)
+        for name, kind in _STAGES.items():
+            if name in values and values[name] is not None:
+                values[name] = _stage(name, kind, values[name])
+        return cls(**values)
+
+    @classmethod
+    def from_legacy(cls, flat: dict[str, Any]) -> "MemoryConfig":
+        """Migrate a flat release-0.1 configuration (checkpoint format 1), dropping what its stages ignored."""
+        return cls.from_dict(migrate_flat(flat))
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -195,7 +355,77 @@ class MemoryConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "MemoryConfig":
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """A configuration JSON file: this release's nested form, or release 0.1's flat one (migrated)."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_legacy(data) if isinstance(data, dict) and "chunk_size" in data else cls.from_dict(data)
+
+
+_LEGACY_FIELDS = {"chunk_size", "compressor", "ratio", "score", "gate", "gate_threshold", "gate_top_k", "gate_layers",
+                  "gate_sharpness", "memory_tokens", "memory_update", "note_tokens", "min_grounding",
+                  "fixed_update_tokens", "max_steps", "read_order", "recall", "read", "compress_batch_size",
+                  "direct_max_tokens", "query_tokens", "section_header", "update_template", "answer_template",
+                  "gate_template", "empty_memory"}
+
+
+def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
+    """A release-0.1 flat configuration as this release's nested one.
+
+    Release 0.1 wrote every field whether its stage used it or not, so the migration keeps a field
+    only where its stage reads it: no compressor when nothing read KV, no gate layers or sharpness
+    unless the attention gate, no quote settings when rewriting. Runtime and benchmark knobs
+    (`compress_batch_size`, `fixed_update_tokens`) are dropped; `{memory}` in templates becomes `{notes}`.
+    """
+    unknown = sorted(set(flat) - _LEGACY_FIELDS)
+    if unknown:
+        raise ConfigError(f"Unknown release-0.1 configuration fields {unknown}.")
+    get = flat.get
+    gate_kind = get("gate", "lexical")
+    reads = get("read", "raw")
+    needs_kv = gate_kind in ("attention", "head") or reads == "compressed"
+    compression = None
+    if needs_kv:
+        method = get("compressor", "select")
+        compression = {"method": method, "ratio": None if method == "none" else get("ratio", DEFAULT_RATIO),
+                       "score": get("score", DEFAULT_SCORE) if method == "select" else None}
+    gate = None
+    if gate_kind is not None:
+        gate = {"kind": gate_kind, "top_k": get("gate_top_k", 1), "threshold": get("gate_threshold")}
+        if gate_kind == "attention":
+            gate.update(layers=get("gate_layers"), sharpness=get("gate_sharpness", DEFAULT_SHARPNESS))
+    update = get("memory_update", "append")
+    notes: dict[str, Any] = {"update": update, "max_tokens": get("memory_tokens", 1024)}
+    if update == "append":
+        notes.update(note_tokens=get("note_tokens", DEFAULT_NOTE_TOKENS),
+                     min_grounding=get("min_grounding", DEFAULT_MIN_GROUNDING))
+    prompts = {"section_header": get("section_header", DEFAULT_SECTION_HEADER),
+               "update_template": _renamed(get("update_template")),
+               "answer_template": _renamed(get("answer_template", DEFAULT_ANSWER_TEMPLATE)),
+               "gate_template": _renamed(get("gate_template", DEFAULT_GATE_TEMPLATE)),
+               "empty_notes": get("empty_memory", DEFAULT_EMPTY_NOTES)}
+    return {"chunking": {"size": get("chunk_size", 512)}, "compression": compression, "gate": gate,
+            "reading": {"mode": reads, "order": get("read_order", "document"),
+                        "recall": bool(get("recall", False)) and gate is not None, "max_steps": get("max_steps")},
+            "notes": notes, "prompts": prompts, "direct_max_tokens": get("direct_max_tokens"),
+            "query_tokens": get("query_tokens", 256)}
+
+
+def _renamed(template: str | None) -> str | None:
+    return None if template is None else template.replace("{memory}", "{notes}")
+
+
+def _stage(name: str, kind: type, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must be a JSON object of {kind.__name__} settings, got {data!r}.")
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"Unknown {name} settings {unknown}; the settings are {sorted(known)}.")
+    return kind(**data)
+
+
+def _set(instance: Any, name: str, value: Any) -> None:
+    """Resolve a default in a frozen dataclass's `__post_init__`."""
+    object.__setattr__(instance, name, value)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -209,8 +439,17 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
 
 
 def _template(name: str, value: Any, keys: tuple[str, ...]) -> None:
+    """A template must hold `keys` and no other placeholder, and be well-formed for `str.format`."""
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {type(value).__name__}.")
-    missing = [k for k in keys if "{" + k + "}" not in value]
+    try:
+        fields = {parsed[1] for parsed in string.Formatter().parse(value) if parsed[1] is not None}
+    except ValueError as error:
+        raise ConfigError(f"{name} is not a valid template ({error}); write a literal brace as {{{{ or }}}}.") from None
+    missing = [k for k in keys if k not in fields]
     if missing:
         raise ConfigError(f"{name} must contain the placeholders {['{' + k + '}' for k in missing]}.")
+    extra = sorted(fields - {"question", "notes"})
+    if extra:
+        raise ConfigError(f"{name} has unknown placeholders {['{' + k + '}' for k in extra]}; the placeholders are "
+                          "{question} and {notes}.")

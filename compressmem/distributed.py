@@ -6,7 +6,7 @@ processes agree on the chunks without sending any. Process `r` of `n` compresses
 folder. The processes then exchange what they wrote (a few numbers per block), check that they
 read the same text into the same folder with the same model, and the main process writes the one
 index. One process is the degenerate case: `CompressedMemoryModel.compress_stream` runs this code
-with `ONE_PROCESS`.
+with `ONE_PROCESS`. The chunks are compressed by the model's `BankBuilder`, as everywhere else.
 """
 
 from __future__ import annotations
@@ -17,19 +17,25 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
-from .bank import MemoryBank
+from .bank import BankPart, BankWriter, MemoryBank, kv_layout, write_index
 from .chunking import stream_chunks
-from .storage import BankPart, BankWriter, open_bank, write_index
+from .compression import BankBuilder
 
-if TYPE_CHECKING:
-    from .model import CompressedMemoryModel
+
+class StreamCompressor(Protocol):
+    """What `compress_distributed` asks of a model: `CompressedMemoryModel.compress_stream`."""
+
+    def compress_stream(self, pieces: Iterable[str], directory: str | Path, *, show_progress: bool | None = None,
+                        shard_blocks: int = 256, batch_size: int = 4,
+                        processes: "Processes" = ...) -> MemoryBank: ...
 
 
 class ProcessMismatchError(RuntimeError):
@@ -69,6 +75,7 @@ class _Report:
     digest: str
     folder: str
     model: str
+    kv: dict[str, Any] | None = None  # the layout of the KV this process wrote, for the index
 
     def agreement(self) -> tuple:
         return self.chunks, self.tokens, self.digest, self.folder, self.model
@@ -88,9 +95,9 @@ def process_state(cpu: bool = False) -> PartialState:
     return PartialState(cpu=cpu or not torch.cuda.is_available())
 
 
-def compress_distributed(model: CompressedMemoryModel, pieces: Iterable[str], directory: str | Path, *,
+def compress_distributed(model: StreamCompressor, pieces: Iterable[str], directory: str | Path, *,
                          state: PartialState | None = None, show_progress: bool | None = None,
-                         shard_blocks: int = 256) -> MemoryBank:
+                         shard_blocks: int = 256, batch_size: int = 4) -> MemoryBank:
     """Compress text arriving in pieces (e.g. `text_pieces(path)`) into one bank folder, the work shared by processes.
 
     Call it in every process of `accelerate launch` with the same pieces and the same folder:
@@ -107,52 +114,52 @@ def compress_distributed(model: CompressedMemoryModel, pieces: Iterable[str], di
             "it was set up before this call without distributed support (e.g. PartialState() on a machine "
             "without a GPU). Create it with compressmem.distributed.process_state() or PartialState(cpu=True)."
         )
-    return compress_into_folder(model, pieces, directory, Processes.from_state(state), show_progress=show_progress,
-                                shard_blocks=shard_blocks)
+    return model.compress_stream(pieces, directory, show_progress=show_progress, shard_blocks=shard_blocks,
+                                 batch_size=batch_size, processes=Processes.from_state(state))
 
 
-def compress_into_folder(model: CompressedMemoryModel, pieces: Iterable[str], directory: str | Path,
-                         processes: Processes, *, show_progress: bool | None = None,
-                         shard_blocks: int = 256) -> MemoryBank:
-    """`compress_distributed` over any `Processes` (`ONE_PROCESS` for `compress_stream`); the bank, in every process."""
+def compress_into_folder(builder: BankBuilder, tokenizer: PreTrainedTokenizerBase, pieces: Iterable[str],
+                         directory: str | Path, processes: Processes = ONE_PROCESS, *, show_progress: bool = True,
+                         shard_blocks: int = 256, batch_size: int = 4) -> MemoryBank:
+    """Stream `pieces` through `builder` into a bank folder, the batches of chunks shared among `processes`
+    (`ONE_PROCESS` for `compress_stream`); the bank, opened from disk, in every process."""
     directory = Path(directory)
     writer = BankWriter(directory, shard_blocks, processes.rank, processes.count)
-    show = (model.show_progress if show_progress is None else show_progress) and processes.rank == 0
-    report, prefix_kv = _compress_share(model, pieces, writer, processes, show)
+    show = show_progress and processes.rank == 0
+    report = _compress_share(builder, tokenizer, pieces, writer, processes, show, batch_size)
     reports = processes.gather(report)
     _check_agreement(reports)
     if processes.rank == 0:
-        write_index(directory, [r.part for r in reports], model.prompts.section_prefix_ids(), *prefix_kv,
-                    *model._bank_labels())
+        prefix = builder.prefix()
+        write_index(directory, [r.part for r in reports], prefix, builder.provenance(),
+                    next((r.kv for r in reports if r.kv is not None), None))
     processes.barrier()
-    return open_bank(directory)
+    return MemoryBank.load(directory)
 
 
-def _compress_share(model: CompressedMemoryModel, pieces: Iterable[str], writer: BankWriter, processes: Processes,
-                    show: bool) -> tuple[_Report, tuple]:
-    """Stream every chunk, compress this process's batches into `writer`; the report and the shared prefix KV."""
-    config = model.memory_config
+def _compress_share(builder: BankBuilder, tokenizer: PreTrainedTokenizerBase, pieces: Iterable[str],
+                    writer: BankWriter, processes: Processes, show: bool, batch_size: int) -> _Report:
+    """Stream every chunk, compress this process's batches into `writer`; what this process did and read."""
     digest = hashlib.sha256()
     done = tokens = 0
-    prefix_kv: tuple = (None, None)
+    kv = None
     description = "Compressing" if processes.count == 1 else f"Compressing ({processes.count} processes)"
     with tqdm(desc=description, unit="chunk", disable=not show) as bar:
-        batches = stream_chunks(pieces, model.tokenizer, config.chunk_size, config.compress_batch_size)
-        for number, chunks in enumerate(batches):
+        for number, chunks in enumerate(stream_chunks(pieces, tokenizer, builder.chunk_size, batch_size)):
             for chunk in chunks:
                 digest.update(chunk.token_ids.numpy().tobytes())
                 tokens += chunk.token_ids.numel()
             if number % processes.count == processes.rank:
-                blocks, *prefix_kv = model._compress_into_blocks(chunks, torch.device("cpu"), bar)
+                blocks, _ = builder.blocks(chunks, torch.device("cpu"), batch_size, bar)
+                kv = kv or kv_layout(blocks[0])
                 for offset, block in enumerate(blocks):
                     writer.add(block, done + offset)
             else:
                 bar.update(len(chunks))
             done += len(chunks)
-    labels = model._bank_labels()
-    identity = json.dumps({"model": labels[1].to_dict(), "settings": labels[2]}, sort_keys=True)
+    identity = json.dumps(builder.provenance().to_dict(), sort_keys=True)
     return _Report(writer.finish(), done, tokens, digest.hexdigest(), str(writer.directory.resolve()),
-                   hashlib.sha256(identity.encode()).hexdigest()[:12]), tuple(prefix_kv)
+                   hashlib.sha256(identity.encode()).hexdigest()[:12], kv)
 
 
 def _check_agreement(reports: list[_Report]) -> None:

@@ -1,7 +1,8 @@
 """Checkpoints: the folder layout, reading and writing it, and moving it to and from the Hugging Face Hub.
 
 A checkpoint holds only what compressmem adds to a base model: `compressmem_config.json` (format
-version, the base model's fingerprint, the `MemoryConfig`), and the trained parts it has
+version, the base model's fingerprint, the `MemoryConfig`; format 1, release 0.1's flat settings, is
+migrated on read), and the trained parts it has
 (`gate_head.safetensors`, `compressor/`, `reasoner/`), plus a generated model card. A Hub checkpoint
 is fetched with `snapshot_download`, so it is cached like any Hub model and loads offline from the cache.
 """
@@ -16,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import MemoryConfig
-from .fingerprint import BaseFingerprint
+from .config import ConfigError, MemoryConfig
 from .gate import GateHead
 from .gate.head import HEAD_FILE
+from .hf.fingerprint import BaseFingerprint
 
 CHECKPOINT_CONFIG = "compressmem_config.json"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
 COMPRESSOR_FOLDER = "compressor"
 REASONER_FOLDER = "reasoner"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -79,15 +80,19 @@ def read_checkpoint(directory: Path, repo_id: str | None = None) -> Checkpoint:
             f"{source or path} has checkpoint format {payload['format_version']}, but this compressmem reads up to "
             f"format {CHECKPOINT_FORMAT_VERSION}; upgrade compressmem (pip install -U compressmem) to read it.")
     head = GateHead.load(directory / HEAD_FILE) if (directory / HEAD_FILE).is_file() else None
-    return Checkpoint(directory, BaseFingerprint.from_dict(payload["base_model"]),
-                      MemoryConfig.from_dict(payload["memory_config"]), head, repo_id)
+    try:
+        config = (MemoryConfig.from_legacy(payload["memory_config"]) if payload.get("format_version", 1) == 1
+                  else MemoryConfig.from_dict(payload["config"]))
+    except (KeyError, ConfigError) as error:
+        raise CheckpointMismatchError(f"{source or path} holds no valid compressmem configuration: {error}") from None
+    return Checkpoint(directory, BaseFingerprint.from_dict(payload["base_model"]), config, head, repo_id)
 
 
 def write_config(directory: Path, fingerprint: BaseFingerprint, config: MemoryConfig) -> None:
     """Write `compressmem_config.json`: the format version, the base model's fingerprint and the settings."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "base_model": fingerprint.to_dict(),
-               "memory_config": config.to_dict()}
+               "config": config.to_dict()}
     (directory / CHECKPOINT_CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 

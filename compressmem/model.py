@@ -1,28 +1,35 @@
-"""`CompressedMemoryModel`: any Hugging Face causal LM, answering over contexts far longer than its window."""
+"""`CompressedMemoryModel`: any Hugging Face causal LM, answering over contexts far longer than its window.
+
+The façade wires the stages together and holds no stage's logic: `BankBuilder` (compression.py)
+turns chunks into a bank, the gate and the `Reasoner` (reader/) read it into notes, and the answer
+is generated from the notes.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .adapters import ReasonerAdapter
-from .bank import MemoryBank, MemoryBlock
-from .chunking import Chunk, Context, split_into_chunks, tokenize_context
-from .compressors import LearnedCompressor, build_compressor
-from .config import MemoryConfig
-from .distributed import ONE_PROCESS, compress_into_folder
+from .bank import BankNeeds, MemoryBank
+from .chunking import Context, split_into_chunks, tokenize_context
+from .compression import BankBuilder
+from .compressors import Compressor, LearnedCompressor, build_compressor
+from .config import ConfigError, MemoryConfig
+from .distributed import ONE_PROCESS, Processes, compress_into_folder
 from .embedded import resolve_model_source
-from .fingerprint import BaseFingerprint, fingerprint_model
 from .gate import GateHead, build_gate, default_gate_layers
 from .gate.head import HEAD_FILE
+from .hf.adapters import ReasonerAdapter
+from .hf.fingerprint import fingerprint_model
+from .hf.placement import check_placement
+from .hf.sliding import check_sliding_window
 from .hub import (
     COMPRESSOR_FOLDER,
     REASONER_FOLDER,
@@ -32,9 +39,7 @@ from .hub import (
     write_config,
 )
 from .model_card import write_model_card
-from .placement import check_placement
-from .prompts import PromptBuilder, Question, pad_token_id
-from .reasoner import Reasoner, Trace
+from .reader import PromptBuilder, Question, Reasoner, Trace, pad_token_id
 
 
 @dataclass
@@ -55,43 +60,48 @@ class CompressedMemoryModel:
                  show_progress: bool = True, gate_head: GateHead | None = None,
                  compressor: LearnedCompressor | None = None, reasoner_adapter: ReasonerAdapter | None = None) -> None:
         check_placement(model)
+        config = memory_config or MemoryConfig()
+        if not isinstance(config, MemoryConfig):
+            raise ConfigError(f"The configuration must be a MemoryConfig, got {type(config).__name__}.")
+        check_sliding_window(model, config)
         self.model = model
         self.tokenizer = tokenizer
-        self.memory_config = memory_config or MemoryConfig()
+        self.memory_config = config
         self.show_progress = show_progress
         self.base_name = base_name or model.config.name_or_path
         self.fingerprint = fingerprint_model(model, tokenizer, self.base_name)
-        self.prompts = PromptBuilder(tokenizer, self.memory_config)
+        self.prompts = PromptBuilder(tokenizer, config.prompts, config.notes, config.query_tokens)
         self.gate_head = gate_head
-        self.gate_layers = self._resolve_gate_layers()
-        learned = self.memory_config.compressor == "learned"
-        if compressor is not None and not learned:
-            raise ValueError(f"A learned compressor was given but the configuration asks for "
-                             f"compressor={self.memory_config.compressor!r}; set compressor='learned'.")
-        self.compressor = compressor if learned and compressor is not None else build_compressor(self.memory_config)
-        gate = build_gate(self.memory_config, tokenizer, self.gate_layers, gate_head)
+        self.gate_layers = self._gate_layers()
+        self.compressor = self._compressor(compressor)
         self.reasoner_adapter = reasoner_adapter
-        self.reasoner = Reasoner(model, self.prompts, self.memory_config, gate, reasoner_adapter)
+        self.builder = BankBuilder(model, self.prompts.section_prefix_ids(), config.chunking.size, self.fingerprint,
+                                   config.compression, self.compressor, self._bank_layers(),
+                                   values=config.reading.mode == "compressed")
+        gate = build_gate(config.gate, tokenizer, self.gate_layers, gate_head)
+        self.reasoner = Reasoner(model, self.prompts, config.reading, config.notes, gate, config.gate, reasoner_adapter)
 
     @classmethod
-    def from_pretrained(cls, base: str, memory: str | Path | None = None, config: MemoryConfig | None = None, *,
+    def from_pretrained(cls, base: str, checkpoint: str | Path | None = None, config: MemoryConfig | None = None, *,
                         revision: str | None = None, base_revision: str | None = None, show_progress: bool = True,
-                        **hf_kwargs: Any) -> "CompressedMemoryModel":
-        """Load `base` (Hub id or folder) with transformers, plus a compressmem checkpoint `memory`.
+                        memory: str | Path | None = None, **hf_kwargs: Any) -> "CompressedMemoryModel":
+        """Load `base` (Hub id or folder) with transformers, plus a compressmem `checkpoint`.
 
-        `memory` is a checkpoint folder or a Hub repo id (downloaded once, then read from the Hub cache,
-        offline too). `base` may itself be a checkpoint (folder or Hub repo): the base model it was made
-        for is then read from it. `revision` is the checkpoint's branch, tag or commit when there is one
-        on the Hub, else the base model's; `base_revision` pins the base model's beside a checkpoint's.
-        `hf_kwargs` (`torch_dtype`, `device_map`, `quantization_config`, `attn_implementation`,
-        `trust_remote_code`, `token`, `cache_dir`, ...) go to transformers untouched; `token`,
-        `cache_dir` and `local_files_only` also fetch the checkpoint. `config` overrides the checkpoint's
-        `MemoryConfig`; with neither, the training-free defaults are used.
+        `checkpoint` is a folder written by `save_pretrained` or a Hub repo id (downloaded once, then
+        read from the Hub cache, offline too). `base` may itself be a checkpoint (folder or Hub repo):
+        the base model it was made for is then read from it. `revision` is the checkpoint's branch,
+        tag or commit when there is one on the Hub, else the base model's; `base_revision` pins the base
+        model's beside a checkpoint's. `hf_kwargs` (`torch_dtype`, `device_map`, `quantization_config`,
+        `attn_implementation`, `trust_remote_code`, `token`, `cache_dir`, ...) go to transformers
+        untouched; `token`, `cache_dir` and `local_files_only` also fetch the checkpoint. `config`
+        overrides the checkpoint's `MemoryConfig`; with neither, the training-free defaults are used.
+        `memory=` is the release-0.1 name of `checkpoint=` (deprecated).
         """
+        checkpoint = _renamed("memory", memory, "checkpoint", checkpoint, "from_pretrained")
         hub_kwargs = {k: hf_kwargs[k] for k in ("token", "cache_dir", "local_files_only") if k in hf_kwargs}
         source = resolve_model_source(base)
-        if memory is not None:
-            saved = fetch_checkpoint(memory, revision, **hub_kwargs)
+        if checkpoint is not None:
+            saved = fetch_checkpoint(checkpoint, revision, **hub_kwargs)
         else:
             saved = find_checkpoint(source, revision, **hub_kwargs)
             if saved is not None:
@@ -107,8 +117,9 @@ class CompressedMemoryModel:
         saved.check_base(fingerprint_model(model, tokenizer, base))
         chosen = config or saved.config
         compressor = adapter = None
-        if chosen.compressor == "learned" and saved.compressor_folder is not None:
-            compressor = LearnedCompressor.load(model, saved.compressor_folder, chosen.ratio)
+        if chosen.compression is not None and chosen.compression.method == "learned" \
+                and saved.compressor_folder is not None:
+            compressor = LearnedCompressor.load(model, saved.compressor_folder, chosen.compression.ratio)
         if saved.reasoner_folder is not None:
             adapter = ReasonerAdapter.load(model, saved.reasoner_folder)
         return cls(model, tokenizer, chosen, base, show_progress, saved.gate_head, compressor, adapter)
@@ -116,7 +127,7 @@ class CompressedMemoryModel:
     def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> "CompressedMemoryModel":
         """The same base model (no reload, no copy) under another `MemoryConfig`, e.g. to compare modes."""
         show = self.show_progress if show_progress is None else show_progress
-        keeps_learned = memory_config.compressor == "learned" and isinstance(self.compressor, LearnedCompressor)
+        keeps_learned = _method(memory_config) == "learned" and isinstance(self.compressor, LearnedCompressor)
         learned = self.compressor if keeps_learned else None
         return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show, self.gate_head, learned,
                           self.reasoner_adapter)
@@ -160,54 +171,75 @@ class CompressedMemoryModel:
         return upload_checkpoint(lambda folder: self._save_checkpoint(folder, repo_id, evaluation), repo_id,
                                  private=private, token=token, revision=revision, commit_message=commit_message)
 
-    @torch.no_grad()
-    def compress(self, context: Context, *, bank_device: torch.device | str | None = None,
+    def compress(self, context: Context, *, bank_device: torch.device | str | None = None, batch_size: int = 4,
                  show_progress: bool | None = None) -> MemoryBank:
-        """Chunk `context` token-exactly and compress every chunk, batched, into a `MemoryBank`.
+        """Chunk `context` token-exactly and compress the chunks, `batch_size` at a time, into a `MemoryBank`.
 
         The bank can answer any number of questions; `bank_device="cpu"` keeps it off the GPU (blocks
         then move to the model's device one at a time while reading). For contexts too large for
         memory, use `compress_stream`, which keeps the bank on disk.
         """
-        chunks = split_into_chunks(tokenize_context(context, self.tokenizer), self.memory_config.chunk_size)
-        bank_device = self.model.device if bank_device is None else torch.device(bank_device)
-        show = self.show_progress if show_progress is None else show_progress
-        with tqdm(total=len(chunks), desc="Compressing", unit="chunk", disable=not show) as bar:
-            blocks, prefix_keys, prefix_values = self._compress_into_blocks(chunks, bank_device, bar)
-        return MemoryBank(blocks, self.prompts.section_prefix_ids(), prefix_keys, prefix_values, *self._bank_labels())
+        chunks = split_into_chunks(tokenize_context(context, self.tokenizer), self.memory_config.chunking.size)
+        device = self.model.device if bank_device is None else torch.device(bank_device)
+        return self.builder.bank(chunks, device, batch_size, self._show(show_progress))
 
-    @torch.no_grad()
     def compress_stream(self, pieces: Iterable[str], directory: str | Path, *, show_progress: bool | None = None,
-                        shard_blocks: int = 256) -> MemoryBank:
+                        shard_blocks: int = 256, batch_size: int = 4,
+                        processes: Processes = ONE_PROCESS) -> MemoryBank:
         """Compress text that arrives in pieces (e.g. `text_pieces(path)`) into a bank folder on disk.
 
-        Blocks are written shard by shard as they are made, so memory stays flat however long the
-        text is; the returned bank reads its blocks back from `directory` one at a time. Pieces are
-        tokenized one by one: cut them before a space (as `text_pieces` does) to keep the tokens
-        identical to tokenizing the whole text. To share the work among the processes of
+        Blocks are written shard by shard (`shard_blocks` blocks each) as they are made, so memory stays
+        flat however long the text is; the returned bank reads its blocks back from `directory` one at a
+        time, and the gate's index is built now and kept in the folder, so no question rebuilds it.
+        Pieces are tokenized one by one: cut them before a space (as `text_pieces` does) to keep the
+        tokens identical to tokenizing the whole text. To share the work among the processes of
         `accelerate launch`, call `compressmem.distributed.compress_distributed` in each instead.
         """
-        return compress_into_folder(self, pieces, directory, ONE_PROCESS, show_progress=show_progress,
-                                    shard_blocks=shard_blocks)
+        bank = compress_into_folder(self.builder, self.tokenizer, pieces, directory, processes,
+                                    show_progress=self._show(show_progress), shard_blocks=shard_blocks,
+                                    batch_size=batch_size)
+        if processes.rank == 0:
+            self.prepare(bank)
+        processes.barrier()
+        return bank
+
+    def prepare(self, bank: MemoryBank) -> None:
+        """Check that `bank` fits this configuration and build the gate's index of it (kept with the bank), so
+        that the next question starts reading at once."""
+        bank.check(self.bank_needs())
+        if self.reasoner.gate is not None:
+            self.reasoner.gate.index(bank, self.model)
+
+    def bank_needs(self) -> BankNeeds:
+        """What this configuration reads from a bank (checked against every bank before it is read)."""
+        gate = self.memory_config.gate
+        layers = self.gate_layers if gate is not None and gate.reads_keys else ()
+        return self.builder.needs(layers, self.memory_config.reading.mode == "compressed",
+                                  tuple(self.memory_config.kv_users))
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
-                 context: Context | list[Context] | None = None,
-                 memory: MemoryBank | list[MemoryBank] | None = None, **generation_kwargs: Any):
-        """transformers' `generate()`, reading `context` (or a precomputed `memory` bank) first.
+                 context: Context | list[Context] | None = None, bank: MemoryBank | list[MemoryBank] | None = None,
+                 notes_kwargs: dict[str, Any] | None = None, memory: MemoryBank | list[MemoryBank] | None = None,
+                 **generation_kwargs: Any):
+        """transformers' `generate()`, reading `context` (or a precomputed `bank`) first.
 
         Returns what transformers returns: prompt ids followed by new ids, or, with
         `return_dict_in_generate=True`, an output whose `.sequences` are those and whose `.trace`
-        holds, per row, the gate scores, the blocks read and the working memory after each step.
-        Without `context`/`memory` this is exactly the base model's `generate()`, unless the prompt
+        holds, per row, the gate scores, the blocks read and the notes after each step.
+        `generation_kwargs` apply to the answer; `notes_kwargs` (e.g. `do_sample`, `temperature`,
+        `min_new_tokens`) to the reads that write the notes, which are otherwise greedy.
+        Without `context`/`bank` this is exactly the base model's `generate()`, unless the prompt
         is longer than `direct_max_tokens`: then each row's last user turn (or its last
         `query_tokens` tokens) is the question and the rest of the prompt the context.
+        `memory=` is the release-0.1 name of `bank=` (deprecated).
         """
+        bank = _renamed("memory", memory, "bank", bank, "generate")
         input_ids = generation_kwargs.pop("inputs", input_ids)
         _check_prompt(input_ids, attention_mask)
-        if context is not None and memory is not None:
-            raise ValueError("Pass either context= (text or ids to compress now) or memory= (a bank), not both.")
+        if context is not None and bank is not None:
+            raise ValueError("Pass either context= (text or ids to compress now) or bank= (a MemoryBank), not both.")
         rows = _unpadded_rows(input_ids, attention_mask)
-        if context is None and memory is None:
+        if context is None and bank is None:
             if input_ids.shape[1] <= self._direct_max_tokens():
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
             splits = [self.prompts.split_long_prompt(row) for row in rows]
@@ -215,16 +247,18 @@ class CompressedMemoryModel:
             banks = [self.compress(text) for text, _ in splits]
         else:
             questions = [self.prompts.find_question(row) for row in rows]
-            banks = self._banks_for_rows(len(rows), context, memory)
-        return self.answer_from_banks(input_ids, questions, banks, generation_kwargs)
+            banks = self._banks_for_rows(len(rows), context, bank)
+        return self.answer_from_banks(input_ids, questions, banks, generation_kwargs, notes_kwargs)
 
-    def answer(self, question: str, context: Context | None = None, memory: MemoryBank | None = None,
-               **generation_kwargs: Any) -> str:
-        """Ask one question in plain text, with the chat template applied for you; returns the answer text."""
+    def answer(self, question: str, context: Context | None = None, bank: MemoryBank | None = None,
+               memory: MemoryBank | None = None, **generation_kwargs: Any) -> str:
+        """Ask one question in plain text, with the chat template applied for you; returns the answer text.
+        `memory=` is the release-0.1 name of `bank=` (deprecated)."""
+        bank = _renamed("memory", memory, "bank", bank, "answer")
         ids = self.prompt_ids(question)
         generation_kwargs.setdefault("max_new_tokens", 128)
         generation_kwargs.setdefault("do_sample", False)
-        out = self.generate(ids.to(self.model.device), context=context, memory=memory, **generation_kwargs)
+        out = self.generate(ids.to(self.model.device), context=context, bank=bank, **generation_kwargs)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     def prompt_ids(self, question: str) -> torch.Tensor:
@@ -237,66 +271,25 @@ class CompressedMemoryModel:
                                                       return_dict=True)["input_ids"]
         return self.tokenizer(question, return_tensors="pt")["input_ids"]
 
-    def _compress_into_blocks(self, chunks: list[Chunk], bank_device: torch.device, bar: tqdm) -> tuple:
-        """The chunks' blocks (KV only when the configuration needs it) plus the shared prefix KV."""
-        count = len(chunks)
-        keys: list = [None] * count
-        values: list = [None] * count
-        positions: list = [None] * count
-        prefix_keys = prefix_values = None
-        if self.memory_config.needs_kv:
-            keys, values, positions, prefix_keys, prefix_values = self._compress_chunks(chunks, bank_device, bar)
-        else:
-            bar.update(count)
-        blocks = [MemoryBlock(chunk.token_ids, keys[i], values[i], positions[i], chunk.document, chunk.token_start,
-                              chunk.char_span) for i, chunk in enumerate(chunks)]
-        return blocks, prefix_keys, prefix_values
-
-    def _compress_chunks(self, chunks: list[Chunk], bank_device: torch.device, bar: tqdm) -> tuple:
-        """Per-chunk (keys, values, positions) plus the shared prefix KV, batching chunks of equal length."""
-        count = len(chunks)
-        keys: list = [None] * count
-        values: list = [None] * count
-        positions: list = [None] * count
-        prefix_ids = self.prompts.section_prefix_ids()
-        layers = self._bank_layers()
-        keep_values = self.memory_config.read == "compressed"
-        by_length = defaultdict(list)
-        for i, chunk in enumerate(chunks):
-            by_length[chunk.token_ids.numel()].append(i)
-        batch_size = self.memory_config.compress_batch_size
-        for members in by_length.values():
-            for start in range(0, len(members), batch_size):
-                batch = members[start:start + batch_size]
-                batch_ids = torch.stack([chunks[i].token_ids for i in batch])
-                out = self.compressor.compress(self.model, prefix_ids, batch_ids, layers, keep_values)
-                for row, i in enumerate(batch):
-                    keys[i] = out.keys[row].to(bank_device)
-                    values[i] = None if out.values is None else out.values[row].to(bank_device)
-                    positions[i] = out.positions[row].to(bank_device)
-                bar.update(len(batch))
-        prefix_values = None if out.prefix_values is None else out.prefix_values.to(bank_device)
-        return keys, values, positions, out.prefix_keys.to(bank_device), prefix_values
-
-    def _bank_labels(self) -> tuple[tuple[int, ...], BaseFingerprint, dict[str, Any]]:
-        """What a bank records of how it was made: its KV layers, the base model, the settings."""
-        config = self.memory_config
-        settings = {"chunk_size": config.chunk_size, "compressor": config.compressor, "ratio": config.ratio,
-                    "score": config.score, "read": config.read, "section_header": config.section_header}
-        return (self._bank_layers() if config.needs_kv else ()), self.fingerprint, settings
-
     def answer_from_banks(self, input_ids: torch.Tensor, questions: list[Question], banks: list[MemoryBank],
-                          generation_kwargs: dict[str, Any], update_sampling: dict[str, Any] | None = None):
+                          generation_kwargs: dict[str, Any], notes_kwargs: dict[str, Any] | None = None,
+                          logprobs: bool = False):
         """`generate()`'s work once each row has its question and its bank: read, then answer.
 
-        `generation_kwargs` apply to the answer; `update_sampling` (e.g. `do_sample`, `temperature`)
-        to the working-memory updates, which are otherwise greedy. Rollouts for reinforcement
-        learning sample both.
+        `generation_kwargs` apply to the answer; `notes_kwargs` (e.g. `do_sample`, `temperature`) to the
+        reads, which are otherwise greedy; `logprobs` records the log-probability of every token the reads
+        wrote in the traces. Rollouts for reinforcement learning sample both.
         """
-        for bank in banks:
-            bank.check_compatible(self.fingerprint)
-        traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, update_sampling)
-        prompts = [self.prompts.answer_ids(q, trace.memory) for q, trace in zip(questions, traces)]
+        needs = self.bank_needs()
+        for bank in {id(b): b for b in banks}.values():
+            if not isinstance(bank, MemoryBank):
+                raise ValueError(f"bank must be a MemoryBank (from compress() or MemoryBank.load), got "
+                                 f"{type(bank).__name__}.")
+            bank.check(needs)
+        traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, notes_kwargs, logprobs)
+        prompts = [self.prompts.answer_ids(q, trace.notes) for q, trace in zip(questions, traces)]
+        for trace, prompt in zip(traces, prompts):
+            trace.answer_prompt_ids = prompt.tolist()
         width = max(p.numel() for p in prompts)
         pad_id = pad_token_id(self.tokenizer)
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -315,41 +308,77 @@ class CompressedMemoryModel:
         fields = {key: value for key, value in out.items() if key != "sequences"}
         return CompressedGenerateOutput(sequences=sequences, trace=traces, **fields)
 
-    def _banks_for_rows(self, batch: int, context: Any, memory: Any) -> list[MemoryBank]:
+    def _banks_for_rows(self, batch: int, context: Any, bank: Any) -> list[MemoryBank]:
         """One bank per row: a per-row list when its length is the batch size (and batch > 1), else shared."""
-        if memory is not None:
-            banks = list(memory) if isinstance(memory, (list, tuple)) else [memory] * batch
+        if bank is not None:
+            banks = list(bank) if isinstance(bank, (list, tuple)) else [bank] * batch
             if len(banks) != batch or not all(isinstance(b, MemoryBank) for b in banks):
-                raise ValueError(f"memory must be one MemoryBank or a list of {batch} banks (one per row).")
+                raise ValueError(f"bank must be one MemoryBank or a list of {batch} banks (one per row).")
             return banks
         if batch > 1 and isinstance(context, (list, tuple)) and len(context) == batch:
             return [self.compress(row_context) for row_context in context]
         return [self.compress(context)] * batch
 
-    def _resolve_gate_layers(self) -> tuple[int, ...]:
-        """The layers whose keys the gate reads: the trained head's own, else the config's, else a default."""
-        num_layers = self.model.config.get_text_config().num_hidden_layers
-        configured = self.memory_config.gate_layers
+    def _gate_layers(self) -> tuple[int, ...]:
+        """The layers whose keys the gate reads: the trained head's own, else the configuration's (attention
+        gate), else the default for this model."""
+        text = self.model.config.get_text_config()
+        gate = self.memory_config.gate
         if self.gate_head is not None:
             self.gate_head.check_model(self.model)
-            if configured is not None and tuple(configured) != self.gate_head.layers:
-                raise ValueError(f"gate_layers {list(configured)} differ from the layers the gate head was trained on "
-                                 f"({list(self.gate_head.layers)}); leave gate_layers unset to use the head's.")
             return self.gate_head.layers
-        layers = configured or default_gate_layers(num_layers)
-        if any(not 0 <= i < num_layers for i in layers):
-            raise ValueError(f"gate_layers {list(layers)} must lie in 0..{num_layers - 1} for this model.")
+        layers = gate.layers if gate is not None and gate.kind == "attention" and gate.layers else None
+        if layers is None:
+            return default_gate_layers(text.num_hidden_layers, getattr(text, "layer_types", None))
+        if any(not 0 <= i < text.num_hidden_layers for i in layers):
+            raise ConfigError(f"gate.layers {list(layers)} must lie in 0..{text.num_hidden_layers - 1} for this model.")
         return tuple(layers)
 
+    def _compressor(self, learned: LearnedCompressor | None) -> Compressor | None:
+        """The compressor the configuration names: None when nothing reads KV, the given learned one, or a
+        training-free one."""
+        compression = self.memory_config.compression
+        if learned is not None and _method(self.memory_config) != "learned":
+            raise ConfigError(f"A learned compressor was given but the configuration asks for compression "
+                              f"{_method(self.memory_config)!r}; use CompressionConfig('learned', ratio=...).")
+        if compression is None:
+            return None
+        if learned is None:
+            return build_compressor(compression)
+        if learned.ratio != compression.ratio:
+            raise ConfigError(f"The learned compressor keeps one entry per {learned.ratio:g} tokens, but the "
+                              f"configuration asks for ratio {compression.ratio:g}; use the compressor's ratio.")
+        return learned
+
     def _bank_layers(self) -> tuple[int, ...]:
-        if self.memory_config.read == "compressed":
+        """The layers whose keys (and values) a bank keeps: all of them to read compressed, else the gate's."""
+        if self.memory_config.reading.mode == "compressed":
             return tuple(range(self.model.config.get_text_config().num_hidden_layers))
-        return tuple(self.gate_layers) if self.memory_config.gate_needs_keys else ()
+        gate = self.memory_config.gate
+        return tuple(self.gate_layers) if gate is not None and gate.reads_keys else ()
 
     def _direct_max_tokens(self) -> int:
         if self.memory_config.direct_max_tokens is not None:
             return self.memory_config.direct_max_tokens
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or 2**31
+
+    def _show(self, show_progress: bool | None) -> bool:
+        return self.show_progress if show_progress is None else show_progress
+
+
+def _method(config: MemoryConfig) -> str | None:
+    return None if config.compression is None else config.compression.method
+
+
+def _renamed(old: str, old_value: Any, new: str, new_value: Any, where: str) -> Any:
+    """`new_value`, or `old_value` with a `DeprecationWarning` when only the release-0.1 keyword `old` was used."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise ValueError(f"{where}() got both {old}= and {new}=; pass {new}= only ({old}= is its old name).")
+    warnings.warn(f"{where}({old}=...) is deprecated and will be removed in the next release; use {new}=... instead.",
+                  DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def _load_base(source: str, hf_kwargs: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

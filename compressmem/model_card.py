@@ -8,14 +8,14 @@ generated marker (one the user wrote, or edited and then removed the marker from
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import ModelCardData
 
 from .config import MemoryConfig
-from .fingerprint import BaseFingerprint
+from .hf.fingerprint import BaseFingerprint
 
 CARD_FILE = "README.md"
 GENERATED_MARKER = "<!-- compressmem rewrites this card on every save; delete this line to keep your edits -->"
@@ -36,10 +36,10 @@ def model_card(location: str, fingerprint: BaseFingerprint, config: MemoryConfig
                evaluation: Mapping[str, float | str] | None = None) -> str:
     """The card's text: front matter, then sections for the base model, settings, usage and results."""
     front = ModelCardData(base_model=fingerprint.name, library_name="compressmem",
-                          tags=["compressmem", "long-context", f"compressor-{config.compressor}"]).to_yaml()
+                          tags=["compressmem", "long-context", *_method_tag(config)]).to_yaml()
     lines = [
         f"---\n{front}\n---", "",
-        f"# compressmem memory for {fingerprint.name}", "",
+        f"# compressmem checkpoint for {fingerprint.name}", "",
         "A [compressmem](https://pypi.org/project/compressmem/) checkpoint: it holds only what compressmem "
         "adds to the base model, never the base model's weights.", "",
         f"- Base model: `{fingerprint.name}` (fingerprint `{fingerprint.digest[:12]}`; loading it on another "
@@ -51,7 +51,7 @@ def model_card(location: str, fingerprint: BaseFingerprint, config: MemoryConfig
         "```python",
         "from compressmem import CompressedMemoryModel",
         "",
-        f'model = CompressedMemoryModel.from_pretrained("{fingerprint.name}", memory="{location}")',
+        f'model = CompressedMemoryModel.from_pretrained("{fingerprint.name}", checkpoint="{location}")',
         'out = model.generate(model.prompt_ids("Your question?"), context=long_text, max_new_tokens=64)',
         "```",
     ]
@@ -62,11 +62,26 @@ def model_card(location: str, fingerprint: BaseFingerprint, config: MemoryConfig
 
 
 def _settings_table(config: MemoryConfig) -> list[str]:
-    """The settings that differ from `MemoryConfig()`'s defaults (all of them would bury the few that matter)."""
-    defaults = MemoryConfig()
-    rows = [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
-            if getattr(config, f.name) != getattr(defaults, f.name) or f.name in ("compressor", "ratio", "chunk_size")]
+    """The settings that differ from `MemoryConfig()`'s defaults, by dotted name (all of them would bury the few
+    that matter), and always the chunk size and the compression."""
+    ours, defaults = _flat(config.to_dict()), _flat(MemoryConfig().to_dict())
+    rows = [(name, value) for name, value in ours.items()
+            if value != defaults.get(name, object()) or name == "chunking.size" or name.startswith("compression")]
     return ["| setting | value |", "|---|---|", *[_row(name, value) for name, value in rows]]
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _method_tag(config: MemoryConfig) -> list[str]:
+    return [] if config.compression is None else [f"compressor-{config.compression.method}"]
 
 
 def _row(name: str, value: object) -> str:

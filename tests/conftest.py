@@ -7,20 +7,36 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
 
-from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
+from compressmem import DEFAULT_MODEL, ChunkingConfig, CompressedMemoryModel, MemoryConfig
 from compressmem.embedded import embedded_model_folder
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096)
+HALF_SLIDING = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
 TINY_CONFIGS = {
-    "llama": lambda vocab: LlamaConfig(vocab_size=vocab, **TINY),
-    "qwen2": lambda vocab: Qwen2Config(vocab_size=vocab, **TINY),
-    "mistral": lambda vocab: MistralConfig(vocab_size=vocab, sliding_window=None, **TINY),
+    "llama": lambda ids: LlamaConfig(**ids, **TINY),
+    "qwen2": lambda ids: Qwen2Config(**ids, **TINY),
+    "mistral": lambda ids: MistralConfig(**ids, sliding_window=None, **TINY),
+    "qwen3": lambda ids: Qwen3Config(**ids, head_dim=16, **TINY),
+    "phi3": lambda ids: Phi3Config(**ids, **TINY),
+    # Gemma-3's layout: sliding-window layers among full ones, each kind with its own RoPE; the window is
+    # wider than any read unless a test narrows it
+    "gemma3": lambda ids: Gemma3TextConfig(**ids, head_dim=16, sliding_window=4096, layer_types=HALF_SLIDING, **TINY),
 }
+ARCHS = tuple(TINY_CONFIGS)
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +51,11 @@ def tokenizer():
 
 def tiny_model(arch: str, tokenizer, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    config = TINY_CONFIGS[arch](len(tokenizer))
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+               bos_token_id=tokenizer.bos_token_id)
+    config = TINY_CONFIGS[arch](ids)
     for key, value in overrides.items():
         setattr(config, key, value)
-    config.pad_token_id = tokenizer.pad_token_id
-    config.eos_token_id = tokenizer.eos_token_id
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -58,7 +74,7 @@ def base_folder(tokenizer, tmp_path) -> str:
 def tiny_wrapper(arch: str, tokenizer, config: MemoryConfig | None = None, seed: int = 0,
                  **overrides) -> CompressedMemoryModel:
     return CompressedMemoryModel(tiny_model(arch, tokenizer, seed, **overrides), tokenizer,
-                                 config or MemoryConfig(chunk_size=64, gate_layers=(1, 2)),
+                                 config or MemoryConfig(chunking=ChunkingConfig(64)),
                                  base_name=f"tiny-{arch}-{seed}", show_progress=False)
 
 

@@ -30,6 +30,34 @@ def test_compress_then_ask_from_the_command_line(tokenizer, essay_text, tmp_path
     assert '"read": [\n    0,\n    1,' in memagent.stderr
 
 
+def test_ask_prints_the_answer_and_no_warning(tokenizer, essay_text, tmp_path):
+    """Not quiet: stdout is the answer alone; stderr holds progress and the model's source, no warning of any
+    library (transformers' deprecations included), and no traceback."""
+    base = tmp_path / "base"
+    tiny_model("llama", tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    document = tmp_path / "doc.txt"
+    document.write_text(essay_text[:2000], encoding="utf-8")
+    for options in ([], ["--checkpoint", str(_gate_checkpoint(base, tmp_path))]):
+        asked = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--model", str(base), "--context",
+                                str(document), "--question", "What is this about?", "--max-new-tokens", "4", *options],
+                               capture_output=True, text=True, check=True)
+        assert len(asked.stdout.strip().splitlines()) <= 1
+        assert "warn" not in asked.stderr.lower() and "deprecat" not in asked.stderr.lower(), asked.stderr
+        assert "Traceback" not in asked.stderr
+
+
+def _gate_checkpoint(base, tmp_path):
+    """A checkpoint with the attention gate over select-compressed keys: compression runs a forward pass."""
+    from compressmem import ChunkingConfig, CompressedMemoryModel, CompressionConfig, GateConfig, MemoryConfig
+
+    config = MemoryConfig(chunking=ChunkingConfig(128), compression=CompressionConfig("select"),
+                          gate=GateConfig("attention", layers=(1, 2)))
+    folder = tmp_path / "ckpt"
+    CompressedMemoryModel.from_pretrained(str(base), config=config, show_progress=False).save_pretrained(folder)
+    return folder
+
+
 def test_cli_reports_unreadable_files(tmp_path):
     binary = tmp_path / "data.bin"
     binary.write_bytes(b"\xff\xfe\x00\x80" * 10)

@@ -14,14 +14,23 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from compressmem import CompressedMemoryModel, MemoryBank, MemoryConfig
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    GateConfig,
+    MemoryBank,
+    MemoryConfig,
+    ReadingConfig,
+)
+from compressmem.bank import BankPart, BlockInfo, merge_parts
 from compressmem.distributed import Processes, ProcessMismatchError, compress_distributed, compress_into_folder
 from compressmem.embedded import embedded_model_folder
-from compressmem.storage import BankPart, merge_parts
 
 from .conftest import tiny_model, tiny_wrapper
 
-CONFIG = MemoryConfig(chunk_size=64, gate="attention", gate_layers=(1, 2), read="compressed")
+CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("select"),
+                      gate=GateConfig("attention", layers=(1, 2)), reading=ReadingConfig("compressed"))
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "near", "river", "banks", "while",
          "seven", "old", "sailors", "sing", "of", "gold"]
 
@@ -37,7 +46,7 @@ def document(tmp_path_factory):
 
 
 def assert_same_bank(ours: MemoryBank, theirs: MemoryBank) -> None:
-    assert len(ours) == len(theirs) > 1 and ours.layers == theirs.layers and ours.settings == theirs.settings
+    assert len(ours) == len(theirs) > 1 and ours.provenance == theirs.provenance
     assert ours.fingerprint == theirs.fingerprint and torch.equal(ours.prefix_ids, theirs.prefix_ids)
     torch.testing.assert_close(ours.prefix_keys, theirs.prefix_keys)
     torch.testing.assert_close(ours.prefix_values, theirs.prefix_values)
@@ -48,18 +57,21 @@ def assert_same_bank(ours: MemoryBank, theirs: MemoryBank) -> None:
         torch.testing.assert_close(mine.values, other.values)
 
 
+def _info(start: int) -> BlockInfo:
+    return BlockInfo(0, start, (start, start + 10), 64, 16)
+
+
 def test_merge_lists_every_writers_blocks_in_document_order():
-    late = BankPart(1, ["blocks-00001.safetensors"], {3: [0, 192, None, 0], 2: [0, 128, None, 0]})
-    early = BankPart(0, ["blocks-00000.safetensors", "blocks-00002.safetensors"],
-                     {0: [0, 0, [0, 10], 0], 1: [0, 64, [10, 20], 1]})
-    shards, ranks, spans = merge_parts([late, early])
+    late = BankPart(1, ["blocks-00001.safetensors"], {3: (_info(192), 0), 2: (_info(128), 0)})
+    early = BankPart(0, ["blocks-00000.safetensors", "blocks-00002.safetensors"], {0: (_info(0), 0), 1: (_info(64), 1)})
+    shards, ranks, rows = merge_parts([late, early])
     assert shards == ["blocks-00000.safetensors", "blocks-00002.safetensors", "blocks-00001.safetensors"]
     assert ranks == [0, 0, 1]
-    assert spans == [[0, 0, [0, 10], 0], [0, 64, [10, 20], 1], [0, 128, None, 2], [0, 192, None, 2]]
+    assert rows == [(_info(0), 0), (_info(64), 1), (_info(128), 2), (_info(192), 2)]
     with pytest.raises(ValueError, match=r"blocks \[2\] of the document were written by no process"):
-        merge_parts([early, BankPart(1, ["b"], {3: [0, 192, None, 0]})])
+        merge_parts([early, BankPart(1, ["b"], {3: (_info(192), 0)})])
     with pytest.raises(ValueError, match=r"blocks \[1\] were written by more than one process"):
-        merge_parts([early, BankPart(1, ["b"], {1: [0, 64, None, 0], 2: [0, 128, None, 0]})])
+        merge_parts([early, BankPart(1, ["b"], {1: (_info(64), 0), 2: (_info(128), 0)})])
 
 
 def thread_processes(count: int) -> list[Processes]:
@@ -86,26 +98,13 @@ def pieces(text: str) -> list[str]:
     return [text[:cut], text[cut:]]
 
 
-def taking_turns(method, turn: threading.Lock):
-    def run(*args):
-        with turn:
-            return method(*args)
-
-    return run
-
-
 def compress_in_threads(texts: list[str], folder) -> list:
-    """Each thread compresses its text with its own copy of the same tiny model; the results or the errors.
-
-    The attention probe that scores entries is one per interpreter, so the threads take turns at
-    compressing a batch; everything else runs side by side.
-    """
+    """Each thread compresses its text with its own copy of the same tiny model, side by side (the attention
+    probe is safe for concurrent callers); the results or the errors."""
     models = [tiny_wrapper("llama", AutoTokenizer.from_pretrained(embedded_model_folder()), CONFIG) for _ in texts]
-    turn = threading.Lock()
-    for model in models:
-        model._compress_into_blocks = taking_turns(model._compress_into_blocks, turn)
     with ThreadPoolExecutor(len(texts)) as pool:
-        futures = [pool.submit(compress_into_folder, model, pieces(text), folder, processes, shard_blocks=4)
+        futures = [pool.submit(compress_into_folder, model.builder, model.tokenizer, pieces(text), folder, processes,
+                               shard_blocks=4)
                    for text, model, processes in zip(texts, models, thread_processes(len(texts)), strict=True)]
         return [future.exception() or future.result() for future in futures]
 
@@ -117,14 +116,14 @@ def test_three_processes_build_the_bank_one_process_builds(tokenizer, document, 
     for bank in banks:
         assert_same_bank(bank, reference)
     index = json.loads((tmp_path / "bank" / "bank.json").read_text())
-    assert sorted(set(index["shard_ranks"])) == [0, 1, 2]
+    assert sorted({shard["rank"] for shard in index["shards"]}) == [0, 1, 2]
     again = compress_in_threads([text] * 3, tmp_path / "bank")
     assert all(isinstance(error, FileExistsError) and "already holds a memory bank" in str(error) for error in again)
 
 
 def test_processes_reading_different_texts_all_refuse(tokenizer, document, tmp_path):
     text = document.read_text(encoding="utf-8")
-    chunks = -(-len(tokenizer(text, add_special_tokens=False)["input_ids"]) // CONFIG.chunk_size)
+    chunks = -(-len(tokenizer(text, add_special_tokens=False)["input_ids"]) // CONFIG.chunking.size)
     errors = compress_in_threads([text, text.rsplit(" ", 40)[0]], tmp_path / "bank")
     for error in errors:
         assert isinstance(error, ProcessMismatchError), error
@@ -164,5 +163,5 @@ def test_accelerate_launch_with_two_cpu_processes_writes_one_bank(tokenizer, doc
         assert done.stdout.count("compressed by 2 processes") == 1
         assert_same_bank(MemoryBank.load(output), expected)
     index = json.loads((tmp_path / "bank" / "bank.json").read_text())
-    assert sorted(set(index["shard_ranks"])) == [0, 1]
+    assert sorted({shard["rank"] for shard in index["shards"]}) == [0, 1]
     assert not list(tmp_path.glob("bank.safetensors.*")), "the temporary bank folder beside the file was left behind"

@@ -7,20 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from compressmem import MemoryConfig
+from compressmem import ChunkingConfig, MemoryConfig, NotesConfig
 from compressmem.eval import MODES, TASKS, markdown, run_eval, summarize
 
 from .conftest import tiny_model, tiny_wrapper
 
 HAYSTACK = Path(__file__).resolve().parents[1] / "examples" / "long_document.txt"
-CONFIG = MemoryConfig(chunk_size=128, note_tokens=4, gate_layers=(1, 2))
+NOTES = NotesConfig(note_tokens=4)
+CONFIG = MemoryConfig(chunking=ChunkingConfig(128), notes=NOTES)
 
 
 @pytest.fixture(scope="module")
 def records(tokenizer, hotpot_file):
     model = tiny_wrapper("llama", tokenizer, CONFIG, max_position_embeddings=512)
     return run_eval(model, TASKS, [300, 600], n=2, modes=MODES, seed=3, max_new_tokens=3, haystack=HAYSTACK,
-                    hotpotqa_file=hotpot_file, memagent=MemoryConfig.memagent(chunk_size=100, note_tokens=4),
+                    hotpotqa_file=hotpot_file, memagent=MemoryConfig.memagent(100, notes=NOTES),
                     show_progress=False)
 
 
@@ -73,7 +74,7 @@ def test_eval_command_writes_cases_summary_and_plots(tokenizer, tmp_path):
     tokenizer.save_pretrained(base)
     out = tmp_path / "run"
     config = tmp_path / "config.json"
-    MemoryConfig(chunk_size=128, note_tokens=4).save(config)
+    CONFIG.save(config)
     subprocess.run([sys.executable, "-m", "compressmem.cli", "eval", "--model", str(base), "--task",
                     "niah_single,variable_tracking", "--lengths", "0.25k,300", "--n", "2", "--modes", "default,memagent",
                     "--config", str(config), "--memagent-chunk-size", "128", "--max-new-tokens", "2",

@@ -43,12 +43,12 @@ def run_example(script: str, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("memory", [None, SMOLLM2_GATE], ids=["training-free", "gate-head"])
-def test_drop_in_generate_answers_from_the_document(tmp_path, memory):
+@pytest.mark.parametrize("checkpoint", [None, SMOLLM2_GATE], ids=["training-free", "gate-head"])
+def test_drop_in_generate_answers_from_the_document(tmp_path, checkpoint):
     document = tmp_path / "report.txt"
     document.write_text(planted(20000, "8156042"), encoding="utf-8")
-    checkpoint = [] if memory is None else ["--memory", str(memory)]
-    out = run_example("drop_in_generate.py", "--document", str(document), "--question", QUESTION, *checkpoint)
+    option = [] if checkpoint is None else ["--checkpoint", str(checkpoint)]
+    out = run_example("drop_in_generate.py", "--document", str(document), "--question", QUESTION, *option)
     assert "8156042" in out
 
 

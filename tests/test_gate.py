@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from compressmem import MemoryConfig
+from compressmem import ChunkingConfig, GateConfig, MemoryConfig, ReadingConfig
 from compressmem.gate import LexicalGate, gate_scores
-from compressmem.rope import find_rotary_embedding, unrotate
+from compressmem.hf.rope import Rotary
 
 from .conftest import tiny_model, tiny_wrapper
 
@@ -50,18 +50,18 @@ def test_gate_scores_reject_mismatched_heads():
 
 def test_unrotate_undoes_rope(tokenizer):
     model = tiny_model("llama", tokenizer)
-    rotary = find_rotary_embedding(model)
+    rotary = Rotary.of(model)
     states = torch.randn(2, 5, 16)
     positions = torch.tensor([[3, 90, 7, 400, 1], [0, 2, 9, 11, 2000]])
-    cos, sin = rotary(states, positions.reshape(1, -1))
+    cos, sin = rotary.module(states, positions.reshape(1, -1))
     cos, sin = cos.reshape(2, 5, 16), sin.reshape(2, 5, 16)
     half = torch.cat([-states[..., 8:], states[..., :8]], dim=-1)
     rotated = states * cos + half * sin
-    torch.testing.assert_close(unrotate(rotated, positions, rotary), states, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rotary.unrotate(rotated, positions, layer=0), states, atol=1e-5, rtol=1e-5)
 
 
 def test_lexical_gate_finds_the_block_sharing_rare_words(tokenizer):
-    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=40, gate="lexical"))
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunking=ChunkingConfig(40)))
     filler = "The weather was mild and the town was quiet that year. " * 12
     context = filler + "The zephyrine lockbox holds the opal key. " + filler
     bank = wrapper.compress(context)
@@ -76,19 +76,20 @@ def test_lexical_gate_finds_the_block_sharing_rare_words(tokenizer):
 
 def test_recall_pass_reads_the_best_unread_block(tokenizer):
     """With top-2 passing, a scan that has moved past a passing block comes back to it in recall."""
-    from compressmem.reasoner import Trace, _Row
+    from compressmem.reader.loop import _Row
+    from compressmem.reader.trace import ReadStep, Trace
 
-    config = MemoryConfig(gate="lexical", gate_top_k=2, recall=True)
+    gate, reading = GateConfig(top_k=2), ReadingConfig(recall=True)
     row = _Row(bank=[None] * 4, trace=Trace("q", 4))
     scores = torch.tensor([0.1, 0.5, 0.1, 0.3])
-    assert row.next_block(scores, config) == 1
-    row.trace.steps.append(type("Step", (), {"block": 1})())
+    assert row.next_block(scores, gate, reading) == 1
+    row.trace.steps.append(ReadStep(1, "", ""))
     shifted = torch.tensor([0.6, 0.05, 0.05, 0.3])
-    assert row.next_block(shifted, config) == 3
-    row.trace.steps.append(type("Step", (), {"block": 3})())
-    assert row.next_block(shifted, config) == 0 and row.recalling
-    row.trace.steps.append(type("Step", (), {"block": 0})())
-    assert row.next_block(shifted, config) is None
+    assert row.next_block(shifted, gate, reading) == 3
+    row.trace.steps.append(ReadStep(3, "", ""))
+    assert row.next_block(shifted, gate, reading) == 0 and row.recalling
+    row.trace.steps.append(ReadStep(0, "", ""))
+    assert row.next_block(shifted, gate, reading) is None
 
 
 def test_lexical_gate_is_bm25(tokenizer):
@@ -98,7 +99,7 @@ def test_lexical_gate_is_bm25(tokenizer):
 
     from compressmem.gate.lexical import words
 
-    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=24, gate="lexical"))
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunking=ChunkingConfig(24)))
     text = ("Amber rivers run to the cold sea. The sea keeps amber stones. Stones sink; rivers rise again. "
             "Cold winds bring rain to the amber hills, and the hills keep the rain for the rivers.")
     bank = wrapper.compress(text)

@@ -1,18 +1,25 @@
 """The trained gate head: features, probabilities, its file, checkpoints that carry it, and score-order reading."""
 
-import dataclasses
-
 import pytest
 import torch
 
-from compressmem import CompressedMemoryModel, MemoryConfig
-from compressmem.config import ConfigError
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    ConfigError,
+    GateConfig,
+    MemoryConfig,
+    ReadingConfig,
+)
 from compressmem.gate import GateHead, GateHeadError, HeadGate
-from compressmem.reasoner import Reasoner
+from compressmem.reader import Reasoner
 
 from .conftest import tiny_model, tiny_wrapper
 
-HEAD_CONFIG = MemoryConfig(chunk_size=64, gate="attention", gate_layers=(1, 2))
+HEAD_CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("select"),
+                           gate=GateConfig("attention", layers=(1, 2)))
+READ_BY_HEAD = HEAD_CONFIG.replace(gate=GateConfig("head"))
 SECTIONS = ["The lighthouse keeper painted the door blue.", "Bakers rise before dawn to knead bread.",
             "The vault code is 4719283, said the keeper.", "Rivers carve canyons over many years."]
 
@@ -66,12 +73,11 @@ def test_head_file_round_trip_and_refusals(tokenizer, tmp_path):
 
 
 def test_gate_head_config_needs_weights_and_matching_layers(tokenizer):
-    config = dataclasses.replace(HEAD_CONFIG, gate="head", gate_layers=None)
+    config = READ_BY_HEAD
     with pytest.raises(GateHeadError, match="needs trained weights"):
         tiny_wrapper("llama", tokenizer, config)
-    with pytest.raises(ValueError, match="differ from the layers the gate head was trained on"):
-        CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, dataclasses.replace(config, gate_layers=(0,)),
-                              gate_head=GateHead((1, 2), heads=4))
+    with pytest.raises(ConfigError, match="gate.layers applies to kind='attention' only.*brings its own"):
+        GateConfig("head", layers=(0,))
     model = CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, config, gate_head=GateHead((2, 3), 4),
                                   show_progress=False)
     assert model.gate_layers == (2, 3)
@@ -85,14 +91,14 @@ def test_checkpoint_carries_the_head_and_reads_with_it(tokenizer, tmp_path):
     head = GateHead((1, 2), heads=4, lexical=True)
     with torch.no_grad():
         head.weight.copy_(torch.linspace(-1, 1, head.num_features))
-    config = MemoryConfig(chunk_size=64, gate="head", gate_threshold=0.0, gate_top_k=None, read_order="score",
-                          max_steps=2)
+    config = READ_BY_HEAD.replace(gate=GateConfig("head", threshold=0.0, top_k=None),
+                                  reading=ReadingConfig(order="score", max_steps=2))
     plain = CompressedMemoryModel.from_pretrained(str(base), show_progress=False)
     model = CompressedMemoryModel(plain.model, tokenizer, config, str(base), False, head)
     model.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "gate_head.safetensors").is_file()
 
-    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "ckpt", show_progress=False)
+    loaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=tmp_path / "ckpt", show_progress=False)
     assert loaded.memory_config == config
     torch.testing.assert_close(loaded.gate_head.weight, head.weight, rtol=0, atol=0)
     question = "What is the vault code?"
@@ -129,17 +135,17 @@ def test_score_order_returns_to_earlier_blocks_that_document_order_skips(tokeniz
     script = [[0.1, 0.2, 0.9, 0.3] + [0.0] * (blocks - 4),  # block 2 first
               [0.8, 0.1, 0.95, 0.2] + [0.0] * (blocks - 4),  # then block 0, behind the cursor
               [0.4, 0.1, 0.95, 0.2] + [0.0] * (blocks - 4)]  # nothing unread over the threshold: stop
-    config = dataclasses.replace(HEAD_CONFIG, gate_threshold=0.5, gate_top_k=None, read_order=order)
-    reasoner = Reasoner(model.model, model.prompts, config, _ScriptedGate(script))
+    gate = GateConfig("attention", threshold=0.5, top_k=None, layers=(1, 2))
+    reasoner = Reasoner(model.model, model.prompts, ReadingConfig(order=order), model.memory_config.notes,
+                        _ScriptedGate(script), gate)
     trace = reasoner.run(["What is the vault code?"], [bank], show_progress=False)[0]
     assert trace.blocks_read == expected
 
 
 def test_score_order_configuration_is_checked():
-    with pytest.raises(ConfigError, match="read_order='score'.*gate_top_k=None"):
-        MemoryConfig(gate="lexical", read_order="score")
-    with pytest.raises(ConfigError, match="read_order"):
-        MemoryConfig(read_order="random")
-    with pytest.raises(ConfigError, match="gate must be one of"):
-        MemoryConfig(gate="learned")
-    assert MemoryConfig(gate="head", gate_threshold=0.5, gate_top_k=None, read_order="score").needs_kv
+    with pytest.raises(ConfigError, match="order='score'.*top_k=None"):
+        MemoryConfig(reading=ReadingConfig(order="score"))
+    with pytest.raises(ConfigError, match="gate.kind must be one of"):
+        GateConfig("learned")
+    assert READ_BY_HEAD.replace(gate=GateConfig("head", threshold=0.5, top_k=None),
+                                reading=ReadingConfig(order="score")).needs_kv

@@ -6,7 +6,14 @@ import json
 import pytest
 import torch
 
-from compressmem import CompressedMemoryModel, MemoryConfig
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    GateConfig,
+    MemoryConfig,
+    ReadingConfig,
+)
 from compressmem.eval import EvalCase
 from compressmem.gate import GateHead
 from compressmem.training import GateExample, collect_examples, evaluate_scores, train_head
@@ -64,7 +71,8 @@ def test_fit_separates_and_beats_the_baselines_on_held_out_examples():
 
 
 def test_examples_follow_a_rollout_over_the_evidence(tokenizer):
-    model = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=64, gate="attention", gate_layers=(1, 2)))
+    model = tiny_wrapper("llama", tokenizer, MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig(),
+                                                        gate=GateConfig("attention", layers=(1, 2))))
     filler = "The weather was mild and the market was busy that day. " * 30
     facts = ["VAR AAA = 12345.", "VAR BBB = VAR AAA."]
     context = facts[0] + " " + filler + facts[1] + " " + filler
@@ -99,10 +107,11 @@ def test_train_gate_command_writes_a_checkpoint_that_loads(tokenizer, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"head", "attention", "lexical", "losses"}
     assert metrics["train_decisions"] >= 3 * 2  # empty memory, then after each of the needle's blocks
-    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
-    assert loaded.memory_config.gate == "head" and loaded.memory_config.read_order == "score"
-    assert loaded.memory_config.max_steps == 3 and loaded.memory_config.chunk_size == 128
-    assert loaded.memory_config.gate_threshold == pytest.approx(metrics["head"]["threshold"])
+    loaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=out, show_progress=False)
+    config = loaded.memory_config
+    assert config.gate.kind == "head" and config.reading == ReadingConfig(order="score", max_steps=3)
+    assert config.chunking.size == 128 and config.compression == CompressionConfig("select", ratio=4)
+    assert config.gate.threshold == pytest.approx(metrics["head"]["threshold"])
     assert loaded.gate_head.lexical
     cached = (out / "examples-train.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # the examples are reused, not collected again

@@ -1,9 +1,21 @@
 import pytest
 import torch
 
-from compressmem import CompressedGenerateOutput, MemoryConfig, Trace
+from compressmem import (
+    ChunkingConfig,
+    CompressedGenerateOutput,
+    CompressionConfig,
+    ConfigError,
+    GateConfig,
+    MemoryConfig,
+    NotesConfig,
+    ReadingConfig,
+    Trace,
+)
 
-from .conftest import tiny_wrapper
+from .conftest import ARCHS, tiny_wrapper
+
+NOTES = NotesConfig(note_tokens=4)
 
 
 def _chat(tokenizer, question):
@@ -11,7 +23,7 @@ def _chat(tokenizer, question):
                                          return_tensors="pt", return_dict=True)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_without_context_generate_is_the_base_models(arch, tokenizer):
     wrapper = tiny_wrapper(arch, tokenizer)
     inputs = _chat(tokenizer, "Hello there, how are you?")
@@ -20,6 +32,7 @@ def test_without_context_generate_is_the_base_models(arch, tokenizer):
     assert torch.equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_without_context_generate_is_the_base_models_smollm2(smollm2):
     inputs = _chat(smollm2.tokenizer, "Name a colour.")
     ours = smollm2.generate(**inputs, max_new_tokens=12, do_sample=False)
@@ -36,7 +49,11 @@ def test_attributes_fall_through_to_the_base_model(tokenizer):
 
 @pytest.mark.parametrize("read, gate", [("raw", "attention"), ("compressed", "attention"), ("raw", "lexical")])
 def test_generate_with_context_returns_prompt_then_new_ids_and_a_trace(tokenizer, essay_text, read, gate):
-    config = MemoryConfig(chunk_size=64, read=read, gate=gate, gate_top_k=2, gate_layers=(1, 2), note_tokens=8)
+    keys = gate == "attention"
+    config = MemoryConfig(chunking=ChunkingConfig(64), reading=ReadingConfig(read),
+                          compression=CompressionConfig() if keys or read == "compressed" else None,
+                          gate=GateConfig(gate, top_k=2, layers=(1, 2) if keys else None),
+                          notes=NotesConfig(note_tokens=8))
     wrapper = tiny_wrapper("llama", tokenizer, config)
     inputs = _chat(tokenizer, "What is this about?")
     out = wrapper.generate(**inputs, context=essay_text[:1500], max_new_tokens=5, min_new_tokens=5,
@@ -55,8 +72,38 @@ def test_generate_with_context_returns_prompt_then_new_ids_and_a_trace(tokenizer
         assert step.block in ranked[:2]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_default_answers_over_a_context_on_every_architecture(arch, tokenizer, essay_text):
+    wrapper = tiny_wrapper(arch, tokenizer, MemoryConfig(chunking=ChunkingConfig(64), notes=NOTES))
+    inputs = _chat(tokenizer, "What is this about?")
+    out = wrapper.generate(**inputs, context=essay_text[:1500], max_new_tokens=3, min_new_tokens=3,
+                           return_dict_in_generate=True)
+    assert out.sequences.shape == (1, inputs["input_ids"].shape[1] + 3) and len(out.trace[0].blocks_read) == 1
+
+
+def test_sliding_window_layers_read_raw_and_refuse_compressed_reading_wider_than_their_window(tokenizer, essay_text):
+    """Gemma-3 with a 16-token window, shorter than a chunk: raw reading re-reads each chunk with the model itself
+    (right for any layer); compressed reading is refused with what to do; the attention gate reads full layers."""
+    narrow = dict(sliding_window=16)
+    raw = tiny_wrapper("gemma3", tokenizer, MemoryConfig(chunking=ChunkingConfig(64), notes=NOTES), **narrow)
+    out = raw.generate(**_chat(tokenizer, "What is this about?"), context=essay_text[:1500], max_new_tokens=2,
+                       return_dict_in_generate=True)
+    assert out.trace[0].blocks_read
+    compressed = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("none"), gate=None,
+                              reading=ReadingConfig("compressed"))
+    with pytest.raises(ConfigError, match="sliding-window layers see only the last 16 tokens.*reading mode 'raw'"):
+        tiny_wrapper("gemma3", tokenizer, compressed, **narrow)
+    keyed = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("select"),
+                         gate=GateConfig("attention", top_k=2), notes=NOTES)
+    gated = tiny_wrapper("gemma3", tokenizer, keyed, **narrow)
+    assert gated.gate_layers == (3,)  # of layers 2 and 3 (half to three quarters deep), the full one
+    trace = gated.generate(**_chat(tokenizer, "Why?"), context=essay_text[:1500], max_new_tokens=2,
+                           return_dict_in_generate=True).trace[0]
+    assert len(trace.blocks_read) == 2
+
+
 def test_memagent_mode_reads_every_block_in_order(tokenizer, essay_text):
-    wrapper = tiny_wrapper("qwen2", tokenizer, MemoryConfig.memagent(chunk_size=128, note_tokens=4))
+    wrapper = tiny_wrapper("qwen2", tokenizer, MemoryConfig.memagent(128, notes=NOTES))
     inputs = _chat(tokenizer, "What is this about?")
     out = wrapper.generate(**inputs, context=essay_text[:2000], max_new_tokens=3, return_dict_in_generate=True)
     trace = out.trace[0]
@@ -65,18 +112,19 @@ def test_memagent_mode_reads_every_block_in_order(tokenizer, essay_text):
 
 
 def test_max_steps_bounds_the_reads(tokenizer, essay_text):
-    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig.memagent(chunk_size=64, max_steps=2, note_tokens=4))
+    config = MemoryConfig.memagent(64, reading=ReadingConfig(max_steps=2), notes=NOTES)
+    wrapper = tiny_wrapper("llama", tokenizer, config)
     out = wrapper.generate(**_chat(tokenizer, "Why?"), context=essay_text[:2000], max_new_tokens=2,
                            return_dict_in_generate=True)
     assert out.trace[0].blocks_read == [0, 1]
 
 
 def test_batches_take_one_context_per_row_or_one_shared(tokenizer, essay_text):
-    tokenizer.padding_side = "left"
-    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig.memagent(chunk_size=128, note_tokens=4))
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig.memagent(128, notes=NOTES))
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
                for q in ("Short?", "A much longer question about the essay?")]
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    assert inputs["attention_mask"][0, 0] == 0  # left-padded, without changing the shared tokenizer
     contexts = [essay_text[:700], essay_text[5000:7000]]
     out = wrapper.generate(**inputs, context=contexts, max_new_tokens=4, min_new_tokens=4,
                            return_dict_in_generate=True)
@@ -88,7 +136,7 @@ def test_batches_take_one_context_per_row_or_one_shared(tokenizer, essay_text):
 
 
 def test_over_long_prompt_becomes_context_and_question(tokenizer, essay_text):
-    config = MemoryConfig.memagent(chunk_size=128, direct_max_tokens=200, note_tokens=4)
+    config = MemoryConfig.memagent(128, direct_max_tokens=200, notes=NOTES)
     wrapper = tiny_wrapper("llama", tokenizer, config)
     question = "What does the author think?"
     message = essay_text[:3000] + "\n\n" + question
@@ -105,7 +153,7 @@ def test_bad_calls_get_clear_errors(tokenizer, essay_text):
     ids = tokenizer("Question?", return_tensors="pt")["input_ids"]
     bank = wrapper.compress(essay_text[:500])
     with pytest.raises(ValueError, match="not both"):
-        wrapper.generate(ids, context="text", memory=bank)
+        wrapper.generate(ids, context="text", bank=bank)
     with pytest.raises(ValueError, match="integer token ids"):
         wrapper.generate(ids.float(), context="text")
     with pytest.raises(ValueError, match="empty"):
@@ -113,11 +161,19 @@ def test_bad_calls_get_clear_errors(tokenizer, essay_text):
     with pytest.raises(ValueError, match="str"):
         wrapper.generate(ids, context=b"bytes")
     with pytest.raises(ValueError, match="MemoryBank"):
-        wrapper.generate(ids, memory="not a bank")
+        wrapper.generate(ids, bank="not a bank")
     with pytest.raises(ValueError, match="question"):
         wrapper.answer("", context="text")
 
 
-def test_answer_applies_the_chat_template(smollm2, essay_text):
-    text = smollm2.answer("Who wrote this?", context=essay_text[:1500], max_new_tokens=6)
-    assert isinstance(text, str) and text
+@pytest.mark.slow
+def test_answer_is_generate_under_the_chat_template(smollm2, essay_text):
+    context = essay_text[:3000]
+    question = "What do hard liquor and cigarettes have in common?"
+    text = smollm2.answer(question, context=context, max_new_tokens=24)
+    inputs = _chat(smollm2.tokenizer, question)
+    out = smollm2.generate(**inputs, context=context, max_new_tokens=24, do_sample=False)
+    assert text == smollm2.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    plain = smollm2.tokenizer(question, return_tensors="pt")["input_ids"]  # the same question without the template
+    untemplated = smollm2.generate(plain, context=context, max_new_tokens=24, do_sample=False)
+    assert text != smollm2.tokenizer.decode(untemplated[0, plain.shape[1]:], skip_special_tokens=True).strip()

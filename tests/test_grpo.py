@@ -5,13 +5,20 @@ from collections import Counter
 import pytest
 import torch
 
-from compressmem import CompressedMemoryModel, MemoryConfig
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    MemoryConfig,
+    NotesConfig,
+    ReadingConfig,
+)
 from compressmem.compressors import LearnedCompressor
+from compressmem.hf.checkpointing import activation_checkpointing
 from compressmem.training.grpo import (
     GRPOConfig,
     GRPOExample,
     GRPOTrainer,
-    activation_checkpointing,
     conversation_logprobs,
     examples_from_jsonl,
     micro_batches,
@@ -22,8 +29,8 @@ from compressmem.training.grpo_loss import clipped_policy_loss
 
 from .conftest import tiny_model
 
-CONFIG = MemoryConfig(chunk_size=64, compressor="learned", ratio=4, read="compressed", gate=None, gate_top_k=None,
-                      note_tokens=4)
+CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("learned", ratio=4), gate=None,
+                      reading=ReadingConfig("compressed"), notes=NotesConfig(note_tokens=4))
 EXAMPLE = GRPOExample("What is the vault code?", "The lighthouse keeper wrote the vault code 4719283. " * 8,
                       ("4719283",))
 
@@ -32,7 +39,7 @@ def _policy(tokenizer, seed=0, perturb=True, **overrides):
     """A tiny model with a learned compressor and a reasoner adapter, moved away from their zero start
     when `perturb` (so that every adapter weight gets a gradient)."""
     model = tiny_model("llama", tokenizer, seed, **overrides)
-    compressor = LearnedCompressor.initialise(model, CONFIG.ratio, CONFIG.chunk_size, seed=seed)
+    compressor = LearnedCompressor.initialise(model, CONFIG.compression.ratio, CONFIG.chunking.size, seed=seed)
     policy = with_reasoner_adapter(CompressedMemoryModel(model, tokenizer, CONFIG, "tiny", False,
                                                          compressor=compressor), seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -78,6 +85,22 @@ def test_loss_reads_the_same_tokens_the_rollout_generated(tokenizer):
     outputs = answer[0].output_ids.numel()
     expected = direct[-outputs:].gather(-1, answer[0].output_ids[:, None]).squeeze(-1)
     torch.testing.assert_close(answer_logprobs[0][answer_mask[0]], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_loss_recomputes_exactly_the_log_probabilities_the_rollouts_sampled_with(tokenizer):
+    """Every conversation (each read, with its block recomputed by the compressor, and each answer) is scored
+    through the reader's own step function on the inputs the trace recorded: the log-probabilities of the
+    sampled tokens are those the rollout's sampler saw."""
+    policy = _policy(tokenizer)
+    group = _rollouts(policy)
+    checked = 0
+    for batch in micro_batches(group.conversations, size=4):
+        with torch.no_grad():
+            logprobs, mask = conversation_logprobs(policy, batch, recompute_block=True)
+        for row, conversation in enumerate(batch):
+            torch.testing.assert_close(logprobs[row][mask[row]], conversation.sampled_logprobs, atol=1e-4, rtol=1e-4)
+            checked += conversation.output_ids.numel()
+    assert checked == sum(c.output_ids.numel() for c in group.conversations) > 20
 
 
 def test_policy_gradient_reaches_compressor_and_reasoner_but_not_the_base(tokenizer):
@@ -154,13 +177,13 @@ def test_grpo_checks_its_inputs(tokenizer, tmp_path):
         GRPOConfig(group_size=1)
     with pytest.raises(ValueError, match="must sample"):
         GRPOConfig(temperature=0)
-    plain = CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, CONFIG.__class__(
-        chunk_size=64, read="compressed", gate=None, gate_top_k=None), "tiny", False)
+    plain = CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer,
+                                  CONFIG.replace(compression=CompressionConfig("select")), "tiny", False)
     with pytest.raises(ValueError, match="Nothing to train"):
         GRPOTrainer(plain, [EXAMPLE], tmp_path, GRPOConfig(), show_progress=False)
     raw = with_reasoner_adapter(CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer,
-                                                      MemoryConfig(chunk_size=64), "tiny", False))
-    with pytest.raises(ValueError, match="read='compressed'"):
+                                                      MemoryConfig(chunking=ChunkingConfig(64)), "tiny", False))
+    with pytest.raises(ValueError, match="ReadingConfig\\(mode='compressed'\\)"):
         GRPOTrainer(raw, [EXAMPLE], tmp_path, GRPOConfig(), show_progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "context": "c"}\n')
@@ -189,8 +212,7 @@ def test_grpo_command_trains_resumes_and_writes_a_checkpoint_that_loads(tokenize
     tiny_model("llama", tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
     config = tmp_path / "config.json"
-    MemoryConfig(chunk_size=64, compressor="none", ratio=1, read="compressed", gate=None, gate_top_k=None,
-                 note_tokens=4).save(config)
+    CONFIG.replace(compression=CompressionConfig("none")).save(config)
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"context": EXAMPLE.context, "question": EXAMPLE.question,
                                 "answers": list(EXAMPLE.answers)}) + "\n")
@@ -202,5 +224,5 @@ def test_grpo_command_trains_resumes_and_writes_a_checkpoint_that_loads(tokenize
     assert main([*common, "--steps", "2"]) == 0  # resumes at step 1
     log = [json.loads(line) for line in (out / "grpo_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2]
-    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
+    loaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=out, show_progress=False)
     assert loaded.reasoner_adapter is not None and loaded.reasoner_adapter.lora_config.r == 2

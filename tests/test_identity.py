@@ -4,10 +4,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from compressmem import MemoryConfig
-from compressmem.reasoner import UpdateInput, generate_updates
+from compressmem import ChunkingConfig, CompressionConfig, GateConfig, MemoryConfig, ReadingConfig
+from compressmem.reader import StepInput, generate_steps
 
-from .conftest import tiny_wrapper
+from .conftest import ARCHS, tiny_wrapper
+
+UNCOMPRESSED = MemoryConfig(chunking=ChunkingConfig(96), compression=CompressionConfig("none"),
+                            reading=ReadingConfig("compressed"), gate=None)
 
 PROMPT = "\n\nQuestion: what did the text say?"
 
@@ -20,7 +23,7 @@ def _logits_from_block(wrapper, bank, block_index, prompt_ids):
     start = bank.prefix_ids.numel() + block.num_tokens
     positions = torch.arange(start, start + prompt_ids.numel())[None]
     with torch.no_grad():
-        return wrapper.model(input_ids=prompt_ids[None], past_key_values=cache, position_ids=positions).logits[0]
+        return wrapper.model(input_ids=prompt_ids[None], cache=cache, position_ids=positions).logits[0]
 
 
 def _logits_from_tokens(wrapper, bank, block_index, prompt_ids, attention_mask=None):
@@ -30,10 +33,9 @@ def _logits_from_tokens(wrapper, bank, block_index, prompt_ids, attention_mask=N
     return logits[-prompt_ids.numel():]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_uncompressed_block_prefix_equals_reading_the_chunk(arch, tokenizer, essay_text):
-    config = MemoryConfig(chunk_size=96, compressor="none", ratio=1, read="compressed", gate=None)
-    wrapper = tiny_wrapper(arch, tokenizer, config)
+    wrapper = tiny_wrapper(arch, tokenizer, UNCOMPRESSED)
     bank = wrapper.compress(essay_text[:3000])
     prompt = wrapper.prompts.encode(PROMPT)
     for index in (0, len(bank) - 1):
@@ -41,8 +43,9 @@ def test_uncompressed_block_prefix_equals_reading_the_chunk(arch, tokenizer, ess
         torch.testing.assert_close(_logits_from_block(wrapper, bank, index, prompt), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_uncompressed_block_prefix_equals_reading_the_chunk_smollm2(smollm2, essay_text):
-    config = MemoryConfig(chunk_size=256, compressor="none", ratio=1, read="compressed", gate=None)
+    config = UNCOMPRESSED.replace(chunking=ChunkingConfig(256))
     wrapper = type(smollm2)(smollm2.model, smollm2.tokenizer, config, smollm2.base_name, show_progress=False)
     bank = wrapper.compress(essay_text[:2000])
     prompt = wrapper.prompts.encode(PROMPT)
@@ -53,7 +56,8 @@ def test_uncompressed_block_prefix_equals_reading_the_chunk_smollm2(smollm2, ess
 def test_selected_block_continues_at_the_chunks_original_positions(tokenizer, essay_text):
     """Reference: the full token sequence, with each prompt query allowed to see only the chunk entries
     the compressor kept for its KV head. Any other placement of the prompt gives other logits."""
-    config = MemoryConfig(chunk_size=80, ratio=2, score="observed", read="compressed", gate=None)
+    config = UNCOMPRESSED.replace(chunking=ChunkingConfig(80),
+                                  compression=CompressionConfig("select", ratio=2, score="observed"))
     wrapper = tiny_wrapper("llama", tokenizer, config, num_hidden_layers=1)  # one layer: one mask fits
     bank = wrapper.compress(essay_text[:1500])
     prompt = wrapper.prompts.encode(PROMPT)
@@ -75,32 +79,38 @@ def test_selected_block_continues_at_the_chunks_original_positions(tokenizer, es
     cache_values = torch.cat([bank.prefix_values, block.values], dim=2)
     cache = DynamicCache([(cache_keys[i][None], cache_values[i][None]) for i in range(cache_keys.shape[0])])
     with torch.no_grad():
-        wrong = wrapper.model(input_ids=prompt[None], past_key_values=cache).logits[0]
+        wrong = wrapper.model(input_ids=prompt[None], cache=cache).logits[0]
     assert shifted < chunk_len and not torch.allclose(wrong, expected, atol=1e-3)
 
 
 def test_batched_updates_with_ragged_blocks_match_single_rows(tokenizer, essay_text):
     """Left-padded caches and prompts must not change what each row generates."""
-    config = MemoryConfig(chunk_size=64, compressor="none", ratio=1, read="compressed", gate=None)
-    wrapper = tiny_wrapper("qwen2", tokenizer, config)
+    wrapper = tiny_wrapper("qwen2", tokenizer, UNCOMPRESSED.replace(chunking=ChunkingConfig(64)))
     bank = wrapper.compress(essay_text[:1200])
     rows = []
     for index, question in ((0, "Who?"), (len(bank) - 1, "What is the longest question of them all, really?")):
         block = bank.blocks[index]
-        rows.append(UpdateInput(torch.cat([bank.prefix_keys, block.keys], 2), torch.cat([bank.prefix_values, block.values], 2),
-                                wrapper.prompts.update_ids(question, ""), bank.prefix_ids.numel() + block.num_tokens))
-    raw = UpdateInput(None, None, torch.cat([bank.prefix_ids, bank.blocks[0].token_ids,
-                                             wrapper.prompts.update_ids("Who?", "")]), 0)
+        keys, values = torch.cat([bank.prefix_keys, block.keys], 2), torch.cat([bank.prefix_values, block.values], 2)
+        rows.append(StepInput(keys, values, wrapper.prompts.update_ids(question, ""),
+                              bank.prefix_ids.numel() + block.num_tokens))
+    raw = StepInput(None, None, torch.cat([bank.prefix_ids, bank.blocks[0].token_ids,
+                                           wrapper.prompts.update_ids("Who?", "")]), 0)
     assert bank.blocks[-1].num_tokens != bank.blocks[0].num_tokens
-    batched = generate_updates(wrapper.model, tokenizer, rows + [raw], 12)
-    single = [generate_updates(wrapper.model, tokenizer, [row], 12)[0] for row in rows]
+
+    def generate(inputs):
+        return [ids.tolist() for ids, _ in generate_steps(wrapper.model, tokenizer, inputs, 12)]
+
+    batched = generate(rows + [raw])
+    single = [generate([row])[0] for row in rows]
     assert batched[:2] == single
     assert batched[2] == single[0], "reading the raw chunk must equal reading its uncompressed block"
 
 
 def test_gate_only_banks_stop_the_forward_after_the_last_gate_layer_with_the_same_keys(tokenizer, essay_text):
-    gate_only = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=64, gate="attention", gate_layers=(1,)))
-    full = tiny_wrapper("llama", tokenizer, MemoryConfig(chunk_size=64, read="compressed", gate=None))
+    select = CompressionConfig("select")
+    gate_only = tiny_wrapper("llama", tokenizer, MemoryConfig(chunking=ChunkingConfig(64), compression=select,
+                                                              gate=GateConfig("attention", layers=(1,))))
+    full = tiny_wrapper("llama", tokenizer, UNCOMPRESSED.replace(chunking=ChunkingConfig(64), compression=select))
     calls = []
     hook = gate_only.model.model.layers[2].register_forward_hook(lambda *args: calls.append(1))
     keys_only = gate_only.compress(essay_text[:1500])

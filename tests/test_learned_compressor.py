@@ -5,20 +5,29 @@ import math
 import pytest
 import torch
 
-from compressmem import CompressedMemoryModel, MemoryConfig
-from compressmem.adapters import ReasonerAdapter
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    ConfigError,
+    MemoryConfig,
+    ReadingConfig,
+)
 from compressmem.compressors import LearnedCompressor
 from compressmem.compressors.learned import memory_positions
+from compressmem.hf.adapters import ReasonerAdapter
 
 from .conftest import tiny_model
 
-CONFIG = MemoryConfig(chunk_size=64, compressor="learned", ratio=4, read="compressed", gate=None, gate_top_k=None)
+CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("learned", ratio=4), gate=None,
+                      reading=ReadingConfig("compressed"))
+RATIO = CONFIG.compression.ratio
 CONTEXT = "The lighthouse keeper wrote the vault code 4719283 in the logbook before the storm. " * 12
 
 
 def _wrapper(tokenizer, seed=0):
     model = tiny_model("llama", tokenizer, seed)
-    compressor = LearnedCompressor.initialise(model, CONFIG.ratio, CONFIG.chunk_size, seed=seed)
+    compressor = LearnedCompressor.initialise(model, RATIO, CONFIG.chunking.size, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # a trained-looking adapter: nonzero B, so the adapter changes the KV
         for name, weight in model.named_parameters():
@@ -41,16 +50,15 @@ def test_blocks_are_memory_tokens_and_the_base_model_is_untouched(tokenizer):
     torch.testing.assert_close(wrapper.model(ids).logits, before, rtol=0, atol=0)  # adapter off again
     prefix = bank.prefix_ids.numel()
     for block in bank.blocks:
-        kept = math.ceil(block.num_tokens / CONFIG.ratio)
+        kept = math.ceil(block.num_tokens / RATIO)
         assert block.keys.shape[2] == kept and block.values.shape[2] == kept
-        expected = memory_positions(block.num_tokens, kept, CONFIG.ratio) + prefix
+        expected = memory_positions(block.num_tokens, kept, RATIO) + prefix
         assert (block.positions == expected.to(torch.int32)).all()
-    plain = CompressedMemoryModel(wrapper.model, tokenizer, MemoryConfig(chunk_size=64, compressor="none", ratio=1,
-                                                                        read="compressed", gate=None, gate_top_k=None),
+    plain = CompressedMemoryModel(wrapper.model, tokenizer, CONFIG.replace(compression=CompressionConfig("none")),
                                   "tiny", False)
     raw_keys = plain.compress(CONTEXT).blocks[0].keys
     assert not torch.allclose(bank.blocks[0].keys, raw_keys[:, :, :bank.blocks[0].keys.shape[2]])
-    out = wrapper.generate(wrapper.prompt_ids("What is the vault code?"), memory=bank, max_new_tokens=4,
+    out = wrapper.generate(wrapper.prompt_ids("What is the vault code?"), bank=bank, max_new_tokens=4,
                            return_dict_in_generate=True)
     assert out.trace[0].blocks_read == list(range(len(bank)))
 
@@ -75,7 +83,7 @@ def test_checkpoint_round_trip_gives_identical_blocks_and_ids(tokenizer, tmp_pat
     tiny_model("llama", tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
     loaded_base = CompressedMemoryModel.from_pretrained(str(base), show_progress=False)
-    compressor = LearnedCompressor.initialise(loaded_base.model, CONFIG.ratio, CONFIG.chunk_size, seed=3)
+    compressor = LearnedCompressor.initialise(loaded_base.model, RATIO, CONFIG.chunking.size, seed=3)
     reasoner = ReasonerAdapter.initialise(loaded_base.model, rank=4, seed=4)
     with torch.no_grad():
         for name, weight in loaded_base.model.named_parameters():
@@ -88,15 +96,15 @@ def test_checkpoint_round_trip_gives_identical_blocks_and_ids(tokenizer, tmp_pat
     assert (tmp_path / "ckpt" / "reasoner" / "adapter_config.json").is_file()
     assert not list((tmp_path / "ckpt").rglob("*.bin")) and not list((tmp_path / "ckpt").rglob("model.safetensors"))
 
-    reloaded = CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "ckpt", show_progress=False)
+    reloaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=tmp_path / "ckpt", show_progress=False)
     assert reloaded.reasoner_adapter is not None and reloaded.reasoner_adapter.lora_config.r == 4
     first, second = wrapper.compress(CONTEXT), reloaded.compress(CONTEXT)
     for a, b in zip(first.blocks, second.blocks):
         torch.testing.assert_close(a.keys, b.keys, rtol=0, atol=0)
         torch.testing.assert_close(a.values, b.values, rtol=0, atol=0)
     prompt = wrapper.prompt_ids("What is the vault code?")
-    assert torch.equal(wrapper.generate(prompt, memory=first, max_new_tokens=6),
-                       reloaded.generate(prompt, memory=second, max_new_tokens=6))
+    assert torch.equal(wrapper.generate(prompt, bank=first, max_new_tokens=6),
+                       reloaded.generate(prompt, bank=second, max_new_tokens=6))
 
 
 def test_learned_needs_its_weights_and_its_ratio(tokenizer, tmp_path):
@@ -106,5 +114,5 @@ def test_learned_needs_its_weights_and_its_ratio(tokenizer, tmp_path):
     wrapper.compressor.save(wrapper.model, tmp_path / "compressor")
     with pytest.raises(ValueError, match="trained at ratio 4.0.*ratio 8"):
         LearnedCompressor.load(tiny_model("llama", tokenizer), tmp_path / "compressor", 8.0)
-    with pytest.raises(ValueError, match="set compressor='learned'"):
+    with pytest.raises(ConfigError, match="learned compressor was given.*compression None"):
         CompressedMemoryModel(wrapper.model, tokenizer, MemoryConfig(), compressor=wrapper.compressor)

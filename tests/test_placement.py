@@ -3,10 +3,18 @@
 import pytest
 import torch
 
-from compressmem import CompressedMemoryModel, MemoryConfig
-from compressmem.placement import layer_devices
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    GateConfig,
+    MemoryConfig,
+    ReadingConfig,
+)
+from compressmem.hf.placement import layer_devices
 
-CONFIG = MemoryConfig(chunk_size=64, read="compressed", gate="attention", gate_layers=(1, 2), gate_top_k=2)
+CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig(), reading=ReadingConfig("compressed"),
+                      gate=GateConfig("attention", layers=(1, 2), top_k=2))
 CONTEXT = "The vault code is 4719283, said the keeper. Bakers rise before dawn to knead bread. " * 30
 HALF_ON_DISK = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
                 "model.layers.1": "cpu", "model.layers.2": "disk", "model.layers.3": "disk", "model.norm": "disk",
@@ -28,7 +36,7 @@ def test_a_base_with_layers_offloaded_to_disk_compresses_and_answers_like_one_on
         torch.testing.assert_close(b.values, a.values)
     prompt = whole.prompt_ids("What is the vault code?")
     kwargs = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
-    want, have = whole.generate(prompt, memory=expected, **kwargs), split.generate(prompt, memory=got, **kwargs)
+    want, have = whole.generate(prompt, bank=expected, **kwargs), split.generate(prompt, bank=got, **kwargs)
     assert have.trace[0].blocks_read == want.trace[0].blocks_read and len(want.trace[0].blocks_read) > 0
     assert torch.equal(have.sequences, want.sequences)
 

@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 
-from compressmem import CompressedMemoryModel, MemoryConfig
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    GateConfig,
+    MemoryConfig,
+    ReadingConfig,
+)
 from compressmem.training.pretrain import (
     PretrainConfig,
     pretrain,
@@ -17,7 +24,7 @@ from compressmem.training.pretrain import (
 
 from .conftest import tiny_model
 
-CONFIG = MemoryConfig(chunk_size=32, ratio=4, gate=None, gate_top_k=None)
+CONFIG = MemoryConfig(chunking=ChunkingConfig(32), gate=None)
 TEXT = ("The harbour master counted the boats each morning and wrote their names in a ledger. "
         "Gulls argued over the nets while the tide turned. ") * 20
 
@@ -64,8 +71,8 @@ def test_resumed_run_matches_an_uninterrupted_one(tokenizer, tmp_path):
                                rtol=1e-4, atol=1e-5)
     logged = [json.loads(line) for line in (tmp_path / "resumed" / "pretrain_log.jsonl").read_text().splitlines()]
     assert len(logged) == 6
-    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=tmp_path / "resumed", show_progress=False)
-    assert loaded.memory_config.compressor == "learned" and len(loaded.compress(TEXT)) > 1
+    loaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=tmp_path / "resumed", show_progress=False)
+    assert loaded.memory_config.compression.method == "learned" and len(loaded.compress(TEXT)) > 1
 
 
 def test_texts_too_short_for_one_window_are_refused(tokenizer):
@@ -95,8 +102,9 @@ def test_pretrain_command_trains_resumes_and_writes_a_loadable_checkpoint(tokeni
     log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3] and all(e["peak_memory_mib"] > 0 for e in log)
     assert (out / "pretrain_log.png").is_file() and (out / "compressor" / "adapter_model.safetensors").is_file()
-    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
-    assert loaded.memory_config.compressor == "learned" and loaded.memory_config.read == "compressed"
+    loaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=out, show_progress=False)
+    assert loaded.memory_config.compression == CompressionConfig("learned", ratio=4)
+    assert loaded.memory_config.reading.mode == "compressed"
 
 
 def test_pretrain_command_takes_a_learned_configuration_and_a_device(tokenizer, tmp_path):
@@ -104,12 +112,12 @@ def test_pretrain_command_takes_a_learned_configuration_and_a_device(tokenizer, 
 
     base, text = _base_and_text(tokenizer, tmp_path)
     config = tmp_path / "learned.json"
-    MemoryConfig(chunk_size=32, compressor="learned", ratio=4.0, read="compressed", gate="lexical",
-                 gate_top_k=2).save(config)
+    MemoryConfig(chunking=ChunkingConfig(32), compression=CompressionConfig("learned", ratio=4.0),
+                 reading=ReadingConfig("compressed"), gate=GateConfig(top_k=2)).save(config)
     out = tmp_path / "run"
     assert main(["train", "pretrain", "--model", str(base), "--config", str(config), "--files", str(text),
                  "--out", str(out), "--batch-size", "2", "--continuation-tokens", "8", "--steps", "1",
                  "--device", "cpu", "--dtype", "float32", "--quiet"]) == 0
-    loaded = CompressedMemoryModel.from_pretrained(str(base), memory=out, show_progress=False)
-    assert loaded.memory_config.compressor == "learned" and loaded.memory_config.gate_top_k == 2
-    assert loaded.memory_config.chunk_size == 32 and loaded.memory_config.ratio == 4.0
+    loaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=out, show_progress=False)
+    assert loaded.memory_config.compression == CompressionConfig("learned", ratio=4.0)
+    assert loaded.memory_config.gate.top_k == 2 and loaded.memory_config.chunking.size == 32

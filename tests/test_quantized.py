@@ -13,12 +13,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DynamicCache
 
-from compressmem import CompressedMemoryModel, MemoryConfig
-from compressmem.adapters import ReasonerAdapter
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    GateConfig,
+    MemoryConfig,
+    NotesConfig,
+    ReadingConfig,
+)
 from compressmem.compressors import LearnedCompressor
 from compressmem.gate import GateHead
-from compressmem.prompts import pad_token_id
-from compressmem.reasoner import cut_at_eos
+from compressmem.hf.adapters import ReasonerAdapter
+from compressmem.reader import cut_at_eos, pad_token_id
 from compressmem.training.pretrain import reconstruction_loss, start_or_resume, trainable_weights
 
 from .conftest import tiny_model
@@ -39,10 +46,11 @@ TOLERANCE = {4: 0.35, 8: 0.05}
 CONTEXT = ("The lighthouse keeper wrote the vault code 4719283 in the logbook before the storm. "
            "Gulls circled the harbour while the ferry waited for the tide to turn. ") * 8
 QUESTION = "What is the vault code?"
-PLAIN = MemoryConfig(chunk_size=64, compressor="none", ratio=1, read="compressed", gate=None, gate_top_k=None,
-                     note_tokens=12, max_steps=3)
-LEARNED = MemoryConfig(chunk_size=64, compressor="learned", ratio=4, read="compressed", gate="head", gate_top_k=1,
-                       gate_layers=(1, 2), note_tokens=6)
+PLAIN = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("none"), gate=None,
+                     reading=ReadingConfig("compressed", max_steps=3), notes=NotesConfig(note_tokens=12))
+LEARNED = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("learned", ratio=4),
+                       reading=ReadingConfig("compressed"), gate=GateConfig("head"), notes=NotesConfig(note_tokens=6))
+HEAD_LAYERS = (1, 2)
 
 
 @functools.cache
@@ -85,9 +93,9 @@ def base_folder(tokenizer, tmp_path_factory):
 def learned_checkpoint(base_folder, tokenizer, tmp_path_factory):
     """A checkpoint made on the float32 base: learned compressor, reasoner adapter and gate head, all nonzero."""
     model = AutoModelForCausalLM.from_pretrained(base_folder).eval()
-    compressor = LearnedCompressor.initialise(model, LEARNED.ratio, LEARNED.chunk_size, seed=0)
+    compressor = LearnedCompressor.initialise(model, LEARNED.compression.ratio, LEARNED.chunking.size, seed=0)
     adapter = ReasonerAdapter.initialise(model, seed=1)
-    head = GateHead(LEARNED.gate_layers, model.config.num_attention_heads)
+    head = GateHead(HEAD_LAYERS, model.config.num_attention_heads)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # trained-looking weights: nonzero LoRA B, so both adapters change what they touch
         for name, weight in model.named_parameters():
@@ -132,7 +140,7 @@ def test_quantized_blocks_match_the_full_precision_blocks(bits, base_folder):
     assert bank.blocks[0].keys.dtype == reference.model.dtype
     _assert_banks_close(bank, reference.compress(CONTEXT), bits)
 
-    selecting = MemoryConfig(chunk_size=64, ratio=2, score="observed", read="compressed", gate=None, gate_top_k=None)
+    selecting = PLAIN.replace(compression=CompressionConfig("select", ratio=2, score="observed"))
     selected = quantized.with_config(selecting).compress(CONTEXT)
     expected = reference.with_config(selecting).compress(CONTEXT)
     assert [b.keys.shape for b in selected.blocks] == [b.keys.shape for b in expected.blocks]
@@ -154,12 +162,12 @@ def test_reading_and_answering_equal_the_quantized_base_on_raw_tokens(bits, base
         cache = DynamicCache([(keys[i][None], values[i][None]) for i in range(keys.shape[0])])
         start = bank.prefix_ids.numel() + block.num_tokens
         with torch.no_grad():
-            read = base(input_ids=update[None], past_key_values=cache,
+            read = base(input_ids=update[None], cache=cache,
                         position_ids=torch.arange(start, start + update.numel())[None]).logits[0]
             raw = base(input_ids=torch.cat([bank.prefix_ids, block.token_ids, update])[None]).logits[0]
         torch.testing.assert_close(read, raw[-update.numel():], atol=1e-5, rtol=1e-5)
 
-    out = wrapper.generate(prompt, memory=bank, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    out = wrapper.generate(prompt, bank=bank, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
     trace = out.trace[0]
     assert trace.blocks_read == [0, 1, 2]
     eos, pad = base.generation_config.eos_token_id, pad_token_id(tokenizer)
@@ -172,16 +180,16 @@ def test_reading_and_answering_equal_the_quantized_base_on_raw_tokens(bits, base
     memory = ""
     for step in trace.steps:
         raw = torch.cat([bank.prefix_ids, bank.blocks[step.block].token_ids, prompts.update_ids(QUESTION, memory)])
-        assert step.output_ids == decode(raw, PLAIN.note_tokens).tolist()
-        memory = step.memory
+        assert step.output_ids == decode(raw, PLAIN.notes.note_tokens).tolist()
+        memory = step.notes
     question = prompts.find_question(prompt[0])
-    answer = decode(prompts.answer_ids(question, trace.memory), 6)
+    answer = decode(prompts.answer_ids(question, trace.notes), 6)
     assert out.sequences[0, prompt.shape[1]:].tolist()[:answer.numel()] == answer.tolist()
 
 
 def test_adapters_stay_full_precision_and_plain_generate_is_the_base(bits, base_folder, learned_checkpoint):
     folder, float_wrapper = learned_checkpoint
-    wrapper = _load(base_folder, bits, memory=folder)  # made on the float32 base: the fingerprint must match
+    wrapper = _load(base_folder, bits, checkpoint=folder)  # made on the float32 base: the fingerprint must match
     lora = {name: weight for name, weight in wrapper.model.named_parameters() if "lora_" in name}
     saved = dict(float_wrapper.model.named_parameters())
     assert lora and all(weight.dtype == torch.float32 for weight in lora.values())
@@ -194,7 +202,7 @@ def test_adapters_stay_full_precision_and_plain_generate_is_the_base(bits, base_
 
     bank = wrapper.compress(CONTEXT)
     _assert_banks_close(bank, float_wrapper.compress(CONTEXT), bits)
-    out = wrapper.generate(wrapper.prompt_ids(QUESTION), memory=bank, max_new_tokens=4, return_dict_in_generate=True)
+    out = wrapper.generate(wrapper.prompt_ids(QUESTION), bank=bank, max_new_tokens=4, return_dict_in_generate=True)
     first = out.trace[0].steps[0]
     assert first.block == max(range(len(bank)), key=first.gate_scores.__getitem__)  # the head's best block
 
@@ -213,8 +221,7 @@ def test_a_quantized_base_trains_a_fresh_compressor_like_qlora(bits, base_folder
     """A compressor started on the quantized base is full precision, and its gradients reach the memory
     embeddings and the first layer's LoRA weights, which needs them to flow back through every quantized
     layer above it, also after inference (compression) ran first."""
-    wrapper = _load(base_folder, bits, config=MemoryConfig(chunk_size=64, ratio=4, read="compressed", gate=None,
-                                                           gate_top_k=None))
+    wrapper = _load(base_folder, bits, config=PLAIN.replace(compression=CompressionConfig("select", ratio=4)))
     wrapper.compress(CONTEXT)
     wrapper = start_or_resume(wrapper, tmp_path)
     weights = trainable_weights(wrapper)

@@ -2,10 +2,13 @@
 
 import logging
 
-from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
+import pytest
+
+from compressmem import DEFAULT_MODEL, ChunkingConfig, CompressedMemoryModel, MemoryConfig
 from compressmem.eval import make_cases, substring_match
 
 CASES = 10
+pytestmark = pytest.mark.slow
 
 
 def _run(smollm2, config, cases):
@@ -25,8 +28,8 @@ def _run(smollm2, config, cases):
 
 def test_default_matches_memagent_while_reading_half_as_much(smollm2, haystack):
     cases = make_cases("niah_single", smollm2.tokenizer, 4096, CASES, seed=0, haystack=haystack)
-    memagent_accuracy, memagent_reads = _run(smollm2, MemoryConfig.memagent(chunk_size=1024), cases)
-    default_accuracy, default_reads = _run(smollm2, MemoryConfig(chunk_size=1024), cases)
+    memagent_accuracy, memagent_reads = _run(smollm2, MemoryConfig.memagent(1024), cases)
+    default_accuracy, default_reads = _run(smollm2, MemoryConfig(chunking=ChunkingConfig(1024)), cases)
     assert memagent_accuracy >= 0.6
     assert memagent_reads == 4
     assert default_accuracy >= 0.8 * memagent_accuracy

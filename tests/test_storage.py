@@ -3,12 +3,24 @@
 import pytest
 import torch
 
-from compressmem import ContextError, MemoryBank, MemoryConfig, text_pieces
-from compressmem.storage import BankWriter, DiskBlocks
+from compressmem import (
+    ChunkingConfig,
+    CompressionConfig,
+    ContextError,
+    GateConfig,
+    MemoryBank,
+    MemoryConfig,
+    NotesConfig,
+    ReadingConfig,
+    text_pieces,
+)
+from compressmem.bank import BankWriter, MemoryStore
 
 from .conftest import tiny_wrapper
 
-CONFIG = MemoryConfig(chunk_size=64, gate="attention", gate_layers=(1, 2), read="compressed", note_tokens=4)
+CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("select"),
+                      gate=GateConfig("attention", layers=(1, 2)), reading=ReadingConfig("compressed"),
+                      notes=NotesConfig(note_tokens=4))
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +40,8 @@ def test_streamed_bank_equals_the_in_memory_bank(tokenizer, document, tmp_path):
     model = tiny_wrapper("llama", tokenizer, CONFIG)
     whole = model.compress(document.read_text(encoding="utf-8"))
     streamed = model.compress_stream(text_pieces(document, piece_chars=500), tmp_path / "bank", shard_blocks=3)
-    assert isinstance(streamed.blocks, DiskBlocks) and len(list((tmp_path / "bank").glob("blocks-*"))) > 1
-    assert len(streamed) == len(whole) and streamed.layers == whole.layers
+    assert not isinstance(streamed.store, MemoryStore) and len(list((tmp_path / "bank").glob("blocks-*"))) > 1
+    assert len(streamed) == len(whole) and streamed.provenance == whole.provenance
     for ours, theirs in zip(streamed.blocks, whole.blocks):
         assert torch.equal(ours.token_ids, theirs.token_ids) and ours.char_span == theirs.char_span
         torch.testing.assert_close(ours.keys, theirs.keys)
@@ -37,8 +49,8 @@ def test_streamed_bank_equals_the_in_memory_bank(tokenizer, document, tmp_path):
         assert torch.equal(ours.positions, theirs.positions)
     reopened = MemoryBank.load(tmp_path / "bank")
     prompt = model.prompt_ids("What is the essay about?")
-    from_disk = model.generate(prompt, memory=reopened, max_new_tokens=4, do_sample=False)
-    in_memory = model.generate(prompt, memory=whole, max_new_tokens=4, do_sample=False)
+    from_disk = model.generate(prompt, bank=reopened, max_new_tokens=4, do_sample=False)
+    in_memory = model.generate(prompt, bank=whole, max_new_tokens=4, do_sample=False)
     assert torch.equal(from_disk, in_memory)
 
 

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..placement import to_one_device
-from ..probe import probe
+from ..hf.adapters import adapter_active
+from ..hf.placement import to_one_device
+from ..hf.probe import probe
 
 
-class _LastLayerSeen(Exception):
+class LastLayerSeen(Exception):
     """Ends a compression forward pass early, once the last layer the bank keeps has been seen."""
 
 
@@ -53,10 +54,20 @@ class Compressor:
     def kept_entries(self, num_tokens: int) -> int:
         return max(1, math.ceil(num_tokens / self.ratio))
 
+    def digest(self, model: PreTrainedModel) -> str | None:
+        """A digest of the compressor's trained weights (None for a training-free compressor), so a bank can
+        record which compressor made it."""
+        return None
+
     @torch.no_grad()
     def compress(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
                  layers: tuple[int, ...], keep_values: bool) -> CompressedChunks:
         """Compress a `[batch, n]` tensor of chunks that all follow `prefix_ids`, keeping `layers` only."""
+        return self.forward_blocks(model, prefix_ids, chunk_ids, layers, keep_values)
+
+    def forward_blocks(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
+                       layers: tuple[int, ...], keep_values: bool) -> CompressedChunks:
+        """`compress`, with autograd left to the caller."""
         batch, num_tokens = chunk_ids.shape
         prefix_len = prefix_ids.numel()
         ids = torch.cat([prefix_ids.expand(batch, -1), chunk_ids], dim=1).to(model.device)
@@ -70,12 +81,12 @@ class Compressor:
             if scoring and layer_idx in wanted:
                 scores[layer_idx] = self.score(query, key, prefix_len)
             if layer_idx == stop_after:
-                raise _LastLayerSeen
+                raise LastLayerSeen
 
         cache = DynamicCache()
-        with probe(model, record) if scoring or stop_after is not None else contextlib.nullcontext():
-            with contextlib.suppress(_LastLayerSeen):
-                model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        with adapter_active(model, None), contextlib.suppress(LastLayerSeen), \
+                probe(model, record) if scoring or stop_after is not None else contextlib.nullcontext():
+            model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
 
         kept = self.kept_entries(num_tokens)
         keys, values, positions = [], [], []

@@ -13,13 +13,14 @@ embeddings through the reasoner's attention over the block.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
-from ..adapters import (
+from ..hf.adapters import (
     WEIGHTS_FILE,
     adapter_active,
     adapter_weights,
@@ -28,10 +29,10 @@ from ..adapters import (
     load_adapter,
     save_adapter,
 )
-from ..kv_cache import RecordingCache
-from ..placement import to_one_device
-from ..probe import probe
-from .base import CompressedChunks, Compressor, _LastLayerSeen
+from ..hf.cache import RecordingCache
+from ..hf.placement import to_one_device
+from ..hf.probe import probe
+from .base import CompressedChunks, Compressor, LastLayerSeen
 
 ADAPTER = "compressmem_compressor"
 MEMORY_TENSOR = "memory_embeddings"
@@ -86,10 +87,13 @@ class LearnedCompressor(Compressor):
         """Everything the compressor learns: its memory embeddings and its LoRA weights in `model`."""
         return [self.memory_embeddings, *adapter_weights(model, ADAPTER).values()]
 
-    @torch.no_grad()
-    def compress(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
-                 layers: tuple[int, ...], keep_values: bool) -> CompressedChunks:
-        return self.forward_blocks(model, prefix_ids, chunk_ids, layers, keep_values)
+    def digest(self, model: PreTrainedModel) -> str:
+        """SHA-256 of the ratio and every weight the compressor learns, rounded to bfloat16 (as the base model's
+        fingerprint is) so that the same compressor loaded in another dtype keeps its identity."""
+        digest = hashlib.sha256(str(self.ratio).encode())
+        for weight in self.weights(model):
+            digest.update(weight.detach().to("cpu", torch.bfloat16).float().numpy().tobytes())
+        return digest.hexdigest()
 
     def forward_blocks(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
                        layers: tuple[int, ...], keep_values: bool) -> CompressedChunks:
@@ -113,10 +117,10 @@ class LearnedCompressor(Compressor):
 
         def record(layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> None:
             if layer_idx == stop_after:
-                raise _LastLayerSeen
+                raise LastLayerSeen
 
-        with adapter_active(model, ADAPTER), probe(model, record), contextlib.suppress(_LastLayerSeen):
-            model(inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True,
+        with adapter_active(model, ADAPTER), probe(model, record), contextlib.suppress(LastLayerSeen):
+            model(inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True,
                   logits_to_keep=1)
         start = prefix_len + num_tokens
         kv = [tuple(to_one_device(list(cache.recorded(i)), device)) for i in layers]

@@ -11,7 +11,6 @@ Modes, all on the same loaded base model:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..config import MemoryConfig
 from ..model import CompressedMemoryModel
-from ..prompts import pad_token_id
+from ..reader import pad_token_id
 from .cases import EvalCase
 from .measure import PeakMemory
 from .scoring import score_answer
@@ -53,7 +52,7 @@ def run_eval(model: CompressedMemoryModel, tasks: Iterable[str], lengths: Iterab
         raise ValueError(f"Unknown modes {unknown}; the modes are {list(MODES)}.")
     memagent = memagent or MemoryConfig.memagent()
     runners = _mode_runners(model, modes, max_new_tokens, memagent)
-    warm_up_length = 2 * max(model.memory_config.chunk_size, memagent.chunk_size)
+    warm_up_length = 2 * max(model.memory_config.chunking.size, memagent.chunking.size)
     warm_up = make_cases("niah_single", model.tokenizer, warm_up_length, 1, seed=-1, haystack=_WARM_UP_TEXT)[0]
     for mode in modes:
         runners[mode](warm_up)
@@ -82,11 +81,10 @@ def run_eval(model: CompressedMemoryModel, tasks: Iterable[str], lengths: Iterab
 def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens: int,
                   memagent: MemoryConfig) -> dict:
     config = model.memory_config
-    oracle = dataclasses.replace(config, gate=None, gate_top_k=None, gate_threshold=None, recall=False)
     wrappers = {
         "default": model.with_config(config, show_progress=False),
         "memagent": model.with_config(memagent, show_progress=False),
-        "oracle": model.with_config(oracle, show_progress=False),
+        "oracle": model.with_config(config.ungated(), show_progress=False),
     }
     return {
         "default": lambda case: _run_memory(wrappers["default"], case, max_new_tokens, oracle=False),
@@ -104,7 +102,7 @@ def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: in
         compress_seconds = time.perf_counter() - start
         evidence = bank.blocks_overlapping(list(case.evidence))
         readable = bank.subset(evidence) if oracle else bank
-        out = model.generate(prompt, memory=readable, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(prompt, bank=readable, max_new_tokens=max_new_tokens, do_sample=False,
                              return_dict_in_generate=True)
         seconds = time.perf_counter() - start
     trace = out.trace[0]

@@ -59,3 +59,16 @@ def _data_file(given: str | Path | None, name: str, option: str) -> Path:
     if folder is None or not (folder / name).is_file():
         raise FileNotFoundError(f"No {name} found (looked in $COMPRESSMEM_DATA and ../shared/data); pass {option}.")
     return folder / name
+
+
+def parse_token_counts(text: str) -> list[int]:
+    """'8k,16k,1.75m' -> [8192, 16384, 1835008]: k and m are binary multiples, as context lengths are."""
+    counts = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        scale = {"k": 2**10, "m": 2**20}.get(item[-1:], 1)
+        try:
+            counts.append(int(float(item[:-1] if scale > 1 else item) * scale))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a token count like 8k, 32768 or 1.75m") from None
+    return counts

@@ -1,4 +1,4 @@
-"""The training-free attention gate: which memory blocks does the current (question + memory) attend to?"""
+"""The training-free attention gate: which memory blocks does the current (question + notes) attend to?"""
 
 from __future__ import annotations
 
@@ -8,16 +8,34 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import BankMismatchError, MemoryBank
+from ..config import DEFAULT_SHARPNESS
+from ..hf.placement import to_one_device
+from ..hf.probe import probe
+from ..hf.rope import Rotary
 from ..kernels import gate_scores
-from ..placement import to_one_device
-from ..probe import probe
-from ..rope import find_rotary_embedding, unrotate
+
+INDEX_VERSION = 1
 
 
-def default_gate_layers(num_layers: int) -> tuple[int, ...]:
-    """The layers from half to three quarters of the depth, where retrieval-like heads live."""
+def default_gate_layers(num_layers: int, layer_types: list[str] | None = None) -> tuple[int, ...]:
+    """The layers from half to three quarters of the depth, where retrieval-like heads live.
+
+    With `layer_types` (models that mix sliding-window and full attention, such as Gemma-3), only
+    full-attention layers: a sliding layer never sees a block beyond its window, so its keys say
+    nothing about relevance at a distance. The full layer nearest that range is taken when none
+    lies in it.
+    """
     first = num_layers // 2
-    return tuple(range(first, max(first + 1, (3 * num_layers) // 4)))
+    middle = tuple(range(first, max(first + 1, (3 * num_layers) // 4)))
+    if not layer_types:
+        return middle
+    full = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]
+    if not full:
+        raise ValueError("This model has no full-attention layer (every layer has a sliding window), so the "
+                         "attention gate cannot score blocks by their keys; use the lexical gate.")
+    inside = tuple(i for i in full if i in middle)
+    centre = (first + middle[-1]) / 2
+    return inside or (min(full, key=lambda i: (abs(i - centre), -i)),)  # a tie goes to the deeper layer
 
 
 @dataclass
@@ -26,26 +44,38 @@ class GateIndex:
 
     keys: torch.Tensor  # [gate layers, kv_heads, total entries, d]
     offsets: torch.Tensor  # [blocks + 1] int64, on the keys' device
-    rotary: torch.nn.Module | None  # the model's RoPE module, found once here rather than at every step
+    rotary: Rotary | None  # the model's RoPE, found once here rather than at every step
 
     @classmethod
     def build(cls, bank: MemoryBank, layers: tuple[int, ...], model: PreTrainedModel) -> "GateIndex":
+        """The index kept with `bank` for these layers (moved to the model's device once per process), or
+        built now from the blocks and kept with the bank."""
         missing = sorted(set(layers) - set(bank.layers))
-        if missing or not bank.blocks or bank.blocks[0].keys is None:
+        if missing or not len(bank) or bank.infos[0].num_entries == 0:
             raise BankMismatchError(
                 f"The gate reads layers {list(layers)} but the bank holds keys for {list(bank.layers)} only; "
-                "rebuild the bank with this MemoryConfig."
-            )
+                "rebuild the bank with this configuration's compress().")
+        rotary = Rotary.of(model)
+        name = "keys-" + "-".join(map(str, layers))
+        metadata = {"version": INDEX_VERSION, "blocks": len(bank), "layers": list(layers)}
+        kept = bank.derived(name)
+        if kept is not None and kept[1] == metadata:
+            keys, offsets = kept[0]["keys"], kept[0]["offsets"]
+            if keys.device != model.device:
+                keys, offsets = keys.to(model.device), offsets.to(model.device)
+                bank.keep_derived(name, {"keys": keys, "offsets": offsets}, metadata, persist=False)
+            return cls(keys, offsets, rotary)
         rows = [bank.layers.index(i) for i in layers]
-        rotary = find_rotary_embedding(model)
         keys = []
         for block in bank.blocks:
             block_keys = block.keys[rows].to(model.device)
             if rotary is not None:
-                block_keys = unrotate(block_keys, block.positions[rows].long(), rotary)
+                block_keys = rotary.unrotate_layers(block_keys, block.positions[rows].long(), layers, dim=0)
             keys.append(block_keys)
-        sizes = torch.tensor([0] + [block.num_entries for block in bank.blocks])
-        return cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0).to(model.device), rotary=rotary)
+        sizes = torch.tensor([0] + [info.num_entries for info in bank.infos])
+        index = cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0).to(model.device), rotary=rotary)
+        bank.keep_derived(name, {"keys": index.keys, "offsets": index.offsets}, metadata)
+        return index
 
 
 class AttentionGate:
@@ -58,7 +88,8 @@ class AttentionGate:
     scores sum to 1.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...], sharpness: float = 8.0) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...],
+                 sharpness: float = DEFAULT_SHARPNESS) -> None:
         self.tokenizer = tokenizer
         self.layers = layers
         self.sharpness = sharpness
@@ -94,7 +125,7 @@ class AttentionGate:
         return torch.stack(rows)
 
     def _queries(self, model: PreTrainedModel, prompts: list[torch.Tensor],
-                 rotary: torch.nn.Module | None) -> torch.Tensor:
+                 rotary: Rotary | None) -> torch.Tensor:
         """Queries at the gate layers rotated back to position 0, `[rows, layers, heads, q, d]`."""
         width = max(p.numel() for p in prompts)
         ids = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -117,4 +148,4 @@ class AttentionGate:
         if rotary is None:
             return queries
         query_positions = positions.view(len(prompts), 1, 1, width).expand(*queries.shape[:-1])
-        return unrotate(queries, query_positions, rotary)
+        return rotary.unrotate_layers(queries, query_positions, self.layers, dim=1)

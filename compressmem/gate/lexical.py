@@ -2,8 +2,9 @@
 
 It needs no KV at all (a bank of token ids suffices) and finds rare names, keys and numbers that a
 small model's attention over compressed keys misses; see the README's gate measurements. The index
-is inverted and packed (4-byte block ids and counts per posting), so a bank of millions of tokens
-indexes in tens of megabytes and a query touches only the postings of its own words.
+is inverted and packed in flat tensors (for every word, the blocks that hold it and how often), built
+once per bank and kept with it (beside a bank folder's shards), so a question touches only the
+postings of its own words and a bank of millions of tokens is never re-read to answer one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ..bank import MemoryBank
 
 _WORD = re.compile(r"\w+")
 _K1, _B = 1.2, 0.75
+INDEX_NAME = "lexical"
+INDEX_VERSION = 1
 
 
 def words(text: str) -> list[str]:
@@ -29,30 +32,56 @@ def words(text: str) -> list[str]:
 
 @dataclass
 class LexicalIndex:
-    """For every word, the blocks that hold it and how often; and every block's length in words."""
+    """For every word, the blocks that hold it and how often (`postings` slices `offsets[t]:offsets[t+1]`), and
+    every block's length in words."""
 
     vocabulary: dict[str, int]
-    posting_blocks: list[array]
-    posting_counts: list[array]
-    lengths: torch.Tensor  # [blocks], float
+    offsets: torch.Tensor  # [words + 1] int64
+    blocks: torch.Tensor  # [postings] int32
+    counts: torch.Tensor  # [postings] int32
+    lengths: torch.Tensor  # [blocks] float32
 
     @classmethod
     def build(cls, bank: MemoryBank, tokenizer: PreTrainedTokenizerBase) -> "LexicalIndex":
         vocabulary: dict[str, int] = {}
-        blocks: list[array] = []
+        holders: list[array] = []
         counts: list[array] = []
         lengths = []
-        for index, block in enumerate(bank.blocks):
-            block_words = Counter(words(tokenizer.decode(block.token_ids, skip_special_tokens=True)))
+        for index in range(len(bank)):
+            block_words = Counter(words(tokenizer.decode(bank.token_ids(index), skip_special_tokens=True)))
             lengths.append(sum(block_words.values()))
             for word, count in block_words.items():
                 term = vocabulary.setdefault(word, len(vocabulary))
-                if term == len(blocks):
-                    blocks.append(array("i"))
+                if term == len(holders):
+                    holders.append(array("i"))
                     counts.append(array("i"))
-                blocks[term].append(index)
+                holders[term].append(index)
                 counts[term].append(count)
-        return cls(vocabulary, blocks, counts, torch.tensor(lengths, dtype=torch.float32))
+        sizes = torch.tensor([0] + [len(h) for h in holders], dtype=torch.int64)
+        return cls(vocabulary, sizes.cumsum(0), _flat(holders), _flat(counts),
+                   torch.tensor(lengths, dtype=torch.float32))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The index as tensors, to keep with the bank (the vocabulary as newline-joined UTF-8)."""
+        text = "\n".join(self.vocabulary).encode("utf-8")
+        return {"vocabulary": torch.frombuffer(bytearray(text), dtype=torch.uint8) if text
+                else torch.zeros(0, dtype=torch.uint8),
+                "offsets": self.offsets, "blocks": self.blocks, "counts": self.counts, "lengths": self.lengths}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "LexicalIndex":
+        text = bytes(tensors["vocabulary"].numpy()).decode("utf-8")
+        terms = text.split("\n") if text else []
+        return cls({word: i for i, word in enumerate(terms)}, tensors["offsets"], tensors["blocks"],
+                   tensors["counts"], tensors["lengths"])
+
+
+def _flat(parts: list[array]) -> torch.Tensor:
+    """The int32 arrays `parts`, one after the other, as one tensor."""
+    joined = array("i")
+    for part in parts:
+        joined.extend(part)
+    return torch.frombuffer(joined, dtype=torch.int32).clone() if len(joined) else torch.zeros(0, dtype=torch.int32)
 
 
 class LexicalGate:
@@ -61,10 +90,16 @@ class LexicalGate:
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
 
-    def index(self, bank: MemoryBank, model: PreTrainedModel) -> LexicalIndex:
-        return LexicalIndex.build(bank, self.tokenizer)
+    def index(self, bank: MemoryBank, model: PreTrainedModel | None = None) -> LexicalIndex:
+        """The bank's BM25 index: the one kept with the bank, or built now and kept with it."""
+        kept = bank.derived(INDEX_NAME)
+        if kept is not None and kept[1].get("version") == INDEX_VERSION and kept[1].get("blocks") == len(bank):
+            return LexicalIndex.from_tensors(kept[0])
+        index = LexicalIndex.build(bank, self.tokenizer)
+        bank.keep_derived(INDEX_NAME, index.tensors(), {"version": INDEX_VERSION, "blocks": len(bank)})
+        return index
 
-    def score(self, model: PreTrainedModel, prompts: list[str], index: LexicalIndex) -> torch.Tensor:
+    def score(self, model: PreTrainedModel | None, prompts: list[str], index: LexicalIndex) -> torch.Tensor:
         return torch.stack([self._score_one(prompt, index) for prompt in prompts])
 
     def _score_one(self, prompt: str, index: LexicalIndex) -> torch.Tensor:
@@ -75,8 +110,9 @@ class LexicalGate:
             term = index.vocabulary.get(word)
             if term is None:
                 continue
-            holders = torch.frombuffer(index.posting_blocks[term], dtype=torch.int32).long()
-            tf = torch.frombuffer(index.posting_counts[term], dtype=torch.int32).float()
+            start, end = int(index.offsets[term]), int(index.offsets[term + 1])
+            holders = index.blocks[start:end].long()
+            tf = index.counts[start:end].float()
             frequency = holders.numel()
             idf = math.log(1 + (blocks - frequency + 0.5) / (frequency + 0.5))
             scores.index_add_(0, holders, idf * tf * (_K1 + 1) / (tf + norm[holders]))

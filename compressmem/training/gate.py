@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ..config import CompressionConfig, GateConfig, ReadingConfig
 from ..eval.cases import EvalCase
 from ..gate import GateHead
 from ..model import CompressedMemoryModel
-from .gate_examples import GateExample, cached_examples
+from .gate_examples import GateExample, cached_examples, gate_sharpness
 
 
 @dataclass
@@ -168,22 +169,27 @@ def train_gate(model: CompressedMemoryModel, train_cases: list[EvalCase], test_c
                show_progress: bool = True) -> tuple[CompressedMemoryModel, GateTrainingReport]:
     """Train a gate head for `model`'s base and write a checkpoint to `out` that reads with it.
 
-    The checkpoint's configuration is `model`'s with `gate="head"` at the threshold of best training
-    F1 and `read_order="score"` (re-score after every update, read the best unread block over the
-    threshold), bounded by `max_steps`. Examples are cached in `out` and reused when unchanged.
+    The checkpoint's configuration is `model`'s with the head as its gate, at the threshold of best
+    training F1, and reading order "score" (re-score after every update, read the best unread block over
+    the threshold), bounded by `max_steps`; the banks keep `model`'s compression, or `select` at ratio 4
+    when it has none. Examples are cached in `out` and reused when unchanged.
     """
     config = model.memory_config
-    keyed = model.with_config(dataclasses.replace(config, gate="attention", gate_top_k=1, gate_threshold=None,
-                                                  read_order="document", gate_layers=model.gate_layers),
+    compression = config.compression or CompressionConfig("select")
+    keys = GateConfig("attention", top_k=1, layers=model.gate_layers, sharpness=gate_sharpness(config))
+    keyed = model.with_config(config.replace(compression=compression, gate=keys,
+                                             reading=dataclasses.replace(config.reading, order="document",
+                                                                         recall=False)),
                               show_progress=False)
     out.mkdir(parents=True, exist_ok=True)
     train = cached_examples(keyed, train_cases, out / "examples-train.safetensors", show_progress)
     test = cached_examples(keyed, test_cases, out / "examples-test.safetensors", show_progress)
     heads = model.model.config.get_text_config().num_attention_heads
-    head = GateHead(keyed.gate_layers, heads, config.gate_sharpness, lexical=lexical)
+    head = GateHead(keyed.gate_layers, heads, keys.sharpness, lexical=lexical)
     report = train_head(head, train, test, l2=l2)
-    reading = dataclasses.replace(config, gate="head", gate_threshold=report.head.threshold, gate_top_k=None,
-                                  read_order="score", max_steps=max_steps, gate_layers=None)
+    reading = config.replace(compression=compression,
+                             gate=GateConfig("head", top_k=None, threshold=report.head.threshold),
+                             reading=ReadingConfig(mode=config.reading.mode, order="score", max_steps=max_steps))
     trained = type(model)(model.model, model.tokenizer, reading, model.base_name, model.show_progress, head)
     trained.save_pretrained(out)
     return trained, report

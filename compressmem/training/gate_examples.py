@@ -2,8 +2,8 @@
 
 Examples come from the evaluation generators, whose cases locate their evidence (the needle, the
 assignment chain, HotpotQA's supporting sentences): a block is positive when it overlaps evidence.
-Each case gives several gate decisions, one per working-memory state: the empty memory, then the
-memory after each step of a real reasoner rollout over the evidence blocks in document order (the
+Each case gives several gate decisions, one per state of the notes: empty, then the notes after
+each step of a real reasoner rollout over the evidence blocks in document order (the
 states the gate meets mid-question, when the next hop must be found from what was read). Blocks
 already read in a state are left out of its decision, as the reasoner never re-reads them.
 
@@ -13,7 +13,6 @@ collection serves heads with and without it (`GateExample.for_head`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..config import DEFAULT_SHARPNESS, MemoryConfig
 from ..eval.cases import EvalCase
 from ..gate import AttentionGate, GateHead, HeadGate
 from ..gate.head import POOLS
@@ -32,7 +32,7 @@ logger = logging.getLogger("compressmem")
 
 @dataclass
 class GateExample:
-    """One gate decision: every block's features for one (question, working memory) state, its labels,
+    """One gate decision: every block's features for one (question, notes) state, its labels,
     and the training-free attention gate's scores for the same prompt (the baseline)."""
 
     case_id: str
@@ -60,11 +60,9 @@ def collect_examples(model: CompressedMemoryModel, cases: list[EvalCase],
     `model` must use a configuration whose banks hold its gate layers' keys (`gate="attention"`).
     """
     heads = model.model.config.get_text_config().num_attention_heads
-    gate = HeadGate(model.tokenizer, GateHead(model.gate_layers, heads, model.memory_config.gate_sharpness,
+    gate = HeadGate(model.tokenizer, GateHead(model.gate_layers, heads, gate_sharpness(model.memory_config),
                                               lexical=True))
-    reader = model.with_config(dataclasses.replace(model.memory_config, gate=None, gate_top_k=None,
-                                                   gate_threshold=None, read_order="document", recall=False),
-                               show_progress=False)
+    reader = model.with_config(model.memory_config.ungated(), show_progress=False)
     examples = []
     for case in tqdm(cases, desc="Gate examples", unit="case", disable=not show_progress):
         bank = model.compress(case.context, show_progress=False)
@@ -73,15 +71,15 @@ def collect_examples(model: CompressedMemoryModel, cases: list[EvalCase],
             logger.warning("Case %s has no evidence block; skipped.", case.case_id)
             continue
         trace = reader.reasoner.run([case.question], [bank.subset(evidence)], show_progress=False)[0]
-        memories = [""] + [step.memory for step in trace.steps]
+        states = [""] + [step.notes for step in trace.steps]
         index = gate.index(bank, model.model)
-        texts = [model.prompts.gate_text(case.question, memory) for memory in memories]
+        texts = [model.prompts.gate_text(case.question, notes) for notes in states]
         pooled = gate.attention.pooled_scores(model.model, texts, index.keys, POOLS)  # one prefill for both
         features = gate.features(model.model, texts, index, pooled).cpu()
         baseline = AttentionGate.mix(pooled[:, :, POOLS.index("mean")]).cpu()
         labels = torch.zeros(len(bank), dtype=torch.bool)
         labels[evidence] = True
-        for step in range(len(memories)):
+        for step in range(len(states)):
             unread = torch.ones(len(bank), dtype=torch.bool)
             unread[evidence[:step]] = False
             examples.append(GateExample(case.case_id, case.task, step, features[step], labels, unread, baseline[step]))
@@ -104,10 +102,15 @@ def cached_examples(model: CompressedMemoryModel, cases: list[EvalCase], path: P
 
 def _cache_key(model: CompressedMemoryModel, cases: list[EvalCase]) -> str:
     config = model.memory_config
-    return json.dumps({"base": model.fingerprint.digest, "chunk_size": config.chunk_size, "ratio": config.ratio,
-                       "compressor": config.compressor, "score": config.score, "layers": list(model.gate_layers),
-                       "sharpness": config.gate_sharpness, "gate_template": config.gate_template,
-                       "update_template": config.resolved_update_template, "cases": [c.case_id for c in cases]})
+    return json.dumps({"bank": model.builder.provenance().to_dict(), "layers": list(model.gate_layers),
+                       "sharpness": gate_sharpness(config), "gate_template": config.prompts.gate_template,
+                       "update_template": model.prompts.update_template, "cases": [c.case_id for c in cases]})
+
+
+def gate_sharpness(config: MemoryConfig) -> float:
+    """The attention gate's sharpness in `config`, or the default one for configurations of other gates."""
+    gate = config.gate
+    return gate.sharpness if gate is not None and gate.kind == "attention" else DEFAULT_SHARPNESS
 
 
 def _save(examples: list[GateExample], path: Path, key: str) -> None:

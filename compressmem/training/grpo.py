@@ -26,18 +26,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.utils.checkpoint
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
 
-from ..adapters import ReasonerAdapter, active_adapter, adapter_active, keep_quantized_differentiable
 from ..bank import MemoryBank
 from ..compressors import LearnedCompressor
 from ..eval.scoring import score_answer
-from ..kv_cache import PrefixCache
+from ..hf.adapters import ReasonerAdapter, keep_quantized_differentiable
+from ..hf.checkpointing import activation_checkpointing
 from ..model import CompressedMemoryModel
-from ..prompts import pad_token_id
-from ..reasoner import cut_at_eos
+from ..reader import StepInput, cut_at_eos, pad_token_id, step_input, step_logprobs
 from .grpo_loss import clipped_policy_loss, group_advantages
 from .state import peak_memory_mib, read_log, resume_trainer_state, save_trainer_state, write_log
 
@@ -147,13 +144,15 @@ class GRPOConfig:
 
 @dataclass
 class Conversation:
-    """One text a rollout generated: a memory update (reading `block` of `bank`) or, without a block, the answer."""
+    """One text a rollout generated: a read of `block` of `bank` or, without a block, the answer; with the
+    exact prompt the model read, the tokens it sampled and their log-probabilities when sampled."""
 
     rollout: int
     prompt_ids: torch.Tensor
     output_ids: torch.Tensor
     bank: MemoryBank | None = None
     block: int | None = None
+    sampled_logprobs: torch.Tensor | None = None
 
 
 @dataclass
@@ -168,27 +167,31 @@ class RolloutGroup:
 
 def sample_group(model: CompressedMemoryModel, example: GRPOExample, config: GRPOConfig,
                  reward: RewardFunction) -> RolloutGroup:
-    """Run `group_size` sampled rollouts of the whole loop for one question (no gradients)."""
+    """Run `group_size` sampled rollouts of the whole loop for one question (no gradients); every
+    conversation keeps the inputs the traces recorded, so the loss scores exactly what was sampled."""
     size = config.group_size
     bank = model.compress(example.context, show_progress=False)
     prompt = model.prompt_ids(example.question)
     question = model.prompts.find_question(prompt[0])
     sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p)
     out = model.answer_from_banks(prompt.expand(size, -1).to(model.model.device), [question] * size, [bank] * size,
-                                  dict(max_new_tokens=config.max_new_tokens, return_dict_in_generate=True, **sampling),
-                                  update_sampling=sampling)
+                                  dict(max_new_tokens=config.max_new_tokens, return_dict_in_generate=True,
+                                       output_logits=True, **sampling),
+                                  notes_kwargs=sampling, logprobs=True)
     eos = model.model.generation_config.eos_token_id or model.tokenizer.eos_token_id
-    answers = [cut_at_eos(row, eos) for row in out.sequences[:, prompt.shape[1]:].cpu()]
+    generated = out.sequences[:, prompt.shape[1]:].cpu()
+    answers = [cut_at_eos(row, eos) for row in generated]
+    answer_logprobs = torch.stack(out.logits, dim=1).float().cpu().log_softmax(-1)
+    answer_logprobs = answer_logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
     predictions = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
     rewards = torch.tensor([float(reward(p, example.answers)) for p in predictions])
     conversations = []
     for rollout, (trace, answer) in enumerate(zip(out.trace, answers)):
-        memory = ""
         for step in trace.steps:
-            conversations.append(Conversation(rollout, model.prompts.update_ids(question.text, memory),
-                                              torch.tensor(step.output_ids, dtype=torch.long), bank, step.block))
-            memory = step.memory
-        conversations.append(Conversation(rollout, model.prompts.answer_ids(question, memory), answer))
+            conversations.append(Conversation(rollout, torch.tensor(step.prompt_ids), torch.tensor(step.output_ids),
+                                              bank, step.block, torch.tensor(step.output_logprobs)))
+        conversations.append(Conversation(rollout, torch.tensor(trace.answer_prompt_ids), answer,
+                                          sampled_logprobs=answer_logprobs[rollout, :answer.numel()]))
     return RolloutGroup(example, predictions, rewards, conversations)
 
 
@@ -197,50 +200,20 @@ def conversation_logprobs(model: CompressedMemoryModel, conversations: list[Conv
     """Log-probabilities `[rows, tokens]` of each conversation's generated tokens under the current policy,
     and the mask of real tokens; all conversations must read the same block (or all be answers).
 
+    Each read is fed through the reader's own `step_input` and `step_logprobs`, as it was when sampled.
     The block is recomputed by the learned compressor with gradients when `recompute_block`, else read
     from the bank as it was made.
     """
-    base = model.model
-    device = base.device
-    sequences = [torch.cat([c.prompt_ids, c.output_ids]) for c in conversations]
-    width = max(s.numel() for s in sequences)
-    ids = torch.full((len(sequences), width), pad_token_id(model.tokenizer), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, :sequence.numel()] = sequence  # right padding: causal attention keeps it out of real tokens
-    ids = ids.to(device)
     first = conversations[0]
-    cache, start = None, 0
-    if first.block is not None:
-        cache, start = _block_cache(model, first.bank, first.block, len(conversations), recompute_block)
-    positions = torch.arange(start, start + width - 1, device=device).expand(len(sequences), -1)
-    with model.reasoner.active():
-        logits = base(input_ids=ids[:, :-1], position_ids=positions, past_key_values=cache, use_cache=cache is not None,
-                      ).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    mask = torch.zeros_like(logprobs, dtype=torch.bool)
-    for row, c in enumerate(conversations):
-        mask[row, c.prompt_ids.numel() - 1:c.prompt_ids.numel() - 1 + c.output_ids.numel()] = True
-    return logprobs, mask
-
-
-def _block_cache(model: CompressedMemoryModel, bank: MemoryBank, index: int, rows: int,
-                 recompute: bool) -> tuple[PrefixCache, int]:
-    """The section prefix plus block `index` as a read-only KV prefix for `rows` rows, and the position
-    of the first token after it."""
-    base = model.model
-    block = bank.blocks[index]
-    place = dict(device=base.device, dtype=base.dtype)
-    if recompute:
-        layers = tuple(range(base.config.get_text_config().num_hidden_layers))
-        made = model.compressor.forward_blocks(base, bank.prefix_ids, block.token_ids[None], layers, keep_values=True)
-        keys = torch.cat([made.prefix_keys, made.keys[0]], dim=2)
-        values = torch.cat([made.prefix_values, made.values[0]], dim=2)
+    if first.block is None:
+        inputs = [StepInput(None, None, c.prompt_ids, 0) for c in conversations]
     else:
-        keys = torch.cat([bank.prefix_keys.to(**place), block.keys.to(**place)], dim=2)
-        values = torch.cat([bank.prefix_values.to(**place), block.values.to(**place)], dim=2)
-    layers_kv = [(keys[i][None].expand(rows, -1, -1, -1), values[i][None].expand(rows, -1, -1, -1))
-                 for i in range(keys.shape[0])]
-    return PrefixCache(layers_kv), bank.prefix_ids.numel() + block.num_tokens
+        made = model.builder.forward(first.bank.token_ids(first.block)[None]) if recompute_block else None
+        place = {"device": model.model.device, "dtype": model.model.dtype}
+        inputs = [step_input(first.bank, first.block, c.prompt_ids, "compressed", made, **place)
+                  for c in conversations]
+    with model.reasoner.active():
+        return step_logprobs(model.model, inputs, [c.output_ids for c in conversations], pad_token_id(model.tokenizer))
 
 
 def micro_batches(conversations: list[Conversation], size: int) -> list[list[Conversation]]:
@@ -271,12 +244,11 @@ class GRPOTrainer:
 
         if not examples:
             raise ValueError("GRPO needs at least one example.")
-        if model.memory_config.read != "compressed":
+        if model.memory_config.reading.mode != "compressed":
             raise ValueError("GRPO trains the reasoner reading compressed blocks; use a configuration with "
-                             "read='compressed'.")
+                             "ReadingConfig(mode='compressed').")
         self.config = config or GRPOConfig()
         self.accelerator = Accelerator()
-        model.model.to(self.accelerator.device)
         self.model = model.with_config(model.memory_config, show_progress=False)
         self.examples = list(examples)
         self.out = Path(out)
@@ -288,25 +260,49 @@ class GRPOTrainer:
         self.optimizer = torch.optim.AdamW(self.weights, lr=self.config.learning_rate)
 
     def _trainable_weights(self) -> list[torch.nn.Parameter]:
-        """The reasoner adapter's weights, and the compressor's when it learns; the base model frozen (and,
-        when it is 4-bit, kept differentiable: `keep_quantized_differentiable`)."""
-        base = self.model.model
+        """The reasoner adapter's weights, and the compressor's when it learns."""
         if self.model.reasoner_adapter is None and not self.learns_compressor:
             raise ValueError("Nothing to train: the model has no reasoner adapter and no learned compressor; "
-                             "add one with `with_reasoner_adapter()` or use compressor='learned'.")
+                             "add one with `with_reasoner_adapter()` or use compression method 'learned'.")
+        weights = []
+        if self.learns_compressor:
+            weights += self.model.compressor.weights(self.model.model)
+        if self.model.reasoner_adapter is not None:
+            weights += self.model.reasoner_adapter.weights(self.model.model)
+        return weights
+
+    @contextlib.contextmanager
+    def _training(self) -> Iterator[None]:
+        """The user's model set up for training (on the accelerator's device, the base frozen and, when it is
+        4-bit, kept differentiable: `keep_quantized_differentiable`; only the trained weights learn), and put
+        back as it was afterwards: device, which weights learn, train or eval mode."""
+        base = self.model.model
+        device = base.device
+        learning = {name: weight.requires_grad for name, weight in base.named_parameters()}
+        embeddings = self.model.compressor.memory_embeddings if self.learns_compressor else None
+        embeddings_learning = embeddings is not None and embeddings.requires_grad
+        was_training = base.training
+        if device != self.accelerator.device:
+            base.to(self.accelerator.device)
+        if embeddings is not None:
+            embeddings.data = embeddings.data.to(base.device)
         keep_quantized_differentiable(base)
         for weight in base.parameters():
             weight.requires_grad_(False)
-        weights = []
-        if self.learns_compressor:
-            compressor = self.model.compressor
-            compressor.memory_embeddings.data = compressor.memory_embeddings.data.to(base.device)
-            weights += compressor.weights(base)
-        if self.model.reasoner_adapter is not None:
-            weights += self.model.reasoner_adapter.weights(base)
-        for weight in weights:
+        for weight in self.weights:
             weight.requires_grad_(True)
-        return weights
+        try:
+            yield
+        finally:
+            for name, weight in base.named_parameters():
+                weight.requires_grad_(learning.get(name, False))
+            if embeddings is not None:
+                embeddings.requires_grad_(embeddings_learning)
+            base.train(was_training)
+            if base.device != device:
+                base.to(device)
+                if embeddings is not None:
+                    embeddings.data = embeddings.data.to(device)
 
     def train(self) -> list[dict]:
         """Run to `config.steps` optimisation steps; returns the log (one entry a step)."""
@@ -316,7 +312,7 @@ class GRPOTrainer:
         log = read_log(self.out / LOG_FILE, step)
         bar = tqdm(total=config.steps, initial=step, desc="GRPO", unit="step",
                    disable=not self.show_progress or not self.accelerator.is_main_process)
-        with bar:
+        with bar, self._training():
             while step < config.steps:
                 entry = self.step(step)
                 step += 1
@@ -406,47 +402,6 @@ class GRPOTrainer:
         self.model.save_pretrained(self.out)
         save_trainer_state(self.optimizer, step, self.out, asdict(self.config))
         write_log(log, self.out / LOG_FILE, "reward", "mean reward of the step's rollouts")
-
-
-@contextlib.contextmanager
-def activation_checkpointing(base: PreTrainedModel, enabled: bool) -> Iterator[None]:
-    """Train mode for the body, recomputing each decoder layer's activations in the backward pass when `enabled`.
-
-    Two things make recomputation faithful here. Each layer is recomputed under the adapter that was
-    on when it first ran (the compressor's or the reasoner's), not whatever is on during backward.
-    And the layers keep their cache: transformers drops it under checkpointing because a growing
-    cache would see its keys twice, but `PrefixCache` and `RecordingCache` never grow.
-    """
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)] if enabled else []
-    saved = [(m.gradient_checkpointing, getattr(m, "_gradient_checkpointing_func", None),
-              m._can_checkpoint_with_cache) for m in layers]
-    for layer in layers:
-        layer.gradient_checkpointing = True
-        layer._gradient_checkpointing_func = _checkpoint_under_adapter(base)
-        layer._can_checkpoint_with_cache = True
-    base.train()
-    try:
-        yield
-    finally:
-        base.eval()
-        for layer, (flag, function, keeps_cache) in zip(layers, saved):
-            layer.gradient_checkpointing, layer._gradient_checkpointing_func = flag, function
-            layer._can_checkpoint_with_cache = keeps_cache
-
-
-def _checkpoint_under_adapter(base: PreTrainedModel) -> Callable:
-    def checkpoint(function: Callable, *args, **kwargs):
-        adapter = active_adapter(base)
-
-        def run(*inputs, **named):
-            with adapter_active(base, adapter):
-                return function(*inputs, **named)
-
-        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
-
-    return checkpoint
 
 
 @contextlib.contextmanager

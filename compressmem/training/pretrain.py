@@ -11,19 +11,22 @@ state, no pickle), so a run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import keep_quantized_differentiable
 from ..compressors import LearnedCompressor
-from ..kv_cache import PrefixCache
+from ..config import CompressionConfig, MemoryConfig
+from ..hf.adapters import keep_quantized_differentiable
 from ..model import CompressedMemoryModel
+from ..reader import StepInput, pad_token_id, step_logprobs
 from .state import TRAINER_STATE, peak_memory_mib, read_log, resume_trainer_state, save_trainer_state, write_log
 
 LOG_FILE = "pretrain_log.jsonl"
@@ -45,32 +48,30 @@ class PretrainConfig:
 def reconstruction_loss(model: CompressedMemoryModel, chunk_ids: torch.Tensor,
                         continuation_ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the frozen base model rebuilding `chunk_ids` `[B, n]` and continuing with
-    `continuation_ids` `[B, t]` from the chunks' blocks alone."""
-    compressor = model.compressor
-    if not isinstance(compressor, LearnedCompressor):
-        raise TypeError("reconstruction_loss trains a learned compressor; build the model with compressor='learned'.")
-    base = model.model
-    layers = tuple(range(base.config.get_text_config().num_hidden_layers))
-    prefix = model.prompts.section_prefix_ids()
-    blocks = compressor.forward_blocks(base, prefix, chunk_ids, layers, keep_values=True)
-    batch = chunk_ids.shape[0]
-    keys = torch.cat([blocks.prefix_keys.expand(batch, -1, -1, -1, -1), blocks.keys], dim=3)
-    values = torch.cat([blocks.prefix_values.expand(batch, -1, -1, -1, -1), blocks.values], dim=3)
-    cache = PrefixCache([(keys[:, i], values[:, i]) for i in range(len(layers))])
-    targets = torch.cat([chunk_ids, continuation_ids], dim=1).to(base.device)
-    start = prefix.numel() + chunk_ids.shape[1]
-    positions = torch.arange(start, start + targets.shape[1] - 1, device=base.device).expand(batch, -1)
-    logits = base(input_ids=targets[:, :-1], past_key_values=cache, position_ids=positions, use_cache=True).logits
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten())
+    `continuation_ids` `[B, t]` from the chunks' blocks alone, each read as the reasoner reads a block
+    (`reader.step_input`, `step_logprobs`) with the block recomputed with gradients."""
+    if not isinstance(model.compressor, LearnedCompressor):
+        raise TypeError("reconstruction_loss trains a learned compressor; build the model with compression method "
+                        "'learned'.")
+    blocks = model.builder.forward(chunk_ids)
+    targets = torch.cat([chunk_ids, continuation_ids], dim=1)
+    first = model.prompts.section_prefix_ids().numel() + chunk_ids.shape[1]
+    inputs = []
+    for row in range(chunk_ids.shape[0]):
+        keys = torch.cat([blocks.prefix_keys, blocks.keys[row]], dim=2)
+        values = torch.cat([blocks.prefix_values, blocks.values[row]], dim=2)
+        inputs.append(StepInput(keys, values, targets[row, :1], first))
+    scores, mask = step_logprobs(model.model, inputs, list(targets[:, 1:]), pad_token_id(model.tokenizer))
+    return -scores[mask].mean()
 
 
 def training_pairs(model: CompressedMemoryModel, texts: list[str], continuation_tokens: int) -> torch.Tensor:
     """Every (chunk, continuation) window of the texts, `[pairs, chunk_size + continuation_tokens]` ids."""
-    width = model.memory_config.chunk_size + continuation_tokens
+    width = model.memory_config.chunking.size + continuation_tokens
     windows = []
     for text in texts:
         ids = torch.tensor(model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-        stride = model.memory_config.chunk_size
+        stride = model.memory_config.chunking.size
         windows += [ids[i:i + width] for i in range(0, ids.numel() - width + 1, stride)]
     if not windows:
         raise ValueError(f"The texts hold no window of {width} tokens (chunk_size + continuation_tokens); give "
@@ -85,12 +86,14 @@ def pretrain(model: CompressedMemoryModel, texts: list[str], out: str | Path, co
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pairs = training_pairs(model, texts, config.continuation_tokens)
+    learning = {id(w): w.requires_grad for w in [*model.model.parameters(), model.compressor.memory_embeddings]}
     weights = trainable_weights(model)
     optimizer = torch.optim.AdamW(weights, lr=config.learning_rate)
     step = resume_trainer_state(optimizer, out)
-    chunk = model.memory_config.chunk_size
+    chunk = model.memory_config.chunking.size
     log = read_log(out / LOG_FILE, step)
-    with tqdm(total=config.steps, initial=step, desc="Pre-training", unit="step", disable=not show_progress) as bar:
+    bar = tqdm(total=config.steps, initial=step, desc="Pre-training", unit="step", disable=not show_progress)
+    with bar, _restored(model, learning):
         while step < config.steps:
             order = random.Random(f"{config.seed}:{step}")
             batch = pairs[[order.randrange(len(pairs)) for _ in range(config.batch_size)]]
@@ -115,7 +118,8 @@ def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
     when it is 4-bit, kept differentiable: `keep_quantized_differentiable`)."""
     compressor = model.compressor
     if not isinstance(compressor, LearnedCompressor):
-        raise TypeError("pretrain trains a learned compressor; build the model with compressor='learned'.")
+        raise TypeError("pretrain trains a learned compressor; build the model with compression method 'learned' "
+                        "(start_or_resume does).")
     keep_quantized_differentiable(model.model)
     for weight in model.model.parameters():
         weight.requires_grad_(False)
@@ -125,6 +129,16 @@ def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
     return weights
 
 
+@contextlib.contextmanager
+def _restored(model: CompressedMemoryModel, learning: dict[int, bool]) -> Iterator[None]:
+    """Put back which of the model's weights learn, as `learning` recorded them, when the body ends."""
+    try:
+        yield
+    finally:
+        for weight in [*model.model.parameters(), model.compressor.memory_embeddings]:
+            weight.requires_grad_(learning.get(id(weight), False))
+
+
 def _save(model: CompressedMemoryModel, optimizer: torch.optim.Optimizer, step: int, out: Path, log: list[dict],
           config: PretrainConfig) -> None:
     model.save_pretrained(out)
@@ -132,15 +146,20 @@ def _save(model: CompressedMemoryModel, optimizer: torch.optim.Optimizer, step: 
     write_log(log, out / LOG_FILE, "loss", "reconstruction + continuation loss")
 
 
-def start_or_resume(model: CompressedMemoryModel, out: str | Path, rank: int = 8,
-                    seed: int = 0) -> CompressedMemoryModel:
+def start_or_resume(model: CompressedMemoryModel, out: str | Path, rank: int = 8, seed: int = 0,
+                    ratio: float | None = None, config: MemoryConfig | None = None) -> CompressedMemoryModel:
     """`model`'s base with the learned compressor of the run in `out`, or a fresh one (LoRA rank `rank`)
-    when `out` holds no run yet. The configuration is `model`'s, with `compressor="learned"` and
-    `read="compressed"`."""
-    config = dataclasses.replace(model.memory_config, compressor="learned", read="compressed")
+    when `out` holds no run yet. The configuration is `config` (default: `model`'s), compressing with
+    method 'learned' at `ratio` (default: the configuration's ratio, else 4) and reading compressed blocks."""
+    current = config or model.memory_config
+    if ratio is None:
+        ratio = current.compression.ratio if current.compression is not None else None
+    config = current.replace(compression=CompressionConfig("learned", ratio),
+                             reading=dataclasses.replace(current.reading, mode="compressed"))
     if (Path(out) / TRAINER_STATE).is_file():
-        compressor = LearnedCompressor.load(model.model, Path(out) / "compressor", config.ratio)
+        compressor = LearnedCompressor.load(model.model, Path(out) / "compressor", config.compression.ratio)
     else:
-        compressor = LearnedCompressor.initialise(model.model, config.ratio, config.chunk_size, rank=rank, seed=seed)
+        compressor = LearnedCompressor.initialise(model.model, config.compression.ratio, config.chunking.size,
+                                                  rank=rank, seed=seed)
     return type(model)(model.model, model.tokenizer, config, model.base_name, model.show_progress,
                        model.gate_head, compressor)

@@ -1,15 +1,18 @@
-"""Named LoRA adapters inside the base model: the compressor's and the reasoner's (DESIGN §3.5).
+"""Named LoRA adapters inside the base model: the compressor's and the reasoner's (DESIGN §3.6).
 
 Both are injected with PEFT into the user's own model object and are off by default, so the
-base model's `generate()` is untouched; each is switched on only around the forward passes it
-belongs to (`adapter_active`). Saved in PEFT's layout (`adapter_config.json`,
+base model's `generate()` is untouched; each is switched on, through PEFT's public API, only around
+the forward passes it belongs to (`adapter_active`). Saved in PEFT's layout (`adapter_config.json`,
 `adapter_model.safetensors`), never with the base model's weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,9 +47,9 @@ def attach_adapter(model: PreTrainedModel, config, name: str, seed: int | None =
         if seed is not None:
             torch.manual_seed(seed)
         inject_adapter_in_model(config, model, adapter_name=name)
+    _activate(model, None)
     for key, weight in model.named_parameters():
         weight.requires_grad_(trainable.get(key, False))  # new adapter weights start frozen; trainers thaw them
-    _activate(model, None)
 
 
 def keep_quantized_differentiable(model: PreTrainedModel) -> None:
@@ -79,25 +82,36 @@ def adapter_weights(model: PreTrainedModel, name: str) -> dict[str, torch.nn.Par
 def adapter_active(model: PreTrainedModel, name: str | None) -> Iterator[None]:
     """Run the body with adapter `name` on (or, for None, every adapter off), then restore what was on.
 
-    Only which adapter runs changes; no weight's `requires_grad` is touched, so a trainer's choice of
-    what learns holds throughout.
+    Switched through PEFT's public API; the adapters' `requires_grad` is put back as it was, so a
+    trainer's choice of what learns holds throughout. Which adapter runs is state of the whole model,
+    so while one thread is inside this block another waits at its own (a model without adapters
+    waits for nothing): concurrent callers never read with each other's adapter.
     """
-    before = active_adapter(model)
-    _activate(model, name)
-    try:
+    if not _tuner_layers(model):
         yield
-    finally:
-        _activate(model, before)
+        return
+    with _lock_of(model):
+        before = active_adapter(model)
+        trainable = {adapter: any(w.requires_grad for w in adapter_weights(model, adapter).values())
+                     for adapter in _adapter_names(model)}
+        _activate(model, name)
+        try:
+            yield
+        finally:
+            _activate(model, before)
+            from peft.functional import set_requires_grad
+
+            for adapter, flag in trainable.items():
+                set_requires_grad(model, adapter, requires_grad=flag)
 
 
 def active_adapter(model: PreTrainedModel) -> str | None:
     """The adapter now switched on in `model`, or None."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layer = next((m for m in model.modules() if isinstance(m, BaseTunerLayer)), None)
-    if layer is None or layer.disable_adapters:
+    layers = _tuner_layers(model)
+    if not layers or layers[0].disable_adapters:
         return None
-    return layer.active_adapter
+    active = layers[0].active_adapters
+    return active[0] if active else None
 
 
 def save_adapter(model: PreTrainedModel, config, name: str, directory: str | Path,
@@ -133,23 +147,53 @@ def load_adapter(model: PreTrainedModel, name: str, directory: str | Path, extra
 
 
 def _activate(model: PreTrainedModel, name: str | None) -> None:
-    """Switch adapter `name` on in every adapted layer (None: all off), leaving `requires_grad` alone
-    (PEFT's own `set_adapter` and `enable_adapters` would change it)."""
+    """Switch adapter `name` on in every adapted layer (None: all off), through PEFT's public API."""
+    layers = _tuner_layers(model)
+    if name is None:
+        for layer in layers:
+            layer.enable_adapters(False)
+        return
+    from peft.functional import set_adapter
+
+    set_adapter(model, name, inference_mode=True)
+    for layer in layers:
+        if layer.disable_adapters:
+            layer.enable_adapters(True)
+
+
+def _tuner_layers(model: PreTrainedModel) -> list:
+    """The model's PEFT-adapted layers (none without PEFT imported: only PEFT injects them)."""
+    if "peft" not in sys.modules:
+        return []
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module._disable_adapters = name is None
-            if name is not None:
-                module._active_adapter = name
+    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+
+
+def _adapter_names(model: PreTrainedModel) -> set[str]:
+    return {name for layer in _tuner_layers(model) for name in layer.lora_A.keys()}
+
+
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def _lock_of(model: PreTrainedModel) -> threading.RLock:
+    """The lock that serialises adapter switching on `model` (re-entrant: a switch may nest inside another)."""
+    with _locks_guard:
+        if model not in _locks:
+            _locks[model] = threading.RLock()
+        return _locks[model]
 
 
 REASONER_ADAPTER = "compressmem_reasoner"
 
 
 class ReasonerAdapter:
-    """The reasoner's own LoRA adapter (optional): on while it reads blocks, updates its working memory
-    and answers; off for compression, the gate, and the base model's plain `generate()`."""
+    """The reasoner's own LoRA adapter (optional): on while it reads blocks, writes its notes and answers;
+    off for compression, the gate, and the base model's plain `generate()`."""
+
+    name = REASONER_ADAPTER
 
     def __init__(self, config) -> None:
         self.lora_config = config

@@ -1,4 +1,4 @@
-"""The reasoner's prompts: the section prefix, memory updates, gate queries and the final answer.
+"""The reasoner's prompts: the section prefix, notes updates, gate queries and the final answer.
 
 Everything here is text in, token ids out, built from the tokenizer's own chat template, so the
 rest of the library never sees template details.
@@ -12,7 +12,7 @@ import torch
 from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from .config import MemoryConfig
+from ..config import NotesConfig, PromptConfig
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -24,7 +24,7 @@ _SENTINELS = ("\x00Q1\x00", "\x00A1\x00", "\x00Q2\x00")
 
 @dataclass(frozen=True)
 class Question:
-    """A question found in a user's prompt, and how to rebuild that prompt around the working memory."""
+    """A question found in a user's prompt, and how to rebuild that prompt around the notes."""
 
     text: str
     before: str  # prompt text before the question (template head, earlier turns)
@@ -32,11 +32,14 @@ class Question:
 
 
 class PromptBuilder:
-    """Renders every prompt the reasoner needs for one tokenizer and one `MemoryConfig`."""
+    """Renders every prompt the reasoner needs for one tokenizer, its prompt settings and its notes' mode."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: MemoryConfig) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: PromptConfig, notes: NotesConfig,
+                 query_tokens: int = 256) -> None:
         self.tokenizer = tokenizer
-        self.config = config
+        self.config = prompts
+        self.update_template = prompts.update_for(notes)
+        self.query_tokens = query_tokens
         self.chat_head, self.chat_tail, self.user_open = _chat_markers(tokenizer)
 
     def encode(self, text: str) -> torch.Tensor:
@@ -50,18 +53,18 @@ class PromptBuilder:
             return torch.cat([torch.tensor(bos, dtype=torch.long), self.encode(self.config.section_header)])
         return self.encode(self.chat_head + self.config.section_header)
 
-    def update_ids(self, question: str, memory: str) -> torch.Tensor:
+    def update_ids(self, question: str, notes: str) -> torch.Tensor:
         """Tokens read right after a section: the question, the notes so far, and the turn's close."""
-        text = self.config.resolved_update_template.format(question=question, memory=self._memory(memory))
+        text = self.update_template.format(question=question, notes=self._notes(notes))
         return self.encode(text + (self.chat_tail or "\n\nUpdated notes:"))
 
-    def gate_text(self, question: str, memory: str) -> str:
+    def gate_text(self, question: str, notes: str) -> str:
         """What the gate matches blocks against: the question and the notes, without placeholder text."""
-        return self.config.gate_template.format(question=question, memory=memory).strip()
+        return self.config.gate_template.format(question=question, notes=notes).strip()
 
-    def answer_ids(self, question: Question, memory: str) -> torch.Tensor:
-        """The user's own prompt with its question replaced by the question plus the working memory."""
-        filled = self.config.answer_template.format(question=question.text, memory=self._memory(memory))
+    def answer_ids(self, question: Question, notes: str) -> torch.Tensor:
+        """The user's own prompt with its question replaced by the question plus the notes."""
+        filled = self.config.answer_template.format(question=question.text, notes=self._notes(notes))
         return self.encode(question.before + filled + question.after)
 
     def find_question(self, prompt_ids: torch.Tensor) -> Question:
@@ -81,7 +84,7 @@ class PromptBuilder:
         its last `query_tokens` tokens when that turn is longer; everything before is the context."""
         found = self.find_question(prompt_ids)
         content = self.encode(found.text)
-        keep = self.config.query_tokens
+        keep = self.query_tokens
         head_text = self.tokenizer.decode(self.encode(found.before), skip_special_tokens=True)
         if content.numel() <= keep:
             return head_text, Question(found.text, *self._fresh_turn())
@@ -94,8 +97,8 @@ class PromptBuilder:
             return "", ""
         return self.chat_head, self.chat_tail
 
-    def _memory(self, memory: str) -> str:
-        return memory if memory.strip() else self.config.empty_memory
+    def _notes(self, notes: str) -> str:
+        return notes if notes.strip() else self.config.empty_notes
 
 
 def _chat_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str | None, str | None, str | None]:

@@ -1,4 +1,4 @@
-"""The working memory: how one read's output becomes the next memory, always within `memory_tokens`."""
+"""The notes (the working memory): how one read's output becomes the next notes, always within `max_tokens`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 from transformers import PreTrainedTokenizerBase
 
-from .config import MemoryConfig
+from ..config import NotesConfig
 
 _WORD = re.compile(r"\w+")
 
@@ -22,19 +22,19 @@ def grounding(note: str, section: str, question: str) -> float:
     return sum(word in vocabulary for word in words) / len(words)
 
 
-def update_memory(memory: str, output: str, section: str, question: str, config: MemoryConfig,
-                  tokenizer: PreTrainedTokenizerBase) -> str:
-    """The working memory after a read whose generated text was `output`."""
-    if config.memory_update == "rewrite":
-        return _keep_tokens(output.strip(), config.memory_tokens, tokenizer, keep="head")
+def update_notes(notes: str, output: str, section: str, question: str, config: NotesConfig,
+                 tokenizer: PreTrainedTokenizerBase) -> str:
+    """The notes after a read whose generated text was `output`."""
+    if config.update == "rewrite":
+        return _keep_tokens(output.strip(), config.max_tokens, tokenizer, keep="head")
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     note = lines[0] if lines else ""
-    if not note or note.upper().startswith("NONE") or note in memory:
-        return memory
+    if not note or note.upper().startswith("NONE") or note in notes:
+        return notes
     if grounding(note, section, question) < config.min_grounding:
-        return memory
-    joined = f"{memory}\n{note}" if memory else note
-    return _keep_tokens(joined, config.memory_tokens, tokenizer, keep="tail")
+        return notes
+    joined = f"{notes}\n{note}" if notes else note
+    return _keep_tokens(joined, config.max_tokens, tokenizer, keep="tail")
 
 
 def _keep_tokens(text: str, limit: int, tokenizer: PreTrainedTokenizerBase, keep: str) -> str:

@@ -1,0 +1,11 @@
+"""Memory banks: compressed documents (`MemoryBank`), how they were built (`Provenance`), and their one format
+on disk (`storage`)."""
+
+from .bank import Blocks, BlockStore, DerivedIndex, MemoryBank, MemoryStore
+from .block import BlockInfo, MemoryBlock
+from .provenance import BankMismatchError, BankNeeds, Provenance
+from .storage import BankPart, BankWriter, Prefix, kv_layout, merge_parts, write_index
+
+__all__ = ["BankMismatchError", "BankNeeds", "BankPart", "BankWriter", "BlockInfo", "BlockStore", "Blocks",
+           "DerivedIndex", "MemoryBank", "MemoryBlock", "MemoryStore", "Prefix", "Provenance", "kv_layout",
+           "merge_parts", "write_index"]

@@ -1,0 +1,261 @@
+"""`MemoryBank`: a compressed document, computed once and reusable for any number of questions.
+
+A bank is data: the shared section prefix, how it was built (`Provenance`), and its blocks in a
+block store, in memory (`compress()`) or on disk (`compress_stream()`, `MemoryBank.load`). Its
+length, token count and size come from the blocks' infos, so asking them never loads a block;
+`bank.blocks[i]` loads one block.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .block import BlockInfo, MemoryBlock
+from .provenance import BankNeeds, Provenance
+from .storage import BankWriter, Prefix, kv_layout, read_bank, write_file, write_index
+
+DerivedIndex = tuple[dict[str, torch.Tensor], dict]
+"""A gate index kept with a bank: its tensors and its metadata."""
+
+
+class BlockStore(Protocol):
+    """Where a bank's blocks live: `infos` (known without loading), a block or its token ids by index, the
+    bytes of one KV entry, and the gate indexes kept with the bank."""
+
+    infos: list[BlockInfo]
+    entry_bytes: int
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> MemoryBlock: ...
+
+    def token_ids(self, index: int) -> torch.Tensor: ...
+
+    def derived(self, name: str) -> DerivedIndex | None: ...
+
+    def keep_derived(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict,
+                     persist: bool = True) -> None: ...
+
+    def derived_items(self) -> dict[str, DerivedIndex]: ...
+
+
+class MemoryStore:
+    """Blocks held in memory (on any device); gate indexes built for them are kept in memory too."""
+
+    def __init__(self, blocks: list[MemoryBlock]) -> None:
+        self.blocks = blocks
+        self.infos = [block.info for block in blocks]
+        with_kv = next((b for b in blocks if b.keys is not None), None)
+        self.entry_bytes = 0 if with_kv is None else (with_kv.nbytes - 4 * with_kv.num_tokens) // with_kv.num_entries
+        self._derived: dict[str, DerivedIndex] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def load(self, index: int) -> MemoryBlock:
+        return self.blocks[index]
+
+    def token_ids(self, index: int) -> torch.Tensor:
+        return self.blocks[index].token_ids
+
+    def derived(self, name: str) -> DerivedIndex | None:
+        with self._lock:
+            return self._derived.get(name)
+
+    def keep_derived(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict, persist: bool = True) -> None:
+        with self._lock:
+            self._derived[name] = (tensors, metadata)
+
+    def derived_items(self) -> dict[str, DerivedIndex]:
+        with self._lock:
+            return dict(self._derived)
+
+
+class SubsetStore:
+    """Some blocks of another store, in a given order; its gate indexes are its own."""
+
+    def __init__(self, store: BlockStore, indices: list[int]) -> None:
+        self.store = store
+        self.indices = indices
+        self.infos = [store.infos[i] for i in indices]
+        self.entry_bytes = store.entry_bytes
+        self._own = MemoryStore([])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> MemoryBlock:
+        return self.store.load(self.indices[index])
+
+    def token_ids(self, index: int) -> torch.Tensor:
+        return self.store.token_ids(self.indices[index])
+
+    def derived(self, name: str) -> DerivedIndex | None:
+        return self._own.derived(name)
+
+    def keep_derived(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict, persist: bool = True) -> None:
+        self._own.keep_derived(name, tensors, metadata)
+
+    def derived_items(self) -> dict[str, DerivedIndex]:
+        return self._own.derived_items()
+
+
+class Blocks(Sequence):
+    """A bank's blocks as a sequence: indexing loads one block (on the bank's device)."""
+
+    def __init__(self, store: BlockStore, device: torch.device | None) -> None:
+        self._store = store
+        self._device = device
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"block {index} of a {len(self)}-block bank")
+        block = self._store.load(index % len(self))
+        return block if self._device is None else block.to(self._device)
+
+    def __iter__(self) -> Iterator[MemoryBlock]:
+        return (self[i] for i in range(len(self)))
+
+
+class MemoryBank:
+    """The blocks of one context, the prefix they were compressed after, and how they were built."""
+
+    def __init__(self, store: BlockStore, prefix: Prefix, provenance: Provenance,
+                 kv: dict[str, Any] | None = None, device: torch.device | None = None) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.provenance = provenance
+        self.kv = kv  # the KV's dtype and per-entry shape, as the index records them
+        self.device = device  # where blocks land when read (None: where they are)
+
+    @classmethod
+    def from_blocks(cls, blocks: list[MemoryBlock], prefix: Prefix, provenance: Provenance) -> "MemoryBank":
+        """A bank held in memory."""
+        kv = kv_layout(blocks[0]) if blocks else None
+        return cls(MemoryStore(blocks), prefix, provenance, kv)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __repr__(self) -> str:
+        return (f"MemoryBank({len(self)} blocks, {self.num_tokens} tokens, {self.nbytes / 2**20:.1f} MiB; "
+                f"{self.provenance.describe()})")
+
+    @property
+    def blocks(self) -> Blocks:
+        return Blocks(self.store, self.device)
+
+    @property
+    def infos(self) -> list[BlockInfo]:
+        """Every block's source span and size, from the index (no block is loaded)."""
+        return self.store.infos
+
+    @property
+    def prefix_ids(self) -> torch.Tensor:
+        return self.prefix.ids
+
+    @property
+    def prefix_keys(self) -> torch.Tensor | None:
+        return self.prefix.keys
+
+    @property
+    def prefix_values(self) -> torch.Tensor | None:
+        return self.prefix.values
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.provenance.layers
+
+    @property
+    def fingerprint(self):
+        return self.provenance.fingerprint
+
+    @property
+    def has_values(self) -> bool:
+        return self.provenance.values
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of the original context held by the bank."""
+        return sum(info.num_tokens for info in self.infos)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every tensor the bank holds as saved: KV, positions, and token ids at 4 bytes each."""
+        prefix = 4 * self.prefix.ids.numel() + sum(t.numel() * t.element_size()
+                                                   for t in (self.prefix.keys, self.prefix.values) if t is not None)
+        return prefix + sum(4 * info.num_tokens + self.store.entry_bytes * info.num_entries for info in self.infos)
+
+    def token_ids(self, index: int) -> torch.Tensor:
+        """Block `index`'s raw token ids, without loading its KV."""
+        return self.store.token_ids(index)
+
+    def check(self, needs: BankNeeds) -> None:
+        """Raise `BankMismatchError`, naming both sides, unless this bank holds what a reader `needs`."""
+        self.provenance.check(needs)
+
+    def subset(self, indices: list[int]) -> "MemoryBank":
+        """A bank of only the blocks at `indices`, in that order (e.g. the evidence blocks of an oracle gate)."""
+        if any(not 0 <= i < len(self) for i in indices):
+            raise IndexError(f"block indices {indices} must lie in 0..{len(self) - 1}.")
+        return MemoryBank(SubsetStore(self.store, list(indices)), self.prefix, self.provenance, self.kv, self.device)
+
+    def blocks_overlapping(self, spans: list[tuple[int, int]], document: int = 0) -> list[int]:
+        """Indices of the blocks whose text overlaps any of the character `spans` of `document`."""
+        return [i for i, info in enumerate(self.infos) if info.overlaps(spans, document)]
+
+    def to(self, device: torch.device | str) -> "MemoryBank":
+        """The bank with its blocks delivered on `device` (e.g. "cpu" to offload a bank built on a GPU): an
+        in-memory bank moves now; a bank on disk loads each block there when it is read."""
+        device = torch.device(device)
+        prefix = Prefix(self.prefix.ids, *(None if t is None else t.to(device) for t in (self.prefix.keys,
+                                                                                         self.prefix.values)))
+        if isinstance(self.store, MemoryStore):
+            return MemoryBank(MemoryStore([block.to(device) for block in self.store.blocks]), prefix,
+                              self.provenance, self.kv)
+        return MemoryBank(self.store, prefix, self.provenance, self.kv, device)
+
+    def save(self, path: str | Path, shard_blocks: int = 256) -> None:
+        """Write the bank: one `.safetensors` file when `path` ends so, else a bank folder of shards of
+        `shard_blocks` blocks. Tensors plus JSON, never pickle; gate indexes built so far go with it."""
+        path = Path(path)
+        derived = self.store.derived_items()
+        if path.suffix == ".safetensors":
+            write_file(path, self.blocks, self.prefix, self.provenance, self.kv, derived)
+            return
+        writer = BankWriter(path, shard_blocks)
+        for block in self.blocks:
+            writer.add(block)
+        write_index(path, [writer.finish()], self.prefix, self.provenance, self.kv)
+        stored = MemoryBank.load(path).store
+        for name, (tensors, metadata) in derived.items():
+            stored.keep_derived(name, tensors, metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str | None = None) -> "MemoryBank":
+        """Open a bank saved by `save` or `compress_stream` (or by release 0.1): its blocks stay on disk and
+        are read one at a time, onto `device` when given."""
+        store, prefix, provenance, kv = read_bank(path)
+        bank = cls(store, prefix, provenance, kv)
+        return bank if device is None else bank.to(device)
+
+    def derived(self, name: str) -> DerivedIndex | None:
+        """The gate index `name` kept with this bank, or None."""
+        return self.store.derived(name)
+
+    def keep_derived(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict, persist: bool = True) -> None:
+        """Keep gate index `name` with this bank for this process and, with `persist`, beside a bank folder's
+        shards, so no later process rebuilds it."""
+        self.store.keep_derived(name, tensors, metadata, persist)
+

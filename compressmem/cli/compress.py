@@ -1,0 +1,75 @@
+"""`compressmem compress`: a long text file into a reusable bank, in one process or shared by the processes of
+`accelerate launch` (one bank either way)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .options import add_model_options, load_model, read_text
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+    from ..bank import MemoryBank
+    from ..model import CompressedMemoryModel
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("compress", help="compress a long text file into a reusable memory bank")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("-o", "--output", required=True, type=Path,
+                        help="a .safetensors file, or a folder: the text is then streamed into a bank on disk "
+                             "(flat memory, for files of any size)")
+    add_model_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """One process writes a .safetensors file from the text in memory, or streams it into a folder; several
+    stream it into the folder together, each compressing its share of the chunks."""
+    from ..chunking import text_pieces
+    from ..distributed import compress_distributed, process_state
+
+    state = process_state(cpu=args.device == "cpu")
+    to_file = args.output.suffix == ".safetensors"
+    text = read_text(args.file) if to_file and state.num_processes == 1 else None
+    if text is None:
+        read_text(args.file, limit=1 << 20)  # a missing or binary file fails before a model is loaded
+    options = {}
+    if state.num_processes > 1 and not args.device and state.device.type != "cpu":
+        options["device_map"] = str(state.device)  # one accelerator per process
+    with state.main_process_first():  # the first load may convert or download the model: once, not racing
+        model = load_model(args, **options)
+    if text is not None:
+        bank = model.compress(text)
+        bank.save(args.output)
+    elif to_file:
+        bank = _shared_to_file(model, args.file, args.output, state)
+    else:
+        bank = compress_distributed(model, text_pieces(args.file), args.output, state=state)
+    if state.is_main_process:
+        by = f" (compressed by {state.num_processes} processes)" if state.num_processes > 1 else ""
+        print(f"{args.output}: {len(bank)} blocks, {bank.num_tokens} tokens, {bank.nbytes / 2**20:.1f} MiB{by}")
+    return 0
+
+
+def _shared_to_file(model: CompressedMemoryModel, file: Path, output: Path, state: PartialState) -> MemoryBank:
+    """Several processes, one .safetensors file: they fill a temporary bank folder beside it, which the main
+    process then writes out as the file and removes."""
+    import shutil
+    import tempfile
+
+    from accelerate.utils import broadcast_object_list
+
+    from ..chunking import text_pieces
+    from ..distributed import compress_distributed
+
+    folder = [tempfile.mkdtemp(prefix=f"{output.name}.", dir=output.parent) if state.is_main_process else None]
+    broadcast_object_list(folder)
+    bank = compress_distributed(model, text_pieces(file), folder[0], state=state)
+    if state.is_main_process:
+        bank.save(output)
+        shutil.rmtree(folder[0])
+    return bank

@@ -1,0 +1,47 @@
+"""Sliding-window attention layers (Gemma-3, Mistral, ...) and what compressed reading can do with them.
+
+A sliding layer lets a token see only the last `window` positions. Raw reading re-reads a chunk with
+the model itself, so it is right for any layer. Compressed reading hands the block to the model as a
+cache prefix; within a batch of reads, rows are padded between the prefix and the prompt, and
+transformers places a sliding layer's window by the cache index, not by each row's positions, so a
+read whose span exceeds the window would be attended differently from the raw text. Compressed reading
+is therefore allowed only when a whole read (prefix, chunk, update prompt with the notes, and what it
+writes) fits in the window; otherwise it is refused with what to do.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedModel
+
+from ..config import ConfigError, MemoryConfig
+
+PROMPT_ALLOWANCE = 160  # tokens of an update prompt besides the notes: the question and the instructions
+
+
+def sliding_window(model: PreTrainedModel) -> int | None:
+    """The window of the model's sliding-window layers, or None when every layer attends to everything."""
+    text = model.config.get_text_config()
+    window = getattr(text, "sliding_window", None)
+    types = getattr(text, "layer_types", None)
+    if window is None or (types is not None and "sliding_attention" not in types):
+        return None
+    return int(window)
+
+
+def read_span(config: MemoryConfig, prefix_tokens: int = 32) -> int:
+    """An upper bound on the tokens one compressed read spans: prefix, chunk, prompt with the notes, output."""
+    return prefix_tokens + config.chunking.size + config.notes.max_tokens + config.notes.budget + PROMPT_ALLOWANCE
+
+
+def check_sliding_window(model: PreTrainedModel, config: MemoryConfig) -> None:
+    """Refuse compressed reading on a model whose sliding window is shorter than a read."""
+    window = sliding_window(model)
+    if window is None or config.reading.mode != "compressed":
+        return
+    span = read_span(config)
+    if span > window:
+        raise ConfigError(
+            f"This model's sliding-window layers see only the last {window} tokens, but a compressed read spans up to "
+            f"{span} (chunks of {config.chunking.size}, notes of up to {config.notes.max_tokens} tokens): transformers "
+            "would place the window by cache index rather than position, and the block would be read differently "
+            "from its text. Use reading mode 'raw' (the default), or chunks and notes that fit in the window.")

@@ -1,0 +1,154 @@
+"""The scan loop (DESIGN §3.4): gate the blocks, read the passed ones into the notes, in order.
+
+Rows of a batch advance together: at each step every row whose gate passed a block joins one
+batched decoding call that writes that row's notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from ..bank import MemoryBank
+from ..config import GateConfig, NotesConfig, ReadingConfig
+from ..gate import Gate
+from ..hf.adapters import ReasonerAdapter, adapter_active
+from .notes import update_notes
+from .prompts import PromptBuilder
+from .step import generate_steps, step_input
+from .trace import ReadStep, Trace
+
+
+@dataclass
+class _Row:
+    bank: MemoryBank
+    trace: Trace
+    cursor: int = 0
+    recalling: bool = False
+    done: bool = False
+
+    def next_block(self, scores: torch.Tensor | None, gate: GateConfig | None, reading: ReadingConfig) -> int | None:
+        """The next block to read, or None when this row has finished reading."""
+        read = set(self.trace.blocks_read)
+        if reading.max_steps is not None and len(read) >= reading.max_steps:
+            return None
+        if scores is None:
+            return self._advance(self.cursor) if self.cursor < len(self.bank) else None
+        passing = _passing(scores, gate)
+        if reading.order == "score":
+            return self._best_unread(scores, passing, read)
+        if not self.recalling:
+            ahead = [b for b in passing.nonzero().flatten().tolist() if b >= self.cursor and b not in read]
+            if ahead:
+                return self._advance(ahead[0])
+            self.recalling = reading.recall
+        return self._best_unread(scores, passing, read) if self.recalling else None
+
+    @staticmethod
+    def _best_unread(scores: torch.Tensor, passing: torch.Tensor, read: set[int]) -> int | None:
+        candidates = passing.nonzero().flatten()
+        order = candidates[scores[candidates].argsort(descending=True, stable=True)].tolist()
+        unread = [b for b in order if b not in read]
+        return unread[0] if unread else None
+
+    def _advance(self, block: int) -> int:
+        self.cursor = block + 1
+        return block
+
+
+class Reasoner:
+    """Reads memory banks into notes; `run()` returns one `Trace` per question."""
+
+    def __init__(self, model: PreTrainedModel, prompts: PromptBuilder, reading: ReadingConfig, notes: NotesConfig,
+                 gate: Gate | None, gate_config: GateConfig | None, adapter: ReasonerAdapter | None = None) -> None:
+        self.model = model
+        self.prompts = prompts
+        self.reading = reading
+        self.notes = notes
+        self.gate = gate
+        self.gate_config = gate_config
+        self.adapter = adapter
+
+    def active(self) -> contextlib.AbstractContextManager:
+        """The reasoner's own adapter switched on (every adapter off without one), for every pass that reads
+        or writes."""
+        return adapter_active(self.model, self.adapter.name if self.adapter is not None else None)
+
+    def run(self, questions: list[str], banks: list[MemoryBank], show_progress: bool = True,
+            generation: dict[str, Any] | None = None, logprobs: bool = False) -> list[Trace]:
+        """Read each row's bank into notes. `generation` (`do_sample`, `temperature`, `min_new_tokens`, ...)
+        replaces greedy decoding of the notes, as reinforcement-learning rollouts need; `logprobs` records
+        each written token's log-probability in the trace."""
+        rows = [_Row(bank, Trace(question, len(bank))) for question, bank in zip(questions, banks)]
+        indexes = {}
+        if self.gate is not None:
+            for bank in banks:
+                if id(bank) not in indexes:
+                    indexes[id(bank)] = self.gate.index(bank, self.model)
+        bar = tqdm(desc="Reading", unit="block", disable=not show_progress, leave=False)
+        while True:
+            pending = [row for row in rows if not row.done]
+            if not pending:
+                break
+            scores = self._score(pending, indexes)
+            reads = []
+            for row, row_scores in zip(pending, scores):
+                block = row.next_block(row_scores, self.gate_config, self.reading)
+                if block is None:
+                    row.done = True
+                    row.trace.final_gate_scores = None if row_scores is None else row_scores.tolist()
+                else:
+                    reads.append((row, block, row_scores))
+            if reads:
+                self._read(reads, generation, logprobs)
+                bar.update(len(reads))
+        bar.close()
+        return [row.trace for row in rows]
+
+    def _score(self, rows: list[_Row], indexes: dict) -> list[torch.Tensor | None]:
+        if self.gate is None:
+            return [None] * len(rows)
+        scores: list[torch.Tensor | None] = [None] * len(rows)
+        for bank_id, index in indexes.items():
+            members = [i for i, row in enumerate(rows) if id(row.bank) == bank_id]
+            if not members:
+                continue
+            prompts = [self.prompts.gate_text(rows[i].trace.question, rows[i].trace.notes) for i in members]
+            with adapter_active(self.model, None):
+                for i, row_scores in zip(members, self.gate.score(self.model, prompts, index).cpu()):
+                    scores[i] = row_scores
+        return scores
+
+    def _read(self, reads: list[tuple[_Row, int, torch.Tensor | None]], generation: dict[str, Any] | None,
+              logprobs: bool) -> None:
+        prompts = [self.prompts.update_ids(row.trace.question, row.trace.notes) for row, _, _ in reads]
+        place = {"device": self.model.device, "dtype": self.model.dtype}  # a bank may come from another dtype
+        inputs = [step_input(row.bank, block, prompt, self.reading.mode, **place)
+                  for (row, block, _), prompt in zip(reads, prompts)]
+        tokenizer = self.prompts.tokenizer
+        with self.active():
+            written = generate_steps(self.model, tokenizer, inputs, self.notes.budget, generation, logprobs)
+        for (row, block, row_scores), prompt, (ids, scored) in zip(reads, prompts, written):
+            output = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            section = tokenizer.decode(row.bank.token_ids(block), skip_special_tokens=True)
+            notes = update_notes(row.trace.notes, output, section, row.trace.question, self.notes, tokenizer)
+            row.trace.steps.append(ReadStep(
+                block=block, notes=notes, output=output, prompt_ids=prompt.tolist(), output_ids=ids.tolist(),
+                output_logprobs=None if scored is None else scored.tolist(), recall=row.recalling,
+                gate_scores=None if row_scores is None else row_scores.tolist()))
+
+
+def _passing(scores: torch.Tensor, gate: GateConfig) -> torch.Tensor:
+    """Blocks the gate lets through: among the `top_k` best and at or above `threshold`."""
+    passing = torch.ones_like(scores, dtype=torch.bool)
+    if gate.top_k is not None:
+        passing = torch.zeros_like(passing)
+        passing[scores.topk(min(gate.top_k, scores.numel())).indices] = True
+    if gate.threshold is not None:
+        passing &= scores >= gate.threshold
+    return passing

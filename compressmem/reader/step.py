@@ -1,0 +1,179 @@
+"""One read, defined once: what the model sees when it reads a block, for inference and for training.
+
+`step_input` says what a read of block `b` with a given update prompt is: the raw chunk's tokens
+followed by the prompt (`raw` reading), or the block's KV as a prefix followed by the prompt at the
+positions after the chunk (`compressed`). `layout` packs a batch of reads, left-padded, the same way
+for `generate_steps` (decoding the notes) and for `step_logprobs` (the GRPO loss scoring the tokens
+a rollout sampled), so the loss scores exactly what was sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..bank import MemoryBank
+from ..compressors import CompressedChunks
+from ..hf.cache import PrefixCache
+from ..hf.placement import layer_devices
+from .prompts import pad_token_id
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One row of a read: an optional KV prefix `[layers, kv_heads, m, d]`, the tokens read after it, and
+    the RoPE position of the first of those tokens."""
+
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    input_ids: torch.Tensor
+    first_position: int
+
+
+def step_input(bank: MemoryBank, block: int, prompt_ids: torch.Tensor, mode: str,
+               recomputed: CompressedChunks | None = None, device: torch.device | None = None,
+               dtype: torch.dtype | None = None) -> StepInput:
+    """What reading `block` of `bank` with the update prompt `prompt_ids` feeds the model.
+
+    `raw`: the bank's prefix, the chunk's tokens, the prompt. `compressed`: the prefix's and the block's
+    KV, then the prompt at the position after the chunk, whatever the block's size; `recomputed` (the
+    block compressed again, e.g. with gradients by a trainer) replaces both KV. KV lands on `device` in
+    `dtype`.
+    """
+    if mode == "raw":
+        return StepInput(None, None, torch.cat([bank.prefix_ids, bank.token_ids(block), prompt_ids]), 0)
+    if recomputed is None:
+        loaded = bank.blocks[block]
+        kv = (bank.prefix_keys, bank.prefix_values, loaded.keys, loaded.values)
+    else:
+        kv = (recomputed.prefix_keys, recomputed.prefix_values, recomputed.keys[0], recomputed.values[0])
+    prefix_keys, prefix_values, keys, values = (t.to(device=device, dtype=dtype) for t in kv)
+    return StepInput(torch.cat([prefix_keys, keys], dim=2), torch.cat([prefix_values, values], dim=2), prompt_ids,
+                     bank.prefix_ids.numel() + bank.infos[block].num_tokens)
+
+
+@dataclass
+class Layout:
+    """A batch of reads, left-padded: `ids` `[rows, width]` (prompts, then any outputs), `positions` the
+    same shape, `mask` `[rows, prefix_width + width]` over the KV prefix and the ids, and the prefixes
+    `[rows, layers, kv_heads, prefix_width, d]` (None when every row reads raw tokens)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    mask: torch.Tensor
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    prompt_width: int
+
+
+def layout(inputs: list[StepInput], pad_id: int, outputs: list[torch.Tensor] | None = None) -> Layout:
+    """Pack `inputs` into one batch: prefixes left-padded to a common width, prompts left-padded after
+    them, and `outputs` (tokens generated after each prompt) appended, right-padded."""
+    prefix_width = max((row.keys.shape[2] for row in inputs if row.keys is not None), default=0)
+    prompt_width = max(row.input_ids.numel() for row in inputs)
+    output_width = max((o.numel() for o in outputs), default=0) if outputs is not None else 0
+    width = prompt_width + output_width
+    ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(inputs), prefix_width + width, dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    for row, item in enumerate(inputs):
+        length = item.input_ids.numel()
+        start = prompt_width - length
+        ids[row, start:prompt_width] = item.input_ids
+        made = outputs[row].numel() if outputs is not None else 0
+        if made:
+            ids[row, prompt_width:prompt_width + made] = outputs[row]
+        mask[row, prefix_width + start:prefix_width + prompt_width + made] = 1
+        positions[row, start:prompt_width + made] = torch.arange(item.first_position,
+                                                                 item.first_position + length + made)
+        if item.keys is not None:
+            mask[row, prefix_width - item.keys.shape[2]:prefix_width] = 1
+    keys = values = None
+    if prefix_width:
+        keys, values = _padded_prefixes(inputs, prefix_width)
+    return Layout(ids, positions, mask, keys, values, prompt_width)
+
+
+def _padded_prefixes(inputs: list[StepInput], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' KV prefixes left-padded to `width` (differentiable: a trainer's recomputed blocks keep their graph)."""
+    reference = next(row.keys for row in inputs if row.keys is not None)
+    layers, kv_heads, _, dim = reference.shape
+    keys = reference.new_zeros(len(inputs), layers, kv_heads, width, dim)
+    values = torch.zeros_like(keys)
+    for row, item in enumerate(inputs):
+        if item.keys is not None:
+            keys[row, :, :, width - item.keys.shape[2]:] = item.keys
+            values[row, :, :, width - item.values.shape[2]:] = item.values
+    return keys, values
+
+
+def _cache(batch: Layout, model: PreTrainedModel, growing: bool) -> DynamicCache | PrefixCache | None:
+    """The batch's prefixes as a cache, each layer's on the device that layer runs on: one that grows as
+    tokens are generated, or a read-only one for a forward pass that may be recomputed (training)."""
+    if batch.keys is None:
+        return None
+    devices = layer_devices(model)
+    layers = [(batch.keys[:, i].to(devices[i]), batch.values[:, i].to(devices[i])) for i in range(batch.keys.shape[1])]
+    return DynamicCache(layers) if growing else PrefixCache(layers)
+
+
+def generate_steps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: list[StepInput],
+                   max_new_tokens: int, generation: dict[str, Any] | None = None,
+                   logprobs: bool = False) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Decode each row's new notes: its new token ids, up to and including end-of-sequence, and (with
+    `logprobs`) each token's log-probability under the model (before any sampling processor).
+
+    Greedy unless `generation` gives generation settings (`do_sample`, `temperature`, `min_new_tokens`, ...).
+    """
+    device = model.device
+    pad_id = pad_token_id(tokenizer)
+    batch = layout(inputs, pad_id)
+    eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
+    settings = {"do_sample": False, **(generation or {})}
+    config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos,
+                              return_dict_in_generate=True, output_logits=logprobs, **settings)
+    with torch.no_grad():
+        out = model.generate(input_ids=batch.ids.to(device), attention_mask=batch.mask.to(device),
+                             position_ids=batch.positions.to(device), cache=_cache(batch, model, growing=True),
+                             generation_config=config)
+    new = out.sequences[:, batch.ids.shape[1]:].cpu()
+    scored = None
+    if logprobs:
+        logits = torch.stack(out.logits, dim=1).float().cpu()
+        scored = logits.log_softmax(dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    rows = []
+    for row, ids in enumerate(new):
+        kept = cut_at_eos(ids, eos)
+        rows.append((kept, None if scored is None else scored[row, :kept.numel()]))
+    return rows
+
+
+def step_logprobs(model: PreTrainedModel, inputs: list[StepInput], outputs: list[torch.Tensor],
+                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities `[rows, tokens]` of each row's `outputs` after its read, under the model as it is
+    now (with autograd), and the mask of real tokens: the teacher-forced twin of `generate_steps`."""
+    batch = layout(inputs, pad_id, outputs)
+    device = model.device
+    cache = _cache(batch, model, growing=False)
+    logits = model(input_ids=batch.ids.to(device), attention_mask=batch.mask.to(device),
+                   position_ids=batch.positions.to(device), cache=cache, use_cache=cache is not None).logits
+    start = batch.prompt_width - 1  # the logits at the prompt's last token predict the first output
+    width = max(o.numel() for o in outputs)
+    predicted = logits[:, start:start + width].float().log_softmax(dim=-1)
+    targets = batch.ids[:, batch.prompt_width:batch.prompt_width + width].to(device)
+    scores = predicted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    for row, output in enumerate(outputs):
+        mask[row, :output.numel()] = True
+    return scores, mask
+
+
+def cut_at_eos(ids: torch.Tensor, eos: int | list[int] | None) -> torch.Tensor:
+    """Generated ids up to and including the first end-of-sequence token (the padding after it dropped)."""
+    if eos is None:
+        return ids
+    stops = torch.isin(ids, torch.tensor(eos if isinstance(eos, list) else [eos])).nonzero()
+    return ids[:stops[0, 0] + 1] if stops.numel() else ids
