@@ -1,0 +1,67 @@
+"""One model, several threads: each answer is the one it gets alone (no state of one call leaks into another)."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from compressmem import (
+    ChunkingConfig,
+    CompressedMemoryModel,
+    CompressionConfig,
+    GateConfig,
+    MemoryConfig,
+    NotesConfig,
+    ReadingConfig,
+)
+from compressmem.compressors import LearnedCompressor
+from compressmem.training.grpo import with_reasoner_adapter
+
+from .conftest import tiny_model, tiny_wrapper
+
+NOTES = NotesConfig(note_tokens=6)
+KEYED = MemoryConfig(chunking=ChunkingConfig(48), compression=CompressionConfig("select", ratio=2, score="observed"),
+                     gate=GateConfig("attention", top_k=2, layers=(1, 2)), reading=ReadingConfig("compressed"),
+                     notes=NOTES)
+LEARNED = KEYED.replace(compression=CompressionConfig("learned", ratio=4))
+
+
+def _with_adapters(tokenizer) -> CompressedMemoryModel:
+    """A learned compressor and a reasoner adapter, both nonzero: each pass must run under its own adapter."""
+    model = tiny_model("llama", tokenizer)
+    compressor = LearnedCompressor.initialise(model, 4, 48, seed=0)
+    wrapper = with_reasoner_adapter(CompressedMemoryModel(model, tokenizer, LEARNED, "tiny", False,
+                                                          compressor=compressor), seed=1)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.05, generator=generator)
+    return wrapper
+
+
+@pytest.mark.parametrize("make", [lambda tok: tiny_wrapper("llama", tok, KEYED), _with_adapters],
+                         ids=["attention-probe", "adapters"])
+def test_threads_answering_on_one_model_get_the_answers_they_get_one_after_the_other(tokenizer, essay_text, make):
+    model = make(tokenizer)
+    jobs = [(essay_text[i * 700:i * 700 + 1400], question) for i, question in
+            enumerate(["What is this about?", "Who is the author?", "Why does it matter?", "What is a startup?",
+                       "Where does it happen?", "When was it written?"])]
+
+    def ask(job):
+        context, question = job
+        bank = model.compress(context)
+        out = model.generate(model.prompt_ids(question), bank=bank, max_new_tokens=5, do_sample=False,
+                             return_dict_in_generate=True)
+        return out.sequences.tolist(), out.trace[0].blocks_read, [s.output_ids for s in out.trace[0].steps]
+
+    alone = [ask(job) for job in jobs]
+    implementation = model.model.config._attn_implementation
+    for _ in range(2):
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            together = list(pool.map(ask, jobs))
+        assert together == alone
+    assert model.model.config._attn_implementation == implementation  # the probe left the model as it found it
+    ids = model.prompt_ids("Plain generate?")
+    assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False),
+                       model.model.generate(ids, max_new_tokens=4, do_sample=False))  # no adapter left on
