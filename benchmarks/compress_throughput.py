@@ -16,13 +16,23 @@ from pathlib import Path
 import torch
 
 HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "pg_essays.json"
-CONFIGS = {
-    "select/keynorm r4, gate keys only (read=raw, gate=attention)": dict(score="keynorm", gate="attention"),
-    "select/observed r4, gate keys only": dict(score="observed", gate="attention"),
-    "select/window r4, gate keys only": dict(score="window", gate="attention"),
-    "select/keynorm r4, all layers (read=compressed)": dict(score="keynorm", read="compressed", gate=None),
-    "none r1, all layers (read=compressed)": dict(compressor="none", ratio=1, read="compressed", gate=None),
+KEYS = {"gate": "attention", "reading": "raw"}
+EVERY_LAYER = {"gate": None, "reading": "compressed"}
+CONFIGS = {  # (compression method, score, what the bank keeps)
+    "select/keynorm r4, gate keys only (raw reading, attention gate)": ("select", "keynorm", KEYS),
+    "select/observed r4, gate keys only": ("select", "observed", KEYS),
+    "select/window r4, gate keys only": ("select", "window", KEYS),
+    "select/keynorm r4, all layers (compressed reading)": ("select", "keynorm", EVERY_LAYER),
+    "none r1, all layers (compressed reading)": ("none", None, EVERY_LAYER),
 }
+
+
+def configuration(chunk_size: int, method: str, score: str | None, kept: dict):
+    from compressmem import ChunkingConfig, CompressionConfig, GateConfig, MemoryConfig, ReadingConfig
+
+    gate = None if kept["gate"] is None else GateConfig(kept["gate"])
+    return MemoryConfig(chunking=ChunkingConfig(chunk_size), compression=CompressionConfig(method, score=score),
+                        gate=gate, reading=ReadingConfig(kept["reading"]))
 
 
 def main() -> None:
@@ -31,7 +41,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=512)
     args = parser.parse_args()
 
-    from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
+    from compressmem import DEFAULT_MODEL, CompressedMemoryModel
     from compressmem.eval import load_haystack
 
     base = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, show_progress=False)
@@ -40,10 +50,10 @@ def main() -> None:
     batch = 4
     print("| configuration | compress tok/s | prefill tok/s | compress / prefill |\n|---|---|---|---|")
     for name, settings in CONFIGS.items():
-        config = MemoryConfig(chunk_size=args.chunk_size, compress_batch_size=batch, **settings)
+        config = configuration(args.chunk_size, *settings)
         model = CompressedMemoryModel(base.model, base.tokenizer, config, base.base_name, show_progress=False)
         start = time.perf_counter()
-        model.compress(ids)
+        model.compress(ids, batch_size=batch)
         compress_rate = ids.numel() / (time.perf_counter() - start)
         start = time.perf_counter()
         with torch.no_grad():

@@ -1,19 +1,24 @@
-"""Stream a multi-million-token context through compression into a bank on disk: memory flat, time linear.
+"""Stream a multi-million-token context into a bank on disk, then ask it questions: memory flat, time linear,
+question latency flat.
 
 A tiny random Llama (the cost of the pipeline around the model is what is measured; a real model
-only multiplies the time per token) compresses a text file of `--tokens` tokens (the essay
-haystack repeated, one needle sentence in the middle) with `compress_stream`, keeping the
-attention gate's keys. After each million tokens it prints the process RSS and the time so far.
-Then the default pipeline (lexical gate) answers a question about the needle from the bank on
-disk: the table gives whether the gate read the needle's block, and the time and peak RSS of
-indexing the bank and answering.
+only multiplies the time per token) compresses a text file of `--tokens` tokens (the essay haystack
+repeated, one needle sentence in the middle) with `compress_stream` and the default settings
+(lexical gate, raw reading: the bank holds token ids, and the gate's BM25 index is built once and
+kept in the bank folder). After each million tokens it prints the process RSS and the time so far.
+Then it asks the needle question: twice in the same process (the bank as `compress_stream` returned
+it), and once in a new process that opens the folder with `MemoryBank.load` (nothing rebuilt). The
+table gives whether the gate read the needle's block and each question's latency.
 
-    python benchmarks/extrapolate.py --tokens 1.75m,10m
+    python benchmarks/extrapolate.py --tokens 200k,1.75m,10m
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +26,9 @@ from pathlib import Path
 import torch
 
 DEFAULT_HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "pg_essays.json"
+NEEDLE = " The vault code for Quillmoor harbour is 7341962. "
+QUESTION = "What is the vault code for Quillmoor harbour?"
+NOTE_TOKENS = 8
 
 
 def tiny_model(tokenizer):
@@ -32,8 +40,16 @@ def tiny_model(tokenizer):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-NEEDLE = " The vault code for Quillmoor harbour is 7341962. "
-QUESTION = "What is the vault code for Quillmoor harbour?"
+def reader(chunk_size: int):
+    """The default configuration (lexical gate, raw reading), with short notes, on the tiny model."""
+    from transformers import AutoTokenizer
+
+    from compressmem import ChunkingConfig, CompressedMemoryModel, MemoryConfig, NotesConfig
+    from compressmem.embedded import embedded_model_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_folder())
+    config = MemoryConfig(chunking=ChunkingConfig(chunk_size), notes=NotesConfig(note_tokens=NOTE_TOKENS))
+    return CompressedMemoryModel(tiny_model(tokenizer), tokenizer, config, base_name="tiny-llama", show_progress=False)
 
 
 def write_text(haystack: str, chars: int, folder: Path) -> tuple[Path, int]:
@@ -52,18 +68,37 @@ def write_text(haystack: str, chars: int, folder: Path) -> tuple[Path, int]:
     return path, needle_at
 
 
-def answer_from_disk(model, bank, needle_at: int) -> dict:
-    """Index the bank on disk and answer the needle question with the lexical gate; did it read the needle?"""
+def ask(model, bank, needle_at: int) -> dict:
+    """Answer the needle question from `bank`: did the gate read the needle's block, how long did it take?"""
     from compressmem.eval import PeakMemory
 
-    needle_block = next(i for i, (_, _, span, _) in enumerate(bank.blocks.spans) if span[1] > needle_at)
+    needle_block = next(i for i, info in enumerate(bank.infos) if info.char_span[1] > needle_at)
     with PeakMemory() as peak:
         start = time.perf_counter()
-        out = model.generate(model.prompt_ids(QUESTION), memory=bank, max_new_tokens=4, do_sample=False,
+        out = model.generate(model.prompt_ids(QUESTION), bank=bank, max_new_tokens=4, do_sample=False,
                              return_dict_in_generate=True)
         seconds = time.perf_counter() - start
-    return {"found": needle_block in out.trace[0].blocks_read, "seconds": seconds,
-            "peak_mib": peak.peak_bytes / 2**20, "rise_mib": peak.increase_bytes / 2**20}
+    return {"found": needle_block in out.trace[0].blocks_read, "seconds": seconds, "peak_mib": peak.peak_bytes / 2**20}
+
+
+def ask_in_new_process(folder: Path, needle_at: int, chunk_size: int) -> dict:
+    """Open the bank folder in a fresh interpreter and ask once: the open and the question, timed there."""
+    script = [sys.executable, __file__, "--ask", str(folder), "--needle-at", str(needle_at), "--chunk-size",
+              str(chunk_size)]
+    done = subprocess.run(script, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def answer_from_folder(folder: Path, needle_at: int, chunk_size: int) -> None:
+    """`--ask`: the new process's side of `ask_in_new_process`."""
+    from compressmem import MemoryBank
+
+    model = reader(chunk_size)
+    start = time.perf_counter()
+    bank = MemoryBank.load(folder)
+    opened = time.perf_counter() - start
+    answered = ask(model, bank, needle_at)
+    print(json.dumps({"open_seconds": opened, **answered}))
 
 
 def checkpoints(pieces, chars_per_token: float, log: list, start: float):
@@ -82,29 +117,27 @@ def checkpoints(pieces, chars_per_token: float, log: list, start: float):
 
 
 def main() -> None:
-    from transformers import AutoTokenizer
-
-    from compressmem import CompressedMemoryModel, MemoryConfig, text_pieces
-    from compressmem.cli import _token_counts
-    from compressmem.embedded import embedded_model_folder
-    from compressmem.eval import load_haystack
+    from compressmem import text_pieces
+    from compressmem.eval import load_haystack, parse_token_counts
     from compressmem.eval.measure import process_rss
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=_token_counts, default=_token_counts("1.75m,10m"))
+    parser.add_argument("--tokens", type=parse_token_counts, default=parse_token_counts("200k,1.75m,10m"),
+                        help="context lengths, e.g. 200k,1.75m,10m (k = 1024, m = 1024**2)")
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK)
     parser.add_argument("--folder", type=Path, help="where the text and banks go (default: a temporary folder)")
+    parser.add_argument("--ask", type=Path, help=argparse.SUPPRESS)  # the new process of ask_in_new_process
+    parser.add_argument("--needle-at", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ask:
+        answer_from_folder(args.ask, args.needle_at, args.chunk_size)
+        return
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_folder())
-    config = MemoryConfig(chunk_size=args.chunk_size, gate="attention", gate_layers=(1, 2))  # gate keys on disk
-    model = CompressedMemoryModel(tiny_model(tokenizer), tokenizer, config, base_name="tiny-llama",
-                                  show_progress=False)
-    reader = model.with_config(MemoryConfig(chunk_size=args.chunk_size, note_tokens=8))  # the default, lexical gate
+    model = reader(args.chunk_size)
     haystack = load_haystack(args.haystack)
     sample = haystack[:200_000]
-    chars_per_token = len(sample) / len(tokenizer(sample, add_special_tokens=False)["input_ids"])
+    chars_per_token = len(sample) / len(model.tokenizer(sample, add_special_tokens=False)["input_ids"])
     with tempfile.TemporaryDirectory(dir=args.folder) as scratch:
         rows = []
         for tokens in args.tokens:
@@ -113,26 +146,33 @@ def main() -> None:
                   f"RSS before {process_rss() / 2**20:.0f} MiB", flush=True)
             log: list = []
             start = time.perf_counter()
-            bank = model.compress_stream(checkpoints(text_pieces(text), chars_per_token, log, start),
-                                         Path(scratch) / f"bank-{tokens}")
+            folder = Path(scratch) / f"bank-{tokens}"
+            bank = model.compress_stream(checkpoints(text_pieces(text), chars_per_token, log, start), folder)
             seconds = time.perf_counter() - start
-            disk = sum(f.stat().st_size for f in (Path(scratch) / f"bank-{tokens}").iterdir())
-            answered = answer_from_disk(reader, bank, needle_at)
-            print(f"  answered from disk: {answered}", flush=True)
-            rows.append((tokens, len(bank), seconds, disk, log, answered))
+            disk = sum(f.stat().st_size for f in folder.iterdir())
+            questions = [ask(model, bank, needle_at) for _ in range(2)]
+            fresh = ask_in_new_process(folder, needle_at, args.chunk_size)
+            print(f"  same process: {questions}; new process: {fresh}", flush=True)
+            rows.append((bank.num_tokens, len(bank), seconds, disk, log, questions, fresh))
             text.unlink()
-        print("\n| tokens | blocks | compress s | s per M tokens | RSS at 1M (MiB) | RSS at last M | growth "
-              "| bank on disk | gate read the needle | index + answer s | peak RSS answering |")
+        print("\n| tokens | blocks | compress s | s per M tokens | RSS at 1M (MiB) | RSS at last M | bank on disk | "
+              "gate read the needle | question latency (s) | again (s) | new process: open + question (s) |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for tokens, blocks, seconds, disk, log, answered in rows:
+        for tokens, blocks, seconds, disk, log, questions, fresh in rows:
             log = log or [(tokens, float("nan"), seconds)]
+            found = all(q["found"] for q in questions) and fresh["found"]
             print(f"| {tokens / 1e6:.2f}M | {blocks} | {seconds:.0f} | {seconds / tokens * 1e6:.1f} | "
-                  f"{log[0][1]:.0f} | {log[-1][1]:.0f} | {log[-1][1] - log[0][1]:+.0f} MiB | {disk / 2**20:.0f} MiB | "
-                  f"{answered['found']} | {answered['seconds']:.0f} | {answered['peak_mib']:.0f} MiB |")
-        for tokens, _, _, _, log, _ in rows:
-            stretches = [f"{(b[2] - a[2]):.1f}" for a, b in zip(log, log[1:])] or ["(under two million marks)"]
-            print(f"{tokens / 1e6:.2f}M: seconds per million tokens, stretch by stretch: {', '.join(stretches)}")
-
+                  f"{log[0][1]:.0f} | {log[-1][1]:.0f} | {disk / 2**20:.0f} MiB | {'yes' if found else 'NO'} | "
+                  f"{questions[0]['seconds']:.3f} | {questions[1]['seconds']:.3f} | "
+                  f"{fresh['open_seconds']:.3f} + {fresh['seconds']:.3f} |")
+        base = rows[0]
+        base_question = base[5][1]["seconds"]
+        base_fresh = base[6]["open_seconds"] + base[6]["seconds"]
+        for tokens, _, _, _, _, questions, fresh in rows[1:]:
+            latency = questions[1]["seconds"] / base_question
+            new_process = (fresh["open_seconds"] + fresh["seconds"]) / base_fresh
+            print(f"{tokens / 1e6:.2f}M vs {base[0] / 1e6:.2f}M: question latency x{latency:.2f}, "
+                  f"new process (open + question) x{new_process:.2f}")
 
 if __name__ == "__main__":
     main()

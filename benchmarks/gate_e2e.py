@@ -3,14 +3,14 @@
 Each case's context is compressed once (gate-layer keys, as the key-reading gates need) and every
 gate variant answers from that same bank, so the variants differ only in which blocks they read:
 
-- `head`: the trained gate head of a checkpoint (`--memory`), reading in score order (re-score
+- `head`: the trained gate head of a checkpoint (`--checkpoint`), reading in score order (re-score
   every block after each update, read the best unread one over the threshold);
 - `head-linear`: the same head and threshold, reading in document order (the paper's linear scan);
 - `attention`: the training-free attention gate, top-1 (`--attention-top-k`), document order;
 - `lexical`: the training-free BM25 gate, top-1, document order (the training-free default);
 - `none`: no gate, every block read in order.
 
-    python benchmarks/gate_e2e.py --memory compressmem/checkpoints/smollm2-135m-instruct-gate \\
+    python benchmarks/gate_e2e.py --checkpoint compressmem/checkpoints/smollm2-135m-instruct-gate \\
         --task niah_single,variable_tracking,hotpotqa --length 32k --n 3 --out benchmarks/results/gate-e2e-32k
 """
 
@@ -28,7 +28,7 @@ VARIANTS = ("head", "head-linear", "attention", "lexical", "none")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--memory", required=True, type=Path, help="checkpoint with a trained gate head")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint with a trained gate head")
     parser.add_argument("--task", default="niah_single,variable_tracking,hotpotqa")
     parser.add_argument("--length", default="32k")
     parser.add_argument("--n", type=int, default=3)
@@ -40,14 +40,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from compressmem import DEFAULT_MODEL, CompressedMemoryModel
-    from compressmem.cli import _token_counts
-    from compressmem.eval import make_cases, score_answer
+    from compressmem.eval import make_cases, parse_token_counts, score_answer
 
-    model = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, memory=args.memory, show_progress=False)
+    model = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, checkpoint=args.checkpoint, show_progress=False)
     variants = {name: model.with_config(config, show_progress=False)
                 for name, config in _variant_configs(model.memory_config, args.attention_top_k).items()
                 if name in args.variants.split(",")}
-    length = _token_counts(args.length)[0]
+    length = parse_token_counts(args.length)[0]
     args.out.mkdir(parents=True, exist_ok=True)
     records = []
     with open(args.out / "cases.jsonl", "w", encoding="utf-8") as log:
@@ -60,7 +59,7 @@ def main() -> None:
                 prompt = model.prompt_ids(case.question)
                 for name, variant in variants.items():
                     start = time.perf_counter()
-                    out = variant.generate(prompt, memory=bank, max_new_tokens=args.max_new_tokens, do_sample=False,
+                    out = variant.generate(prompt, bank=bank, max_new_tokens=args.max_new_tokens, do_sample=False,
                                            return_dict_in_generate=True)
                     answer = model.tokenizer.decode(out.sequences[0, prompt.shape[1]:], skip_special_tokens=True)
                     read = out.trace[0].blocks_read
@@ -81,16 +80,16 @@ def main() -> None:
 
 
 def _variant_configs(config, attention_top_k: int) -> dict:
-    document = dict(read_order="document", recall=False)
+    """Every variant over the head checkpoint's banks; the word-level gates read only their token ids."""
+    from compressmem import GateConfig, ReadingConfig
+
+    document = ReadingConfig(config.reading.mode)
     return {
         "head": config,
-        "head-linear": dataclasses.replace(config, **document),
-        "attention": dataclasses.replace(config, gate="attention", gate_top_k=attention_top_k, gate_threshold=None,
-                                         max_steps=None, **document),
-        "lexical": dataclasses.replace(config, gate="lexical", gate_top_k=1, gate_threshold=None, max_steps=None,
-                                       **document),
-        "none": dataclasses.replace(config, gate=None, gate_top_k=None, gate_threshold=None, max_steps=None,
-                                    **document),
+        "head-linear": config.replace(reading=dataclasses.replace(config.reading, order="document")),
+        "attention": config.replace(gate=GateConfig("attention", top_k=attention_top_k), reading=document),
+        "lexical": config.replace(gate=GateConfig("lexical"), compression=None, reading=document),
+        "none": config.replace(gate=None, compression=None, reading=document),
     }
 
 

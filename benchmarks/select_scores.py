@@ -12,7 +12,6 @@ For each score and ratio, on seeded 4K-token NIAH cases (chunk 1024) with SmolLM
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "pg_essays.json"
@@ -29,7 +28,7 @@ def run(model, config, cases, banks) -> tuple[float, float]:
         needle_block = bank.blocks_overlapping(list(case.evidence))[0]
         inputs = tok.apply_chat_template([{"role": "user", "content": case.question}], add_generation_prompt=True,
                                          return_tensors="pt", return_dict=True)
-        out = reader.generate(**inputs, memory=bank, max_new_tokens=32, do_sample=False, return_dict_in_generate=True)
+        out = reader.generate(**inputs, bank=bank, max_new_tokens=32, do_sample=False, return_dict_in_generate=True)
         answer = tok.decode(out.sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         score += substring_match(answer, case.answers)
         recall += needle_block in out.trace[0].blocks_read
@@ -43,7 +42,15 @@ def main() -> None:
     parser.add_argument("--ratios", default="2,4")
     args = parser.parse_args()
 
-    from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
+    from compressmem import (
+        DEFAULT_MODEL,
+        ChunkingConfig,
+        CompressedMemoryModel,
+        CompressionConfig,
+        GateConfig,
+        MemoryConfig,
+        ReadingConfig,
+    )
     from compressmem.eval import make_cases
 
     base = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, show_progress=False)
@@ -52,12 +59,14 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for ratio in map(float, args.ratios.split(",")):
         for score in args.scores.split(","):
-            compressed = MemoryConfig(chunk_size=1024, ratio=ratio, score=score, read="compressed", gate=None,
-                                      gate_top_k=None)
-            builder = CompressedMemoryModel(base.model, base.tokenizer, compressed, base.base_name, show_progress=False)
+            compression = CompressionConfig("select", ratio, score)
+            compressed = MemoryConfig(chunking=ChunkingConfig(1024), compression=compression, gate=None,
+                                      reading=ReadingConfig("compressed"))
+            builder = CompressedMemoryModel(base.model, base.tokenizer, compressed, base.base_name,
+                                            show_progress=False)
             banks = [builder.compress(case.context) for case in cases]
             accuracy, _ = run(base, compressed, cases, banks)
-            gated = replace(compressed, read="raw", gate="attention", gate_top_k=1)
+            gated = compressed.replace(reading=ReadingConfig("raw"), gate=GateConfig("attention", top_k=1))
             raw_accuracy, recall = run(base, gated, cases, banks)
             print(f"| {score} | {ratio:g} | {accuracy:.0%} | {raw_accuracy:.0%} | {recall:.0%} |", flush=True)
 

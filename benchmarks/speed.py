@@ -39,10 +39,9 @@ def load(args: argparse.Namespace):
     """compressmem's default pipeline on SmolLM2, or on a random-weight model of a named shape."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from compressmem import DEFAULT_MODEL, CompressedMemoryModel, MemoryConfig
+    from compressmem import DEFAULT_MODEL, CompressedMemoryModel
 
-    config = MemoryConfig(chunk_size=args.chunk_size, ratio=args.ratio, read=args.read, gate=args.gate,
-                          note_tokens=args.update_tokens, fixed_update_tokens=True)
+    config = configuration(args)
     dtype = getattr(torch, args.dtype)
     smollm2 = CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, config=config, torch_dtype=dtype,
                                                     show_progress=False)
@@ -55,6 +54,17 @@ def load(args: argparse.Namespace):
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = smollm2.tokenizer.eos_token_id
     return CompressedMemoryModel(model, smollm2.tokenizer, config, base_name=f"random-{args.shape}",
                                  show_progress=False)
+
+
+def configuration(args: argparse.Namespace):
+    """compressmem's settings from the options: compression (select at `--ratio`) only where the gate or the
+    reading needs compressed KV."""
+    from compressmem import ChunkingConfig, CompressionConfig, GateConfig, MemoryConfig, NotesConfig, ReadingConfig
+
+    needs_kv = args.gate == "attention" or args.read == "compressed"
+    return MemoryConfig(chunking=ChunkingConfig(args.chunk_size), notes=NotesConfig(note_tokens=args.update_tokens),
+                        compression=CompressionConfig("select", ratio=args.ratio) if needs_kv else None,
+                        gate=GateConfig(args.gate), reading=ReadingConfig(args.read))
 
 
 def make_context(tokenizer, haystack: str, length: int, questions: int, seed: int) -> tuple[str, list[tuple]]:
@@ -81,17 +91,19 @@ def measure(device: torch.device, run) -> dict:
 
 
 def ask(model, question: str, answer_tokens: int, **source) -> dict:
-    """One question through the memory pipeline; `source` is context= or memory=."""
+    """One question through the memory pipeline; `source` is context= or bank=. Every read writes exactly its
+    note budget (`min_new_tokens`), so both sides decode the same number of tokens per read."""
     prompt = model.prompt_ids(question).to(model.model.device)
+    budget = model.memory_config.notes.budget
     out = model.generate(prompt, **source, max_new_tokens=answer_tokens, min_new_tokens=answer_tokens,
-                         do_sample=False, return_dict_in_generate=True)
+                         do_sample=False, return_dict_in_generate=True, notes_kwargs={"min_new_tokens": budget})
     answer = model.tokenizer.decode(out.sequences[0, prompt.shape[1]:], skip_special_tokens=True)
     return {"answer": answer, "reads": len(out.trace[0].blocks_read), "blocks": out.trace[0].num_blocks}
 
 
 def ask_full(model, prompt: torch.Tensor, answer_tokens: int) -> dict:
     """The base model's plain generate over the whole context."""
-    from compressmem.prompts import pad_token_id
+    from compressmem.reader import pad_token_id
 
     with torch.no_grad():
         out = model.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=answer_tokens,
@@ -128,7 +140,7 @@ def amortised(models: dict, device, context: str, pairs: list[tuple], args) -> d
                 "reads": sum(a["reads"] for a in answers)}
 
     def with_bank():
-        return answer_all(models["compressmem"], memory=models["compressmem"].compress(context))
+        return answer_all(models["compressmem"], bank=models["compressmem"].compress(context))
 
     def memagent():
         return answer_all(models["memagent"], context=context)
@@ -183,13 +195,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    from compressmem import MemoryConfig
-    from compressmem.cli import _token_counts
-    from compressmem.eval import load_haystack
+    from compressmem import MemoryConfig, NotesConfig
+    from compressmem.eval import load_haystack, parse_token_counts
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=_token_counts, default=_token_counts("4k,8k,16k,32k,64k,128k"))
-    parser.add_argument("--amortised-length", type=lambda s: _token_counts(s)[0], default=32768)
+    parser.add_argument("--lengths", type=parse_token_counts, default=parse_token_counts("4k,8k,16k,32k,64k,128k"))
+    parser.add_argument("--amortised-length", type=lambda s: parse_token_counts(s)[0], default=32768)
     parser.add_argument("--questions", type=int, default=10, help="questions of the amortised case (0 skips it)")
     parser.add_argument("--shape", choices=["smollm2", *SHAPES], default="smollm2")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -208,8 +219,8 @@ def main() -> None:
 
     model = load(args)
     device = model.model.device
-    memagent = model.with_config(MemoryConfig.memagent(chunk_size=args.memagent_chunk_size,
-                                                       note_tokens=args.update_tokens, fixed_update_tokens=True))
+    memagent = model.with_config(MemoryConfig.memagent(args.memagent_chunk_size,
+                                                       notes=NotesConfig(note_tokens=args.update_tokens)))
     models = {"compressmem": model, "memagent": memagent, "full": model}
     haystack = load_haystack(args.haystack)
     warm_context, warm_pairs = make_context(model.tokenizer, haystack, 2 * args.memagent_chunk_size, 1, args.seed + 1)
