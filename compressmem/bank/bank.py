@@ -226,12 +226,13 @@ class MemoryBank:
                               self.provenance, self.kv)
         return MemoryBank(self.store, prefix, self.provenance, self.kv, device)
 
-    def save(self, path: str | Path, shard_blocks: int = 256) -> None:
-        """Write the bank: one `.safetensors` file when `path` ends so, else a bank folder of shards of
-        `shard_blocks` blocks. Tensors plus JSON, never pickle; gate indexes built so far go with it."""
+    def save(self, path: str | Path, *, folder: bool = False, shard_blocks: int = 256) -> None:
+        """Write the bank as one safetensors file (the index in its metadata), or with `folder` as a bank folder
+        of shards of `shard_blocks` blocks (what `compress_stream` writes). Tensors plus JSON, never pickle;
+        the gate indexes built so far go with it. `MemoryBank.load` reads both."""
         path = Path(path)
         derived = self.store.derived_items()
-        if path.suffix == ".safetensors":
+        if not folder:
             write_file(path, self.blocks, self.prefix, self.provenance, self.kv, derived)
             return
         writer = BankWriter(path, shard_blocks)
