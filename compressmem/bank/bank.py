@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .block import BlockInfo, MemoryBlock
+from .block import BlockTable, MemoryBlock
 from .provenance import BankNeeds, Provenance
 from .storage import BankWriter, Prefix, kv_layout, read_bank, write_file, write_index
 
@@ -27,7 +27,7 @@ class BlockStore(Protocol):
     """Where a bank's blocks live: `infos` (known without loading), a block or its token ids by index, the
     bytes of one KV entry, and the gate indexes kept with the bank."""
 
-    infos: list[BlockInfo]
+    infos: BlockTable
     entry_bytes: int
 
     def __len__(self) -> int: ...
@@ -49,7 +49,7 @@ class MemoryStore:
 
     def __init__(self, blocks: list[MemoryBlock]) -> None:
         self.blocks = blocks
-        self.infos = [block.info for block in blocks]
+        self.infos = BlockTable.of([block.info for block in blocks])
         with_kv = next((b for b in blocks if b.keys is not None), None)
         self.entry_bytes = 0 if with_kv is None else (with_kv.nbytes - 4 * with_kv.num_tokens) // with_kv.num_entries
         self._derived: dict[str, DerivedIndex] = {}
@@ -83,7 +83,7 @@ class SubsetStore:
     def __init__(self, store: BlockStore, indices: list[int]) -> None:
         self.store = store
         self.indices = indices
-        self.infos = [store.infos[i] for i in indices]
+        self.infos = store.infos.select(indices)
         self.entry_bytes = store.entry_bytes
         self._own = MemoryStore([])
 
@@ -157,8 +157,8 @@ class MemoryBank:
         return Blocks(self.store, self.device)
 
     @property
-    def infos(self) -> list[BlockInfo]:
-        """Every block's source span and size, from the index (no block is loaded)."""
+    def infos(self) -> BlockTable:
+        """Every block's source span and size (`BlockInfo`s), from the index (no block is loaded)."""
         return self.store.infos
 
     @property
@@ -188,14 +188,14 @@ class MemoryBank:
     @property
     def num_tokens(self) -> int:
         """Tokens of the original context held by the bank."""
-        return sum(info.num_tokens for info in self.infos)
+        return int(self.infos.column("tokens").sum())
 
     @property
     def nbytes(self) -> int:
         """Bytes of every tensor the bank holds as saved: KV, positions, and token ids at 4 bytes each."""
         prefix = 4 * self.prefix.ids.numel() + sum(t.numel() * t.element_size()
                                                    for t in (self.prefix.keys, self.prefix.values) if t is not None)
-        return prefix + sum(4 * info.num_tokens + self.store.entry_bytes * info.num_entries for info in self.infos)
+        return prefix + 4 * self.num_tokens + self.store.entry_bytes * int(self.infos.column("entries").sum())
 
     def token_ids(self, index: int) -> torch.Tensor:
         """Block `index`'s raw token ids, without loading its KV."""
@@ -213,7 +213,7 @@ class MemoryBank:
 
     def blocks_overlapping(self, spans: list[tuple[int, int]], document: int = 0) -> list[int]:
         """Indices of the blocks whose text overlaps any of the character `spans` of `document`."""
-        return [i for i, info in enumerate(self.infos) if info.overlaps(spans, document)]
+        return self.infos.overlapping(spans, document)
 
     def to(self, device: torch.device | str) -> "MemoryBank":
         """The bank with its blocks delivered on `device` (e.g. "cpu" to offload a bank built on a GPU): an

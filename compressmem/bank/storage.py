@@ -1,10 +1,11 @@
 """The one bank format on disk, and all of its I/O: shards of blocks plus an index (DESIGN §3.5).
 
 A bank folder holds `bank.json` (the index: how the bank was built, the KV's dtype and shape, every
-shard, and per block its source span, its size and its shard), `prefix.safetensors` (the section
-prefix every chunk was compressed after, and its KV) and `blocks-NNNNN.safetensors` shards. A bank
-may also be one `.safetensors` file: the same tensors, with the index in the file's metadata (one
-shard that is also the prefix). Gate indexes built for the bank are kept beside it
+shard), `table.safetensors` (per block its source span, its size and its shard, as one tensor: a bank
+of millions of tokens opens in milliseconds), `prefix.safetensors` (the section prefix every chunk was
+compressed after, and its KV) and `blocks-NNNNN.safetensors` shards. A bank may also be one
+`.safetensors` file: the same tensors, with the index in the file's metadata (one shard that is also
+the prefix and the table). Gate indexes built for the bank are kept beside it
 (`derived-NAME.safetensors` in a folder, `derived.NAME.*` tensors in a file), so a question never
 rebuilds them.
 
@@ -31,11 +32,13 @@ from safetensors.torch import load_file, save_file
 
 from ..config import CompressionConfig
 from ..hf.fingerprint import BaseFingerprint
-from .block import BlockInfo, MemoryBlock
+from .block import BlockInfo, BlockTable, MemoryBlock
 from .provenance import BankMismatchError, Provenance
 
 INDEX = "bank.json"
 PREFIX_FILE = "prefix.safetensors"
+TABLE_FILE = "table.safetensors"
+TABLE_TENSOR = "block_table"
 FORMAT = "compressmem.MemoryBank"
 FORMAT_VERSION = 2
 FIELDS = ("token_ids", "keys", "values", "positions")
@@ -161,8 +164,10 @@ def write_index(directory: str | Path, parts: Sequence[BankPart], prefix: Prefix
     directory = Path(directory)
     shards, shard_ranks, rows = merge_parts(parts)
     save_file(prefix.tensors(), str(directory / PREFIX_FILE))
+    table = BlockTable.of([info for info, _ in rows], [shard for _, shard in rows])
+    save_file({TABLE_TENSOR: table.table}, str(directory / TABLE_FILE))
     listed = [{"file": name, "rank": rank} for name, rank in zip(shards, shard_ranks)]
-    index = _index(provenance, kv, PREFIX_FILE, listed, rows)
+    index = _index(provenance, kv, PREFIX_FILE, listed, len(table))
     partial = directory / f"{INDEX}.partial"
     partial.write_text(json.dumps(index), encoding="utf-8")
     os.replace(partial, directory / INDEX)
@@ -172,13 +177,14 @@ def write_file(path: str | Path, blocks: Iterable[MemoryBlock], prefix: Prefix, 
                kv: dict[str, Any] | None, derived: dict[str, tuple[dict[str, torch.Tensor], dict]]) -> None:
     """Write a whole bank as one safetensors file, its index in the metadata (no pickle)."""
     tensors = prefix.tensors()
-    rows = []
+    infos = []
     for i, block in enumerate(blocks):
         tensors.update(block_tensors(block, i))
-        rows.append((block.info, 0))
+        infos.append(block.info)
+    tensors[TABLE_TENSOR] = BlockTable.of(infos).table
     for name, (named, _) in derived.items():
         tensors.update({f"derived.{name}.{key}": value.contiguous().cpu() for key, value in named.items()})
-    index = _index(provenance, kv, "", [{"file": "", "rank": 0}], rows)
+    index = _index(provenance, kv, "", [{"file": "", "rank": 0}], len(infos))
     index["derived"] = {name: meta for name, (_, meta) in derived.items()}
     save_file(tensors, str(path), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
                                             "index": json.dumps(index)})
@@ -193,11 +199,9 @@ def kv_layout(block: MemoryBlock) -> dict[str, Any] | None:
 
 
 def _index(provenance: Provenance, kv: dict[str, Any] | None, prefix_file: str, shards: list[dict],
-           rows: list[tuple[BlockInfo, int]]) -> dict[str, Any]:
+           blocks: int) -> dict[str, Any]:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "provenance": provenance.to_dict(), "kv": kv,
-            "prefix": prefix_file, "shards": shards,
-            "blocks": [[info.document, info.token_start, *(info.char_span or (None, None)), info.num_tokens,
-                        info.num_entries, shard] for info, shard in rows]}
+            "prefix": prefix_file, "shards": shards, "blocks": blocks}
 
 
 class ShardStore:
@@ -208,13 +212,12 @@ class ShardStore:
     single-file bank keeps the ones it was saved with and, in this process, those built since.
     """
 
-    def __init__(self, root: Path, files: list[Path], infos: list[BlockInfo], shard_of: list[int],
-                 entry_bytes: int, key: str = "{index}.{field}",
+    def __init__(self, root: Path, files: list[Path], infos: BlockTable, entry_bytes: int, key: str = "{index}.{field}",
                  derived: dict[str, tuple[dict[str, torch.Tensor], dict]] | None = None) -> None:
         self.root = root
         self.files = files
         self.infos = infos
-        self.shard_of = shard_of
+        self.shard_of = infos.column("shard").tolist()
         self.entry_bytes = entry_bytes
         self.key = key
         self.device = torch.device("cpu")
@@ -294,9 +297,9 @@ def read_bank(path: str | Path) -> tuple[ShardStore, Prefix, Provenance, dict[st
     if version == 1:
         return _read_legacy_file(path, metadata)
     index = _parse_json(metadata.get("index"), path)
-    tensors = _tensors(path, ("prefix_ids", "prefix_keys", "prefix_values"))
+    tensors = _tensors(path, ("prefix_ids", "prefix_keys", "prefix_values", TABLE_TENSOR))
     derived = _derived_from_file(path, index.get("derived", {}))
-    store, provenance, kv = _store(path, [path], index, derived)
+    store, provenance, kv = _store(path, [path], index, tensors.get(TABLE_TENSOR), derived)
     return store, Prefix.from_tensors(tensors), provenance, kv
 
 
@@ -312,22 +315,24 @@ def _read_folder(directory: Path) -> tuple[ShardStore, Prefix, Provenance, dict[
     if version == 1:
         return _legacy_folder_store(directory, index, prefix)
     files = [_inside(directory, shard["file"]) for shard in index["shards"]]
-    store, provenance, kv = _store(directory, files, index, None)
+    table = _tensors(directory / TABLE_FILE, (TABLE_TENSOR,)).get(TABLE_TENSOR) if (directory / TABLE_FILE).is_file() \
+        else None
+    store, provenance, kv = _store(directory, files, index, table, None)
     return store, prefix, provenance, kv
 
 
-def _store(root: Path, files: list[Path], index: dict[str, Any],
+def _store(root: Path, files: list[Path], index: dict[str, Any], table: torch.Tensor | None,
            derived: dict | None) -> tuple[ShardStore, Provenance, dict[str, Any] | None]:
     provenance = Provenance.from_dict(index["provenance"])
     kv = index.get("kv")
-    infos, shard_of = [], []
-    for document, token_start, char_start, char_end, tokens, entries, shard in index["blocks"]:
-        if not 0 <= shard < len(files):
-            raise BankMismatchError(f"The index of {root} names shard {shard}, but lists {len(files)} shards.")
-        span = None if char_start is None else (char_start, char_end)
-        infos.append(BlockInfo(document, token_start, span, tokens, entries))
-        shard_of.append(shard)
-    return ShardStore(root, files, infos, shard_of, entry_bytes(kv, provenance), derived=derived), provenance, kv
+    if table is None or table.dim() != 2 or table.shape[0] != index.get("blocks"):
+        raise BankMismatchError(f"The block table of {root} is missing or does not list the {index.get('blocks')} "
+                                "blocks its index counts: the bank is damaged.")
+    infos = BlockTable(table)
+    shards = infos.column("shard")
+    if len(infos) and not bool(((shards >= 0) & (shards < len(files))).all()):
+        raise BankMismatchError(f"The block table of {root} names shards outside the {len(files)} its index lists.")
+    return ShardStore(root, files, infos, entry_bytes(kv, provenance), derived=derived), provenance, kv
 
 
 def entry_bytes(kv: dict[str, Any] | None, provenance: Provenance) -> int:
@@ -429,7 +434,8 @@ def _legacy_folder_store(directory: Path, index: dict[str, Any], prefix: Prefix)
     sizes, kv = _legacy_layout(files, "{index}.{field}", shard_of)
     infos = [BlockInfo(document, start, tuple(span) if span else None, tokens, entries)
              for (document, start, span, _), (tokens, entries) in zip(spans, sizes)]
-    return ShardStore(directory, files, infos, shard_of, entry_bytes(kv, provenance)), prefix, provenance, kv
+    table = BlockTable.of(infos, shard_of)
+    return ShardStore(directory, files, table, entry_bytes(kv, provenance)), prefix, provenance, kv
 
 
 def _read_legacy_file(path: Path, metadata: dict[str, str]):
@@ -443,5 +449,5 @@ def _read_legacy_file(path: Path, metadata: dict[str, str]):
     sizes, kv = _legacy_layout([path], key, shard_of)
     infos = [BlockInfo(document, start, tuple(span) if span else None, tokens, entries)
              for (document, start, span), (tokens, entries) in zip(spans, sizes)]
-    store = ShardStore(path, [path], infos, shard_of, entry_bytes(kv, provenance), key=key)
+    store = ShardStore(path, [path], BlockTable.of(infos), entry_bytes(kv, provenance), key=key)
     return store, prefix, provenance, kv

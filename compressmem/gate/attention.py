@@ -51,7 +51,7 @@ class GateIndex:
         """The index kept with `bank` for these layers (moved to the model's device once per process), or
         built now from the blocks and kept with the bank."""
         missing = sorted(set(layers) - set(bank.layers))
-        if missing or not len(bank) or bank.infos[0].num_entries == 0:
+        if missing or not len(bank) or int(bank.infos.column("entries").min()) == 0:
             raise BankMismatchError(
                 f"The gate reads layers {list(layers)} but the bank holds keys for {list(bank.layers)} only; "
                 "rebuild the bank with this configuration's compress().")
@@ -72,7 +72,7 @@ class GateIndex:
             if rotary is not None:
                 block_keys = rotary.unrotate_layers(block_keys, block.positions[rows].long(), layers, dim=0)
             keys.append(block_keys)
-        sizes = torch.tensor([0] + [info.num_entries for info in bank.infos])
+        sizes = torch.cat([torch.zeros(1, dtype=torch.int64), bank.infos.column("entries")])
         index = cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0).to(model.device), rotary=rotary)
         bank.keep_derived(name, {"keys": index.keys, "offsets": index.offsets}, metadata)
         return index
