@@ -172,6 +172,23 @@ def test_a_few_grpo_steps_raise_the_reward(tokenizer, tmp_path):
     assert (tmp_path / "run" / "grpo_log.png").is_file() and (tmp_path / "run" / "reasoner").is_dir()
 
 
+def test_the_trainer_puts_the_users_model_back_as_it_found_it(tokenizer, tmp_path):
+    """Which weights learn, train or eval mode, checkpointing flags and the attention implementation: all as before."""
+    policy = _policy(tokenizer)
+    base = policy.model
+    base.model.embed_tokens.weight.requires_grad_(True)  # the user's own choice, for their own training
+    before = {name: weight.requires_grad for name, weight in base.named_parameters()}
+    layers = [m for m in base.modules() if hasattr(m, "gradient_checkpointing")]
+    config = GRPOConfig(steps=1, questions_per_step=1, group_size=2, max_new_tokens=3, gradient_checkpointing=True,
+                        save_every=1)
+    GRPOTrainer(policy, [EXAMPLE], tmp_path / "run", config, lambda p, a: float(len(p) % 2),
+                show_progress=False).train()
+    assert {name: weight.requires_grad for name, weight in base.named_parameters()} == before
+    assert not base.training and not any(m.gradient_checkpointing for m in layers)
+    assert not any("_can_checkpoint_with_cache" in vars(m) for m in layers)
+    assert base.config._attn_implementation == "sdpa" and not hasattr(base, "_require_grads_hook")
+
+
 def test_grpo_checks_its_inputs(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="group_size must be at least 2"):
         GRPOConfig(group_size=1)
