@@ -264,8 +264,9 @@ class MemoryConfig:
     def _check_compression(self) -> None:
         users = self.kv_users
         if self.compression is None and users:
-            raise ConfigError(f"{' and '.join(users)} need compressed KV, but compression is None: set "
-                              "compression=CompressionConfig(...) (e.g. method='select', ratio=4).")
+            raise ConfigError(f"{' and '.join(users)} {'read' if len(users) > 1 else 'reads'} compressed KV, but "
+                              "compression is None: set compression=CompressionConfig(...) (e.g. method='select', "
+                              "ratio=4).")
         if self.compression is not None and not users:
             raise ConfigError(
                 f"compression={self.compression.method!r} would be ignored: with "
@@ -372,7 +373,8 @@ def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
 
     Release 0.1 wrote every field whether its stage used it or not, so the migration keeps a field
     only where its stage reads it: no compressor when nothing read KV, no gate layers or sharpness
-    unless the attention gate, no quote settings when rewriting. Runtime and benchmark knobs
+    unless the attention gate, no quote settings when rewriting, no recall unless a gate scanned in
+    document order. Runtime and benchmark knobs
     (`compress_batch_size`, `fixed_update_tokens`) are dropped; `{memory}` in templates becomes `{notes}`.
     """
     unknown = sorted(set(flat) - _LEGACY_FIELDS)
@@ -404,7 +406,8 @@ def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
                "empty_notes": get("empty_memory", DEFAULT_EMPTY_NOTES)}
     return {"chunking": {"size": get("chunk_size", 512)}, "compression": compression, "gate": gate,
             "reading": {"mode": reads, "order": get("read_order", "document"),
-                        "recall": bool(get("recall", False)) and gate is not None, "max_steps": get("max_steps")},
+                        "recall": bool(get("recall", False)) and gate is not None
+                        and get("read_order", "document") == "document", "max_steps": get("max_steps")},
             "notes": notes, "prompts": prompts, "direct_max_tokens": get("direct_max_tokens"),
             "query_tokens": get("query_tokens", 256)}
 

@@ -26,7 +26,7 @@ from .distributed import ONE_PROCESS, Processes, compress_into_folder
 from .embedded import resolve_model_source
 from .gate import GateHead, build_gate, default_gate_layers
 from .gate.head import HEAD_FILE
-from .hf.adapters import ReasonerAdapter
+from .hf.adapters import ReasonerAdapter, adapter_active
 from .hf.fingerprint import fingerprint_model
 from .hf.placement import check_placement
 from .hf.sliding import check_sliding_window
@@ -241,7 +241,9 @@ class CompressedMemoryModel:
         rows = _unpadded_rows(input_ids, attention_mask)
         if context is None and bank is None:
             if input_ids.shape[1] <= self._direct_max_tokens():
-                return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+                with adapter_active(self.model, None):  # the base model alone, whatever another thread is reading
+                    return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                               **generation_kwargs)
             splits = [self.prompts.split_long_prompt(row) for row in rows]
             questions = [question for _, question in splits]
             banks = [self.compress(text) for text, _ in splits]
@@ -320,19 +322,20 @@ class CompressedMemoryModel:
         return [self.compress(context)] * batch
 
     def _gate_layers(self) -> tuple[int, ...]:
-        """The layers whose keys the gate reads: the trained head's own, else the configuration's (attention
-        gate), else the default for this model."""
+        """The layers whose keys the gate reads: the trained head's own for the head gate, the configuration's for
+        the attention gate (else the default for this model); for other gates, a carried head's or the default."""
         text = self.model.config.get_text_config()
         gate = self.memory_config.gate
         if self.gate_head is not None:
             self.gate_head.check_model(self.model)
+        if gate is not None and gate.kind == "attention" and gate.layers:
+            if any(not 0 <= i < text.num_hidden_layers for i in gate.layers):
+                raise ConfigError(f"gate.layers {list(gate.layers)} must lie in 0..{text.num_hidden_layers - 1} for "
+                                  "this model.")
+            return tuple(gate.layers)
+        if self.gate_head is not None and (gate is None or gate.kind != "attention"):
             return self.gate_head.layers
-        layers = gate.layers if gate is not None and gate.kind == "attention" and gate.layers else None
-        if layers is None:
-            return default_gate_layers(text.num_hidden_layers, getattr(text, "layer_types", None))
-        if any(not 0 <= i < text.num_hidden_layers for i in layers):
-            raise ConfigError(f"gate.layers {list(layers)} must lie in 0..{text.num_hidden_layers - 1} for this model.")
-        return tuple(layers)
+        return default_gate_layers(text.num_hidden_layers, getattr(text, "layer_types", None))
 
     def _compressor(self, learned: LearnedCompressor | None) -> Compressor | None:
         """The compressor the configuration names: None when nothing reads KV, the given learned one, or a

@@ -47,9 +47,12 @@ def test_threads_answering_on_one_model_get_the_answers_they_get_one_after_the_o
     jobs = [(essay_text[i * 700:i * 700 + 1400], question) for i, question in
             enumerate(["What is this about?", "Who is the author?", "Why does it matter?", "What is a startup?",
                        "Where does it happen?", "When was it written?"])]
+    jobs += [(None, "Name a colour."), (None, "Name a river.")]
 
     def ask(job):
         context, question = job
+        if context is None:  # the base model alone, while other threads read under the reasoner's adapter
+            return model.generate(model.prompt_ids(question), max_new_tokens=5, do_sample=False).tolist()
         bank = model.compress(context)
         out = model.generate(model.prompt_ids(question), bank=bank, max_new_tokens=5, do_sample=False,
                              return_dict_in_generate=True)

@@ -79,8 +79,9 @@ def test_invalid_values_name_the_setting(make, field):
     (lambda: NotesConfig(update="rewrite", min_grounding=0.5), "min_grounding applies to update='append' only"),
     (lambda: MemoryConfig(compression=CompressionConfig("select")), "would be ignored.*lexical gate and raw"),
     (lambda: MemoryConfig(gate=None, compression=CompressionConfig("none")), "would be ignored.*no gate"),
-    (lambda: MemoryConfig(gate=GateConfig("attention")), "need compressed KV.*set compression"),
-    (lambda: MemoryConfig(reading=ReadingConfig("compressed")), "need compressed KV"),
+    (lambda: MemoryConfig(gate=GateConfig("attention")), "'attention' reads compressed KV.*set compression"),
+    (lambda: MemoryConfig(gate=GateConfig("attention"), reading=ReadingConfig("compressed")),
+     "'attention' and reading mode 'compressed' read compressed KV"),
     (lambda: MemoryConfig(gate=None, reading=ReadingConfig(recall=True)), "recall.*needs a gate"),
     (lambda: MemoryConfig(reading=ReadingConfig(order="score")), "order='score'.*threshold"),
     (lambda: MemoryConfig(gate=GateConfig(top_k=None, threshold=0.5), reading=ReadingConfig(order="score",
@@ -137,5 +138,8 @@ def test_migration_drops_a_compressor_nothing_read_and_renames_template_fields()
             "answer_template": "Memory: {memory}\n{question}", "compress_batch_size": 8, "fixed_update_tokens": True}
     config = MemoryConfig.from_dict(migrate_flat(flat))
     assert config.compression is None and config.gate == GateConfig("lexical")
+    scored = MemoryConfig.from_legacy({"gate": "lexical", "gate_top_k": None, "gate_threshold": 0.3,
+                                       "read_order": "score", "recall": True})  # 0.1 ignored recall here
+    assert scored.reading == ReadingConfig(order="score", recall=False)
     assert config.notes == NotesConfig(update="rewrite")
     assert config.prompts.answer_template == "Memory: {notes}\n{question}"

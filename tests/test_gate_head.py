@@ -82,6 +82,8 @@ def test_gate_head_config_needs_weights_and_matching_layers(tokenizer):
                                   show_progress=False)
     assert model.gate_layers == (2, 3)
     assert model.compress(_context()).layers == (2, 3)
+    attention = model.with_config(HEAD_CONFIG.replace(gate=GateConfig("attention", layers=(0,))))
+    assert attention.gate_layers == (0,)  # the attention gate reads its own layers, whatever head is carried
 
 
 def test_checkpoint_carries_the_head_and_reads_with_it(tokenizer, tmp_path):

@@ -64,7 +64,8 @@ class Provenance:
         if built != (needs.chunk_size, needs.compression, needs.compressor_digest):
             raise BankMismatchError(
                 f"This memory bank was built with {self.describe()}, but the configuration reading it needs "
-                f"{needs.describe()} ({' and '.join(needs.users)} read the bank's compressed KV). Rebuild the bank "
+                f"{needs.describe()} ({' and '.join(needs.users)} {'read' if len(needs.users) > 1 else 'reads'} the "
+                "bank's compressed KV). Rebuild the bank "
                 "with this model's compress(), or read it with a configuration of the bank's own settings.")
         missing = sorted(set(needs.layers) - set(self.layers))
         if missing:

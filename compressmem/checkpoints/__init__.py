@@ -1,5 +1,5 @@
-"""Checkpoints shipped inside compressmem, in checkpoint layout: pass one as `memory=` to
-`CompressedMemoryModel.from_pretrained` (or `--memory` on the command line)."""
+"""Checkpoints shipped inside compressmem, in checkpoint layout: pass one as `checkpoint=` to
+`CompressedMemoryModel.from_pretrained` (or `--checkpoint` on the command line)."""
 
 from pathlib import Path
 
