@@ -9,19 +9,21 @@ length, token count and size come from the blocks' infos, so asking them never l
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from .block import BlockTable, MemoryBlock
+from .memo import Memo
 from .provenance import BankNeeds, Provenance
 from .storage import BankWriter, Prefix, kv_layout, read_bank, write_file, write_index
 
 DerivedIndex = tuple[dict[str, torch.Tensor], dict]
 """A gate index kept with a bank: its tensors and its metadata."""
 
+T = TypeVar("T")
 
 class BlockStore(Protocol):
     """Where a bank's blocks live: `infos` (known without loading), a block or its token ids by index, the
@@ -29,6 +31,7 @@ class BlockStore(Protocol):
 
     infos: BlockTable
     entry_bytes: int
+    memo: Memo
 
     def __len__(self) -> int: ...
 
@@ -50,6 +53,7 @@ class MemoryStore:
     def __init__(self, blocks: list[MemoryBlock]) -> None:
         self.blocks = blocks
         self.infos = BlockTable.of([block.info for block in blocks])
+        self.memo = Memo()
         with_kv = next((b for b in blocks if b.keys is not None), None)
         self.entry_bytes = 0 if with_kv is None else (with_kv.nbytes - 4 * with_kv.num_tokens) // with_kv.num_entries
         self._derived: dict[str, DerivedIndex] = {}
@@ -85,6 +89,7 @@ class SubsetStore:
         self.indices = indices
         self.infos = store.infos.select(indices)
         self.entry_bytes = store.entry_bytes
+        self.memo = Memo()
         self._own = MemoryStore([])
 
     def __len__(self) -> int:
@@ -138,6 +143,7 @@ class MemoryBank:
         self.provenance = provenance
         self.kv = kv  # the KV's dtype and per-entry shape, as the index records them
         self.device = device  # where blocks land when read (None: where they are)
+
 
     @classmethod
     def from_blocks(cls, blocks: list[MemoryBlock], prefix: Prefix, provenance: Provenance) -> "MemoryBank":
@@ -254,6 +260,10 @@ class MemoryBank:
     def derived(self, name: str) -> DerivedIndex | None:
         """The gate index `name` kept with this bank, or None."""
         return self.store.derived(name)
+
+    def memo(self, key: Any, make: Callable[[], T]) -> T:
+        """What `make()` returns, made once per process for this bank's blocks (a gate's unpacked index)."""
+        return self.store.memo.get(key, make)
 
     def keep_derived(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict, persist: bool = True) -> None:
         """Keep gate index `name` with this bank for this process and, with `persist`, beside a bank folder's

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from ..config import CompressionConfig
 from ..hf.fingerprint import BaseFingerprint
 from .block import BlockInfo, BlockTable, MemoryBlock
+from .memo import Memo
 from .provenance import BankMismatchError, Provenance
 
 INDEX = "bank.json"
@@ -221,6 +222,7 @@ class ShardStore:
         self.entry_bytes = entry_bytes
         self.key = key
         self.device = torch.device("cpu")
+        self.memo = Memo()
         self._derived = dict(derived or {})
         self._lock = threading.Lock()
 

@@ -95,7 +95,8 @@ class AttentionGate:
         self.sharpness = sharpness
 
     def index(self, bank: MemoryBank, model: PreTrainedModel) -> GateIndex:
-        return GateIndex.build(bank, self.layers, model)
+        """The bank's packed gate keys on the model's device, made once per process and bank."""
+        return bank.memo(("keys", self.layers, str(model.device)), lambda: GateIndex.build(bank, self.layers, model))
 
     @torch.no_grad()
     def score(self, model: PreTrainedModel, texts: list[str], index: GateIndex) -> torch.Tensor:

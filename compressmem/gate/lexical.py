@@ -91,7 +91,11 @@ class LexicalGate:
         self.tokenizer = tokenizer
 
     def index(self, bank: MemoryBank, model: PreTrainedModel | None = None) -> LexicalIndex:
-        """The bank's BM25 index: the one kept with the bank, or built now and kept with it."""
+        """The bank's BM25 index: the one kept with the bank (unpacked once per process), or built now and kept
+        with it."""
+        return bank.memo(INDEX_NAME, lambda: self._load_or_build(bank))
+
+    def _load_or_build(self, bank: MemoryBank) -> LexicalIndex:
         kept = bank.derived(INDEX_NAME)
         if kept is not None and kept[1].get("version") == INDEX_VERSION and kept[1].get("blocks") == len(bank):
             return LexicalIndex.from_tensors(kept[0])
