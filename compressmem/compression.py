@@ -20,6 +20,7 @@ from .chunking import Chunk
 from .compressors import CompressedChunks, Compressor
 from .config import CompressionConfig
 from .hf.fingerprint import BaseFingerprint
+from .quantize import CHANNELS, TOKENS, quantize
 
 
 @dataclass
@@ -89,7 +90,7 @@ class BankBuilder:
                 batch = members[start:start + batch_size]
                 out = self.forward(torch.stack([chunks[i].token_ids for i in batch]))
                 for row, i in enumerate(batch):
-                    made[i] = _block(chunks[i], out, row, device)
+                    made[i] = _block(chunks[i], out, row, device, self.compression)
                 prefix = Prefix(self.prefix_ids, out.prefix_keys.to(device),
                                 None if out.prefix_values is None else out.prefix_values.to(device))
                 if bar is not None:
@@ -111,11 +112,15 @@ class BankBuilder:
         return MemoryBank.from_blocks(blocks, prefix, self.provenance())
 
 
-def _block(chunk: Chunk, out: CompressedChunks | None = None, row: int = 0,
-           device: torch.device | None = None) -> MemoryBlock:
-    """Chunk `chunk`'s block: row `row` of a compressed batch, or its token ids alone."""
+def _block(chunk: Chunk, out: CompressedChunks | None = None, row: int = 0, device: torch.device | None = None,
+           compression: CompressionConfig | None = None) -> MemoryBlock:
+    """Chunk `chunk`'s block: row `row` of a compressed batch (quantized as `compression` says, where it was
+    computed, then moved to `device`), or its token ids alone."""
     if out is None:
         return MemoryBlock(chunk.token_ids, None, None, None, chunk.document, chunk.token_start, chunk.char_span)
-    values = None if out.values is None else out.values[row].to(device)
-    return MemoryBlock(chunk.token_ids, out.keys[row].to(device), values, out.positions[row].to(device),
-                       chunk.document, chunk.token_start, chunk.char_span)
+    keys, values = out.keys[row], None if out.values is None else out.values[row]
+    if compression is not None and compression.bits < 16:
+        keys = quantize(keys, compression.bits, compression.group, TOKENS)
+        values = None if values is None else quantize(values, compression.bits, compression.group, CHANNELS)
+    return MemoryBlock(chunk.token_ids, keys.to(device), None if values is None else values.to(device),
+                       out.positions[row].to(device), chunk.document, chunk.token_start, chunk.char_span)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 COMPRESSION_METHODS = ("none", "select", "learned")
+BITS = (16, 8, 4, 2)
+DEFAULT_GROUP = 32
 SCORES = ("keynorm", "observed", "window")
 GATE_KINDS = ("lexical", "attention", "head")
 READ_MODES = ("raw", "compressed")
@@ -64,13 +66,27 @@ class ChunkingConfig:
 class CompressionConfig:
     """How a chunk becomes a block of KV: `none` keeps every entry (ratio 1), `select` keeps the `1/ratio`
     entries a training-free `score` ranks highest, `learned` keeps the KV of one trained memory token per
-    `ratio` chunk tokens (it needs a checkpoint's compressor)."""
+    `ratio` chunk tokens (it needs a checkpoint's compressor). Any of them stores its KV in `bits` bits
+    (16: as computed; 8, 4 or 2: quantized, keys per channel and values per token, in groups of `group`)."""
 
     method: str = "select"
     ratio: float | None = None
     score: str | None = None
+    bits: int = 16
+    group: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_method()
+        _choice("compression.bits", self.bits, BITS)
+        if self.bits == 16:
+            if self.group is not None:
+                raise ConfigError("compression.group sizes the groups of quantized KV; with bits=16 nothing is "
+                                  "quantized and it would be ignored: drop it, or set bits to 8, 4 or 2.")
+            return
+        _set(self, "group", DEFAULT_GROUP if self.group is None else self.group)
+        _positive_int("compression.group", self.group)
+
+    def _check_method(self) -> None:
         _choice("compression.method", self.method, COMPRESSION_METHODS)
         if self.method == "none":
             if self.ratio not in (None, 1):

@@ -58,7 +58,7 @@ def assert_same_bank(ours: MemoryBank, theirs: MemoryBank) -> None:
 
 
 def _info(start: int) -> BlockInfo:
-    return BlockInfo(0, start, (start, start + 10), 64, 16)
+    return BlockInfo(0, start, (start, start + 10), 64, 16, 5000)
 
 
 def test_merge_lists_every_writers_blocks_in_document_order():

@@ -26,11 +26,10 @@ DerivedIndex = tuple[dict[str, torch.Tensor], dict]
 T = TypeVar("T")
 
 class BlockStore(Protocol):
-    """Where a bank's blocks live: `infos` (known without loading), a block or its token ids by index, the
-    bytes of one KV entry, and the gate indexes kept with the bank."""
+    """Where a bank's blocks live: `infos` (known without loading), a block or its token ids by index, and the
+    gate indexes kept with the bank (and, per process, what was unpacked from them)."""
 
     infos: BlockTable
-    entry_bytes: int
     memo: Memo
 
     def __len__(self) -> int: ...
@@ -54,8 +53,6 @@ class MemoryStore:
         self.blocks = blocks
         self.infos = BlockTable.of([block.info for block in blocks])
         self.memo = Memo()
-        with_kv = next((b for b in blocks if b.keys is not None), None)
-        self.entry_bytes = 0 if with_kv is None else (with_kv.nbytes - 4 * with_kv.num_tokens) // with_kv.num_entries
         self._derived: dict[str, DerivedIndex] = {}
         self._lock = threading.Lock()
 
@@ -88,7 +85,6 @@ class SubsetStore:
         self.store = store
         self.indices = indices
         self.infos = store.infos.select(indices)
-        self.entry_bytes = store.entry_bytes
         self.memo = Memo()
         self._own = MemoryStore([])
 
@@ -201,7 +197,7 @@ class MemoryBank:
         """Bytes of every tensor the bank holds as saved: KV, positions, and token ids at 4 bytes each."""
         prefix = 4 * self.prefix.ids.numel() + sum(t.numel() * t.element_size()
                                                    for t in (self.prefix.keys, self.prefix.values) if t is not None)
-        return prefix + 4 * self.num_tokens + self.store.entry_bytes * int(self.infos.column("entries").sum())
+        return prefix + int(self.infos.column("bytes").sum())
 
     def token_ids(self, index: int) -> torch.Tensor:
         """Block `index`'s raw token ids, without loading its KV."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..quantize import Quantized
+
 
 @dataclass(frozen=True)
 class BlockInfo:
@@ -18,6 +20,7 @@ class BlockInfo:
     char_span: tuple[int, int] | None  # the chunk's span in its document's text, when the context was text
     num_tokens: int  # tokens of the chunk
     num_entries: int  # KV entries kept per layer and head (0 for a bank of token ids only)
+    num_bytes: int  # the block as stored: KV (packed, with scales, when quantized), positions, token ids
 
 
 @dataclass(frozen=True)
@@ -26,14 +29,15 @@ class MemoryBlock:
 
     `keys`/`values` are `[layers, kv_heads, m, head_dim]` for the bank's layers, with RoPE applied at
     the entries' original positions (the bank's shared prefix at `0..p-1`, the chunk at `p..p+n-1`),
-    which `positions` `[layers, kv_heads, m]` records entry by entry. `keys` is None in a bank of
-    token ids only, `values` when the bank was built for gating only. `token_ids` are the chunk's raw
-    tokens, so a block can always be expanded back to its text.
+    which `positions` `[layers, kv_heads, m]` records entry by entry; they are `Quantized` (packed, with
+    their scales) in a bank of fewer than 16 bits. `keys` is None in a bank of token ids only, `values`
+    when the bank was built for gating only. `token_ids` are the chunk's raw tokens, so a block can
+    always be expanded back to its text.
     """
 
     token_ids: torch.Tensor
-    keys: torch.Tensor | None
-    values: torch.Tensor | None
+    keys: torch.Tensor | Quantized | None
+    values: torch.Tensor | Quantized | None
     positions: torch.Tensor | None
     document: int
     token_start: int
@@ -49,11 +53,13 @@ class MemoryBlock:
 
     @property
     def info(self) -> BlockInfo:
-        return BlockInfo(self.document, self.token_start, self.char_span, self.num_tokens, self.num_entries)
+        return BlockInfo(self.document, self.token_start, self.char_span, self.num_tokens, self.num_entries,
+                         self.nbytes)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the block as stored: its KV and positions, and its token ids at 4 bytes each."""
+        """Bytes of the block as stored: its KV (packed, with scales, when quantized) and positions, and its
+        token ids at 4 bytes each."""
         return 4 * self.num_tokens + sum(_nbytes(t) for t in (self.keys, self.values, self.positions))
 
     def to(self, device: torch.device | str) -> "MemoryBlock":
@@ -65,15 +71,18 @@ class MemoryBlock:
         )
 
 
-def _nbytes(tensor: torch.Tensor | None) -> int:
-    return 0 if tensor is None else tensor.numel() * tensor.element_size()
+def _nbytes(tensor: torch.Tensor | Quantized | None) -> int:
+    if tensor is None:
+        return 0
+    return tensor.nbytes if isinstance(tensor, Quantized) else tensor.numel() * tensor.element_size()
 
 
 class BlockTable(Sequence):
-    """The infos of a bank's blocks as one `[blocks, 7]` int64 tensor (document, token start, character start and
-    end, or -1 without a span, tokens, entries, shard): indexing gives a `BlockInfo`, sums are vectorised."""
+    """The infos of a bank's blocks as one `[blocks, 8]` int64 tensor (document, token start, character start and
+    end, or -1 without a span, tokens, entries, bytes, shard): indexing gives a `BlockInfo`, sums are
+    vectorised."""
 
-    COLUMNS = ("document", "token_start", "char_start", "char_end", "tokens", "entries", "shard")
+    COLUMNS = ("document", "token_start", "char_start", "char_end", "tokens", "entries", "bytes", "shard")
 
     def __init__(self, table: torch.Tensor) -> None:
         if table.dim() != 2 or table.shape[1] != len(self.COLUMNS) or table.dtype != torch.int64:
@@ -84,8 +93,8 @@ class BlockTable(Sequence):
     @classmethod
     def of(cls, infos: Sequence[BlockInfo], shards: Sequence[int] | None = None) -> "BlockTable":
         shards = shards if shards is not None else [0] * len(infos)
-        rows = [[i.document, i.token_start, *(i.char_span or (-1, -1)), i.num_tokens, i.num_entries, shard]
-                for i, shard in zip(infos, shards)]
+        rows = [[i.document, i.token_start, *(i.char_span or (-1, -1)), i.num_tokens, i.num_entries, i.num_bytes,
+                 shard] for i, shard in zip(infos, shards)]
         return cls(torch.tensor(rows, dtype=torch.int64).reshape(-1, len(cls.COLUMNS)))
 
     def __len__(self) -> int:
@@ -94,9 +103,9 @@ class BlockTable(Sequence):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        document, start, char_start, char_end, tokens, entries, _ = self.table[index].tolist()
+        document, start, char_start, char_end, tokens, entries, size, _ = self.table[index].tolist()
         span = None if char_start < 0 else (char_start, char_end)
-        return BlockInfo(document, start, span, tokens, entries)
+        return BlockInfo(document, start, span, tokens, entries, size)
 
     def __iter__(self) -> Iterator[BlockInfo]:
         return (self[i] for i in range(len(self)))

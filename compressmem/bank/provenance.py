@@ -8,6 +8,7 @@ refused with a message naming both sides and what to do, never read silently wro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +39,7 @@ class Provenance:
         return f"chunks of {self.chunk_size} tokens, {_compression_words(self.compression)}, {held}"
 
     def to_dict(self) -> dict[str, Any]:
-        compression = None if self.compression is None else {
-            "method": self.compression.method, "ratio": self.compression.ratio, "score": self.compression.score}
+        compression = None if self.compression is None else dataclasses.asdict(self.compression)
         return {"fingerprint": self.fingerprint.to_dict(), "chunk_size": self.chunk_size, "compression": compression,
                 "compressor_digest": self.compressor_digest, "layers": list(self.layers), "values": self.values}
 
@@ -99,7 +99,8 @@ class BankNeeds:
 
 
 def _compression_words(compression: CompressionConfig) -> str:
+    bits = "" if compression.bits == 16 else f", {compression.bits}-bit in groups of {compression.group}"
     if compression.method == "none":
-        return "uncompressed KV (method 'none')"
+        return f"every KV entry (method 'none'{bits})"
     score = f", score {compression.score!r}" if compression.score else ""
-    return f"compression {compression.method!r} at ratio {compression.ratio:g}{score}"
+    return f"compression {compression.method!r} at ratio {compression.ratio:g}{score}{bits}"

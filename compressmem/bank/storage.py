@@ -19,6 +19,7 @@ read too.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import CompressionConfig
 from ..hf.fingerprint import BaseFingerprint
+from ..quantize import CHANNELS, TOKENS, Quantized
 from .block import BlockInfo, BlockTable, MemoryBlock
 from .memo import Memo
 from .provenance import BankMismatchError, Provenance
@@ -43,7 +45,6 @@ TABLE_TENSOR = "block_table"
 FORMAT = "compressmem.MemoryBank"
 FORMAT_VERSION = 2
 FIELDS = ("token_ids", "keys", "values", "positions")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,19 @@ class BankWriter:
 
 
 def block_tensors(block: MemoryBlock, index: int, key: str = "{index}.{field}") -> dict[str, torch.Tensor]:
-    """The tensors `block` is stored as, named after its place `index` in the bank."""
+    """The tensors `block` is stored as, named after its place `index` in the bank: quantized KV as its packed
+    codes plus `.scales` and `.zeros` beside them."""
     tensors = {}
     for name in FIELDS:
         tensor = getattr(block, name)
-        if tensor is not None:
-            stored = tensor.to(torch.int32) if name == "token_ids" else tensor
-            tensors[key.format(index=index, field=name)] = stored.detach().contiguous().cpu()
-    return tensors
+        if tensor is None:
+            continue
+        stored = key.format(index=index, field=name)
+        if isinstance(tensor, Quantized):
+            tensors.update({stored: tensor.data, f"{stored}.scales": tensor.scales, f"{stored}.zeros": tensor.zeros})
+        else:
+            tensors[stored] = tensor.to(torch.int32) if name == "token_ids" else tensor
+    return {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
 
 
 def merge_parts(parts: Sequence[BankPart]) -> tuple[list[str], list[int], list[tuple[BlockInfo, int]]]:
@@ -192,11 +198,12 @@ def write_file(path: str | Path, blocks: Iterable[MemoryBlock], prefix: Prefix, 
 
 
 def kv_layout(block: MemoryBlock) -> dict[str, Any] | None:
-    """The dtype and per-entry shape of a block's KV, as the index records them (None without KV)."""
+    """The dtype (or bits) and per-entry shape of a block's KV, as the index records them (None without KV)."""
     if block.keys is None:
         return None
-    return {"dtype": str(block.keys.dtype).removeprefix("torch."), "kv_heads": int(block.keys.shape[1]),
-            "head_dim": int(block.keys.shape[-1])}
+    keys = block.keys
+    dtype = f"int{keys.bits}" if isinstance(keys, Quantized) else str(keys.dtype).removeprefix("torch.")
+    return {"dtype": dtype, "kv_heads": int(keys.shape[1]), "head_dim": int(keys.shape[-1])}
 
 
 def _index(provenance: Provenance, kv: dict[str, Any] | None, prefix_file: str, shards: list[dict],
@@ -213,13 +220,14 @@ class ShardStore:
     single-file bank keeps the ones it was saved with and, in this process, those built since.
     """
 
-    def __init__(self, root: Path, files: list[Path], infos: BlockTable, entry_bytes: int, key: str = "{index}.{field}",
+    def __init__(self, root: Path, files: list[Path], infos: BlockTable, compression: CompressionConfig | None = None,
+                 key: str = "{index}.{field}",
                  derived: dict[str, tuple[dict[str, torch.Tensor], dict]] | None = None) -> None:
         self.root = root
         self.files = files
         self.infos = infos
         self.shard_of = infos.column("shard").tolist()
-        self.entry_bytes = entry_bytes
+        self.compression = compression  # how its KV was quantized, to read it back
         self.key = key
         self.device = torch.device("cpu")
         self.memo = Memo()
@@ -233,12 +241,21 @@ class ShardStore:
         info = self.infos[index]
         with safe_open(str(self.files[self.shard_of[index]]), framework="pt", device=str(self.device)) as handle:
             names = set(handle.keys())
-            tensors = {f: handle.get_tensor(name) if (name := self.key.format(index=index, field=f)) in names else None
-                       for f in FIELDS}
+            tensors = {f: self._field(handle, names, self.key.format(index=index, field=f), f) for f in FIELDS}
         if tensors["token_ids"] is None:
             raise BankMismatchError(f"{self.files[self.shard_of[index]]} lacks block {index}: the bank is damaged.")
         tensors["token_ids"] = tensors["token_ids"].long()
         return MemoryBlock(**tensors, document=info.document, token_start=info.token_start, char_span=info.char_span)
+
+    def _field(self, handle, names: set[str], name: str, field: str) -> torch.Tensor | Quantized | None:
+        """One stored field of a block: a tensor, a quantized one (codes, scales, zeros), or None."""
+        if name not in names:
+            return None
+        if f"{name}.scales" not in names:
+            return handle.get_tensor(name)
+        bits, group = self.compression.bits, self.compression.group
+        return Quantized(handle.get_tensor(name), handle.get_tensor(f"{name}.scales"),
+                         handle.get_tensor(f"{name}.zeros"), bits, group, TOKENS if field == "keys" else CHANNELS)
 
     def token_ids(self, index: int) -> torch.Tensor:
         with safe_open(str(self.files[self.shard_of[index]]), framework="pt") as handle:
@@ -334,16 +351,7 @@ def _store(root: Path, files: list[Path], index: dict[str, Any], table: torch.Te
     shards = infos.column("shard")
     if len(infos) and not bool(((shards >= 0) & (shards < len(files))).all()):
         raise BankMismatchError(f"The block table of {root} names shards outside the {len(files)} its index lists.")
-    return ShardStore(root, files, infos, entry_bytes(kv, provenance), derived=derived), provenance, kv
-
-
-def entry_bytes(kv: dict[str, Any] | None, provenance: Provenance) -> int:
-    """Bytes of one KV entry across the bank's layers and heads: keys, values when held, positions (int32)."""
-    if kv is None:
-        return 0
-    itemsize = torch.empty((), dtype=_DTYPES[kv["dtype"]]).element_size()
-    per_head = kv["head_dim"] * itemsize * (2 if provenance.values else 1) + 4
-    return len(provenance.layers) * kv["kv_heads"] * per_head
+    return ShardStore(root, files, infos, provenance.compression, derived=derived), provenance, kv
 
 
 def _inside(directory: Path, name: str) -> Path:
@@ -405,9 +413,14 @@ def _legacy_provenance(index: dict[str, Any], has_values: bool) -> Provenance:
                       layers, has_values)
 
 
-def _legacy_layout(files: list[Path], key: str, shard_of: list[int]) -> tuple[list[tuple[int, int]], dict | None]:
-    """Per block (tokens, entries), read from the shards' headers, and the KV layout of the first block."""
-    sizes: list[tuple[int, int]] = []
+_ITEMSIZES = {"F32": 4, "BF16": 2, "F16": 2, "I32": 4}
+_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def _legacy_layout(files: list[Path], key: str,
+                   shard_of: list[int]) -> tuple[list[tuple[int, int, int]], dict | None]:
+    """Per block (tokens, entries, bytes as stored), read from the shards' headers, and the KV layout."""
+    sizes: list[tuple[int, int, int]] = []
     kv = None
     handles = {}
     try:
@@ -415,14 +428,14 @@ def _legacy_layout(files: list[Path], key: str, shard_of: list[int]) -> tuple[li
             if shard not in handles:
                 handles[shard] = safe_open(str(files[shard]), framework="pt")
             handle = handles[shard]
-            tokens = handle.get_slice(key.format(index=index, field="token_ids")).get_shape()[0]
-            name = key.format(index=index, field="keys")
-            shape = handle.get_slice(name).get_shape() if name in handle.keys() else None  # noqa: SIM118
-            sizes.append((tokens, 0 if shape is None else shape[-2]))
+            present = set(handle.keys())
+            names = {f: key.format(index=index, field=f) for f in FIELDS}
+            slices = {f: handle.get_slice(name) for f, name in names.items() if name in present}
+            size = sum(math.prod(s.get_shape()) * _ITEMSIZES[s.get_dtype()] for s in slices.values())
+            shape = slices["keys"].get_shape() if "keys" in slices else None
+            sizes.append((slices["token_ids"].get_shape()[0], 0 if shape is None else shape[-2], size))
             if kv is None and shape is not None:
-                dtype = handle.get_slice(name).get_dtype()
-                kv = {"dtype": {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype], "kv_heads": shape[1],
-                      "head_dim": shape[-1]}
+                kv = {"dtype": _DTYPE_NAMES[slices["keys"].get_dtype()], "kv_heads": shape[1], "head_dim": shape[-1]}
     finally:
         handles.clear()
     return sizes, kv
@@ -434,10 +447,10 @@ def _legacy_folder_store(directory: Path, index: dict[str, Any], prefix: Prefix)
     shard_of = [shard for _, _, _, shard in spans]
     provenance = _legacy_provenance(index, prefix.values is not None)
     sizes, kv = _legacy_layout(files, "{index}.{field}", shard_of)
-    infos = [BlockInfo(document, start, tuple(span) if span else None, tokens, entries)
-             for (document, start, span, _), (tokens, entries) in zip(spans, sizes)]
+    infos = [BlockInfo(document, start, tuple(span) if span else None, *size)
+             for (document, start, span, _), size in zip(spans, sizes)]
     table = BlockTable.of(infos, shard_of)
-    return ShardStore(directory, files, table, entry_bytes(kv, provenance)), prefix, provenance, kv
+    return ShardStore(directory, files, table, provenance.compression), prefix, provenance, kv
 
 
 def _read_legacy_file(path: Path, metadata: dict[str, str]):
@@ -449,7 +462,7 @@ def _read_legacy_file(path: Path, metadata: dict[str, str]):
     provenance = _legacy_provenance(index, prefix.values is not None)
     shard_of = [0] * len(spans)
     sizes, kv = _legacy_layout([path], key, shard_of)
-    infos = [BlockInfo(document, start, tuple(span) if span else None, tokens, entries)
-             for (document, start, span), (tokens, entries) in zip(spans, sizes)]
-    store = ShardStore(path, [path], BlockTable.of(infos), entry_bytes(kv, provenance), key=key)
+    infos = [BlockInfo(document, start, tuple(span) if span else None, *size)
+             for (document, start, span), size in zip(spans, sizes)]
+    store = ShardStore(path, [path], BlockTable.of(infos), provenance.compression, key=key)
     return store, prefix, provenance, kv

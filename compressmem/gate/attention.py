@@ -13,6 +13,7 @@ from ..hf.placement import to_one_device
 from ..hf.probe import probe
 from ..hf.rope import Rotary
 from ..kernels import gate_scores
+from ..quantize import dense
 
 INDEX_VERSION = 1
 
@@ -68,7 +69,7 @@ class GateIndex:
         rows = [bank.layers.index(i) for i in layers]
         keys = []
         for block in bank.blocks:
-            block_keys = block.keys[rows].to(model.device)
+            block_keys = dense(block.keys[rows].to(model.device))  # a quantized block, dequantised on the device
             if rotary is not None:
                 block_keys = rotary.unrotate_layers(block_keys, block.positions[rows].long(), layers, dim=0)
             keys.append(block_keys)

@@ -19,6 +19,7 @@ from ..bank import MemoryBank
 from ..compressors import CompressedChunks
 from ..hf.cache import PrefixCache
 from ..hf.placement import layer_devices
+from ..quantize import CHANNELS, TOKENS, dense, fake_quantize
 from .prompts import pad_token_id
 
 
@@ -39,17 +40,22 @@ def step_input(bank: MemoryBank, block: int, prompt_ids: torch.Tensor, mode: str
     """What reading `block` of `bank` with the update prompt `prompt_ids` feeds the model.
 
     `raw`: the bank's prefix, the chunk's tokens, the prompt. `compressed`: the prefix's and the block's
-    KV, then the prompt at the position after the chunk, whatever the block's size; `recomputed` (the
-    block compressed again, e.g. with gradients by a trainer) replaces both KV. KV lands on `device` in
-    `dtype`.
+    KV, then the prompt at the position after the chunk, whatever the block's size; a quantized block is
+    dequantised here, on `device`, one block at a time. `recomputed` (the block compressed again, e.g. with
+    gradients by a trainer) replaces both KV, read back as the bank's quantization would store it. KV lands
+    on `device` in `dtype`.
     """
     if mode == "raw":
         return StepInput(None, None, torch.cat([bank.prefix_ids, bank.token_ids(block), prompt_ids]), 0)
     if recomputed is None:
         loaded = bank.blocks[block]
-        kv = (bank.prefix_keys, bank.prefix_values, loaded.keys, loaded.values)
+        kv = (bank.prefix_keys, bank.prefix_values, dense(loaded.keys.to(device)), dense(loaded.values.to(device)))
     else:
-        kv = (recomputed.prefix_keys, recomputed.prefix_values, recomputed.keys[0], recomputed.values[0])
+        compression = bank.provenance.compression
+        bits, group = compression.bits, compression.group
+        kv = (recomputed.prefix_keys, recomputed.prefix_values,
+              fake_quantize(recomputed.keys[0], bits, group, TOKENS),
+              fake_quantize(recomputed.values[0], bits, group, CHANNELS))
     prefix_keys, prefix_values, keys, values = (t.to(device=device, dtype=dtype) for t in kv)
     return StepInput(torch.cat([prefix_keys, keys], dim=2), torch.cat([prefix_values, values], dim=2), prompt_ids,
                      bank.prefix_ids.numel() + bank.infos[block].num_tokens)

@@ -1,0 +1,142 @@
+"""Quantized KV blocks: 8, 4 or 2 bits a value, packed, with half-precision scales and zero points per group.
+
+The layout is KIVI's: keys are quantized per channel, in groups of `group` consecutive tokens (a key
+channel's outliers stay inside their own channel), values per token, in groups of `group` consecutive
+channels. Quantization is asymmetric: a group keeps its minimum (the zero point) and its step
+(`(max - min) / (2**bits - 1)`), both float16, and each value the nearest step count. Values are packed
+along the last dimension, `8 // bits` to a byte. A block is dequantised on the device that reads it,
+one block at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .config import BITS
+
+TOKENS, CHANNELS = -2, -1  # the axis a group runs along: keys group tokens, values group channels
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A `[..., n, d]` tensor quantized to `bits` bits per value in groups of `group` along `axis`.
+
+    `data` is uint8 `[..., n, d * bits // 8]`; `scales` and `zeros` are float16, `[..., ceil(n / group), d]`
+    for groups along tokens and `[..., n, ceil(d / group)]` for groups along channels.
+    """
+
+    data: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    bits: int
+    group: int
+    axis: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.data.shape[:-1], self.data.shape[-1] * 8 // self.bits))
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.data, self.scales, self.zeros))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Quantized":
+        return replace(self, **{name: getattr(self, name).to(device, non_blocking=non_blocking)
+                                for name in ("data", "scales", "zeros")})
+
+    def __getitem__(self, index) -> "Quantized":
+        """Rows of the leading dimension (e.g. a block's layers)."""
+        return replace(self, data=self.data[index], scales=self.scales[index], zeros=self.zeros[index])
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The tensor back, in `dtype`, on the device the packed data is on."""
+        codes = unpack(self.data, self.bits).to(torch.float32)
+        scales, zeros = self.scales.float(), self.zeros.float()
+        n, d = codes.shape[-2], codes.shape[-1]
+        if self.axis == TOKENS:
+            scales = scales.repeat_interleave(self.group, dim=-2)[..., :n, :]
+            zeros = zeros.repeat_interleave(self.group, dim=-2)[..., :n, :]
+        else:
+            scales = scales.repeat_interleave(self.group, dim=-1)[..., :d]
+            zeros = zeros.repeat_interleave(self.group, dim=-1)[..., :d]
+        return (codes * scales + zeros).to(dtype)
+
+
+def quantize(tensor: torch.Tensor, bits: int, group: int, axis: int) -> Quantized:
+    """`tensor` `[..., n, d]` quantized to `bits` bits in groups of `group` along `axis` (`TOKENS` or `CHANNELS`)."""
+    if bits not in BITS[1:]:
+        raise ValueError(f"bits must be one of {list(BITS[1:])} to quantize, got {bits!r}.")
+    if tensor.shape[-1] * bits % 8:
+        raise ValueError(f"A last dimension of {tensor.shape[-1]} cannot be packed {8 // bits} values to a byte.")
+    x = tensor.detach().float()
+    n, d = x.shape[-2], x.shape[-1]
+    grouped = _grouped(x, group, axis)  # [..., groups, group, d] (tokens) or [..., n, groups, group] (channels)
+    reduce = -2 if axis == TOKENS else -1
+    low, high = grouped.amin(dim=reduce), grouped.amax(dim=reduce)
+    levels = (1 << bits) - 1
+    scales = ((high - low) / levels).to(torch.float16)
+    zeros = low.to(torch.float16)
+    step = scales.float().clamp(min=torch.finfo(torch.float16).tiny)
+    if axis == TOKENS:
+        full_step = step.repeat_interleave(group, dim=-2)[..., :n, :]
+        full_zero = zeros.float().repeat_interleave(group, dim=-2)[..., :n, :]
+    else:
+        full_step = step.repeat_interleave(group, dim=-1)[..., :d]
+        full_zero = zeros.float().repeat_interleave(group, dim=-1)[..., :d]
+    codes = ((x - full_zero) / full_step).round().clamp(0, levels).to(torch.uint8)
+    return Quantized(pack(codes, bits), scales, zeros, bits, group, axis)
+
+
+def _grouped(x: torch.Tensor, group: int, axis: int) -> torch.Tensor:
+    """`x` with `axis` cut into groups of `group`, the last group padded by repeating its last row (which
+    changes no group's minimum or maximum)."""
+    size = x.shape[axis]
+    padded = -(-size // group) * group
+    if padded != size:
+        rows = torch.cat([torch.arange(size), torch.full((padded - size,), size - 1)]).to(x.device)
+        x = x.index_select(axis % x.dim(), rows)
+    if axis == TOKENS:
+        return x.reshape(*x.shape[:-2], padded // group, group, x.shape[-1])
+    return x.reshape(*x.shape[:-1], padded // group, group)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes of `bits` bits, `8 // bits` to a byte along the last dimension (the first in the low bits)."""
+    per_byte = 8 // bits
+    if per_byte == 1:
+        return codes.contiguous()
+    shaped = codes.reshape(*codes.shape[:-1], codes.shape[-1] // per_byte, per_byte).to(torch.int32)
+    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.int32) * bits
+    return (shaped << shifts).sum(dim=-1).to(torch.uint8)
+
+
+def unpack(data: torch.Tensor, bits: int) -> torch.Tensor:
+    """The codes `pack` packed into `data`."""
+    per_byte = 8 // bits
+    if per_byte == 1:
+        return data
+    shifts = torch.arange(per_byte, device=data.device, dtype=torch.int32) * bits
+    codes = (data.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return codes.reshape(*data.shape[:-1], data.shape[-1] * per_byte).to(torch.uint8)
+
+
+def fake_quantize(tensor: torch.Tensor, bits: int, group: int, axis: int) -> torch.Tensor:
+    """`tensor` as it reads back after quantizing, with gradients passing straight through (training reads the
+    blocks a quantized bank would hold)."""
+    if bits == 16:
+        return tensor
+    read = quantize(tensor, bits, group, axis).dequantize(tensor.dtype).to(tensor.device)
+    return tensor + (read - tensor).detach()
+
+
+def dense(tensor: torch.Tensor | Quantized | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """A block's keys or values as a plain tensor, dequantised when they are stored quantized."""
+    if isinstance(tensor, Quantized):
+        return tensor.dequantize(dtype or torch.float32)
+    return tensor if tensor is None or dtype is None else tensor.to(dtype)
