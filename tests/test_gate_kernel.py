@@ -25,7 +25,14 @@ from unittest import mock
 import pytest
 import torch
 
-from compressmem.kernels import gate_scores, gate_scores_reference, gate_scores_triton, reference
+from compressmem.kernels import (
+    gate_scores,
+    gate_scores_packed_reference,
+    gate_scores_reference,
+    gate_scores_triton,
+    reference,
+)
+from compressmem.quantize import CHANNELS, TOKENS, quantize
 
 from .test_gate import _naive_scores
 
@@ -49,6 +56,14 @@ CASES = {
     "many_blocks_d8_fp32": dict(layers=1, kv_heads=1, group=1, queries=3, dim=8, blocks=300, longest=3,
                                 dtype=torch.float32),
 }
+# Packed keys (bits, keys per scale group) on some of the same shapes: groups that straddle blocks and
+# ragged last groups, 2-bit codes four to a byte, bf16 queries against unpacked float32 keys.
+PACKED = {
+    "packed4_g16_ragged_gqa2_d24_fp32": ("ragged_gqa2_d24_fp32", 4, 16),
+    "packed8_g4_ragged_gqa2_d24_bf16": ("ragged_gqa2_d24_bf16", 8, 4),
+    "packed2_g32_two_query_tiles_gqa4_d64_fp16": ("two_query_tiles_gqa4_d64_fp16", 2, 32),
+    "packed4_g3_many_blocks_d8_fp32": ("many_blocks_d8_fp32", 4, 3),
+}
 
 
 def _case_inputs(spec: dict, generator: torch.Generator) -> tuple:
@@ -68,19 +83,33 @@ def _case_inputs(spec: dict, generator: torch.Generator) -> tuple:
 
 
 def _check_case(name: str, seed: int) -> None:
-    """Kernel vs reference on one case's inputs drawn from `seed`, both pools; raises on any mismatch."""
-    spec = CASES[name]
+    """Kernel vs reference on one case's inputs drawn from `seed`, both pools; raises on any mismatch. A packed
+    case quantizes the keys and holds the kernel to the dequantising reference (float32: both unpack the same
+    codes and scales), and that reference to the float keys it came from."""
+    packed = PACKED.get(name)
+    spec = CASES[packed[0] if packed else name]
     queries, keys, offsets, weights, scale = _case_inputs(spec, torch.Generator().manual_seed(seed))
+    quantized = quantize(keys, packed[1], packed[2], TOKENS) if packed else None
     for pool in ("mean", "max"):
         with mock.patch("torch.full", wraps=torch.full) as full:
-            out = gate_scores_triton(queries, keys, offsets, weights, scale, pool)
+            if packed:
+                out = gate_scores_triton(queries, quantized.data, offsets, weights, scale, pool, quantized.scales,
+                                         quantized.zeros, quantized.bits, quantized.group)
+            else:
+                out = gate_scores_triton(queries, keys, offsets, weights, scale, pool)
         assert any(call.args[0] == tuple(out.shape) and math.isnan(call.args[1]) for call in full.call_args_list), \
             "the launcher must fill its output with NaN before the launch, so unwritten elements show"
-        expected = gate_scores_reference(queries.float(), keys.float(), offsets, weights, scale, pool)
+        if packed:
+            expected = gate_scores_packed_reference(queries, quantized.data, quantized.scales, quantized.zeros,
+                                                    quantized.bits, quantized.group, offsets, weights, scale, pool)
+            tolerance = TOLERANCE[torch.float32] if spec["dtype"] == torch.float32 else TOLERANCE[spec["dtype"]]
+        else:
+            expected = gate_scores_reference(queries.float(), keys.float(), offsets, weights, scale, pool)
+            tolerance = TOLERANCE[spec["dtype"]]
         assert out.dtype == torch.float32 and out.shape == expected.shape, (out.dtype, out.shape)
         assert not out.isnan().any(), f"pool={pool}: {int(out.isnan().sum())} NaN (unwritten?) of {out.numel()}"
         error = float((out - expected).abs().max() / expected.abs().max())
-        assert error < TOLERANCE[spec["dtype"]], f"pool={pool}: relative error {error:.3g}"
+        assert error < tolerance, f"pool={pool}: relative error {error:.3g}"
 
 
 def _run_cases(names: list[str], seed: int | None) -> None:
@@ -111,7 +140,7 @@ def interpreted():
     return results
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [*CASES, *PACKED])
 def test_triton_kernel_matches_the_reference_under_the_interpreter(interpreted, case):
     result = interpreted[case]
     assert result["error"] is None, (
@@ -133,8 +162,9 @@ def test_triton_kernel_compiles_for_nvidia_gpus(dtype):
     kernel = triton_gate._gate_scores_kernel
     if not isinstance(kernel, triton.runtime.JITFunction):
         pytest.skip("TRITON_INTERPRET is set in this process: the kernel is interpreted, not compiled")
-    pointers = {"queries": f"*{dtype}", "keys": f"*{dtype}", "offsets": "*i64", "weights": "*fp32", "out": "*fp32"}
-    constants = {"UPCAST": False, "BLOCK_Q": 64, "BLOCK_K": 64, "BLOCK_D": 64}
+    pointers = {"queries": f"*{dtype}", "keys": f"*{dtype}", "key_scales": f"*{dtype}", "key_zeros": f"*{dtype}",
+                "offsets": "*i64", "weights": "*fp32", "out": "*fp32"}
+    constants = {"UPCAST": False, "BITS": 16, "KEY_GROUP": 1, "BLOCK_Q": 64, "BLOCK_K": 64, "BLOCK_D": 64}
     signature = {name: pointers.get(name, "constexpr" if name.isupper() else "fp32" if name == "scale_log2" else "i32")
                  for name in kernel.arg_names}
     for capability in (80, 90):
@@ -142,6 +172,51 @@ def test_triton_kernel_compiles_for_nvidia_gpus(dtype):
             source = ASTSource(kernel, signature, {**constants, "MAX_POOL": max_pool})
             ptx = triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm["ptx"]
             assert ("mma" in ptx) == (dtype != "fp32"), (capability, max_pool)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unset")
+def test_packed_key_kernel_compiles_for_nvidia_gpus(bits):
+    """Packed uint8 keys with float16 scales, unpacked in registers, compile for sm_80 and sm_90."""
+    triton = pytest.importorskip("triton", reason="the Triton kernel needs triton: pip install compressmem[kernels]")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from compressmem.kernels import triton_gate
+
+    kernel = triton_gate._gate_scores_kernel
+    if not isinstance(kernel, triton.runtime.JITFunction):
+        pytest.skip("TRITON_INTERPRET is set in this process: the kernel is interpreted, not compiled")
+    pointers = {"queries": "*bf16", "keys": "*u8", "key_scales": "*fp16", "key_zeros": "*fp16", "offsets": "*i64",
+                "weights": "*fp32", "out": "*fp32"}
+    constants = {"UPCAST": False, "BITS": bits, "KEY_GROUP": 32, "BLOCK_Q": 64, "BLOCK_K": 64, "BLOCK_D": 64,
+                 "MAX_POOL": False}
+    signature = {name: pointers.get(name, "constexpr" if name.isupper() else "fp32" if name == "scale_log2" else "i32")
+                 for name in kernel.arg_names}
+    for capability in (80, 90):
+        ptx = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", capability, 32))
+        assert "ld.global" in ptx.asm["ptx"]
+
+
+def test_packed_keys_score_through_the_wrapper_and_the_op_and_trace():
+    """`gate_scores` takes `Quantized` keys (grouped along keys), refuses other groupings, and the packed op
+    traces under `torch.compile` and passes `opcheck`."""
+    generator = torch.Generator().manual_seed(0)
+    queries, keys = torch.randn(2, 4, 3, 16, generator=generator), torch.randn(2, 2, 21, 16, generator=generator)
+    offsets, weights = torch.tensor([0, 1, 9, 21]), torch.tensor([1.0, 0.0, 2.0])
+    packed = quantize(keys, 4, 8, TOKENS)
+    expected = gate_scores_reference(queries, packed.dequantize(), offsets, weights, 0.5, "mean")
+    torch.testing.assert_close(gate_scores(queries, packed, offsets, weights, 0.5), expected)
+    with pytest.raises(ValueError, match="grouped along keys"):
+        gate_scores(queries, quantize(keys, 4, 8, CHANNELS), offsets, weights, 0.5)
+    args = (queries, packed.data, packed.scales, packed.zeros, 4, 8, offsets, weights, 0.5, "max")
+
+    def op(*tensors):
+        return torch.ops.compressmem.gate_scores_packed(*tensors[:4], 4, 8, *tensors[4:], 0.5, "max")
+
+    torch.testing.assert_close(torch.compile(op, fullgraph=True, backend="aot_eager")(*args[:4], offsets, weights),
+                               gate_scores_packed_reference(*args))
+    torch.library.opcheck(torch.ops.compressmem.gate_scores_packed.default, args)
 
 
 @pytest.mark.parametrize("pool", ["mean", "max"])
@@ -234,7 +309,7 @@ def test_op_traces_whole_and_matches_eager():
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Run the interpreted kernel checks (set TRITON_INTERPRET=1).")
-    parser.add_argument("--case", choices=list(CASES), action="append", help="a case to run (all by default)")
+    parser.add_argument("--case", choices=[*CASES, *PACKED], action="append", help="a case to run (all by default)")
     parser.add_argument("--seed", type=int, help="replay a reported seed")
     cli = parser.parse_args()
-    _run_cases(cli.case or list(CASES), cli.seed)
+    _run_cases(cli.case or [*CASES, *PACKED], cli.seed)

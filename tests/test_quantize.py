@@ -128,3 +128,29 @@ def test_bits_and_groups_are_checked():
     with pytest.raises(ConfigError, match="compression.group must be a positive integer"):
         CompressionConfig(bits=4, group=0)
     assert CompressionConfig(bits=4).group == 32 and CompressionConfig().group is None
+
+
+def test_the_gate_index_of_a_quantized_bank_is_packed_kept_and_scores_close_to_the_float_ones(tokenizer, essay_text,
+                                                                                                tmp_path):
+    from compressmem import GateConfig
+
+    def keyed(bits):
+        return MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("select", bits=bits),
+                            gate=GateConfig("attention", top_k=2, layers=(1, 2)))
+
+    packed_model, float_model = tiny_wrapper("llama", tokenizer, keyed(4)), tiny_wrapper("llama", tokenizer, keyed(16))
+    bank = packed_model.compress(essay_text[:3000])
+    gate = packed_model.reasoner.gate
+    index = gate.index(bank, packed_model.model)
+    assert isinstance(index.keys, Quantized) and index.keys.bits == 4
+    prompts = ["What is the essay about?", "Who wrote it?"]
+    packed = gate.score(packed_model.model, prompts, index)
+    plain = float_model.reasoner.gate.score(float_model.model, prompts,
+                                            float_model.reasoner.gate.index(float_model.compress(essay_text[:3000]),
+                                                                            float_model.model))
+    assert (packed - plain).abs().max() < 0.1 * plain.max()  # the same blocks, read at 4 bits
+    bank.save(tmp_path / "bank", folder=True)
+    assert (tmp_path / "bank" / "derived-keys-1-2.safetensors").is_file()
+    reopened = MemoryBank.load(tmp_path / "bank")
+    torch.testing.assert_close(gate.score(packed_model.model, prompts, gate.index(reopened, packed_model.model)),
+                               packed)

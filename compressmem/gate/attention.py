@@ -13,7 +13,7 @@ from ..hf.placement import to_one_device
 from ..hf.probe import probe
 from ..hf.rope import Rotary
 from ..kernels import gate_scores
-from ..quantize import dense
+from ..quantize import TOKENS, Quantized, dense, quantize
 
 INDEX_VERSION = 1
 
@@ -41,9 +41,11 @@ def default_gate_layers(num_layers: int, layer_types: list[str] | None = None) -
 
 @dataclass
 class GateIndex:
-    """A bank's gate-layer keys, rotated back to position 0 and packed once on the model's device."""
+    """A bank's gate-layer keys, rotated back to position 0 and packed once on the model's device: float, or, for a
+    bank of quantized blocks, quantized as the bank is (per channel, in groups along the keys), so that scoring
+    reads a quarter or an eighth of the bytes."""
 
-    keys: torch.Tensor  # [gate layers, kv_heads, total entries, d]
+    keys: torch.Tensor | Quantized  # [gate layers, kv_heads, total entries, d]
     offsets: torch.Tensor  # [blocks + 1] int64, on the keys' device
     rotary: Rotary | None  # the model's RoPE, found once here rather than at every step
 
@@ -59,13 +61,10 @@ class GateIndex:
         rotary = Rotary.of(model)
         name = "keys-" + "-".join(map(str, layers))
         metadata = {"version": INDEX_VERSION, "blocks": len(bank), "layers": list(layers)}
+        compression = bank.provenance.compression
         kept = bank.derived(name)
         if kept is not None and kept[1] == metadata:
-            keys, offsets = kept[0]["keys"], kept[0]["offsets"]
-            if keys.device != model.device:
-                keys, offsets = keys.to(model.device), offsets.to(model.device)
-                bank.keep_derived(name, {"keys": keys, "offsets": offsets}, metadata, persist=False)
-            return cls(keys, offsets, rotary)
+            return cls(_keys_from(kept[0], compression).to(model.device), kept[0]["offsets"].to(model.device), rotary)
         rows = [bank.layers.index(i) for i in layers]
         keys = []
         for block in bank.blocks:
@@ -74,9 +73,25 @@ class GateIndex:
                 block_keys = rotary.unrotate_layers(block_keys, block.positions[rows].long(), layers, dim=0)
             keys.append(block_keys)
         sizes = torch.cat([torch.zeros(1, dtype=torch.int64), bank.infos.column("entries")])
-        index = cls(keys=torch.cat(keys, dim=2), offsets=sizes.cumsum(0).to(model.device), rotary=rotary)
-        bank.keep_derived(name, {"keys": index.keys, "offsets": index.offsets}, metadata)
+        packed: torch.Tensor | Quantized = torch.cat(keys, dim=2)
+        if compression.bits < 16:
+            packed = quantize(packed, compression.bits, compression.group, TOKENS)
+        index = cls(keys=packed, offsets=sizes.cumsum(0).to(model.device), rotary=rotary)
+        bank.keep_derived(name, {**_keys_tensors(packed), "offsets": index.offsets}, metadata)
         return index
+
+
+def _keys_tensors(keys: torch.Tensor | Quantized) -> dict[str, torch.Tensor]:
+    if isinstance(keys, Quantized):
+        return {"keys": keys.data, "key_scales": keys.scales, "key_zeros": keys.zeros}
+    return {"keys": keys}
+
+
+def _keys_from(tensors: dict[str, torch.Tensor], compression) -> torch.Tensor | Quantized:
+    if "key_scales" not in tensors:
+        return tensors["keys"]
+    return Quantized(tensors["keys"], tensors["key_scales"], tensors["key_zeros"], compression.bits,
+                     compression.group, TOKENS)
 
 
 class AttentionGate:
@@ -117,7 +132,8 @@ class AttentionGate:
         pooled over its tokens by each of `pools` ("mean", "max"), in logit units."""
         prompts = [torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] or
                                 [self.tokenizer.eos_token_id]) for text in texts]
-        queries = self._queries(model, prompts, index.rotary).to(index.keys.dtype)
+        keys_dtype = torch.float32 if isinstance(index.keys, Quantized) else index.keys.dtype
+        queries = self._queries(model, prompts, index.rotary).to(keys_dtype)
         scale = self.sharpness * queries.shape[-1] ** -0.5
         rows = []
         for row_queries, length in zip(queries, (p.numel() for p in prompts)):

@@ -1,7 +1,8 @@
-"""`compressmem::gate_scores`, a torch custom op, and `gate_scores`, its validating Python entry point.
+"""`compressmem::gate_scores` and `compressmem::gate_scores_packed`, torch custom ops, and `gate_scores`, their
+validating Python entry point (float keys, or keys quantized by `compressmem.quantize`).
 
-The op dispatches to the Triton kernel on CUDA (when Triton imports) and to the torch reference
-elsewhere; its fake implementation gives `torch.compile` the output shape without running either.
+The ops dispatch to the Triton kernel on CUDA (when Triton imports) and to the torch reference
+elsewhere; their fake implementations give `torch.compile` the output shape without running either.
 Checks that read tensor values (offsets increasing, weights non-negative) live in the eager
 wrapper, so the op itself stays traceable.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .reference import gate_scores_reference
+from ..quantize import TOKENS, Quantized
+from .reference import gate_scores_packed_reference, gate_scores_reference
 from .triton_gate import gate_scores_triton, triton_available
 
 POOLS = ("mean", "max")
@@ -37,7 +39,34 @@ def _gate_scores_fake(queries: torch.Tensor, keys: torch.Tensor, block_offsets: 
     return queries.new_empty((block_offsets.shape[0] - 1, queries.shape[0], queries.shape[1]), dtype=torch.float32)
 
 
-def gate_scores(queries: torch.Tensor, keys: torch.Tensor, block_offsets: torch.Tensor,
+@torch.library.custom_op("compressmem::gate_scores_packed", mutates_args=())
+def gate_scores_packed_op(queries: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                          bits: int, group: int, block_offsets: torch.Tensor, query_weights: torch.Tensor,
+                          scale: float, pool: str) -> torch.Tensor:
+    """`compressmem::gate_scores` on packed keys: `codes` uint8 `[layers, kv_heads, total, d * bits / 8]`, `scales`
+    and `zeros` float16 `[layers, kv_heads, ceil(total / group), d]`."""
+    return gate_scores_packed_reference(queries, codes, scales, zeros, bits, group, block_offsets, query_weights,
+                                        scale, pool)
+
+
+@gate_scores_packed_op.register_kernel("cuda")
+def _gate_scores_packed_cuda(queries: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                             bits: int, group: int, block_offsets: torch.Tensor, query_weights: torch.Tensor,
+                             scale: float, pool: str) -> torch.Tensor:
+    if not triton_available():
+        return gate_scores_packed_reference(queries, codes, scales, zeros, bits, group, block_offsets,
+                                            query_weights, scale, pool)
+    return gate_scores_triton(queries, codes, block_offsets, query_weights, scale, pool, scales, zeros, bits, group)
+
+
+@gate_scores_packed_op.register_fake
+def _gate_scores_packed_fake(queries: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                             bits: int, group: int, block_offsets: torch.Tensor, query_weights: torch.Tensor,
+                             scale: float, pool: str) -> torch.Tensor:
+    return queries.new_empty((block_offsets.shape[0] - 1, queries.shape[0], queries.shape[1]), dtype=torch.float32)
+
+
+def gate_scores(queries: torch.Tensor, keys: torch.Tensor | Quantized, block_offsets: torch.Tensor,
                 query_weights: torch.Tensor | None = None, scale: float | None = None,
                 pool: str = "mean") -> torch.Tensor:
     """How strongly a prompt's queries attend to each memory block (DESIGN §3.3), `[blocks, layers, heads]` fp32.
@@ -49,7 +78,9 @@ def gate_scores(queries: torch.Tensor, keys: torch.Tensor, block_offsets: torch.
     Args:
         queries: `[layers, heads, q, d]` post-RoPE queries of the gate prompt, fp32/bf16/fp16.
         keys: `[layers, kv_heads, total, d]` all blocks' keys concatenated, same dtype and device;
-            `heads` must be a multiple of `kv_heads` (grouped-query attention, as `repeat_kv`).
+            `heads` must be a multiple of `kv_heads` (grouped-query attention, as `repeat_kv`). Or the
+            same keys `Quantized` per channel in groups along keys (`quantize(keys, bits, group, TOKENS)`):
+            the kernel then reads the packed codes and unpacks them in registers.
         block_offsets: `[blocks + 1]` int64 on the keys' device, strictly increasing from 0 to
             `total`; block `b` owns keys `offsets[b]:offsets[b + 1]`.
         query_weights: `[q]` non-negative token weights, not all zero; all ones when None.
@@ -58,17 +89,23 @@ def gate_scores(queries: torch.Tensor, keys: torch.Tensor, block_offsets: torch.
     """
     if query_weights is None:
         query_weights = torch.ones(queries.shape[-2], device=queries.device)
+    packed = isinstance(keys, Quantized)
+    if packed and keys.axis != TOKENS:
+        raise ValueError("packed gate keys must be grouped along keys, per channel (quantize(..., TOKENS)).")
     _check(queries, keys, block_offsets, query_weights, pool)
     if not torch.compiler.is_compiling():
         _check_values(keys, block_offsets, query_weights)
     scale = queries.shape[-1] ** -0.5 if scale is None else float(scale)
+    if packed:
+        return gate_scores_packed_op(queries, keys.data, keys.scales, keys.zeros, keys.bits, keys.group,
+                                     block_offsets, query_weights.float(), scale, pool)
     return gate_scores_op(queries, keys, block_offsets, query_weights.float(), scale, pool)
 
 
-def _check(queries: torch.Tensor, keys: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor,
+def _check(queries: torch.Tensor, keys: torch.Tensor | Quantized, offsets: torch.Tensor, weights: torch.Tensor,
            pool: str) -> None:
     """Shapes, dtypes, devices and `pool`: checks that need no tensor values, so they trace."""
-    if queries.dim() != 4 or keys.dim() != 4:
+    if queries.dim() != 4 or len(keys.shape) != 4:
         raise ValueError(f"queries must be [layers, heads, q, d] and keys [layers, kv_heads, total, d]; got shapes "
                          f"{tuple(queries.shape)} and {tuple(keys.shape)}.")
     layers, heads, num_queries, dim = queries.shape
@@ -79,7 +116,8 @@ def _check(queries: torch.Tensor, keys: torch.Tensor, offsets: torch.Tensor, wei
         raise ValueError(f"query heads ({heads}) must be a multiple of KV heads ({keys.shape[1]}).")
     if num_queries == 0:
         raise ValueError("queries hold no prompt token (q = 0): pass at least one query.")
-    if queries.dtype not in DTYPES or keys.dtype != queries.dtype:
+    key_dtype = queries.dtype if isinstance(keys, Quantized) else keys.dtype  # packed keys read as float32
+    if queries.dtype not in DTYPES or key_dtype != queries.dtype:
         raise TypeError(f"queries and keys must share one dtype among float32, bfloat16 and float16; got "
                         f"{queries.dtype} and {keys.dtype}. Cast one to the other's dtype.")
     if offsets.dtype != torch.int64 or offsets.dim() != 1 or offsets.numel() == 0:
@@ -97,7 +135,7 @@ def _check(queries: torch.Tensor, keys: torch.Tensor, offsets: torch.Tensor, wei
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}.")
 
 
-def _check_values(keys: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> None:
+def _check_values(keys: torch.Tensor | Quantized, offsets: torch.Tensor, weights: torch.Tensor) -> None:
     """Offsets and weights by value (eager only: these read tensors)."""
     first, last = int(offsets[0]), int(offsets[-1])
     if first != 0 or last != keys.shape[2]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..quantize import TOKENS, Quantized
+
 _PIECE = 16  # keys per piece: padding costs at most _PIECE - 1 keys per block
 _LOGITS_PER_CHUNK = 1 << 24  # 64 MiB of fp32 logits per chunk of pieces
 _FLOOR = torch.finfo(torch.float32).min  # a finite "-inf": padded keys and empty slots stay NaN-free
@@ -65,6 +67,15 @@ def gate_scores_reference(queries: torch.Tensor, keys: torch.Tensor, block_offse
     else:
         pooled = lse.masked_fill((weights <= 0).view(-1, 1), float("-inf")).amax(dim=3)
     return pooled.reshape(layers, heads, num_blocks).permute(2, 0, 1).contiguous()
+
+
+def gate_scores_packed_reference(queries: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                                 zeros: torch.Tensor, bits: int, group: int, block_offsets: torch.Tensor,
+                                 query_weights: torch.Tensor, scale: float, pool: str) -> torch.Tensor:
+    """`gate_scores_reference` on keys stored packed (`compressmem.quantize`, groups of `group` keys per channel):
+    the keys are dequantised to float32, then scored."""
+    keys = Quantized(codes, scales, zeros, bits, group, TOKENS).dequantize()
+    return gate_scores_reference(queries.float(), keys, block_offsets, query_weights, scale, pool)
 
 
 def _pieces(offsets: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
