@@ -62,9 +62,10 @@ def configuration(args: argparse.Namespace):
     from compressmem import ChunkingConfig, CompressionConfig, GateConfig, MemoryConfig, NotesConfig, ReadingConfig
 
     needs_kv = args.gate == "attention" or args.read == "compressed"
+    ratio = None if args.compression == "none" else args.ratio
+    compression = CompressionConfig(args.compression, ratio, bits=args.bits) if needs_kv else None
     return MemoryConfig(chunking=ChunkingConfig(args.chunk_size), notes=NotesConfig(note_tokens=args.update_tokens),
-                        compression=CompressionConfig("select", ratio=args.ratio) if needs_kv else None,
-                        gate=GateConfig(args.gate), reading=ReadingConfig(args.read))
+                        compression=compression, gate=GateConfig(args.gate), reading=ReadingConfig(args.read))
 
 
 def make_context(tokenizer, haystack: str, length: int, questions: int, seed: int) -> tuple[str, list[tuple]]:
@@ -209,7 +210,10 @@ def main() -> None:
     parser.add_argument("--memagent-chunk-size", type=int, default=2048)
     parser.add_argument("--read", choices=["raw", "compressed"], default="raw", help="compressmem's read mode")
     parser.add_argument("--gate", choices=["lexical", "attention"], default="lexical", help="compressmem's gate")
+    parser.add_argument("--compression", choices=["select", "none"], default="select",
+                        help="compressmem's compressor, when its gate or reading needs KV")
     parser.add_argument("--ratio", type=float, default=4.0)
+    parser.add_argument("--bits", type=int, default=16, choices=[16, 8, 4, 2], help="bits of the stored KV")
     parser.add_argument("--update-tokens", type=int, default=32)
     parser.add_argument("--answer-tokens", type=int, default=16)
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK)
@@ -238,7 +242,7 @@ def main() -> None:
         print(json.dumps(amortised_row), flush=True)
     machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}"
     header = (f"{args.shape} ({args.dtype}) on {machine}; {args.gate} gate, {args.read} read, chunk {args.chunk_size} "
-              f"(MemAgent: {args.memagent_chunk_size}), ratio {args.ratio}, "
+              f"(MemAgent: {args.memagent_chunk_size}), {args.compression} ratio {args.ratio}, {args.bits} bits, "
               f"{args.update_tokens} tokens per update, {args.answer_tokens} per answer")
     table = header + "\n\n" + print_tables(rows, amortised_row)
     print("\n" + table)
