@@ -7,9 +7,9 @@ repeated, one needle sentence in the middle) with `compress_stream` and the defa
 (lexical gate, raw reading: the bank holds token ids, and the gate's BM25 index is built once and
 kept in the bank folder). After each million tokens it prints the process RSS and the time so far.
 Then it asks the needle question: six times in the same process (the bank as `compress_stream`
-returned it; the first, and the median of the other five), and in a new process that opens the folder with `MemoryBank.load` (nothing rebuilt; three new
-processes, the median shown). The table gives whether the gate read the needle's block and each
-question's latency.
+returned it; the first, and the median of the other five), and in a new process that opens the
+folder with `MemoryBank.load` (nothing rebuilt; three new processes, the median shown). The table
+gives whether the gate read the needle's block and each question's latency.
 
     python benchmarks/extrapolate.py --tokens 200k,1.75m,10m
 """
