@@ -71,8 +71,8 @@ def main() -> None:
         print(f"{name}: compress {compress_seconds:.1f} s, {statistics.median(seconds):.2f} s a question, "
               f"{correct}/{len(pairs)} correct, bank {bank.nbytes / 2**20:.1f} MiB", flush=True)
     raw = rows[0]
-    print(f"\nSmolLM2-135M-Instruct, CPU; {length} tokens, {len(pairs)} questions, chunks of {args.chunk_size}, lexical "
-          f"gate top-1; {args.note_tokens} tokens a read, {args.answer_tokens} an answer\n")
+    print(f"\nSmolLM2-135M-Instruct, CPU; {length} tokens, {len(pairs)} questions, chunks of {args.chunk_size}, "
+          f"lexical gate top-1; {args.note_tokens} tokens a read, {args.answer_tokens} an answer\n")
     print("| reading | compress (s) | per question (s) | vs raw | correct | bank | pays off after |")
     print("|---|---|---|---|---|---|---|")
     for name, compress, per_question, correct, size in rows:
