@@ -8,7 +8,12 @@ ratios come from one run, side by side. Defaults are SmolLM2-135M's gate: 3 gate
 heads over 3 KV heads of dimension 64, blocks of 128 compressed keys (512-token chunks at ratio 4)
 and a 96-token gate prompt; 437,500 keys is a 1.75M-token context at ratio 4.
 
+With `--bits 8`, `4` or `2` the same keys are also scored packed (`compressmem.quantize`, groups of
+`--group` keys per channel, as a quantized bank stores them): the CPU reference, which dequantises, and
+on CUDA the kernel, which unpacks in registers, its bandwidth counted on the packed bytes it reads.
+
     python benchmarks/gate_kernel.py --sizes 1000,100000,437500 --repeats 3 --out gate_kernel.json
+    python benchmarks/gate_kernel.py --sizes 100000,437500 --bits 4 --out gate_kernel_4bit.json
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=96, help="gate prompt tokens (queries)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--pool", choices=["mean", "max"], default="mean")
+    parser.add_argument("--bits", type=int, choices=[16, 8, 4, 2], default=16,
+                        help="below 16, also score the keys packed to this many bits")
+    parser.add_argument("--group", type=int, default=32, help="keys per scale and zero point of packed keys")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed rounds, each calling every variant once (medians are kept)")
     parser.add_argument("--out", help="also write the measurements to this JSON file")
@@ -53,6 +61,8 @@ def main() -> None:
         rows.append(_measure(args, keys_count, copy_bandwidth))
         print(f"measured {keys_count} keys", flush=True)
     print(_table(rows, cuda))
+    if args.bits < 16:
+        print("\n" + _packed_table(rows, cuda, args.bits))
     print(f"\n{torch.get_num_threads()} CPU threads, {args.dtype}, pool={args.pool}, median of {args.repeats}; "
           f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.out:
@@ -88,6 +98,37 @@ def _measure(args: argparse.Namespace, keys_count: int, copy_bandwidth: float | 
         row.update(cuda_reference_s=reference, triton_s=kernel, triton_relative_error=float(error),
                    triton_gb_s=read / kernel / 1e9, copy_gb_s=copy_bandwidth / 1e9,
                    fraction_of_copy=read / kernel / copy_bandwidth)
+    if args.bits < 16:
+        row.update(_measure_packed(args, inputs, copy_bandwidth))
+    return row
+
+
+def _measure_packed(args: argparse.Namespace, inputs: tuple, copy_bandwidth: float | None) -> dict:
+    """The same bank packed to `--bits`: float vs packed reference on the CPU and, with CUDA, the packed kernel."""
+    from compressmem.kernels import gate_scores_packed_reference, gate_scores_reference, gate_scores_triton
+    from compressmem.quantize import TOKENS, quantize
+
+    queries, keys, offsets, weights, scale, pool = inputs
+    packed = quantize(keys.float(), args.bits, args.group, TOKENS)
+    packed_args = (packed.data, packed.scales, packed.zeros, args.bits, args.group, offsets, weights, scale, pool)
+    gate_scores_packed_reference(queries, *packed_args)  # warm-up
+    full, unpacking = _cpu_seconds([lambda: gate_scores_reference(*inputs),
+                                    lambda: gate_scores_packed_reference(queries, *packed_args)], args.repeats)
+    row = {"packed_bytes": packed.nbytes, "float_bytes": keys.numel() * keys.element_size(),
+           "cpu_float_s": full, "cpu_packed_s": unpacking}
+    if copy_bandwidth is not None:
+        q, codes, scales, zeros, bank = (x.cuda() for x in (queries, packed.data, packed.scales, packed.zeros, offsets))
+        w = weights.cuda()
+        expected = gate_scores_packed_reference(q, codes, scales, zeros, args.bits, args.group, bank, w, scale, pool)
+
+        def kernel_fn() -> torch.Tensor:
+            return gate_scores_triton(q, codes, bank, w, scale, pool, scales, zeros, args.bits, args.group)
+
+        error = (kernel_fn() - expected).abs().max() / expected.abs().max()
+        (kernel,) = _cuda_seconds([kernel_fn], args.repeats)
+        read = packed.nbytes + q.numel() * q.element_size()
+        row.update(triton_packed_s=kernel, triton_packed_relative_error=float(error),
+                   triton_packed_gb_s=read / kernel / 1e9, packed_fraction_of_copy=read / kernel / copy_bandwidth)
     return row
 
 
@@ -150,6 +191,25 @@ def _table(rows: list[dict], cuda: bool) -> str:
             cells += [f"{row['blocks'] / row['cuda_reference_s']:,.0f}", f"{row['blocks'] / row['triton_s']:,.0f}",
                       f"{row['cuda_reference_s'] / row['triton_s']:.1f}", f"{row['triton_gb_s']:.0f}",
                       f"{row['fraction_of_copy']:.0%}", f"{row['triton_relative_error']:.1e}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _packed_table(rows: list[dict], cuda: bool, bits: int) -> str:
+    header = ["bank keys", f"{bits}-bit key bytes / float", "CPU float ref. blocks/s", "CPU packed ref. blocks/s",
+              "packed / float"]
+    if cuda:
+        header += ["Triton packed blocks/s", "vs float Triton", "Triton packed GB/s", "of copy bandwidth",
+                   "Triton rel. error"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [f"{row['keys']:,}", f"{row['packed_bytes'] / row['float_bytes']:.3f}",
+                 f"{row['blocks'] / row['cpu_float_s']:,.0f}", f"{row['blocks'] / row['cpu_packed_s']:,.0f}",
+                 f"{row['cpu_float_s'] / row['cpu_packed_s']:.2f}"]
+        if cuda:
+            cells += [f"{row['blocks'] / row['triton_packed_s']:,.0f}",
+                      f"{row['triton_s'] / row['triton_packed_s']:.2f}", f"{row['triton_packed_gb_s']:.0f}",
+                      f"{row['packed_fraction_of_copy']:.0%}", f"{row['triton_packed_relative_error']:.1e}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
