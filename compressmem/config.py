@@ -19,6 +19,7 @@ from typing import Any
 COMPRESSION_METHODS = ("none", "select", "learned")
 BITS = (16, 8, 4, 2)
 DEFAULT_GROUP = 32
+DEFAULT_KEEP_MIB = 256  # per bank: 75 blocks of 512 tokens of SmolLM2's KV at 8 bits
 SCORES = ("keynorm", "observed", "window")
 GATE_KINDS = ("lexical", "attention", "head")
 READ_MODES = ("raw", "compressed")
@@ -156,12 +157,19 @@ class ReadingConfig:
     """How passed blocks are read: `mode` `raw` re-reads the chunk's tokens, `compressed` reads the block's
     KV as a prefix (the paper). `order` `document` reads the passing blocks in document order (then, with
     `recall`, the best unread ones); `score` re-scores after every update and reads the best unread block
-    over the gate's threshold. `max_steps` bounds the reads per question."""
+    over the gate's threshold. `max_steps` bounds the reads per question.
+
+    `keep_bits` (raw reading): a raw read's KV of the chunk is kept with the bank, quantized to 8, 4 or 2
+    bits in groups of `DEFAULT_GROUP`, and a later read of the same block reads that KV instead of
+    pre-filling the chunk again; at most `keep_mib` MiB per bank (default `DEFAULT_KEEP_MIB`), least
+    recently read out first. None keeps nothing."""
 
     mode: str = "raw"
     order: str = "document"
     recall: bool = False
     max_steps: int | None = None
+    keep_bits: int | None = None
+    keep_mib: int | None = None
 
     def __post_init__(self) -> None:
         _choice("reading.mode", self.mode, READ_MODES)
@@ -170,6 +178,18 @@ class ReadingConfig:
             raise ConfigError(f"reading.recall must be True or False, got {self.recall!r}.")
         if self.max_steps is not None:
             _positive_int("reading.max_steps", self.max_steps)
+        if self.keep_bits is None:
+            if self.keep_mib is not None:
+                raise ConfigError("reading.keep_mib bounds the KV kept by keep_bits, which is None: set keep_bits "
+                                  "(8, 4 or 2) or drop keep_mib.")
+            return
+        if self.mode != "raw":
+            raise ConfigError("reading.keep_bits keeps the KV of raw reads; compressed reading already reads "
+                              "the bank's KV. Drop keep_bits or use mode='raw'.")
+        if self.keep_bits not in BITS[1:]:
+            raise ConfigError(f"reading.keep_bits must be one of {list(BITS[1:])} or None, got {self.keep_bits!r}.")
+        _set(self, "keep_mib", DEFAULT_KEEP_MIB if self.keep_mib is None else self.keep_mib)
+        _positive_int("reading.keep_mib", self.keep_mib)
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ def test_batched_updates_with_ragged_blocks_match_single_rows(tokenizer, essay_t
     assert bank.blocks[-1].num_tokens != bank.blocks[0].num_tokens
 
     def generate(inputs):
-        return [ids.tolist() for ids, _ in generate_steps(wrapper.model, tokenizer, inputs, 12)]
+        return [row.ids.tolist() for row in generate_steps(wrapper.model, tokenizer, inputs, 12)]
 
     batched = generate(rows + [raw])
     single = [generate([row])[0] for row in rows]

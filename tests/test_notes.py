@@ -45,7 +45,7 @@ def test_min_new_tokens_decodes_past_end_of_sequence(tokenizer):
     with torch.no_grad():
         first = int(model(prompt.input_ids[None]).logits[0, -1].argmax())
     model.generation_config.eos_token_id = first  # the very first greedy token ends the read
-    (free, _), = generate_steps(model, tokenizer, [prompt], 6)
-    (exact, _), = generate_steps(model, tokenizer, [prompt], 6, {"min_new_tokens": 6})
+    free = generate_steps(model, tokenizer, [prompt], 6)[0].ids
+    exact = generate_steps(model, tokenizer, [prompt], 6, {"min_new_tokens": 6})[0].ids
     assert free.tolist() == [first]
     assert exact.numel() == 6 and first not in exact[:5].tolist()

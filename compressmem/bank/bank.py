@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from .block import BlockTable, MemoryBlock
+from .kept import KeptKV
 from .memo import Memo
 from .provenance import BankNeeds, Provenance
 from .storage import BankWriter, Prefix, kv_layout, read_bank, write_file, write_index
@@ -139,6 +140,7 @@ class MemoryBank:
         self.provenance = provenance
         self.kv = kv  # the KV's dtype and per-entry shape, as the index records them
         self.device = device  # where blocks land when read (None: where they are)
+        self.kept = KeptKV()  # KV that raw reads computed, kept for the next read of the same block
 
 
     @classmethod

@@ -14,10 +14,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..bank import MemoryBank
-from ..config import GateConfig, NotesConfig, ReadingConfig
+from ..bank import KeptBlock, MemoryBank
+from ..config import DEFAULT_GROUP, GateConfig, NotesConfig, ReadingConfig
 from ..gate import Gate
 from ..hf.adapters import ReasonerAdapter, adapter_active
+from ..quantize import CHANNELS, TOKENS, quantize
 from .notes import update_notes
 from .prompts import PromptBuilder
 from .step import generate_steps, step_input
@@ -128,19 +129,34 @@ class Reasoner:
               logprobs: bool) -> None:
         prompts = [self.prompts.update_ids(row.trace.question, row.trace.notes) for row, _, _ in reads]
         place = {"device": self.model.device, "dtype": self.model.dtype}  # a bank may come from another dtype
-        inputs = [step_input(row.bank, block, prompt, self.reading.mode, **place)
+        reuse = self.reading.keep_bits is not None and not logprobs  # a rollout's reads are scored as raw reads
+        inputs = [step_input(row.bank, block, prompt, self.reading.mode, reuse=reuse, **place)
                   for (row, block, _), prompt in zip(reads, prompts)]
+        keep = [(0, row.bank.prefix_ids.numel() + row.bank.infos[block].num_tokens)
+                if reuse and item.keys is None else None for (row, block, _), item in zip(reads, inputs)]
         tokenizer = self.prompts.tokenizer
         with self.active():
-            written = generate_steps(self.model, tokenizer, inputs, self.notes.budget, generation, logprobs)
-        for (row, block, row_scores), prompt, (ids, scored) in zip(reads, prompts, written):
+            written = generate_steps(self.model, tokenizer, inputs, self.notes.budget, generation, logprobs,
+                                     keep if any(keep) else None)
+        for (row, block, row_scores), prompt, item, (ids, scored, kv) in zip(reads, prompts, inputs, written):
+            if kv is not None:
+                self._keep(row.bank, block, *kv)
             output = tokenizer.decode(ids, skip_special_tokens=True).strip()
             section = tokenizer.decode(row.bank.token_ids(block), skip_special_tokens=True)
             notes = update_notes(row.trace.notes, output, section, row.trace.question, self.notes, tokenizer)
             row.trace.steps.append(ReadStep(
                 block=block, notes=notes, output=output, prompt_ids=prompt.tolist(), output_ids=ids.tolist(),
                 output_logprobs=None if scored is None else scored.tolist(), recall=row.recalling,
-                gate_scores=None if row_scores is None else row_scores.tolist()))
+                gate_scores=None if row_scores is None else row_scores.tolist(),
+                reused=self.reading.mode == "raw" and item.keys is not None))
+
+    def _keep(self, bank: MemoryBank, block: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep the KV a raw read of `block` computed (prefix and chunk), the chunk's quantized, in `bank.kept`."""
+        p = bank.prefix_ids.numel()
+        bits = self.reading.keep_bits
+        kept = KeptBlock(quantize(keys[:, :, p:], bits, DEFAULT_GROUP, TOKENS),
+                         quantize(values[:, :, p:], bits, DEFAULT_GROUP, CHANNELS))
+        bank.kept.put(block, kept, (keys[:, :, :p].clone(), values[:, :, :p].clone()), self.reading.keep_mib << 20)
 
 
 def _passing(scores: torch.Tensor, gate: GateConfig) -> torch.Tensor:

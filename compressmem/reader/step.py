@@ -10,7 +10,7 @@ a rollout sampled), so the loss scores exactly what was sampled.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -36,18 +36,23 @@ class StepInput:
 
 def step_input(bank: MemoryBank, block: int, prompt_ids: torch.Tensor, mode: str,
                recomputed: CompressedChunks | None = None, device: torch.device | None = None,
-               dtype: torch.dtype | None = None) -> StepInput:
+               dtype: torch.dtype | None = None, reuse: bool = False) -> StepInput:
     """What reading `block` of `bank` with the update prompt `prompt_ids` feeds the model.
 
-    `raw`: the bank's prefix, the chunk's tokens, the prompt. `compressed`: the prefix's and the block's
-    KV, then the prompt at the position after the chunk, whatever the block's size; a quantized block is
-    dequantised here, on `device`, one block at a time. `recomputed` (the block compressed again, e.g. with
-    gradients by a trainer) replaces both KV, read back as the bank's quantization would store it. KV lands
-    on `device` in `dtype`.
+    `raw`: the bank's prefix, the chunk's tokens, the prompt; with `reuse`, the KV an earlier raw read of
+    the block computed (`bank.kept`), when kept, instead of the tokens. `compressed`: the prefix's and the
+    block's KV, then the prompt at the position after the chunk, whatever the block's size; a quantized
+    block is dequantised here, on `device`, one block at a time. `recomputed` (the block compressed again,
+    e.g. with gradients by a trainer) replaces both KV, read back as the bank's quantization would store
+    it. KV lands on `device` in `dtype`.
     """
     if mode == "raw":
-        return StepInput(None, None, torch.cat([bank.prefix_ids, bank.token_ids(block), prompt_ids]), 0)
-    if recomputed is None:
+        found = bank.kept.get(block) if reuse else None
+        if found is None:
+            return StepInput(None, None, torch.cat([bank.prefix_ids, bank.token_ids(block), prompt_ids]), 0)
+        prefix, kept = found
+        kv = (*prefix, dense(kept.keys.to(device)), dense(kept.values.to(device)))
+    elif recomputed is None:
         loaded = bank.blocks[block]
         kv = (bank.prefix_keys, bank.prefix_values, dense(loaded.keys.to(device)), dense(loaded.values.to(device)))
     else:
@@ -126,13 +131,25 @@ def _cache(batch: Layout, model: PreTrainedModel, growing: bool) -> DynamicCache
     return DynamicCache(layers) if growing else PrefixCache(layers)
 
 
+class Written(NamedTuple):
+    """What one row of `generate_steps` wrote: token ids up to and including end-of-sequence, their
+    log-probabilities (when asked), and the KV of the span of its input that was asked to be kept."""
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor | None
+    kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 def generate_steps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: list[StepInput],
                    max_new_tokens: int, generation: dict[str, Any] | None = None,
-                   logprobs: bool = False) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+                   logprobs: bool = False, keep: list[tuple[int, int] | None] | None = None) -> list[Written]:
     """Decode each row's new notes: its new token ids, up to and including end-of-sequence, and (with
     `logprobs`) each token's log-probability under the model (before any sampling processor).
 
     Greedy unless `generation` gives generation settings (`do_sample`, `temperature`, `min_new_tokens`, ...).
+    `keep` gives, per row, a span `(start, end)` of its `input_ids` whose KV the model computed to return,
+    `[layers, kv_heads, end - start, d]` keys and values (None for a row, or for every row when a layer's
+    cache holds a sliding window rather than every entry).
     """
     device = model.device
     pad_id = pad_token_id(tokenizer)
@@ -150,11 +167,32 @@ def generate_steps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, i
     if logprobs:
         logits = torch.stack(out.logits, dim=1).float().cpu()
         scored = logits.log_softmax(dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    kept = _kept_kv(out.past_key_values, batch, inputs, keep, device) if keep else [None] * len(inputs)
     rows = []
     for row, ids in enumerate(new):
-        kept = cut_at_eos(ids, eos)
-        rows.append((kept, None if scored is None else scored[row, :kept.numel()]))
+        written = cut_at_eos(ids, eos)
+        rows.append(Written(written, None if scored is None else scored[row, :written.numel()], kept[row]))
     return rows
+
+
+def _kept_kv(cache: DynamicCache, batch: Layout, inputs: list[StepInput], keep: list[tuple[int, int] | None],
+             device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    """Per row, the cache's keys and values over the row's `keep` span of input ids, stacked over layers on
+    `device` (None for every row when a layer keeps only a sliding window)."""
+    if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+        return [None] * len(inputs)
+    prefix_width = 0 if batch.keys is None else batch.keys.shape[3]
+    spans = []
+    for item, span in zip(inputs, keep):
+        if span is None:
+            spans.append(None)
+            continue
+        first = prefix_width + batch.prompt_width - item.input_ids.numel()
+        spans.append(slice(first + span[0], first + span[1]))
+    return [None if cut is None else
+            tuple(torch.stack([getattr(layer, name)[row, :, cut].to(device) for layer in cache.layers])
+                  for name in ("keys", "values"))
+            for row, cut in enumerate(spans)]
 
 
 def step_logprobs(model: PreTrainedModel, inputs: list[StepInput], outputs: list[torch.Tensor],

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 class ReadStep:
     """One read: the block read, the tokens read after it (`prompt_ids`: the update prompt, exactly as the
     model saw them), what the model wrote (text, token ids and, for rollouts, their log-probabilities), the
-    notes that resulted, and the gate's scores when the block was chosen."""
+    notes that resulted, and the gate's scores when the block was chosen. `reused`: a raw read that read the
+    KV an earlier raw read of the block computed (`ReadingConfig.keep_bits`) instead of its tokens."""
 
     block: int
     notes: str
@@ -20,6 +21,7 @@ class ReadStep:
     output_logprobs: list[float] | None = None
     gate_scores: list[float] | None = None
     recall: bool = False
+    reused: bool = False
 
     @property
     def memory(self) -> str:

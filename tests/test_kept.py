@@ -1,0 +1,117 @@
+"""Raw reads keep the KV they computed (`ReadingConfig.keep_bits`) and a later read of the block reads it instead."""
+
+import pytest
+import torch
+
+from compressmem import ChunkingConfig, CompressionConfig, ConfigError, MemoryConfig, NotesConfig, ReadingConfig
+from compressmem.bank import KeptBlock, KeptKV
+from compressmem.quantize import CHANNELS, TOKENS, quantize
+from compressmem.reader import StepInput, generate_steps
+
+from .conftest import tiny_wrapper
+
+KEEP = MemoryConfig(chunking=ChunkingConfig(64), gate=None, reading=ReadingConfig(keep_bits=8),
+                    notes=NotesConfig(note_tokens=8))
+
+
+def _forward_lengths(model) -> tuple[list[int], object]:
+    """Input lengths of the model's forward passes, recorded from now on (and the hook, to remove it)."""
+    lengths = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    return lengths, hook
+
+
+def test_kept_kv_is_exactly_the_blocks_kv_whatever_the_padding_of_the_batch(tokenizer, essay_text):
+    """The span a raw row keeps, in a batch with a compressed row and ragged prompts, is the chunk's KV at its
+    block positions: what compressing the chunk with method `none` gives."""
+    none = tiny_wrapper("qwen2", tokenizer, MemoryConfig(chunking=ChunkingConfig(64), gate=None,
+                                                          compression=CompressionConfig("none"),
+                                                          reading=ReadingConfig("compressed")))
+    bank = none.compress(essay_text[:1200])
+    p = bank.prefix_ids.numel()
+    first, last = bank.blocks[0], bank.blocks[len(bank) - 1]
+    compressed = StepInput(torch.cat([bank.prefix_keys, last.keys], 2), torch.cat([bank.prefix_values, last.values], 2),
+                           none.prompts.update_ids("A much longer question than the other row's?", ""),
+                           p + last.num_tokens)
+    raw = StepInput(None, None, torch.cat([bank.prefix_ids, first.token_ids, none.prompts.update_ids("Who?", "")]), 0)
+    written = generate_steps(none.model, tokenizer, [compressed, raw], 4, keep=[None, (0, p + first.num_tokens)])
+    assert written[0].kv is None
+    keys, values = written[1].kv
+    torch.testing.assert_close(keys, torch.cat([bank.prefix_keys, first.keys], 2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values, torch.cat([bank.prefix_values, first.values], 2), atol=1e-5, rtol=1e-5)
+
+
+def test_a_block_read_again_reads_its_kept_kv_without_prefilling_the_chunk(tokenizer, essay_text):
+    model = tiny_wrapper("llama", tokenizer, KEEP)
+    bank = model.compress(essay_text[:1200])
+    question = model.prompt_ids("What does the essay say?")
+    lengths, hook = _forward_lengths(model.model)
+    first = model.generate(question, bank=bank, max_new_tokens=2, return_dict_in_generate=True).trace[0]
+    p = bank.prefix_ids.numel()
+    assert [p + bank.infos[s.block].num_tokens + len(s.prompt_ids) for s in first.steps] == \
+        [n for n in lengths if n > len(first.answer_prompt_ids) and n > 1]  # each read pre-filled its chunk
+    lengths.clear()
+    again = model.generate(question, bank=bank, max_new_tokens=2, return_dict_in_generate=True).trace[0]
+    hook.remove()
+    assert len(bank.kept) == len(bank) and not any(step.reused for step in first.steps)
+    assert [step.reused for step in again.steps] == [True] * len(bank)
+    assert set(lengths) <= {1, len(again.answer_prompt_ids)} | {len(s.prompt_ids) for s in again.steps}
+    # the second question pre-filled only its prompts: the chunks came from the kept KV
+
+
+def test_reading_kept_kv_matches_reading_the_block_quantized_the_same_way(tokenizer, essay_text):
+    """A reused read is a compressed read of the block at `keep_bits`: same notes as a `none` bank of 8 bits."""
+    kept = tiny_wrapper("llama", tokenizer, KEEP)
+    bank = kept.compress(essay_text[:700])
+    question = kept.prompt_ids("What does the essay say?")
+    kept.generate(question, bank=bank, max_new_tokens=2)
+    reused = kept.generate(question, bank=bank, max_new_tokens=2, return_dict_in_generate=True).trace[0]
+    quantized = kept.with_config(KEEP.replace(compression=CompressionConfig("none", bits=8),
+                                              reading=ReadingConfig("compressed")))
+    read = quantized.generate(question, bank=quantized.compress(essay_text[:700]), max_new_tokens=2,
+                              return_dict_in_generate=True).trace[0]
+    assert [s.output_ids for s in reused.steps] == [s.output_ids for s in read.steps]
+
+
+def test_rollouts_never_read_kept_kv(tokenizer, essay_text):
+    """A rollout's reads are scored later as raw reads, so they must be raw reads."""
+    model = tiny_wrapper("llama", tokenizer, KEEP)
+    bank = model.compress(essay_text[:700])
+    model.generate(model.prompt_ids("Who?"), bank=bank, max_new_tokens=2)
+    assert len(bank.kept) == len(bank)
+    traces = model.reasoner.run(["Who?"], [bank], show_progress=False, logprobs=True)
+    assert traces[0].steps and not any(step.reused for step in traces[0].steps)
+
+
+def test_sliding_window_layers_keep_nothing(tokenizer, essay_text):
+    """A sliding layer's cache may hold only the window, so no block is kept rather than a truncated one."""
+    model = tiny_wrapper("gemma3", tokenizer, KEEP)
+    bank = model.compress(essay_text[:700])
+    model.generate(model.prompt_ids("Who?"), bank=bank, max_new_tokens=2)
+    assert len(bank.kept) == 0
+
+
+def test_kept_kv_stays_within_its_budget_dropping_the_least_recently_read():
+    kept = KeptKV()
+    keys = torch.randn(2, 2, 64, 16)
+    block = KeptBlock(quantize(keys, 8, 32, TOKENS), quantize(keys, 8, 32, CHANNELS))
+    prefix = (torch.zeros(2, 2, 4, 16), torch.zeros(2, 2, 4, 16))
+    budget = 2 * 1024 + 3 * block.nbytes
+    for index in range(3):
+        kept.put(index, block, prefix, budget)
+    assert kept.get(0) is not None  # 0 is now the most recently read
+    kept.put(3, block, prefix, budget)
+    assert 1 not in kept and {0, 2, 3} <= {i for i in range(4) if i in kept} and kept.nbytes <= budget
+    kept.put(4, block, prefix, 1)
+    assert len(kept) == 0 and kept.get(4) is None
+
+
+def test_keep_settings_are_refused_where_they_would_be_ignored_or_wrong():
+    with pytest.raises(ConfigError, match="compressed reading already reads"):
+        ReadingConfig("compressed", keep_bits=4)
+    with pytest.raises(ConfigError, match="keep_bits, which is None"):
+        ReadingConfig(keep_mib=64)
+    with pytest.raises(ConfigError, match="keep_bits must be one of"):
+        ReadingConfig(keep_bits=16)
+    assert ReadingConfig(keep_bits=4).keep_mib > 0
