@@ -18,7 +18,7 @@ from typing import Any
 
 COMPRESSION_METHODS = ("none", "select", "learned")
 BITS = (16, 8, 4, 2)
-DEFAULT_GROUP = 32
+DEFAULT_GROUP = 64  # 4 bits at 64: 0.297x bf16 KV with scales, needles as raw (benchmarks/RESULTS.md)
 DEFAULT_KEEP_MIB = 256  # per bank: 75 blocks of 512 tokens of SmolLM2's KV at 8 bits
 SCORES = ("keynorm", "observed", "window")
 GATE_KINDS = ("lexical", "attention", "head")

@@ -13,6 +13,7 @@ from compressmem import (
     MemoryConfig,
     ReadingConfig,
 )
+from compressmem.config import DEFAULT_GROUP
 from compressmem.quantize import CHANNELS, TOKENS, Quantized, dense, fake_quantize, pack, quantize, unpack
 
 from .conftest import tiny_wrapper
@@ -101,7 +102,7 @@ def test_a_quantized_bank_is_stored_packed_counts_its_scales_and_reads_back_the_
     path = tmp_path / ("bank" if folder else "bank.safetensors")
     bank.save(path, folder=folder)
     loaded = MemoryBank.load(path)
-    assert loaded.provenance.compression == CompressionConfig("select", ratio=2, bits=4, group=32)
+    assert loaded.provenance.compression == CompressionConfig("select", ratio=2, bits=4, group=DEFAULT_GROUP)
     assert loaded.nbytes == bank.nbytes
     for ours, theirs in zip(loaded.blocks, bank.blocks):
         for field in ("data", "scales", "zeros"):
@@ -116,7 +117,7 @@ def test_a_quantized_bank_is_stored_packed_counts_its_scales_and_reads_back_the_
 def test_a_bank_of_other_bits_is_refused_naming_both(tokenizer, essay_text):
     bank = tiny_wrapper("llama", tokenizer, _config(4)).compress(essay_text[:800])
     reader = tiny_wrapper("llama", tokenizer, _config(8))
-    with pytest.raises(BankMismatchError, match="4-bit in groups of 32.*needs .*8-bit in groups of 32"):
+    with pytest.raises(BankMismatchError, match=f"4-bit in groups of {DEFAULT_GROUP}.*needs .*8-bit in groups of"):
         reader.generate(reader.prompt_ids("Why?"), bank=bank, max_new_tokens=2)
 
 
@@ -127,7 +128,7 @@ def test_bits_and_groups_are_checked():
         CompressionConfig(group=64)
     with pytest.raises(ConfigError, match="compression.group must be a positive integer"):
         CompressionConfig(bits=4, group=0)
-    assert CompressionConfig(bits=4).group == 32 and CompressionConfig().group is None
+    assert CompressionConfig(bits=4).group == DEFAULT_GROUP and CompressionConfig().group is None
 
 
 def test_the_gate_index_of_a_quantized_bank_is_packed_kept_and_scores_close_to_the_float_ones(tokenizer, essay_text,
