@@ -19,7 +19,8 @@ from typing import Any
 COMPRESSION_METHODS = ("none", "select", "learned")
 BITS = (16, 8, 4, 2)
 DEFAULT_GROUP = 64  # 4 bits at 64: 0.297x bf16 KV with scales, needles as raw (benchmarks/RESULTS.md)
-DEFAULT_KEEP_MIB = 256  # per bank: 75 blocks of 512 tokens of SmolLM2's KV at 8 bits
+DEFAULT_KEEP_BITS = 8  # reads of kept KV: needles as raw reads, 1.5x faster a question (benchmarks/RESULTS.md)
+DEFAULT_KEEP_MIB = 256  # per bank: 40 blocks of 512 tokens of SmolLM2-135M's KV at 8 bits
 SCORES = ("keynorm", "observed", "window")
 GATE_KINDS = ("lexical", "attention", "head")
 READ_MODES = ("raw", "compressed")
@@ -159,10 +160,10 @@ class ReadingConfig:
     `recall`, the best unread ones); `score` re-scores after every update and reads the best unread block
     over the gate's threshold. `max_steps` bounds the reads per question.
 
-    `keep_bits` (raw reading): a raw read's KV of the chunk is kept with the bank, quantized to 8, 4 or 2
-    bits in groups of `DEFAULT_GROUP`, and a later read of the same block reads that KV instead of
-    pre-filling the chunk again; at most `keep_mib` MiB per bank (default `DEFAULT_KEEP_MIB`), least
-    recently read out first. None keeps nothing."""
+    `keep_bits` (raw reading): a raw read's KV of the chunk is kept with the bank, in memory, quantized to
+    8, 4 or 2 bits in groups of `DEFAULT_GROUP`, and a later read of the same block reads that KV instead
+    of pre-filling the chunk again; at most `keep_mib` MiB per bank (default `DEFAULT_KEEP_MIB`), least
+    recently read out first. 0 keeps nothing; None is `DEFAULT_KEEP_BITS` for raw reading, 0 otherwise."""
 
     mode: str = "raw"
     order: str = "document"
@@ -179,15 +180,18 @@ class ReadingConfig:
         if self.max_steps is not None:
             _positive_int("reading.max_steps", self.max_steps)
         if self.keep_bits is None:
+            _set(self, "keep_bits", DEFAULT_KEEP_BITS if self.mode == "raw" else 0)
+        if self.keep_bits not in (0, *BITS[1:]) or isinstance(self.keep_bits, bool):
+            raise ConfigError(f"reading.keep_bits must be one of {[0, *BITS[1:]]} (0 keeps nothing), got "
+                              f"{self.keep_bits!r}.")
+        if self.keep_bits == 0:
             if self.keep_mib is not None:
-                raise ConfigError("reading.keep_mib bounds the KV kept by keep_bits, which is None: set keep_bits "
+                raise ConfigError("reading.keep_mib bounds the KV kept by keep_bits, which is 0: set keep_bits "
                                   "(8, 4 or 2) or drop keep_mib.")
             return
         if self.mode != "raw":
             raise ConfigError("reading.keep_bits keeps the KV of raw reads; compressed reading already reads "
                               "the bank's KV. Drop keep_bits or use mode='raw'.")
-        if self.keep_bits not in BITS[1:]:
-            raise ConfigError(f"reading.keep_bits must be one of {list(BITS[1:])} or None, got {self.keep_bits!r}.")
         _set(self, "keep_mib", DEFAULT_KEEP_MIB if self.keep_mib is None else self.keep_mib)
         _positive_int("reading.keep_mib", self.keep_mib)
 
@@ -342,7 +346,8 @@ class MemoryConfig:
         MemAgent reads large chunks (5000 tokens in its paper) to keep the number of steps down; the
         default here, 2048, is the largest at which SmolLM2-135M still quotes a chunk's evidence.
         """
-        settings: dict[str, Any] = {"chunking": ChunkingConfig(chunk_size), "compression": None, "gate": None}
+        settings: dict[str, Any] = {"chunking": ChunkingConfig(chunk_size), "compression": None, "gate": None,
+                                    "reading": ReadingConfig(keep_bits=0)}
         settings.update(overrides)
         return cls(**settings)
 

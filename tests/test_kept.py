@@ -5,6 +5,7 @@ import torch
 
 from compressmem import ChunkingConfig, CompressionConfig, ConfigError, MemoryConfig, NotesConfig, ReadingConfig
 from compressmem.bank import KeptBlock, KeptKV
+from compressmem.config import DEFAULT_KEEP_BITS
 from compressmem.quantize import CHANNELS, TOKENS, quantize
 from compressmem.reader import StepInput, generate_steps
 
@@ -110,8 +111,15 @@ def test_kept_kv_stays_within_its_budget_dropping_the_least_recently_read():
 def test_keep_settings_are_refused_where_they_would_be_ignored_or_wrong():
     with pytest.raises(ConfigError, match="compressed reading already reads"):
         ReadingConfig("compressed", keep_bits=4)
-    with pytest.raises(ConfigError, match="keep_bits, which is None"):
-        ReadingConfig(keep_mib=64)
+    with pytest.raises(ConfigError, match="keep_bits, which is 0"):
+        ReadingConfig(keep_bits=0, keep_mib=64)
     with pytest.raises(ConfigError, match="keep_bits must be one of"):
         ReadingConfig(keep_bits=16)
-    assert ReadingConfig(keep_bits=4).keep_mib > 0
+    assert ReadingConfig().keep_bits == DEFAULT_KEEP_BITS and ReadingConfig().keep_mib > 0
+    assert ReadingConfig("compressed").keep_bits == 0 and MemoryConfig.memagent().reading.keep_bits == 0
+
+
+def test_a_configuration_keeping_kv_round_trips(tmp_path):
+    config = KEEP.replace(reading=ReadingConfig(keep_bits=4, keep_mib=32))
+    config.save(tmp_path / "config.json")
+    assert MemoryConfig.load(tmp_path / "config.json") == config

@@ -129,7 +129,7 @@ class Reasoner:
               logprobs: bool) -> None:
         prompts = [self.prompts.update_ids(row.trace.question, row.trace.notes) for row, _, _ in reads]
         place = {"device": self.model.device, "dtype": self.model.dtype}  # a bank may come from another dtype
-        reuse = self.reading.keep_bits is not None and not logprobs  # a rollout's reads are scored as raw reads
+        reuse = self.reading.keep_bits > 0 and not logprobs  # a rollout's reads are scored as raw reads
         inputs = [step_input(row.bank, block, prompt, self.reading.mode, reuse=reuse, **place)
                   for (row, block, _), prompt in zip(reads, prompts)]
         keep = [(0, row.bank.prefix_ids.numel() + row.bank.infos[block].num_tokens)

@@ -167,7 +167,7 @@ def generate_steps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, i
     if logprobs:
         logits = torch.stack(out.logits, dim=1).float().cpu()
         scored = logits.log_softmax(dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-    kept = _kept_kv(out.past_key_values, batch, inputs, keep, device) if keep else [None] * len(inputs)
+    kept = _kept_kv(out.cache, batch, inputs, keep, device) if keep else [None] * len(inputs)
     rows = []
     for row, ids in enumerate(new):
         written = cut_at_eos(ids, eos)

@@ -155,7 +155,8 @@ def start_or_resume(model: CompressedMemoryModel, out: str | Path, rank: int = 8
     if ratio is None:
         ratio = current.compression.ratio if current.compression is not None else None
     config = current.replace(compression=CompressionConfig("learned", ratio),
-                             reading=dataclasses.replace(current.reading, mode="compressed"))
+                             reading=dataclasses.replace(current.reading, mode="compressed", keep_bits=0,
+                                                         keep_mib=None))
     if (Path(out) / TRAINER_STATE).is_file():
         compressor = LearnedCompressor.load(model.model, Path(out) / "compressor", config.compression.ratio)
     else:
