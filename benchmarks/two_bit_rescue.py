@@ -1,9 +1,11 @@
 """Does keeping a few entries in full precision rescue 2-bit blocks? Variants on SmolLM2-135M-Instruct.
 
 As `quantized_blocks.py`: for each seeded `niah_single` case the chunk that holds the needle is read as
-its compressed block (method `none`, chunk 512). Here the block's KV is quantized and dequantised in
-place with each variant, so every variant is read by the same code; the bytes per chunk token count
-what the variant would store (codes, float16 scales and zero points, full-precision entries in bf16).
+its compressed block (method `none`, chunk 512). The attention sink is kept in every variant: the bank's
+shared prefix (the chat template's opening, 34 tokens) always stays in full precision. Here the block's
+KV is quantized and dequantised in place with each variant, so every variant is read by the same code;
+the bytes per chunk token count what the variant would store (codes, float16 scales and zero points,
+full-precision entries in bf16).
 
     python benchmarks/two_bit_rescue.py --length 4k --n 20
 """
@@ -16,13 +18,14 @@ import dataclasses
 import torch
 
 VARIANTS = {  # name: (key bits, value bits, group, recent entries kept, key channels kept)
-    "4 bits (reference)": (4, 4, 32, 0, 0),
-    "2 bits": (2, 2, 32, 0, 0),
+    "4 bits (reference)": (4, 4, 64, 0, 0),
+    "2 bits": (2, 2, 64, 0, 0),
+    "2 bits, groups of 32": (2, 2, 32, 0, 0),
     "2 bits, groups of 16": (2, 2, 16, 0, 0),
-    "2 bits, last 64 entries in bf16": (2, 2, 32, 64, 0),
-    "2 bits, 4 outlier key channels in bf16": (2, 2, 32, 0, 4),
-    "keys 4 bits, values 2 bits": (4, 2, 32, 0, 0),
-    "keys 2 bits, values 4 bits": (2, 4, 32, 0, 0),
+    "2 bits, last 64 entries in bf16": (2, 2, 64, 64, 0),
+    "2 bits, 4 outlier key channels in bf16": (2, 2, 64, 0, 4),
+    "keys 4 bits, values 2 bits": (4, 2, 64, 0, 0),
+    "keys 2 bits, values 4 bits": (2, 4, 64, 0, 0),
 }
 
 
