@@ -3,7 +3,8 @@
 One context of `--length` tokens holds `--questions` needles (RULER's `niah_multikey` case, whose needles
 all become questions: "What is the special magic number for <key> ...?"). Every configuration
 compresses it once (`compress()`), then answers every question from the bank twice over (round 1,
-then the same questions again: round 2), greedy, notes and answers as long as the model writes them:
+then the same questions again: round 2), greedy, notes and answers as long as the model writes them;
+each question is put to every configuration in turn, so that changes in the machine's load hit all alike:
 - raw reading as in release 0.1 (`ReadingConfig(keep_bits=0)`): the lexical gate passes one block, whose
   chunk is re-read (its bank is token ids, so compressing is tokenizing);
 - raw reading keeping the KV of each read (`ReadingConfig(keep_bits=8)`, the default now): a block read
@@ -67,13 +68,22 @@ def ask(model, bank, question: str, gold: str) -> dict:
             "decoded": sum(len(step.output_ids) for step in trace.steps) + out.sequences.shape[1] - prompt.shape[1]}
 
 
-def run(model, context: str, pairs: list[tuple[str, str]], rounds: int) -> dict:
-    start = time.perf_counter()
-    bank = model.compress(context)
-    compress_seconds = time.perf_counter() - start
-    asked = [[ask(model, bank, question, gold) for question, gold in pairs] for _ in range(rounds)]
-    return {"compress_seconds": compress_seconds, "bank_mib": bank.nbytes / 2**20,
-            "kept_mib": bank.kept.nbytes / 2**20, "rounds": asked}
+def run(models: dict, context: str, pairs: list[tuple[str, str]], rounds: int) -> dict:
+    """Compress `context` for every model, then ask the questions `rounds` times, each question put to every
+    model in turn, so that a change in the machine's load hits them alike."""
+    banks, runs = {}, {}
+    for name, model in models.items():
+        start = time.perf_counter()
+        banks[name] = model.compress(context)
+        runs[name] = {"compress_seconds": time.perf_counter() - start, "rounds": [[] for _ in range(rounds)]}
+    for asked in range(rounds):
+        for question, gold in pairs:
+            for name, model in models.items():
+                runs[name]["rounds"][asked].append(ask(model, banks[name], question, gold))
+    for name, bank in banks.items():
+        runs[name].update(bank_mib=bank.nbytes / 2**20, kept_mib=bank.kept.nbytes / 2**20)
+        print(f"{name}: {line(runs[name])}", flush=True)
+    return runs
 
 
 def main() -> None:
@@ -95,12 +105,10 @@ def main() -> None:
     length = parse_token_counts(args.length)[0]
     context, pairs = context_and_questions(base.tokenizer, load_haystack(args.haystack), length, args.questions,
                                            args.seed)
-    runs = {}
-    for name, config in configurations(args.chunk_size).items():
-        memagent = name == "MemAgent"
-        runs[name] = run(base.with_config(config, show_progress=False), context,
-                         pairs[:args.memagent_questions] if memagent else pairs, 1 if memagent else 2)
-        print(f"{name}: {line(runs[name])}", flush=True)
+    models = {name: base.with_config(config, show_progress=False)
+              for name, config in configurations(args.chunk_size).items()}
+    memagent = {"MemAgent": models.pop("MemAgent")}
+    runs = {**run(models, context, pairs, 2), **run(memagent, context, pairs[:args.memagent_questions], 1)}
     text = summary(runs, length, args)
     print("\n" + text)
     if args.out:
@@ -131,7 +139,7 @@ def summary(runs: dict, length: int, args: argparse.Namespace) -> str:
         last = result["rounds"][-1]
         saved = raw_question - median(first)
         extra = result["compress_seconds"] - raw["compress_seconds"]
-        payoff = "-" if result is raw or name == "MemAgent" else (
+        payoff = "-" if not name.startswith("compressed") else (
             f"{max(extra, 0) / saved:.0f} questions" if saved > 0 else "never")
         correct = ", ".join(f"{sum(a['correct'] for a in asked)}/{len(asked)}" for asked in result["rounds"])
         rows.append(f"| {name} | {result['compress_seconds']:.1f} | {median(first):.2f} | "
