@@ -85,6 +85,18 @@ def test_rollouts_never_read_kept_kv(tokenizer, essay_text):
     assert traces[0].steps and not any(step.reused for step in traces[0].steps)
 
 
+def test_a_bank_read_by_another_model_never_reads_the_kv_the_first_one_kept(tokenizer, essay_text):
+    """Another model object (here the same weights, so the bank's fingerprint passes; with another adapter or
+    dtype it would compute other KV) reads the tokens, not what the first one kept."""
+    first, other = tiny_wrapper("llama", tokenizer, KEEP), tiny_wrapper("llama", tokenizer, KEEP)
+    bank = first.compress(essay_text[:700])
+    first.generate(first.prompt_ids("Who?"), bank=bank, max_new_tokens=2)
+    assert len(bank.kept) == len(bank) and bank.kept.get(0, other.reasoner.keeper) is None
+    trace = other.generate(other.prompt_ids("Who?"), bank=bank, max_new_tokens=2, return_dict_in_generate=True).trace[0]
+    assert trace.steps and not any(step.reused for step in trace.steps)
+    assert bank.kept.owner == other.reasoner.keeper  # the other model's KV replaced the first one's
+
+
 def test_sliding_window_layers_keep_nothing(tokenizer, essay_text):
     """A sliding layer's cache may hold only the window, so no block is kept rather than a truncated one."""
     model = tiny_wrapper("gemma3", tokenizer, KEEP)
@@ -100,12 +112,12 @@ def test_kept_kv_stays_within_its_budget_dropping_the_least_recently_read():
     prefix = (torch.zeros(2, 2, 4, 16), torch.zeros(2, 2, 4, 16))
     budget = 2 * 1024 + 3 * block.nbytes
     for index in range(3):
-        kept.put(index, block, prefix, budget)
-    assert kept.get(0) is not None  # 0 is now the most recently read
-    kept.put(3, block, prefix, budget)
+        kept.put(index, block, prefix, budget, "me")
+    assert kept.get(0, "me") is not None  # 0 is now the most recently read
+    kept.put(3, block, prefix, budget, "me")
     assert 1 not in kept and {0, 2, 3} <= {i for i in range(4) if i in kept} and kept.nbytes <= budget
-    kept.put(4, block, prefix, 1)
-    assert len(kept) == 0 and kept.get(4) is None
+    kept.put(4, block, prefix, 1, "me")
+    assert len(kept) == 0 and kept.get(4, "me") is None
 
 
 def test_keep_settings_are_refused_where_they_would_be_ignored_or_wrong():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ class KeptKV:
         self._lock = threading.Lock()
         self._bytes = 0
         self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.owner: Hashable = None  # what computed the kept KV (model, adapter, dtype): no other reader uses it
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -52,21 +54,31 @@ class KeptKV:
         prefix = 0 if self.prefix is None else sum(t.numel() * t.element_size() for t in self.prefix)
         return prefix + self._bytes
 
-    def get(self, block: int) -> tuple[tuple[torch.Tensor, torch.Tensor], KeptBlock] | None:
+    def get(self, block: int, owner: Hashable) -> tuple[tuple[torch.Tensor, torch.Tensor], KeptBlock] | None:
         """The prefix's KV and the block's kept KV (marked as the most recently read), or None when the block
-        was not kept."""
+        was not kept, or was kept by another `owner` (another model, adapter or dtype computes other KV)."""
         with self._lock:
             kept = self._blocks.get(block)
-            if kept is None or self.prefix is None:
+            if kept is None or self.prefix is None or owner != self.owner:
                 return None
             self._blocks.move_to_end(block)
             return self.prefix, kept
 
-    def put(self, block: int, kept: KeptBlock, prefix: tuple[torch.Tensor, torch.Tensor], budget: int) -> None:
-        """Keep `block`'s KV (and the prefix's, the first time), then drop the least recently read blocks until
-        at most `budget` bytes are kept."""
+    def needs_prefix(self, owner: Hashable) -> bool:
+        """Whether the next `put` by `owner` must bring the prefix's KV."""
+        return self.prefix is None or owner != self.owner
+
+    def put(self, block: int, kept: KeptBlock, prefix: tuple[torch.Tensor, torch.Tensor] | None, budget: int,
+            owner: Hashable) -> None:
+        """Keep `block`'s KV computed by `owner` (and the prefix's, when `needs_prefix`; what another owner kept
+        is dropped), then drop the least recently read blocks until at most `budget` bytes are kept."""
         with self._lock:
+            if owner != self.owner:
+                self._blocks.clear()
+                self._bytes, self.prefix, self.owner = 0, None, owner
             if self.prefix is None:
+                if prefix is None:
+                    raise ValueError("the first block kept by an owner must bring the prefix's KV.")
                 self.prefix = prefix
             old = self._blocks.pop(block, None)
             self._bytes += kept.nbytes - (0 if old is None else old.nbytes)

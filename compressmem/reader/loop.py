@@ -129,11 +129,11 @@ class Reasoner:
               logprobs: bool) -> None:
         prompts = [self.prompts.update_ids(row.trace.question, row.trace.notes) for row, _, _ in reads]
         place = {"device": self.model.device, "dtype": self.model.dtype}  # a bank may come from another dtype
-        reuse = self.reading.keep_bits > 0 and not logprobs  # a rollout's reads are scored as raw reads
+        reuse = self.keeper if self.reading.keep_bits > 0 and not logprobs else None  # rollouts are scored raw
         inputs = [step_input(row.bank, block, prompt, self.reading.mode, reuse=reuse, **place)
                   for (row, block, _), prompt in zip(reads, prompts)]
         keep = [(0, row.bank.prefix_ids.numel() + row.bank.infos[block].num_tokens)
-                if reuse and item.keys is None else None for (row, block, _), item in zip(reads, inputs)]
+                if reuse is not None and item.keys is None else None for (row, block, _), item in zip(reads, inputs)]
         tokenizer = self.prompts.tokenizer
         with self.active():
             written = generate_steps(self.model, tokenizer, inputs, self.notes.budget, generation, logprobs,
@@ -156,7 +156,13 @@ class Reasoner:
         bits = self.reading.keep_bits
         kept = KeptBlock(quantize(keys[:, :, p:], bits, DEFAULT_GROUP, TOKENS),
                          quantize(values[:, :, p:], bits, DEFAULT_GROUP, CHANNELS))
-        bank.kept.put(block, kept, (keys[:, :, :p].clone(), values[:, :, :p].clone()), self.reading.keep_mib << 20)
+        prefix = (keys[:, :, :p].clone(), values[:, :, :p].clone()) if bank.kept.needs_prefix(self.keeper) else None
+        bank.kept.put(block, kept, prefix, self.reading.keep_mib << 20, self.keeper)
+
+    @property
+    def keeper(self) -> tuple:
+        """Who computes the KV a raw read keeps: the model, the reasoner's adapter and the dtype."""
+        return id(self.model), None if self.adapter is None else self.adapter.name, str(self.model.dtype)
 
 
 def _passing(scores: torch.Tensor, gate: GateConfig) -> torch.Tensor:

@@ -9,6 +9,7 @@ a rollout sampled), so the loss scores exactly what was sampled.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,18 +37,18 @@ class StepInput:
 
 def step_input(bank: MemoryBank, block: int, prompt_ids: torch.Tensor, mode: str,
                recomputed: CompressedChunks | None = None, device: torch.device | None = None,
-               dtype: torch.dtype | None = None, reuse: bool = False) -> StepInput:
+               dtype: torch.dtype | None = None, reuse: Hashable = None) -> StepInput:
     """What reading `block` of `bank` with the update prompt `prompt_ids` feeds the model.
 
-    `raw`: the bank's prefix, the chunk's tokens, the prompt; with `reuse`, the KV an earlier raw read of
-    the block computed (`bank.kept`), when kept, instead of the tokens. `compressed`: the prefix's and the
-    block's KV, then the prompt at the position after the chunk, whatever the block's size; a quantized
-    block is dequantised here, on `device`, one block at a time. `recomputed` (the block compressed again,
-    e.g. with gradients by a trainer) replaces both KV, read back as the bank's quantization would store
-    it. KV lands on `device` in `dtype`.
+    `raw`: the bank's prefix, the chunk's tokens, the prompt; with `reuse` (the reader's owner key), the KV
+    an earlier raw read of the block by the same owner computed (`bank.kept`), when kept, instead of the
+    tokens. `compressed`: the prefix's and the block's KV, then the prompt at the position after the chunk,
+    whatever the block's size; a quantized block is dequantised here, on `device`, one block at a time.
+    `recomputed` (the block compressed again, e.g. with gradients by a trainer) replaces both KV, read back
+    as the bank's quantization would store it. KV lands on `device` in `dtype`.
     """
     if mode == "raw":
-        found = bank.kept.get(block) if reuse else None
+        found = bank.kept.get(block, reuse) if reuse is not None else None
         if found is None:
             return StepInput(None, None, torch.cat([bank.prefix_ids, bank.token_ids(block), prompt_ids]), 0)
         prefix, kept = found
