@@ -14,14 +14,14 @@ from .config import (
 )
 from .embedded import DEFAULT_MODEL
 from .hub import CheckpointMismatchError
-from .model import CompressedGenerateOutput, CompressedMemoryModel
-from .reader import ReadStep, Trace
+from .model import Answer, CompressedGenerateOutput, CompressedMemoryModel
+from .reader import ReadStep, Source, Trace
 
 __all__ = [
-    "BankMismatchError", "CheckpointMismatchError", "ChunkingConfig", "CompressedGenerateOutput",
+    "Answer", "BankMismatchError", "CheckpointMismatchError", "ChunkingConfig", "CompressedGenerateOutput",
     "CompressedMemoryModel", "CompressionConfig", "ConfigError", "ContextError", "DEFAULT_MODEL", "GateConfig",
-    "MemoryBank", "MemoryBlock", "MemoryConfig", "NotesConfig", "PromptConfig", "ReadStep", "ReadingConfig", "Trace",
-    "text_pieces",
+    "MemoryBank", "MemoryBlock", "MemoryConfig", "NotesConfig", "PromptConfig", "ReadStep", "ReadingConfig", "Source",
+    "Trace", "text_pieces",
 ]
 
 __version__ = "0.2.0"

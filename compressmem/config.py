@@ -25,12 +25,14 @@ SCORES = ("keynorm", "observed", "window")
 GATE_KINDS = ("lexical", "attention", "head")
 READ_MODES = ("raw", "compressed")
 READ_ORDERS = ("document", "score")
+READ_UNTIL = ("answered", "all")
 NOTE_UPDATES = ("append", "rewrite")
 
+DEFAULT_TOP_K = 4  # reads at most: adaptive reading stops at the first block whose quote answers (README)
 DEFAULT_RATIO = 4.0
 DEFAULT_SCORE = "keynorm"
 DEFAULT_SHARPNESS = 8.0
-DEFAULT_NOTE_TOKENS = 96
+DEFAULT_NOTE_TOKENS = 48
 DEFAULT_MIN_GROUNDING = 0.8
 MEMAGENT_CHUNK_SIZE = 2048
 
@@ -48,6 +50,7 @@ REWRITE_TEMPLATE = (
 DEFAULT_ANSWER_TEMPLATE = "Notes taken while reading a long document: {notes}\n\n{question}"
 DEFAULT_GATE_TEMPLATE = "{question}\n{notes}"
 DEFAULT_EMPTY_NOTES = "(none yet)"
+DEFAULT_NOT_FOUND = "Not found in the context."
 
 
 class ConfigError(ValueError):
@@ -116,7 +119,7 @@ class GateConfig:
     `threshold` (either may be None, not both)."""
 
     kind: str = "lexical"
-    top_k: int | None = 1
+    top_k: int | None = DEFAULT_TOP_K
     threshold: float | None = None
     layers: tuple[int, ...] | None = None
     sharpness: float | None = None
@@ -157,8 +160,11 @@ class GateConfig:
 class ReadingConfig:
     """How passed blocks are read: `mode` `raw` re-reads the chunk's tokens, `compressed` reads the block's
     KV as a prefix (the paper). `order` `document` reads the passing blocks in document order (then, with
-    `recall`, the best unread ones); `score` re-scores after every update and reads the best unread block
-    over the gate's threshold. `max_steps` bounds the reads per question.
+    `recall`, the best unread ones); `score` re-scores after every update (the notes join the question) and
+    reads the best unread block the gate passes; None is `score` with a gate, `document` without.
+    `until` `answered` stops as soon as the notes cover the question (every key term and most of its words,
+    `reader.quotes.covers`; a question asking for "all" reads every passed block); `all` reads every block
+    the gate passes. `max_steps` bounds the reads per question.
 
     `keep_bits` (raw reading): a raw read's KV of the chunk is kept with the bank, in memory, quantized to
     8, 4 or 2 bits in groups of `DEFAULT_GROUP`, and a later read of the same block reads that KV instead
@@ -166,15 +172,18 @@ class ReadingConfig:
     recently read out first. 0 keeps nothing; None is `DEFAULT_KEEP_BITS` for raw reading, 0 otherwise."""
 
     mode: str = "raw"
-    order: str = "document"
+    order: str | None = None
     recall: bool = False
     max_steps: int | None = None
     keep_bits: int | None = None
     keep_mib: int | None = None
+    until: str = "answered"
 
     def __post_init__(self) -> None:
         _choice("reading.mode", self.mode, READ_MODES)
-        _choice("reading.order", self.order, READ_ORDERS)
+        if self.order is not None:
+            _choice("reading.order", self.order, READ_ORDERS)
+        _choice("reading.until", self.until, READ_UNTIL)
         if not isinstance(self.recall, bool):
             raise ConfigError(f"reading.recall must be True or False, got {self.recall!r}.")
         if self.max_steps is not None:
@@ -233,18 +242,23 @@ class NotesConfig:
 class PromptConfig:
     """The text around what the model reads: the header every chunk follows, the update prompt after a
     section (`{question}`, `{notes}`; None: the notes mode's own), the answer prompt, the gate's query,
-    and what stands in for empty notes."""
+    what stands in for empty notes, and the answer given, without generating one, when the notes do not
+    answer the question (`not_found`)."""
 
     section_header: str = DEFAULT_SECTION_HEADER
     update_template: str | None = None
     answer_template: str = DEFAULT_ANSWER_TEMPLATE
     gate_template: str = DEFAULT_GATE_TEMPLATE
     empty_notes: str = DEFAULT_EMPTY_NOTES
+    not_found: str = DEFAULT_NOT_FOUND
 
     def __post_init__(self) -> None:
-        for name in ("section_header", "empty_notes"):
+        for name in ("section_header", "empty_notes", "not_found"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"prompts.{name} must be a string, got {type(getattr(self, name)).__name__}.")
+        if not self.not_found.strip():
+            raise ConfigError("prompts.not_found is what a user reads when the context does not hold the answer; it "
+                              "must not be empty.")
         if self.update_template is not None:
             _template("prompts.update_template", self.update_template, ("question",))
         _template("prompts.answer_template", self.answer_template, ("question", "notes"))
@@ -299,6 +313,8 @@ class MemoryConfig:
             _positive_int("direct_max_tokens", self.direct_max_tokens)
         _positive_int("query_tokens", self.query_tokens)
         self._check_compression()
+        if self.reading.order is None:
+            _set(self, "reading", dataclasses.replace(self.reading, order="document" if self.gate is None else "score"))
         self._check_reading()
 
     def _check_compression(self) -> None:
@@ -316,10 +332,9 @@ class MemoryConfig:
 
     def _check_reading(self) -> None:
         reading, gate = self.reading, self.gate
-        if reading.order == "score" and (gate is None or gate.top_k is not None or gate.threshold is None):
-            raise ConfigError("reading.order='score' reads, after each update, the best unread block whose gate score "
-                              "is at least gate.threshold: set a gate with a threshold and top_k=None (and "
-                              f"reading.max_steps to bound the reads); got gate={gate!r}.")
+        if reading.order == "score" and gate is None:
+            raise ConfigError("reading.order='score' reads, after each update, the best unread block the gate passes: "
+                              "it needs a gate (or use order='document' to read every block in order).")
         if reading.recall and (gate is None or reading.order != "document"):
             raise ConfigError("reading.recall re-visits the gate's best unread blocks after a document-order scan: it "
                               f"needs a gate and order='document' (got gate={gate!r}, order={reading.order!r}).")
@@ -347,7 +362,7 @@ class MemoryConfig:
         default here, 2048, is the largest at which SmolLM2-135M still quotes a chunk's evidence.
         """
         settings: dict[str, Any] = {"chunking": ChunkingConfig(chunk_size), "compression": None, "gate": None,
-                                    "reading": ReadingConfig(keep_bits=0)}
+                                    "reading": ReadingConfig(until="all", keep_bits=0)}
         settings.update(overrides)
         return cls(**settings)
 

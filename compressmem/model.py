@@ -39,7 +39,7 @@ from .hub import (
     write_config,
 )
 from .model_card import write_model_card
-from .reader import PromptBuilder, Question, Reasoner, Trace, pad_token_id
+from .reader import PromptBuilder, Question, Reasoner, Source, Trace, pad_token_id
 
 
 @dataclass
@@ -47,6 +47,19 @@ class CompressedGenerateOutput(GenerateDecoderOnlyOutput):
     """transformers' generate output, plus one `Trace` per row of what the reasoner read and wrote."""
 
     trace: list[Trace] | None = None
+
+
+@dataclass
+class Answer:
+    """What `answer(..., return_sources=True)` returns: the answer `text`; `found`, False when the notes never
+    covered the question (then `text` is `PromptConfig.not_found` and nothing was generated); `sources`, the
+    sentences of the context the notes were taken from, each with its document and character offsets; and
+    the `trace` of the reading."""
+
+    text: str
+    found: bool
+    sources: list[Source]
+    trace: Trace
 
 
 class CompressedMemoryModel:
@@ -253,15 +266,23 @@ class CompressedMemoryModel:
         return self.answer_from_banks(input_ids, questions, banks, generation_kwargs, notes_kwargs)
 
     def answer(self, question: str, context: Context | None = None, bank: MemoryBank | None = None,
-               memory: MemoryBank | None = None, **generation_kwargs: Any) -> str:
-        """Ask one question in plain text, with the chat template applied for you; returns the answer text.
+               memory: MemoryBank | None = None, return_sources: bool = False,
+               **generation_kwargs: Any) -> str | Answer:
+        """Ask one question in plain text, with the chat template applied for you; returns the answer text, or,
+        with `return_sources`, an `Answer` (text, whether it was found, the sentences it came from, the trace).
+        When the context does not answer the question the text is `PromptConfig.not_found`.
         `memory=` is the release-0.1 name of `bank=` (deprecated)."""
         bank = _renamed("memory", memory, "bank", bank, "answer")
         ids = self.prompt_ids(question)
         generation_kwargs.setdefault("max_new_tokens", 128)
         generation_kwargs.setdefault("do_sample", False)
+        generation_kwargs["return_dict_in_generate"] = True
         out = self.generate(ids.to(self.model.device), context=context, bank=bank, **generation_kwargs)
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        if not return_sources:
+            return text
+        trace = out.trace[0]
+        return Answer(text, bool(trace.found), trace.sources if trace.found else [], trace)
 
     def prompt_ids(self, question: str) -> torch.Tensor:
         """`[1, n]` prompt ids for a plain-text user turn: the chat template when the tokenizer has one."""
@@ -281,6 +302,10 @@ class CompressedMemoryModel:
         `generation_kwargs` apply to the answer; `notes_kwargs` (e.g. `do_sample`, `temperature`) to the
         reads, which are otherwise greedy; `logprobs` records the log-probability of every token the reads
         wrote in the traces. Rollouts for reinforcement learning sample both.
+
+        A row whose notes do not answer its question (`Trace.found` False) gets the configured not-found text
+        and no generated answer (rollouts, `logprobs`, always answer: the reward judges them); per-token fields
+        of a dict output (`scores`, `logits`, ...) are then left out, since not every row has them.
         """
         needs = self.bank_needs()
         for bank in {id(b): b for b in banks}.values():
@@ -289,9 +314,24 @@ class CompressedMemoryModel:
                                  f"{type(bank).__name__}.")
             bank.check(needs)
         traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, notes_kwargs, logprobs)
-        prompts = [self.prompts.answer_ids(q, trace.notes) for q, trace in zip(questions, traces)]
-        for trace, prompt in zip(traces, prompts):
-            trace.answer_prompt_ids = prompt.tolist()
+        answered = [row for row, trace in enumerate(traces) if trace.found or logprobs]  # rollouts always answer
+        prompts = {row: self.prompts.answer_ids(questions[row], traces[row].notes) for row in answered}
+        for row, prompt in prompts.items():
+            traces[row].answer_prompt_ids = prompt.tolist()
+        out, generated = self._generate_answers(list(prompts.values()), generation_kwargs) if prompts else (None, [])
+        new = self._answer_ids(len(traces), dict(zip(answered, generated)))
+        sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+        if not generation_kwargs.get("return_dict_in_generate"):
+            return sequences
+        fields = {}
+        if out is not None and len(answered) == len(traces):
+            fields = {key: value for key, value in out.items() if key != "sequences"}
+        return CompressedGenerateOutput(sequences=sequences, trace=traces, **fields)
+
+    def _generate_answers(self, prompts: list[torch.Tensor],
+                          generation_kwargs: dict[str, Any]) -> tuple[Any, list[torch.Tensor]]:
+        """The base model's `generate()` over the answer prompts, left-padded into one batch: its output, and each
+        row's new tokens."""
         width = max(p.numel() for p in prompts)
         pad_id = pad_token_id(self.tokenizer)
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -304,11 +344,21 @@ class CompressedMemoryModel:
             out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
                                       **generation_kwargs)
         sequences = out.sequences if hasattr(out, "sequences") else out
-        sequences = torch.cat([input_ids, sequences[:, width:].to(input_ids.device)], dim=1)
-        if not generation_kwargs.get("return_dict_in_generate"):
-            return sequences
-        fields = {key: value for key, value in out.items() if key != "sequences"}
-        return CompressedGenerateOutput(sequences=sequences, trace=traces, **fields)
+        return out, list(sequences[:, width:].cpu())
+
+    def _answer_ids(self, rows: int, generated: dict[int, torch.Tensor]) -> torch.Tensor:
+        """`[rows, n]` new tokens: each answered row's `generated` ones, the not-found text (and end of sequence)
+        for the others, right-padded."""
+        pad_id = pad_token_id(self.tokenizer)
+        refusal = self.prompts.encode(self.memory_config.prompts.not_found)
+        if self.tokenizer.eos_token_id is not None:
+            refusal = torch.cat([refusal, torch.tensor([self.tokenizer.eos_token_id])])
+        rows_ids = [generated.get(row, refusal) for row in range(rows)]
+        longest = max(ids.numel() for ids in rows_ids)
+        new = torch.full((rows, longest), pad_id, dtype=torch.long)
+        for row, ids in enumerate(rows_ids):
+            new[row, :ids.numel()] = ids
+        return new
 
     def _banks_for_rows(self, batch: int, context: Any, bank: Any) -> list[MemoryBank]:
         """One bank per row: a per-row list when its length is the batch size (and batch > 1), else shared."""

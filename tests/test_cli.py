@@ -31,8 +31,8 @@ def test_compress_then_ask_from_the_command_line(tokenizer, essay_text, tmp_path
 
 
 def test_ask_prints_the_answer_and_no_warning(tokenizer, essay_text, tmp_path):
-    """Not quiet: stdout is the answer alone; stderr holds progress and the model's source, no warning of any
-    library (transformers' deprecations included), and no traceback."""
+    """Not quiet: stdout is the answer, then its sources or why there are none; stderr holds progress and the
+    model's source, no warning of any library (transformers' deprecations included), and no traceback."""
     base = tmp_path / "base"
     tiny_model("llama", tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
@@ -42,7 +42,9 @@ def test_ask_prints_the_answer_and_no_warning(tokenizer, essay_text, tmp_path):
         asked = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--model", str(base), "--context",
                                 str(document), "--question", "What is this about?", "--max-new-tokens", "4", *options],
                                capture_output=True, text=True, check=True)
-        assert len(asked.stdout.strip().splitlines()) <= 1
+        answer, _, rest = asked.stdout.partition("\n\n")
+        assert len(answer.splitlines()) <= 1
+        assert rest.startswith(("Sources:", "(read ", "(the context never mentions")), asked.stdout
         assert "warn" not in asked.stderr.lower() and "deprecat" not in asked.stderr.lower(), asked.stderr
         assert "Traceback" not in asked.stderr
 

@@ -13,7 +13,7 @@ from compressmem import (
     ReadingConfig,
 )
 from compressmem.checkpoints import SMOLLM2_GATE, SMOLLM2_LEARNED
-from compressmem.config import migrate_flat
+from compressmem.config import DEFAULT_NOTE_TOKENS, migrate_flat
 
 
 def test_a_nested_configuration_round_trips_through_json(tmp_path):
@@ -34,8 +34,8 @@ def test_stage_defaults_are_resolved_where_the_stage_uses_them():
     assert CompressionConfig("none").ratio == 1.0 and CompressionConfig("none").score is None
     assert CompressionConfig("learned", ratio=8).score is None
     assert GateConfig("attention").sharpness == 8.0 and GateConfig("lexical").sharpness is None
-    assert NotesConfig().note_tokens == 96 and NotesConfig(update="rewrite").note_tokens is None
-    assert NotesConfig().budget == 96 and NotesConfig(update="rewrite", max_tokens=300).budget == 300
+    assert NotesConfig().note_tokens == DEFAULT_NOTE_TOKENS and NotesConfig(update="rewrite").note_tokens is None
+    assert NotesConfig().budget == DEFAULT_NOTE_TOKENS and NotesConfig(update="rewrite", max_tokens=300).budget == 300
 
 
 def test_the_default_bank_records_no_compressor():
@@ -83,7 +83,8 @@ def test_invalid_values_name_the_setting(make, field):
     (lambda: MemoryConfig(gate=GateConfig("attention"), reading=ReadingConfig("compressed")),
      "'attention' and reading mode 'compressed' read compressed KV"),
     (lambda: MemoryConfig(gate=None, reading=ReadingConfig(recall=True)), "recall.*needs a gate"),
-    (lambda: MemoryConfig(reading=ReadingConfig(order="score")), "order='score'.*threshold"),
+    (lambda: MemoryConfig(gate=None, reading=ReadingConfig(order="score")), "order='score'.*needs a gate"),
+    (lambda: ReadingConfig(until="found"), "reading.until must be one of"),
     (lambda: MemoryConfig(gate=GateConfig(top_k=None, threshold=0.5), reading=ReadingConfig(order="score",
                                                                                            recall=True)),
      "recall.*order='document'"),
@@ -137,7 +138,7 @@ def test_migration_drops_a_compressor_nothing_read_and_renames_template_fields()
             "gate_layers": [3], "memory_update": "rewrite", "note_tokens": 96, "min_grounding": 0.8,
             "answer_template": "Memory: {memory}\n{question}", "compress_batch_size": 8, "fixed_update_tokens": True}
     config = MemoryConfig.from_dict(migrate_flat(flat))
-    assert config.compression is None and config.gate == GateConfig("lexical")
+    assert config.compression is None and config.gate == GateConfig("lexical", top_k=1)  # 0.1's default
     scored = MemoryConfig.from_legacy({"gate": "lexical", "gate_top_k": None, "gate_threshold": 0.3,
                                        "read_order": "score", "recall": True})  # 0.1 ignored recall here
     assert scored.reading == ReadingConfig(order="score", recall=False)

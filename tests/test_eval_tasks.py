@@ -120,3 +120,24 @@ def test_bad_requests_say_what_is_wrong(tokenizer, tmp_path):
     bad.write_text(json.dumps([{"question": "q", "answer": "a"}]))
     with pytest.raises(ValueError, match="lacks HotpotQA fields"):
         make_cases("hotpotqa", tokenizer, 1000, 1, hotpotqa_file=bad)
+
+
+def test_absent_asks_for_a_key_no_needle_has(tokenizer):
+    for case in _cases("absent", tokenizer, 1500, n=4):
+        key = case.metadata["key"]
+        assert key in case.question and key not in case.context and case.answers == () and case.evidence == ()
+        needles = re.findall(r"special magic numbers for (\S+) is: \d{7}\.", case.context)
+        assert len(needles) == 4 and key not in needles
+
+
+def test_multivalue_hides_every_value_of_one_key_and_multiquery_every_asked_key(tokenizer):
+    for case in _cases("niah_multivalue", tokenizer, 1500):
+        key = case.metadata["key"]
+        assert len(case.answers) == 4 and len(case.evidence) == 4
+        for value, (start, end) in zip(case.answers, case.evidence):
+            assert f"for {key} is: {value}." in case.context[start:end]
+    for case in _cases("niah_multiquery", tokenizer, 1500):
+        keys = case.metadata["keys"]
+        assert len(set(keys)) == 4 and all(key in case.question for key in keys)
+        for key, value, (start, end) in zip(keys, case.answers, case.evidence):
+            assert f"for {key} is: {value}." in case.context[start:end]

@@ -94,7 +94,7 @@ def test_checkpoint_carries_the_head_and_reads_with_it(tokenizer, tmp_path):
     with torch.no_grad():
         head.weight.copy_(torch.linspace(-1, 1, head.num_features))
     config = READ_BY_HEAD.replace(gate=GateConfig("head", threshold=0.0, top_k=None),
-                                  reading=ReadingConfig(order="score", max_steps=2))
+                                  reading=ReadingConfig(order="score", max_steps=2, until="all"))
     plain = CompressedMemoryModel.from_pretrained(str(base), show_progress=False)
     model = CompressedMemoryModel(plain.model, tokenizer, config, str(base), False, head)
     model.save_pretrained(tmp_path / "ckpt")
@@ -138,15 +138,15 @@ def test_score_order_returns_to_earlier_blocks_that_document_order_skips(tokeniz
               [0.8, 0.1, 0.95, 0.2] + [0.0] * (blocks - 4),  # then block 0, behind the cursor
               [0.4, 0.1, 0.95, 0.2] + [0.0] * (blocks - 4)]  # nothing unread over the threshold: stop
     gate = GateConfig("attention", threshold=0.5, top_k=None, layers=(1, 2))
-    reasoner = Reasoner(model.model, model.prompts, ReadingConfig(order=order), model.memory_config.notes,
+    reasoner = Reasoner(model.model, model.prompts, ReadingConfig(order=order, until="all"), model.memory_config.notes,
                         _ScriptedGate(script), gate)
     trace = reasoner.run(["What is the vault code?"], [bank], show_progress=False)[0]
     assert trace.blocks_read == expected
 
 
 def test_score_order_configuration_is_checked():
-    with pytest.raises(ConfigError, match="order='score'.*top_k=None"):
-        MemoryConfig(reading=ReadingConfig(order="score"))
+    with pytest.raises(ConfigError, match="order='score'.*needs a gate"):
+        MemoryConfig(gate=None, reading=ReadingConfig(order="score"))
     with pytest.raises(ConfigError, match="gate.kind must be one of"):
         GateConfig("learned")
     assert READ_BY_HEAD.replace(gate=GateConfig("head", threshold=0.5, top_k=None),

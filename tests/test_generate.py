@@ -177,3 +177,18 @@ def test_answer_is_generate_under_the_chat_template(smollm2, essay_text):
     plain = smollm2.tokenizer(question, return_tensors="pt")["input_ids"]  # the same question without the template
     untemplated = smollm2.generate(plain, context=context, max_new_tokens=24, do_sample=False)
     assert text != smollm2.tokenizer.decode(untemplated[0, plain.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_a_question_the_context_cannot_answer_gets_the_not_found_text_and_no_generation(tokenizer, essay_text):
+    config = MemoryConfig(chunking=ChunkingConfig(64), notes=NOTES)
+    wrapper = tiny_wrapper("llama", tokenizer, config)
+    inputs = _chat(tokenizer, "Where was Zanzibar Quillfeather born?")
+    out = wrapper.generate(**inputs, context=essay_text[:1500], max_new_tokens=5, return_dict_in_generate=True)
+    trace = out.trace[0]
+    assert trace.missing_terms == ["quillfeather", "zanzibar"] and trace.blocks_read == []
+    assert trace.found is False and trace.answer_prompt_ids is None and out.scores is None
+    new = out.sequences[0, inputs["input_ids"].shape[1]:]
+    assert tokenizer.decode(new, skip_special_tokens=True) == config.prompts.not_found
+    assert new[-1] == tokenizer.eos_token_id
+    answer = wrapper.answer("Where was Zanzibar Quillfeather born?", context=essay_text[:1500], return_sources=True)
+    assert answer.text == config.prompts.not_found and not answer.found and answer.sources == []

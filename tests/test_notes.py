@@ -1,7 +1,7 @@
 import torch
 
 from compressmem import NotesConfig
-from compressmem.reader import StepInput, generate_steps, grounding, update_notes
+from compressmem.reader import StepInput, generate_steps, update_notes
 
 from .conftest import tiny_model
 
@@ -9,33 +9,43 @@ SECTION = "The ferry left at dawn. One of the special magic numbers for amber-ri
 QUESTION = "What is the special magic number for amber-river?"
 
 
-def test_grounding_counts_only_new_words_found_in_the_section():
-    assert grounding("The special magic number for amber-river is 4417021.", SECTION, QUESTION) == 1.0
-    assert grounding("The special magic number for amber-river is 1.", SECTION, QUESTION) == 0.0
-    assert grounding("The number is 4417021, said the captain Moreau.", SECTION, QUESTION) < 0.8
-
-
-def test_append_keeps_grounded_notes_and_drops_the_rest(tokenizer):
+def test_a_note_is_the_sentence_the_output_points_to(tokenizer):
     config = NotesConfig()
-    quote = "One of the special magic numbers for amber-river is: 4417021."
-    notes = update_notes("", quote + "\nextra line", SECTION, QUESTION, config, tokenizer)
-    assert notes == quote
-    for output in ("NONE", "The answer is 9999999.", "", "The special magic number for amber-river is 1."):
-        assert update_notes(notes, output, SECTION, QUESTION, config, tokenizer) == notes
-    assert update_notes(notes, quote, SECTION, QUESTION, config, tokenizer) == notes
+    sentence = "One of the special magic numbers for amber-river is: 4417021."
+    for output in (sentence, "The special magic number for amber-river is 4417021.", "4417021"):
+        notes, quote = update_notes("", output + "\nextra line", SECTION, QUESTION, config, tokenizer)
+        assert notes == sentence and SECTION[quote.start:quote.end] == sentence and quote.matched
+
+
+def test_refusals_and_values_the_section_lacks_add_nothing(tokenizer):
+    config = NotesConfig()
+    for output in ("NONE", "", "The section does not mention amber-river."):
+        assert update_notes("", output, SECTION, QUESTION, config, tokenizer) == ("", None)
+    notes, quote = update_notes("", "The answer is 9999999.", SECTION, QUESTION, config, tokenizer)
+    assert notes == "One of the special magic numbers for amber-river is: 4417021." and not quote.matched, \
+        "an output pointing nowhere gives way to the section's sentence about the question, never to its own value"
+    kept = "One of the special magic numbers for amber-river is: 4417021."
+    assert update_notes(kept, kept, SECTION, QUESTION, config, tokenizer) == (kept, None), "no note twice"
+
+
+def test_a_sentence_about_another_key_is_not_kept(tokenizer):
+    section = "The ferry left at dawn. One of the special magic numbers for tidal-oak is: 1234567. Gulls followed."
+    for output in ("The special magic number for amber-river is 1234567.", "The ferry left at dawn."):
+        assert update_notes("", output, section, QUESTION, NotesConfig(), tokenizer) == ("", None)
 
 
 def test_notes_never_exceed_their_token_budget(tokenizer):
     config = NotesConfig(max_tokens=12)
     notes = ""
-    for note in ("The ferry left at dawn.", "Gulls followed.",
-                 "One of the special magic numbers for amber-river is: 4417021."):
-        notes = update_notes(notes, note, SECTION, "When did it leave?", config, tokenizer)
-        assert len(tokenizer(notes, add_special_tokens=False)["input_ids"]) <= 12
-    assert notes.endswith("4417021."), "the newest notes are kept"
+    notes_about = ("The amber-river ferry left at dawn.", "Gulls followed the amber-river ferry.",
+                   "One of the special magic numbers for amber-river is: 4417021.")
+    for note in notes_about:
+        notes, _ = update_notes(notes, note, " ".join(notes_about), QUESTION, config, tokenizer)
+        assert notes and len(tokenizer(notes, add_special_tokens=False)["input_ids"]) <= 12
+    assert notes.endswith("4417021.") and "dawn" not in notes, "the newest notes are kept, the oldest make way"
     rewrite = NotesConfig(update="rewrite", max_tokens=5)
-    rewritten = update_notes("old", "a b c d e f g h i j", SECTION, QUESTION, rewrite, tokenizer)
-    assert len(tokenizer(rewritten, add_special_tokens=False)["input_ids"]) <= 5
+    rewritten, quote = update_notes("old", "a b c d e f g h i j", SECTION, QUESTION, rewrite, tokenizer)
+    assert len(tokenizer(rewritten, add_special_tokens=False)["input_ids"]) <= 5 and quote is None
 
 
 def test_min_new_tokens_decodes_past_end_of_sequence(tokenizer):

@@ -1,4 +1,4 @@
-"""`compressmem ask`: answer a question over a long text file or a saved bank."""
+"""`compressmem ask`: answer a question over a long text file or a saved bank, with the sentences it came from."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--trace", action="store_true", help="print the blocks read and the notes after each read")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: question, answer, found, sources, blocks read")
     parser.set_defaults(run=run)
 
 
@@ -30,15 +32,27 @@ def run(args: argparse.Namespace) -> int:
     text = None if is_bank else read_text(args.context)
     model = load_model(args)
     source = {"bank": MemoryBank.load(args.context)} if is_bank else {"context": text}
-    inputs = model.tokenizer.apply_chat_template([{"role": "user", "content": args.question}],
-                                                 add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = model.generate(**inputs, **source, max_new_tokens=args.max_new_tokens, do_sample=False,
-                         return_dict_in_generate=True)
-    answer = model.tokenizer.decode(out.sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    print(answer.strip())
+    answer = model.answer(args.question, **source, max_new_tokens=args.max_new_tokens, return_sources=True)
+    trace = answer.trace
+    if args.json:
+        print(json.dumps({"question": args.question, "answer": answer.text, "found": answer.found,
+                          "sources": [vars(s) for s in answer.sources], "blocks_read": trace.blocks_read,
+                          "blocks": trace.num_blocks, "missing_terms": trace.missing_terms}, indent=2))
+    else:
+        print(answer.text)
+        if answer.found:
+            print("\nSources:")
+            for s in answer.sources:
+                where = "characters" if s.exact else "in the chunk at characters"
+                document = f"document {s.document}, " if s.document else ""
+                print(f"  [{document}{where} {s.start}-{s.end}] {s.text!r}")
+        elif trace.missing_terms:
+            print(f"\n(the context never mentions {', '.join(trace.missing_terms)}; nothing was read)")
+        else:
+            print(f"\n(read {len(trace.blocks_read)} of {trace.num_blocks} blocks; no sentence in them answers the "
+                  "question)")
     if args.trace:
-        trace = out.trace[0]
-        steps = [{"block": s.block, "recall": s.recall, "notes": s.notes} for s in trace.steps]
-        print(json.dumps({"blocks": trace.num_blocks, "read": trace.blocks_read, "steps": steps}, indent=2),
-              file=sys.stderr)
+        steps = [{"block": s.block, "recall": s.recall, "output": s.output, "notes": s.notes} for s in trace.steps]
+        print(json.dumps({"blocks": trace.num_blocks, "read": trace.blocks_read, "found": trace.found,
+                          "steps": steps}, indent=2), file=sys.stderr)
     return 0

@@ -1,7 +1,10 @@
 """RULER's needle-in-a-haystack tasks: 7-digit "magic numbers" hidden in essay prose.
 
 `niah_single` hides one needle; `niah_multikey` hides the asked-for needle among distractor
-needles of the same form with other keys, so the reader must match the key, not just find a number.
+needles of the same form with other keys, so the reader must match the key, not just find a number;
+`niah_multivalue` hides several numbers for one key and `niah_multiquery` asks for several keys at once
+(every number must be found). `absent` hides needles of other keys only and asks for a key that is not
+there: the right answer is that the context does not say, and any number is invented.
 """
 
 from __future__ import annotations
@@ -32,12 +35,65 @@ def niah_multikey(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int
     return _niah("niah_multikey", tokenizer, haystack, length, seed, index, distractors)
 
 
+def niah_multivalue(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
+                    values: int = 4) -> EvalCase:
+    """`values` needles with the same key and different numbers; all of them must be found (RULER)."""
+    rng = case_rng("niah_multivalue", length, seed, index)
+    key = rng.choice(_keys())
+    numbers = [_number(rng) for _ in range(values)]
+    context, spans = hide_in_haystack(tokenizer, haystack, length, [_needle(key, n) for n in numbers], rng)
+    return EvalCase(
+        task="niah_multivalue", case_id=f"niah_multivalue-{length}-{seed}-{index}", context=context,
+        question=f"What are all the special magic numbers for {key} mentioned in the provided text?",
+        answers=tuple(numbers), evidence=tuple(spans), length=length, seed=seed, metadata={"key": key})
+
+
+def niah_multiquery(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
+                    queries: int = 4) -> EvalCase:
+    """`queries` needles with different keys, all asked for in one question; every number must be found (RULER)."""
+    rng = case_rng("niah_multiquery", length, seed, index)
+    keys = rng.sample(_keys(), queries)
+    numbers = [_number(rng) for _ in keys]
+    context, spans = hide_in_haystack(tokenizer, haystack, length, [_needle(k, n) for k, n in zip(keys, numbers)], rng)
+    asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
+    return EvalCase(
+        task="niah_multiquery", case_id=f"niah_multiquery-{length}-{seed}-{index}", context=context,
+        question=f"What are all the special magic numbers for {asked} mentioned in the provided text?",
+        answers=tuple(numbers), evidence=tuple(spans), length=length, seed=seed, metadata={"keys": keys})
+
+
+def absent(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
+           distractors: int = 4) -> EvalCase:
+    """Needles of `distractors` keys, and a question about a key none of them has: no answer is right but
+    "not found" (`answers` is empty; the spans of the distractors are in `metadata`)."""
+    rng = case_rng("absent", length, seed, index)
+    keys = rng.sample(_keys(), distractors + 1)
+    needles = [_needle(key, _number(rng)) for key in keys[1:]]
+    context, spans = hide_in_haystack(tokenizer, haystack, length, needles, rng)
+    return EvalCase(
+        task="absent", case_id=f"absent-{length}-{seed}-{index}", context=context,
+        question=f"What is the special magic number for {keys[0]} mentioned in the provided text?",
+        answers=(), evidence=(), length=length, seed=seed, metadata={"key": keys[0], "distractors": spans})
+
+
+def _keys() -> list[str]:
+    return [f"{word}-{noun}" for word in _KEY_WORDS for noun in _KEY_NOUNS]
+
+
+def _number(rng) -> str:
+    return str(rng.randrange(1_000_000, 10_000_000))
+
+
+def _needle(key: str, number: str) -> str:
+    return f"One of the special magic numbers for {key} is: {number}."
+
+
 def _niah(task: str, tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
           distractors: int) -> EvalCase:
     rng = case_rng(task, length, seed, index)
-    keys = rng.sample([f"{word}-{noun}" for word in _KEY_WORDS for noun in _KEY_NOUNS], distractors + 1)
-    values = [str(rng.randrange(1_000_000, 10_000_000)) for _ in keys]
-    needles = [f"One of the special magic numbers for {key} is: {value}." for key, value in zip(keys, values)]
+    keys = rng.sample(_keys(), distractors + 1)
+    values = [_number(rng) for _ in keys]
+    needles = [_needle(key, value) for key, value in zip(keys, values)]
     order = list(range(len(needles)))
     rng.shuffle(order)
     context, spans = hide_in_haystack(tokenizer, haystack, length, [needles[i] for i in order], rng)

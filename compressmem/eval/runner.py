@@ -95,6 +95,11 @@ def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens
 
 
 def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int, oracle: bool) -> dict[str, Any]:
+    if oracle and not case.evidence:
+        return {"prediction": "", "context_tokens": None, "blocks": None, "blocks_read": None, "evidence_blocks": None,
+                "evidence_recall": None, "seconds": None, "compress_seconds": 0.0, "peak_mib": None,
+                "peak_increase_mib": None, "found": None, "skipped": True,
+                "note": "no evidence to read: a perfect gate reads nothing"}
     prompt = model.prompt_ids(case.question).to(model.model.device)
     with PeakMemory(model.model.device) as peak:
         start = time.perf_counter()
@@ -111,7 +116,8 @@ def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: in
         "prediction": model.tokenizer.decode(out.sequences[0, prompt.shape[1]:], skip_special_tokens=True).strip(),
         "context_tokens": bank.num_tokens, "blocks": len(bank), "blocks_read": read, "evidence_blocks": evidence,
         "evidence_recall": len(set(read) & set(evidence)) / len(evidence) if evidence else None,
-        "seconds": seconds, "compress_seconds": compress_seconds, **_memory_fields(peak), "skipped": False,
+        "seconds": seconds, "compress_seconds": compress_seconds, **_memory_fields(peak), "found": trace.found,
+        "skipped": False,
     }
 
 

@@ -7,6 +7,8 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+from ..reader.quotes import refuses
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -44,11 +46,24 @@ def _f1(predicted: list[str], gold: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-ALL_ANSWERS_TASKS = frozenset({"variable_tracking"})
+ALL_ANSWERS_TASKS = frozenset({"variable_tracking", "niah_multivalue", "niah_multiquery"})
+ABSENT_TASKS = frozenset({"absent"})
+_NUMBER = re.compile(r"\d")
+
+
+def says_not_found(prediction: str) -> bool:
+    """Whether an answer declines ("Not found in the context.", "NONE", "not mentioned", ...) and names no number."""
+    return refuses(prediction) and not _NUMBER.search(prediction)
 
 
 def score_answer(task: str, prediction: str, answers: Sequence[str]) -> dict[str, float]:
-    """Every metric for one prediction; `substring` is the headline metric (all-answers for variable tracking)."""
+    """Every metric for one prediction; `substring` is the headline metric (all-answers for variable tracking and
+    the multi-value needles; for `absent`, 1.0 when the answer says not found and names no number). `refused`:
+    the answer says not found, right (on `absent`) or wrong (anywhere else, where it scores 0)."""
+    refused = float(says_not_found(prediction))
+    if task in ABSENT_TASKS:
+        return {"substring": refused, "exact_match": refused, "f1": refused, "refused": refused}
     matcher = substring_match_all if task in ALL_ANSWERS_TASKS else substring_match
-    return {"substring": matcher(prediction, answers), "exact_match": exact_match(prediction, answers),
-            "f1": token_f1(prediction, answers)}
+    correct = 0.0 if refused else matcher(prediction, answers)
+    return {"substring": correct, "exact_match": exact_match(prediction, answers),
+            "f1": token_f1(prediction, answers), "refused": refused}

@@ -10,10 +10,11 @@ from transformers import PreTrainedTokenizerBase
 from .cases import EvalCase
 from .haystack import load_haystack
 from .hotpotqa import hotpotqa
-from .niah import niah_multikey, niah_single
+from .niah import absent, niah_multikey, niah_multiquery, niah_multivalue, niah_single
 from .variable_tracking import variable_tracking
 
-HAYSTACK_TASKS = {"niah_single": niah_single, "niah_multikey": niah_multikey, "variable_tracking": variable_tracking}
+HAYSTACK_TASKS = {"niah_single": niah_single, "niah_multikey": niah_multikey, "niah_multivalue": niah_multivalue,
+                  "niah_multiquery": niah_multiquery, "absent": absent, "variable_tracking": variable_tracking}
 TASKS = (*HAYSTACK_TASKS, "hotpotqa")
 HAYSTACK_FILE = "pg_essays.json"
 HOTPOTQA_FILE = "hotpotqa_dev_60.json"

@@ -61,6 +61,10 @@ class LexicalIndex:
         return cls(vocabulary, sizes.cumsum(0), _flat(holders), _flat(counts),
                    torch.tensor(lengths, dtype=torch.float32))
 
+    def missing(self, terms: set[str]) -> list[str]:
+        """The `terms` (compared as `reader.quotes.normal` compares words) that no block holds."""
+        return sorted(t for t in terms if t not in self.vocabulary and t + "s" not in self.vocabulary)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """The index as tensors, to keep with the bank (the vocabulary as newline-joined UTF-8)."""
         text = "\n".join(self.vocabulary).encode("utf-8")

@@ -2,11 +2,12 @@
 with their update rule, and every prompt."""
 
 from .loop import Reasoner
-from .notes import grounding, update_notes
+from .notes import update_notes
+from .quotes import Quote, covers, find_quote, found, key_terms
 from .prompts import PromptBuilder, Question, pad_token_id
 from .step import Layout, StepInput, Written, cut_at_eos, generate_steps, layout, step_input, step_logprobs
-from .trace import ReadStep, Trace
+from .trace import ReadStep, Source, Trace
 
-__all__ = ["Layout", "PromptBuilder", "Question", "ReadStep", "Reasoner", "StepInput", "Trace", "Written",
-           "cut_at_eos", "generate_steps", "grounding", "layout", "pad_token_id", "step_input", "step_logprobs",
-           "update_notes"]
+__all__ = ["Layout", "PromptBuilder", "Question", "Quote", "ReadStep", "Reasoner", "Source", "StepInput", "Trace",
+           "Written", "covers", "cut_at_eos", "find_quote", "found", "generate_steps", "key_terms", "layout",
+           "pad_token_id", "step_input", "step_logprobs", "update_notes"]

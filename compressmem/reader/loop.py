@@ -16,13 +16,14 @@ from transformers import PreTrainedModel
 
 from ..bank import KeptBlock, MemoryBank
 from ..config import DEFAULT_GROUP, GateConfig, NotesConfig, ReadingConfig
-from ..gate import Gate
+from ..gate import Gate, LexicalIndex
 from ..hf.adapters import ReasonerAdapter, adapter_active
 from ..quantize import CHANNELS, TOKENS, quantize
 from .notes import update_notes
 from .prompts import PromptBuilder
+from .quotes import Quote, asks_for_all, covers, found, key_terms
 from .step import generate_steps, step_input
-from .trace import ReadStep, Trace
+from .trace import ReadStep, Source, Trace
 
 
 @dataclass
@@ -91,6 +92,9 @@ class Reasoner:
             for bank in banks:
                 if id(bank) not in indexes:
                     indexes[id(bank)] = self.gate.index(bank, self.model)
+        if self.reading.until == "answered":
+            for row in rows:
+                self._check_terms(row, indexes.get(id(row.bank)))
         bar = tqdm(desc="Reading", unit="block", disable=not show_progress, leave=False)
         while True:
             pending = [row for row in rows if not row.done]
@@ -108,8 +112,33 @@ class Reasoner:
             if reads:
                 self._read(reads, generation, logprobs)
                 bar.update(len(reads))
+                for row, _, row_scores in reads:
+                    if self._answered(row.trace):
+                        row.done = True
+                        row.trace.final_gate_scores = None if row_scores is None else row_scores.tolist()
         bar.close()
+        for row in rows:
+            row.trace.found = found(row.trace.notes, row.trace.question)
         return [row.trace for row in rows]
+
+    @staticmethod
+    def _check_terms(row: _Row, index: object) -> None:
+        """Finish a row before it reads when its question names a key term the bank's words never hold (for a
+        question asking for all matches: when it names none the bank holds): no note could ever cover it (notes
+        are sentences of the bank), so it is not found, at no cost."""
+        if isinstance(index, LexicalIndex):
+            terms = key_terms(row.trace.question)
+            row.trace.missing_terms = index.missing(terms)
+            if asks_for_all(row.trace.question):  # any one of its terms found is an answer
+                row.done = bool(terms) and len(row.trace.missing_terms) == len(terms)
+            else:
+                row.done = bool(row.trace.missing_terms)
+
+    def _answered(self, trace: Trace) -> bool:
+        """Whether reading may stop early: `until='answered'` and the notes cover a question that asks for one
+        answer (a question asking for all matches reads every block the gate passes)."""
+        return (self.reading.until == "answered" and not asks_for_all(trace.question)
+                and covers(trace.notes, trace.question))
 
     def _score(self, rows: list[_Row], indexes: dict) -> list[torch.Tensor | None]:
         if self.gate is None:
@@ -143,12 +172,14 @@ class Reasoner:
                 self._keep(row.bank, block, *kv)
             output = tokenizer.decode(ids, skip_special_tokens=True).strip()
             section = tokenizer.decode(row.bank.token_ids(block), skip_special_tokens=True)
-            notes = update_notes(row.trace.notes, output, section, row.trace.question, self.notes, tokenizer)
+            notes, quote = update_notes(row.trace.notes, output, section, row.trace.question, self.notes, tokenizer)
             row.trace.steps.append(ReadStep(
                 block=block, notes=notes, output=output, prompt_ids=prompt.tolist(), output_ids=ids.tolist(),
                 output_logprobs=None if scored is None else scored.tolist(), recall=row.recalling,
                 gate_scores=None if row_scores is None else row_scores.tolist(),
-                reused=self.reading.mode == "raw" and item.keys is not None))
+                reused=self.reading.mode == "raw" and item.keys is not None,
+                source=None if quote is None else _source(row.bank, block, section, quote),
+                matched=quote is not None and quote.matched))
 
     def _keep(self, bank: MemoryBank, block: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep the KV a raw read of `block` computed (prefix and chunk), the chunk's quantized, in `bank.kept`."""
@@ -163,6 +194,19 @@ class Reasoner:
     def keeper(self) -> tuple:
         """Who computes the KV a raw read keeps: the model, the reasoner's adapter and the dtype."""
         return id(self.model), None if self.adapter is None else self.adapter.name, str(self.model.dtype)
+
+
+def _source(bank: MemoryBank, block: int, section: str, quote: Quote) -> Source:
+    """Where a quoted sentence lies in the user's context: its characters in the block's document, exact when the
+    block's decoded text has the length of its original span (the tokenizer round-trips), else the block's span."""
+    info = bank.infos[block]
+    text = section[quote.start:quote.end]
+    span = info.char_span
+    if span is None:
+        return Source(info.document, quote.start, quote.end, text, block, exact=False)
+    if span[1] - span[0] == len(section):
+        return Source(info.document, span[0] + quote.start, span[0] + quote.end, text, block)
+    return Source(info.document, span[0], span[1], text, block, exact=False)
 
 
 def _passing(scores: torch.Tensor, gate: GateConfig) -> torch.Tensor:

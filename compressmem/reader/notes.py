@@ -2,45 +2,45 @@
 
 from __future__ import annotations
 
-import re
-
 from transformers import PreTrainedTokenizerBase
 
 from ..config import NotesConfig
-
-_WORD = re.compile(r"\w+")
-
-
-def grounding(note: str, section: str, question: str) -> float:
-    """Share of the note's new words (not in the question, longer than one character) that occur in
-    the section: 1.0 for a quote, 0.0 for a note that only restates the question or invents its answer."""
-    asked = set(_WORD.findall(question.lower()))
-    words = [w for w in _WORD.findall(note.lower()) if len(w) > 1 and w not in asked]
-    if not words:
-        return 0.0
-    vocabulary = set(_WORD.findall(section.lower()))
-    return sum(word in vocabulary for word in words) / len(words)
+from .quotes import Quote, find_quote
 
 
 def update_notes(notes: str, output: str, section: str, question: str, config: NotesConfig,
-                 tokenizer: PreTrainedTokenizerBase) -> str:
-    """The notes after a read whose generated text was `output`."""
+                 tokenizer: PreTrainedTokenizerBase) -> tuple[str, Quote | None]:
+    """The notes after a read whose generated text was `output`, and the sentence of `section` added to them.
+
+    `append`: the sentence of the section the output was drawn from (`find_quote`), added when it is new
+    and bears on the question, so every note is a sentence of the text with a place in it. `rewrite`: the
+    output replaces the notes (no source)."""
     if config.update == "rewrite":
-        return _keep_tokens(output.strip(), config.max_tokens, tokenizer, keep="head")
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    note = lines[0] if lines else ""
-    if not note or note.upper().startswith("NONE") or note in notes:
-        return notes
-    if grounding(note, section, question) < config.min_grounding:
-        return notes
-    joined = f"{notes}\n{note}" if notes else note
-    return _keep_tokens(joined, config.max_tokens, tokenizer, keep="tail")
+        return _keep_tokens(output.strip(), config.max_tokens, tokenizer, keep="head"), None
+    quote = find_quote(output, section, question, notes, config.min_grounding)
+    if quote is None:
+        return notes, None
+    sentence = section[quote.start:quote.end]
+    if sentence in notes:
+        return notes, None
+    lines = [*notes.splitlines(), sentence] if notes else [sentence]
+    while len(lines) > 1 and _count(tokenizer, "\n".join(lines)) > config.max_tokens:
+        lines.pop(0)  # the oldest notes make way, whole
+    return _keep_tokens(lines[0], config.max_tokens, tokenizer, keep="tail") if len(lines) == 1 \
+        else "\n".join(lines), quote
+
+
+def _count(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def _keep_tokens(text: str, limit: int, tokenizer: PreTrainedTokenizerBase, keep: str) -> str:
-    """Cut `text` to `limit` tokens, keeping its head (a rewrite) or its tail (the newest notes)."""
+    """Cut `text` to at most `limit` tokens, keeping its head (a rewrite) or its tail (one over-long note)."""
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    if len(ids) <= limit:
-        return text
-    kept = ids[:limit] if keep == "head" else ids[-limit:]
-    return tokenizer.decode(kept, skip_special_tokens=True).strip()
+    size = limit
+    while len(ids) > limit and size > 0:  # decoding a cut and encoding it again can add a token: cut until it fits
+        ids = ids[:size] if keep == "head" else ids[len(ids) - size:]
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        size -= 1
+    return text

@@ -6,12 +6,29 @@ import warnings
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a note came from: the sentence `text`, at characters `start:end` of document `document` of the
+    context as the user passed it (`exact`), or, when the tokenizer does not decode back to the original
+    characters, the whole chunk's span (`exact` False); `block` is the block it was read from."""
+
+    document: int
+    start: int
+    end: int
+    text: str
+    block: int
+    exact: bool = True
+
+
 @dataclass
 class ReadStep:
     """One read: the block read, the tokens read after it (`prompt_ids`: the update prompt, exactly as the
     model saw them), what the model wrote (text, token ids and, for rollouts, their log-probabilities), the
     notes that resulted, and the gate's scores when the block was chosen. `reused`: a raw read that read the
-    KV an earlier raw read of the block computed (`ReadingConfig.keep_bits`) instead of its tokens."""
+    KV an earlier raw read of the block computed (`ReadingConfig.keep_bits`) instead of its tokens. `source`:
+    the sentence this read added to the notes and where it lies in the context (None when it added none);
+    `matched`: whether the model's output pointed to that sentence (else the section's best match to the
+    question stood in for an output that pointed nowhere)."""
 
     block: int
     notes: str
@@ -22,6 +39,8 @@ class ReadStep:
     gate_scores: list[float] | None = None
     recall: bool = False
     reused: bool = False
+    source: Source | None = None
+    matched: bool = False
 
     @property
     def memory(self) -> str:
@@ -33,13 +52,19 @@ class ReadStep:
 @dataclass
 class Trace:
     """What the reasoner did for one row: every read, and the notes the answer was written from
-    (`answer_prompt_ids`: the answer's prompt, exactly as the model saw it)."""
+    (`answer_prompt_ids`: the answer's prompt, exactly as the model saw it; None when nothing was found).
+    `found`: whether the notes cover the question (`reader.quotes.covers`); when they do not, the answer is
+    the configured not-found text and no answer is generated. `missing_terms`: key terms of the question
+    (names, numbers, keys) that no block of the bank holds, so that nothing was read (None: not checked,
+    which needs the lexical gate's index)."""
 
     question: str
     num_blocks: int
     steps: list[ReadStep] = field(default_factory=list)
     final_gate_scores: list[float] | None = None
     answer_prompt_ids: list[int] | None = None
+    found: bool | None = None
+    missing_terms: list[str] | None = None
 
     @property
     def blocks_read(self) -> list[int]:
@@ -48,6 +73,11 @@ class Trace:
     @property
     def notes(self) -> str:
         return self.steps[-1].notes if self.steps else ""
+
+    @property
+    def sources(self) -> list[Source]:
+        """Where each note came from, in the order the notes were taken."""
+        return [step.source for step in self.steps if step.source is not None]
 
     @property
     def memory(self) -> str:
