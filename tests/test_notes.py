@@ -59,3 +59,12 @@ def test_min_new_tokens_decodes_past_end_of_sequence(tokenizer):
     exact = generate_steps(model, tokenizer, [prompt], 6, {"min_new_tokens": 6})[0].ids
     assert free.tolist() == [first]
     assert exact.numel() == 6 and first not in exact[:5].tolist()
+
+
+def test_a_sentence_cut_by_the_chunking_is_quoted_whole_from_the_next_block(tokenizer):
+    block, following = "The ferry left at dawn. One of the special magic numbers for amber-river is: 44", "17021. Gulls."
+    notes, quote = update_notes("", "The special magic number for amber-river is 44.", block + following, QUESTION,
+                                NotesConfig(), tokenizer, within=(0, len(block)))
+    assert notes == "One of the special magic numbers for amber-river is: 4417021."
+    assert update_notes("", "Gulls.", block + following, QUESTION, NotesConfig(), tokenizer,
+                        within=(0, len(block)))[0] != "Gulls.", "a sentence wholly in the next block is not this read's"

@@ -171,8 +171,9 @@ class Reasoner:
             if kv is not None:
                 self._keep(row.bank, block, *kv)
             output = tokenizer.decode(ids, skip_special_tokens=True).strip()
-            section = tokenizer.decode(row.bank.token_ids(block), skip_special_tokens=True)
-            notes, quote = update_notes(row.trace.notes, output, section, row.trace.question, self.notes, tokenizer)
+            section = _section(row.bank, block, tokenizer)
+            notes, quote = update_notes(row.trace.notes, output, section.text, row.trace.question, self.notes,
+                                        tokenizer, section.within)
             row.trace.steps.append(ReadStep(
                 block=block, notes=notes, output=output, prompt_ids=prompt.tolist(), output_ids=ids.tolist(),
                 output_logprobs=None if scored is None else scored.tolist(), recall=row.recalling,
@@ -196,17 +197,47 @@ class Reasoner:
         return id(self.model), None if self.adapter is None else self.adapter.name, str(self.model.dtype)
 
 
-def _source(bank: MemoryBank, block: int, section: str, quote: Quote) -> Source:
+@dataclass
+class _Section:
+    """A block's text with its neighbours' in the same document (`first`..`last` blocks), so that a sentence the
+    chunking cut in two is quoted whole; `within` is the block's own characters in `text`."""
+
+    text: str
+    within: tuple[int, int]
+    first: int
+    last: int
+
+
+def _section(bank: MemoryBank, block: int, tokenizer) -> _Section:
+    """`block`'s decoded text between its neighbours' (blocks that continue it in the same document)."""
+    def text(b: int) -> str:
+        return tokenizer.decode(bank.token_ids(b), skip_special_tokens=True)
+
+    own = text(block)
+    first = block - 1 if block > 0 and _continues(bank, block - 1, block) else block
+    last = block + 1 if block + 1 < len(bank) and _continues(bank, block, block + 1) else block
+    before = text(first) if first < block else ""
+    after = text(last) if last > block else ""
+    return _Section(before + own + after, (len(before), len(before) + len(own)), first, last)
+
+
+def _continues(bank: MemoryBank, a: int, b: int) -> bool:
+    """Whether block `b`'s chunk starts where block `a`'s ends, in the same document."""
+    x, y = bank.infos[a], bank.infos[b]
+    return x.document == y.document and x.token_start + x.num_tokens == y.token_start
+
+
+def _source(bank: MemoryBank, block: int, section: _Section, quote: Quote) -> Source:
     """Where a quoted sentence lies in the user's context: its characters in the block's document, exact when the
-    block's decoded text has the length of its original span (the tokenizer round-trips), else the block's span."""
+    decoded text has the length of its original span (the tokenizer round-trips), else the block's span."""
     info = bank.infos[block]
-    text = section[quote.start:quote.end]
-    span = info.char_span
-    if span is None:
+    text = section.text[quote.start:quote.end]
+    first, last = bank.infos[section.first].char_span, bank.infos[section.last].char_span
+    if first is None or last is None:  # a context of token ids: offsets into the decoded blocks
         return Source(info.document, quote.start, quote.end, text, block, exact=False)
-    if span[1] - span[0] == len(section):
-        return Source(info.document, span[0] + quote.start, span[0] + quote.end, text, block)
-    return Source(info.document, span[0], span[1], text, block, exact=False)
+    if last[1] - first[0] == len(section.text):
+        return Source(info.document, first[0] + quote.start, first[0] + quote.end, text, block)
+    return Source(info.document, *info.char_span, text, block, exact=False)
 
 
 def _passing(scores: torch.Tensor, gate: GateConfig) -> torch.Tensor:

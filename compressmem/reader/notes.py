@@ -9,15 +9,16 @@ from .quotes import Quote, find_quote
 
 
 def update_notes(notes: str, output: str, section: str, question: str, config: NotesConfig,
-                 tokenizer: PreTrainedTokenizerBase) -> tuple[str, Quote | None]:
+                 tokenizer: PreTrainedTokenizerBase, within: tuple[int, int] | None = None) -> tuple[str, Quote | None]:
     """The notes after a read whose generated text was `output`, and the sentence of `section` added to them.
 
-    `append`: the sentence of the section the output was drawn from (`find_quote`), added when it is new
-    and bears on the question, so every note is a sentence of the text with a place in it. `rewrite`: the
-    output replaces the notes (no source)."""
+    `append`: the sentence of the section the output was drawn from (`find_quote`, among the sentences that
+    overlap the characters `within`, the block read, when `section` also holds its neighbours' text), added
+    when it is new and bears on the question, so every note is a sentence of the text with a place in it.
+    `rewrite`: the output replaces the notes (no source)."""
     if config.update == "rewrite":
         return _keep_tokens(output.strip(), config.max_tokens, tokenizer, keep="head"), None
-    quote = find_quote(output, section, question, notes, config.min_grounding)
+    quote = find_quote(output, section, question, notes, config.min_grounding, within)
     if quote is None:
         return notes, None
     sentence = section[quote.start:quote.end]

@@ -104,17 +104,22 @@ class Quote:
     matched: bool
 
 
-def find_quote(output: str, section: str, question: str, notes: str, min_support: float) -> Quote | None:
+def find_quote(output: str, section: str, question: str, notes: str, min_support: float,
+               within: tuple[int, int] | None = None) -> Quote | None:
     """The sentence of `section` to keep as a note after a read whose output was `output`, or None.
 
     A line of the output points to the sentence holding at least `min_support` of its new words (those not
     in the question); the best-supported line wins. An output that points nowhere (a restated question, the section copied from its start) is
     replaced by the section's sentence with the most of the question's words. A refusal ("NONE") keeps
-    nothing. Either way the sentence is kept only if it bears on the question (`bears_on`).
+    nothing. Either way the sentence is kept only if it bears on the question (`bears_on`). With `within`,
+    only sentences overlapping those characters of `section` are candidates (the block read, its
+    neighbours' text around it completing the sentences cut at its edges).
     """
     if not output.strip() or output.lstrip().upper().startswith("NONE"):
         return None
     spans = sentences(section)
+    if within is not None:
+        spans = [(a, b) for a, b in spans if a < within[1] and b > within[0]]
     if not spans:
         return None
     texts = [content_words(section[a:b]) for a, b in spans]

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Source:
     """Where a note came from: the sentence `text`, at characters `start:end` of document `document` of the
-    context as the user passed it (`exact`), or, when the tokenizer does not decode back to the original
-    characters, the whole chunk's span (`exact` False); `block` is the block it was read from."""
+    context as the user passed it (`exact`); `exact` False: the tokenizer does not decode back to the original
+    characters, so the offsets are the whole chunk's span (or, for a context given as token ids, offsets into
+    the decoded blocks). `block` is the block it was read from."""
 
     document: int
     start: int
