@@ -161,7 +161,8 @@ class ReadingConfig:
     """How passed blocks are read: `mode` `raw` re-reads the chunk's tokens, `compressed` reads the block's
     KV as a prefix (the paper). `order` `document` reads the passing blocks in document order (then, with
     `recall`, the best unread ones); `score` re-scores after every update (the notes join the question) and
-    reads the best unread block the gate passes; None is `score` with a gate, `document` without.
+    reads the best unread block the gate passes; None is `score` with a gate, `document` without a gate or
+    with `recall`.
     `until` `answered` stops as soon as the notes cover the question (every key term and most of its words,
     `reader.quotes.covers`; a question asking for "all" reads every passed block); `all` reads every block
     the gate passes. `max_steps` bounds the reads per question.
@@ -243,22 +244,23 @@ class PromptConfig:
     """The text around what the model reads: the header every chunk follows, the update prompt after a
     section (`{question}`, `{notes}`; None: the notes mode's own), the answer prompt, the gate's query,
     what stands in for empty notes, and the answer given, without generating one, when the notes do not
-    answer the question (`not_found`)."""
+    answer the question (`not_found`; None: generate an answer from whatever notes there are, a guess
+    that only `Trace.found` tells apart)."""
 
     section_header: str = DEFAULT_SECTION_HEADER
     update_template: str | None = None
     answer_template: str = DEFAULT_ANSWER_TEMPLATE
     gate_template: str = DEFAULT_GATE_TEMPLATE
     empty_notes: str = DEFAULT_EMPTY_NOTES
-    not_found: str = DEFAULT_NOT_FOUND
+    not_found: str | None = DEFAULT_NOT_FOUND
 
     def __post_init__(self) -> None:
-        for name in ("section_header", "empty_notes", "not_found"):
+        for name in ("section_header", "empty_notes"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"prompts.{name} must be a string, got {type(getattr(self, name)).__name__}.")
-        if not self.not_found.strip():
-            raise ConfigError("prompts.not_found is what a user reads when the context does not hold the answer; it "
-                              "must not be empty.")
+        if self.not_found is not None and (not isinstance(self.not_found, str) or not self.not_found.strip()):
+            raise ConfigError("prompts.not_found is what a user reads when the context does not hold the answer: a "
+                              f"non-empty string (or None to generate a guess anyway), got {self.not_found!r}.")
         if self.update_template is not None:
             _template("prompts.update_template", self.update_template, ("question",))
         _template("prompts.answer_template", self.answer_template, ("question", "notes"))
@@ -314,7 +316,8 @@ class MemoryConfig:
         _positive_int("query_tokens", self.query_tokens)
         self._check_compression()
         if self.reading.order is None:
-            _set(self, "reading", dataclasses.replace(self.reading, order="document" if self.gate is None else "score"))
+            order = "document" if self.gate is None or self.reading.recall else "score"
+            _set(self, "reading", dataclasses.replace(self.reading, order=order))
         self._check_reading()
 
     def _check_compression(self) -> None:

@@ -304,7 +304,8 @@ class CompressedMemoryModel:
         wrote in the traces. Rollouts for reinforcement learning sample both.
 
         A row whose notes do not answer its question (`Trace.found` False) gets the configured not-found text
-        and no generated answer (rollouts, `logprobs`, always answer: the reward judges them); per-token fields
+        and no generated answer (unless `PromptConfig.not_found` is None; rollouts, `logprobs`, always answer:
+        the reward judges them); per-token fields
         of a dict output (`scores`, `logits`, ...) are then left out, since not every row has them.
         """
         needs = self.bank_needs()
@@ -314,7 +315,8 @@ class CompressedMemoryModel:
                                  f"{type(bank).__name__}.")
             bank.check(needs)
         traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, notes_kwargs, logprobs)
-        answered = [row for row, trace in enumerate(traces) if trace.found or logprobs]  # rollouts always answer
+        guess = logprobs or self.memory_config.prompts.not_found is None  # rollouts always answer: the reward judges
+        answered = [row for row, trace in enumerate(traces) if trace.found or guess]
         prompts = {row: self.prompts.answer_ids(questions[row], traces[row].notes) for row in answered}
         for row, prompt in prompts.items():
             traces[row].answer_prompt_ids = prompt.tolist()
@@ -350,15 +352,18 @@ class CompressedMemoryModel:
         """`[rows, n]` new tokens: each answered row's `generated` ones, the not-found text (and end of sequence)
         for the others, right-padded."""
         pad_id = pad_token_id(self.tokenizer)
-        refusal = self.prompts.encode(self.memory_config.prompts.not_found)
-        if self.tokenizer.eos_token_id is not None:
-            refusal = torch.cat([refusal, torch.tensor([self.tokenizer.eos_token_id])])
-        rows_ids = [generated.get(row, refusal) for row in range(rows)]
+        rows_ids = [generated[row] if row in generated else self._not_found_ids() for row in range(rows)]
         longest = max(ids.numel() for ids in rows_ids)
         new = torch.full((rows, longest), pad_id, dtype=torch.long)
         for row, ids in enumerate(rows_ids):
             new[row, :ids.numel()] = ids
         return new
+
+    def _not_found_ids(self) -> torch.Tensor:
+        """The not-found text's tokens, then end of sequence."""
+        ids = self.prompts.encode(self.memory_config.prompts.not_found)
+        eos = self.tokenizer.eos_token_id
+        return ids if eos is None else torch.cat([ids, torch.tensor([eos])])
 
     def _banks_for_rows(self, batch: int, context: Any, bank: Any) -> list[MemoryBank]:
         """One bank per row: a per-row list when its length is the batch size (and batch > 1), else shared."""

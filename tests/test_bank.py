@@ -12,6 +12,7 @@ from compressmem import (
     MemoryBank,
     MemoryConfig,
     NotesConfig,
+    PromptConfig,
     ReadingConfig,
 )
 
@@ -125,7 +126,8 @@ def test_to_moves_every_tensor_of_an_in_memory_bank_and_every_block_read_from_di
 
 
 def test_a_bank_made_in_float32_is_read_by_a_bfloat16_model(tokenizer, essay_text):
-    config = COMPRESSED.replace(compression=CompressionConfig("select", ratio=2), notes=NotesConfig(note_tokens=4))
+    config = COMPRESSED.replace(compression=CompressionConfig("select", ratio=2), notes=NotesConfig(note_tokens=4),
+                                prompts=PromptConfig(not_found=None))
     wrapper = tiny_wrapper("llama", tokenizer, config)
     bank = wrapper.compress(essay_text[:900])
     wrapper.model.to(torch.bfloat16)

@@ -38,13 +38,16 @@ def test_memagent_reads_every_block_and_oracle_exactly_the_evidence(records):
         if record["mode"] == "memagent":
             assert record["blocks_read"] == list(range(record["blocks"]))
             assert record["blocks"] == -(-record["context_tokens"] // 100)  # its own chunk size
-        if record["mode"] == "oracle":
-            assert record["evidence_blocks"] and record["blocks_read"] == record["evidence_blocks"]
-            assert record["evidence_recall"] == 1.0
+        if record["mode"] == "oracle" and record["task"] == "absent":
+            assert record["skipped"] and "no evidence" in record["note"]
+        elif record["mode"] == "oracle":  # the evidence blocks in order, until the notes cover the question
+            read = record["blocks_read"]
+            assert read and read == record["evidence_blocks"][:len(read)]
         if record["mode"] == "default":
             assert set(record["blocks_read"]) <= set(range(record["blocks"]))
             read = set(record["blocks_read"]) & set(record["evidence_blocks"])
-            assert record["evidence_recall"] == len(read) / len(record["evidence_blocks"])
+            evidence = record["evidence_blocks"]
+            assert record["evidence_recall"] == (len(read) / len(evidence) if evidence else None)
 
 
 def test_full_context_is_skipped_with_a_note_beyond_the_window(records):
@@ -58,7 +61,7 @@ def test_summary_has_a_row_per_task_length_and_mode(records):
     assert len(rows) == len(TASKS) * 2 * len(MODES)
     niah = {(r["length"], r["mode"]): r for r in rows if r["task"] == "niah_single"}
     assert niah[(600, "full")]["cases"] == 0 and niah[(600, "full")]["skipped"] == 2
-    assert niah[(300, "oracle")]["evidence_recall"] == 1.0
+    assert niah[(300, "oracle")]["evidence_recall"] > 0  # it stops once the notes cover the question
     table = markdown(rows)
     assert "cost of gate errors" in table and "| niah_single | 600 | full | skipped |" in table
 

@@ -9,6 +9,7 @@ from compressmem import (
     GateConfig,
     MemoryConfig,
     NotesConfig,
+    PromptConfig,
     ReadingConfig,
     Trace,
 )
@@ -16,6 +17,7 @@ from compressmem import (
 from .conftest import ARCHS, tiny_wrapper
 
 NOTES = NotesConfig(note_tokens=4)
+GUESS = PromptConfig(not_found=None)  # these tests check generation itself: an answer is generated from any notes
 
 
 def _chat(tokenizer, question):
@@ -53,7 +55,7 @@ def test_generate_with_context_returns_prompt_then_new_ids_and_a_trace(tokenizer
     config = MemoryConfig(chunking=ChunkingConfig(64), reading=ReadingConfig(read),
                           compression=CompressionConfig() if keys or read == "compressed" else None,
                           gate=GateConfig(gate, top_k=2, layers=(1, 2) if keys else None),
-                          notes=NotesConfig(note_tokens=8))
+                          notes=NotesConfig(note_tokens=8), prompts=GUESS)
     wrapper = tiny_wrapper("llama", tokenizer, config)
     inputs = _chat(tokenizer, "What is this about?")
     out = wrapper.generate(**inputs, context=essay_text[:1500], max_new_tokens=5, min_new_tokens=5,
@@ -74,11 +76,12 @@ def test_generate_with_context_returns_prompt_then_new_ids_and_a_trace(tokenizer
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_default_answers_over_a_context_on_every_architecture(arch, tokenizer, essay_text):
-    wrapper = tiny_wrapper(arch, tokenizer, MemoryConfig(chunking=ChunkingConfig(64), notes=NOTES))
+    wrapper = tiny_wrapper(arch, tokenizer, MemoryConfig(chunking=ChunkingConfig(64), notes=NOTES, prompts=GUESS))
     inputs = _chat(tokenizer, "What is this about?")
     out = wrapper.generate(**inputs, context=essay_text[:1500], max_new_tokens=3, min_new_tokens=3,
                            return_dict_in_generate=True)
-    assert out.sequences.shape == (1, inputs["input_ids"].shape[1] + 3) and len(out.trace[0].blocks_read) == 1
+    assert out.sequences.shape == (1, inputs["input_ids"].shape[1] + 3)
+    assert 1 <= len(out.trace[0].blocks_read) <= wrapper.memory_config.gate.top_k  # until the notes answer, at most
 
 
 def test_sliding_window_layers_read_raw_and_refuse_compressed_reading_wider_than_their_window(tokenizer, essay_text):
@@ -120,7 +123,7 @@ def test_max_steps_bounds_the_reads(tokenizer, essay_text):
 
 
 def test_batches_take_one_context_per_row_or_one_shared(tokenizer, essay_text):
-    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig.memagent(128, notes=NOTES))
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig.memagent(128, notes=NOTES, prompts=GUESS))
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
                for q in ("Short?", "A much longer question about the essay?")]
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)

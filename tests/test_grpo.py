@@ -30,7 +30,7 @@ from compressmem.training.grpo_loss import clipped_policy_loss
 from .conftest import tiny_model
 
 CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("learned", ratio=4), gate=None,
-                      reading=ReadingConfig("compressed"), notes=NotesConfig(note_tokens=4))
+                      reading=ReadingConfig("compressed", until="all"), notes=NotesConfig(note_tokens=4))
 EXAMPLE = GRPOExample("What is the vault code?", "The lighthouse keeper wrote the vault code 4719283. " * 8,
                       ("4719283",))
 

@@ -11,6 +11,7 @@ from compressmem import (
     CompressionConfig,
     ConfigError,
     MemoryConfig,
+    PromptConfig,
     ReadingConfig,
 )
 from compressmem.compressors import LearnedCompressor
@@ -20,7 +21,7 @@ from compressmem.hf.adapters import ReasonerAdapter
 from .conftest import tiny_model
 
 CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("learned", ratio=4), gate=None,
-                      reading=ReadingConfig("compressed"))
+                      reading=ReadingConfig("compressed", until="all"), prompts=PromptConfig(not_found=None))
 RATIO = CONFIG.compression.ratio
 CONTEXT = "The lighthouse keeper wrote the vault code 4719283 in the logbook before the storm. " * 12
 

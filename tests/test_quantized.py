@@ -20,6 +20,7 @@ from compressmem import (
     GateConfig,
     MemoryConfig,
     NotesConfig,
+    PromptConfig,
     ReadingConfig,
 )
 from compressmem.compressors import LearnedCompressor
@@ -47,7 +48,8 @@ CONTEXT = ("The lighthouse keeper wrote the vault code 4719283 in the logbook be
            "Gulls circled the harbour while the ferry waited for the tide to turn. ") * 8
 QUESTION = "What is the vault code?"
 PLAIN = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("none"), gate=None,
-                     reading=ReadingConfig("compressed", max_steps=3), notes=NotesConfig(note_tokens=12))
+                     reading=ReadingConfig("compressed", max_steps=3, until="all"), notes=NotesConfig(note_tokens=12),
+                     prompts=PromptConfig(not_found=None))
 LEARNED = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("learned", ratio=4),
                        reading=ReadingConfig("compressed"), gate=GateConfig("head"), notes=NotesConfig(note_tokens=6))
 HEAD_LAYERS = (1, 2)

@@ -3,8 +3,8 @@ with their update rule, and every prompt."""
 
 from .loop import Reasoner
 from .notes import update_notes
-from .quotes import Quote, covers, find_quote, found, key_terms
 from .prompts import PromptBuilder, Question, pad_token_id
+from .quotes import Quote, covers, find_quote, found, key_terms
 from .step import Layout, StepInput, Written, cut_at_eos, generate_steps, layout, step_input, step_logprobs
 from .trace import ReadStep, Source, Trace
 
