@@ -62,7 +62,8 @@ def test_min_new_tokens_decodes_past_end_of_sequence(tokenizer):
 
 
 def test_a_sentence_cut_by_the_chunking_is_quoted_whole_from_the_next_block(tokenizer):
-    block, following = "The ferry left at dawn. One of the special magic numbers for amber-river is: 44", "17021. Gulls."
+    block = "The ferry left at dawn. One of the special magic numbers for amber-river is: 44"
+    following = "17021. Gulls."
     notes, quote = update_notes("", "The special magic number for amber-river is 44.", block + following, QUESTION,
                                 NotesConfig(), tokenizer, within=(0, len(block)))
     assert notes == "One of the special magic numbers for amber-river is: 4417021."

@@ -35,8 +35,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The summary table, with time and peak-memory ratios to MemAgent mode where it ran, and the gate's cost."""
-    lines = ["| task | length | mode | cases | accuracy | EM | F1 | said not found | blocks read / total | evidence recall "
-             "| time (s) | time vs MemAgent | peak MiB (+ over start) | peak increase vs MemAgent |",
+    lines = ["| task | length | mode | cases | accuracy | EM | F1 | said not found | blocks read / total "
+             "| evidence recall | time (s) | time vs MemAgent | peak MiB (+ over start) | peak increase vs MemAgent |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     baseline = {(r["task"], r["length"]): r for r in rows if r["mode"] == "memagent" and r["cases"]}
     for row in rows:
@@ -47,7 +47,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         base = baseline.get((row["task"], row["length"]))
         lines.append(
             f"| {row['task']} | {row['length']} | {row['mode']} | {row['cases']} | {row['substring']:.1%} | "
-            f"{row['exact_match']:.1%} | {row['f1']:.2f} | {row['refused']:.0%} | {_reads(row)} | {_percent(row['evidence_recall'])} | "
+            f"{row['exact_match']:.1%} | {row['f1']:.2f} | {row['refused']:.0%} | {_reads(row)} | "
+            f"{_percent(row['evidence_recall'])} | "
             f"{row['seconds']:.2f} | {_ratio(row['seconds'], base and base['seconds'])} | "
             f"{row['peak_mib']:.0f} (+{row['peak_increase_mib']:.0f}) | "
             f"{_ratio(row['peak_increase_mib'], base and base['peak_increase_mib'])} |")
