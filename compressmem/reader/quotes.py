@@ -111,9 +111,9 @@ def find_quote(output: str, section: str, question: str, notes: str, min_support
     A line of the output points to the sentence holding at least `min_support` of its new words (those not
     in the question); the best-supported line wins. An output that points nowhere (a restated question, the
     section copied from its start) is replaced by the section's sentence with the most of the question's
-    words. A refusal ("NONE") keeps nothing. Either way the sentence is kept only if it bears on the question (`bears_on`). With `within`,
-    only sentences overlapping those characters of `section` are candidates (the block read, its
-    neighbours' text around it completing the sentences cut at its edges).
+    words. A refusal ("NONE") keeps nothing. Either way the sentence is kept only if it bears on the question
+    (`bears_on`). With `within`, only sentences overlapping those characters of `section` are candidates
+    (the block read, its neighbours' text around it completing the sentences cut at its edges).
     """
     if not output.strip() or output.lstrip().upper().startswith("NONE"):
         return None
