@@ -161,8 +161,8 @@ class ReadingConfig:
     """How passed blocks are read: `mode` `raw` re-reads the chunk's tokens, `compressed` reads the block's
     KV as a prefix (the paper). `order` `document` reads the passing blocks in document order (then, with
     `recall`, the best unread ones); `score` re-scores after every update (the notes join the question) and
-    reads the best unread block the gate passes; None is `score` with a gate, `document` without a gate or
-    with `recall`.
+    reads the best unread block the gate passes (at most `top_k` reads); None is `score` with a gate,
+    `document` without a gate or with `recall`.
     `until` `answered` stops as soon as the notes cover the question (every key term and most of its words,
     `reader.quotes.covers`; a question asking for "all" reads every passed block); `all` reads every block
     the gate passes. `max_steps` bounds the reads per question.

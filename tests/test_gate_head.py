@@ -151,3 +151,13 @@ def test_score_order_configuration_is_checked():
         GateConfig("learned")
     assert READ_BY_HEAD.replace(gate=GateConfig("head", threshold=0.5, top_k=None),
                                 reading=ReadingConfig(order="score")).needs_kv
+
+
+def test_score_order_reads_at_most_top_k_blocks_however_the_scores_move(tokenizer):
+    model = tiny_wrapper("llama", tokenizer, HEAD_CONFIG)
+    bank = model.compress(_context())
+    rest = [0.0] * (len(bank) - 4)
+    script = [[0.9, 0.8, 0.1, 0.1] + rest, [0.1, 0.1, 0.9, 0.8] + rest]  # the second ranking passes two new blocks
+    reasoner = Reasoner(model.model, model.prompts, ReadingConfig(order="score", until="all"),
+                        model.memory_config.notes, _ScriptedGate(script), GateConfig("attention", top_k=2))
+    assert reasoner.run(["What is the vault code?"], [bank], show_progress=False)[0].blocks_read == [0, 2]

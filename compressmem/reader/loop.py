@@ -42,8 +42,9 @@ class _Row:
         if scores is None:
             return self._advance(self.cursor) if self.cursor < len(self.bank) else None
         passing = _passing(scores, gate)
-        if reading.order == "score":
-            return self._best_unread(scores, passing, read)
+        if reading.order == "score":  # at most top_k reads, however the notes reorder the blocks
+            full = gate.top_k is not None and len(read) >= gate.top_k
+            return None if full else self._best_unread(scores, passing, read)
         if not self.recalling:
             ahead = [b for b in passing.nonzero().flatten().tolist() if b >= self.cursor and b not in read]
             if ahead:
