@@ -41,11 +41,8 @@ def niah_multivalue(tokenizer: PreTrainedTokenizerBase, haystack: str, length: i
     rng = case_rng("niah_multivalue", length, seed, index)
     key = rng.choice(_keys())
     numbers = [_number(rng) for _ in range(values)]
-    context, spans = hide_in_haystack(tokenizer, haystack, length, [_needle(key, n) for n in numbers], rng)
-    return EvalCase(
-        task="niah_multivalue", case_id=f"niah_multivalue-{length}-{seed}-{index}", context=context,
-        question=f"What are all the special magic numbers for {key} mentioned in the provided text?",
-        answers=tuple(numbers), evidence=tuple(spans), length=length, seed=seed, metadata={"key": key})
+    return _every_number("niah_multivalue", tokenizer, haystack, length, seed, index, rng, [key] * values, numbers,
+                         key, {"key": key})
 
 
 def niah_multiquery(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
@@ -54,12 +51,20 @@ def niah_multiquery(tokenizer: PreTrainedTokenizerBase, haystack: str, length: i
     rng = case_rng("niah_multiquery", length, seed, index)
     keys = rng.sample(_keys(), queries)
     numbers = [_number(rng) for _ in keys]
-    context, spans = hide_in_haystack(tokenizer, haystack, length, [_needle(k, n) for k, n in zip(keys, numbers)], rng)
     asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
+    return _every_number("niah_multiquery", tokenizer, haystack, length, seed, index, rng, keys, numbers, asked,
+                         {"keys": keys})
+
+
+def _every_number(task: str, tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
+                  rng, keys: list[str], numbers: list[str], asked: str, metadata: dict) -> EvalCase:
+    """A case whose needles pair `keys` with `numbers`, asking for every number of `asked`."""
+    needles = [_needle(key, number) for key, number in zip(keys, numbers)]
+    context, spans = hide_in_haystack(tokenizer, haystack, length, needles, rng)
     return EvalCase(
-        task="niah_multiquery", case_id=f"niah_multiquery-{length}-{seed}-{index}", context=context,
+        task=task, case_id=f"{task}-{length}-{seed}-{index}", context=context,
         question=f"What are all the special magic numbers for {asked} mentioned in the provided text?",
-        answers=tuple(numbers), evidence=tuple(spans), length=length, seed=seed, metadata={"keys": keys})
+        answers=tuple(numbers), evidence=tuple(spans), length=length, seed=seed, metadata=metadata)
 
 
 def absent(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
