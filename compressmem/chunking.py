@@ -32,14 +32,14 @@ def tokenize_context(context: Context, tokenizer: PreTrainedTokenizerBase) -> li
     if isinstance(context, str):
         return [_tokenize_text(context, tokenizer, 0)]
     if isinstance(context, torch.Tensor):
-        return [(_check_id_tensor(context), None)]
+        return [(_check_id_tensor(context, len(tokenizer)), None)]
     if isinstance(context, Sequence) and not isinstance(context, (bytes, bytearray)):
         if len(context) == 0:
             raise ContextError("The context is an empty list; pass text or token ids to read.")
         if all(isinstance(item, str) for item in context):
             return [_tokenize_text(text, tokenizer, i) for i, text in enumerate(context)]
         if all(isinstance(item, int) and not isinstance(item, bool) for item in context):
-            return [(_check_id_tensor(torch.tensor(list(context), dtype=torch.long)), None)]
+            return [(_check_id_tensor(_id_tensor(context), len(tokenizer)), None)]
         kinds = sorted({type(item).__name__ for item in context})
         raise ContextError(f"A list context must hold only strings (documents) or only ints (token ids); got {kinds}.")
     raise ContextError(
@@ -59,6 +59,13 @@ def split_into_chunks(documents: list[tuple[torch.Tensor, list | None]], chunk_s
     return chunks
 
 
+def check_pieces(pieces: object) -> None:
+    """Refuse a streamed context that is one string (it would be read one character at a time) or not iterable."""
+    if isinstance(pieces, (str, bytes)) or not isinstance(pieces, Iterable):
+        raise ContextError("A streamed context is an iterable of text pieces, not one string (it would be read one "
+                           "character at a time): pass text_pieces(path), or [text] for text already in memory.")
+
+
 def stream_chunks(pieces: Iterable[str], tokenizer: PreTrainedTokenizerBase, chunk_size: int,
                   group: int) -> Iterator[list[Chunk]]:
     """Chunks of a text that arrives in pieces, `group` full chunks at a time (the last group may be short).
@@ -66,6 +73,7 @@ def stream_chunks(pieces: Iterable[str], tokenizer: PreTrainedTokenizerBase, chu
     One piece is tokenized at a time and only the tail of a chunk is carried over, so memory holds
     a piece and a group, never the whole text. Character spans count from the start of the stream.
     """
+    check_pieces(pieces)
     carried_ids: list[int] = []
     carried_offsets: list[tuple[int, int]] = []
     start_token = char_base = 0
@@ -122,7 +130,16 @@ def _tokenize_text(text: str, tokenizer: PreTrainedTokenizerBase, index: int) ->
     return torch.tensor(encoded["input_ids"], dtype=torch.long), offsets
 
 
-def _check_id_tensor(ids: torch.Tensor) -> torch.Tensor:
+def _id_tensor(ids: Sequence[int]) -> torch.Tensor:
+    """A list of ids as int64, refusing values int64 cannot hold rather than wrapping them."""
+    try:
+        return torch.tensor(list(ids), dtype=torch.long)
+    except (OverflowError, RuntimeError, ValueError):
+        raise ContextError("A token id of the context is too large for int64; pass the tokenizer's ids.") from None
+
+
+def _check_id_tensor(ids: torch.Tensor, vocabulary: int) -> torch.Tensor:
+    """`ids` as 1-D int64 on the CPU, every one a token of the tokenizer's `vocabulary` (0..vocabulary-1)."""
     if ids.dim() == 2 and ids.shape[0] == 1:
         ids = ids[0]
     if ids.dim() != 1:
@@ -134,4 +151,10 @@ def _check_id_tensor(ids: torch.Tensor) -> torch.Tensor:
         raise ContextError(f"A tensor context must hold integer token ids; got dtype {ids.dtype}.")
     if ids.numel() == 0:
         raise ContextError("The context holds no tokens; there is nothing to read.")
-    return ids.to(device="cpu", dtype=torch.long)
+    ids = ids.to(device="cpu", dtype=torch.long)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocabulary:
+        bad = low if low < 0 else high
+        raise ContextError(f"Token id {bad} of the context is not a token of this tokenizer (ids run 0.."
+                           f"{vocabulary - 1}); pass ids from the model's own tokenizer, or pass the text.")
+    return ids

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .bank import BankPart, BankWriter, MemoryBank, kv_layout, write_index
-from .chunking import stream_chunks
+from .chunking import check_pieces, stream_chunks
 from .compression import BankBuilder
 
 
@@ -123,6 +123,7 @@ def compress_into_folder(builder: BankBuilder, tokenizer: PreTrainedTokenizerBas
                          shard_blocks: int = 256, batch_size: int = 4) -> MemoryBank:
     """Stream `pieces` through `builder` into a bank folder, the batches of chunks shared among `processes`
     (`ONE_PROCESS` for `compress_stream`); the bank, opened from disk, in every process."""
+    check_pieces(pieces)  # before the folder is made
     directory = Path(directory)
     writer = BankWriter(directory, shard_blocks, processes.rank, processes.count)
     show = show_progress and processes.rank == 0

@@ -248,7 +248,7 @@ class CompressedMemoryModel:
         """
         bank = _renamed("memory", memory, "bank", bank, "generate")
         input_ids = generation_kwargs.pop("inputs", input_ids)
-        _check_prompt(input_ids, attention_mask)
+        _check_prompt(input_ids, attention_mask, len(self.tokenizer))
         if context is not None and bank is not None:
             raise ValueError("Pass either context= (text or ids to compress now) or bank= (a MemoryBank), not both.")
         rows = _unpadded_rows(input_ids, attention_mask)
@@ -262,6 +262,8 @@ class CompressedMemoryModel:
             banks = [self.compress(text) for text, _ in splits]
         else:
             questions = [self.prompts.find_question(row) for row in rows]
+            if any(not q.text.strip() for q in questions):
+                raise ValueError("The prompt's question is empty (its last user turn holds no text): ask a question.")
             banks = self._banks_for_rows(len(rows), context, bank)
         return self.answer_from_banks(input_ids, questions, banks, generation_kwargs, notes_kwargs)
 
@@ -448,14 +450,23 @@ def _load_base(source: str, hf_kwargs: dict[str, Any]) -> tuple[PreTrainedModel,
     return model.eval(), tokenizer
 
 
-def _check_prompt(input_ids: Any, attention_mask: Any) -> None:
+def _check_prompt(input_ids: Any, attention_mask: Any, vocabulary: int) -> None:
+    """Refuse a prompt that is not token ids of this tokenizer, or that holds no token to answer."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError("input_ids must be a [batch, length] tensor of token ids, as for transformers' generate().")
     if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+    if input_ids.shape[1] == 0:
+        raise ValueError("The prompt is empty: pass the question's token ids (e.g. from the chat template).")
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary:
+        raise ValueError(f"input_ids holds ids outside this tokenizer's 0..{vocabulary - 1}: pass ids from the "
+                         "model's own tokenizer.")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "
                          f"{tuple(input_ids.shape)}.")
+    if attention_mask is not None and not bool(attention_mask.bool().any(dim=1).all()):
+        raise ValueError("A row's attention_mask is all zeros, so that row has no prompt: give every row at least "
+                         "one token to attend to.")
 
 
 def _unpadded_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:

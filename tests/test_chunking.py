@@ -26,10 +26,10 @@ def test_a_list_of_documents_never_shares_a_chunk(tokenizer):
         assert ids == tokenizer(doc, add_special_tokens=False)["input_ids"]
 
 
-def test_token_ids_and_tensors_are_accepted():
+def test_token_ids_and_tensors_are_accepted(tokenizer):
     ids = list(range(10, 40))
-    from_list = split_into_chunks(tokenize_context(ids, None), 8)
-    from_tensor = split_into_chunks(tokenize_context(torch.tensor([ids]), None), 8)
+    from_list = split_into_chunks(tokenize_context(ids, tokenizer), 8)
+    from_tensor = split_into_chunks(tokenize_context(torch.tensor([ids]), tokenizer), 8)
     assert [c.token_ids.tolist() for c in from_list] == [c.token_ids.tolist() for c in from_tensor]
     assert from_list[0].char_span is None
 
@@ -38,7 +38,17 @@ def test_token_ids_and_tensors_are_accepted():
     ("", "empty"), ("   \n", "empty"), ([], "empty list"), (b"bytes", "str"), ({"text": "x"}, "str"),
     (torch.zeros(3, 4, dtype=torch.long), "1-D"), (torch.rand(5), "integer"), (torch.tensor([], dtype=torch.long), "no tokens"),
     (["ok", 3], "only strings"), (["fine", ""], "Document 1"), (3.5, "str"),
+    ([2**32 + 42, 2**32 + 43], "4294967339 of the context is not a token"), ([10**9], "not a token"),
+    ([-1, 5], "-1 of the context is not a token"), (torch.tensor([5, 49152]), "not a token"), ([2**70], "too large"),
 ])
 def test_bad_contexts_get_clear_errors(tokenizer, context, message):
     with pytest.raises(ContextError, match=message):
         tokenize_context(context, tokenizer)
+
+
+def test_a_streamed_context_must_be_pieces_not_one_string(tokenizer, tmp_path):
+    from compressmem.chunking import stream_chunks
+
+    for pieces in ("some text", b"bytes", 42):
+        with pytest.raises(ContextError, match="iterable of text pieces"):
+            next(stream_chunks(pieces, tokenizer, 64, 4))

@@ -151,7 +151,7 @@ def test_over_long_prompt_becomes_context_and_question(tokenizer, essay_text):
     assert out.sequences.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
-def test_bad_calls_get_clear_errors(tokenizer, essay_text):
+def test_bad_calls_get_clear_errors(tokenizer, essay_text, tmp_path):
     wrapper = tiny_wrapper("llama", tokenizer)
     ids = tokenizer("Question?", return_tensors="pt")["input_ids"]
     bank = wrapper.compress(essay_text[:500])
@@ -167,6 +167,17 @@ def test_bad_calls_get_clear_errors(tokenizer, essay_text):
         wrapper.generate(ids, bank="not a bank")
     with pytest.raises(ValueError, match="question"):
         wrapper.answer("", context="text")
+    with pytest.raises(ValueError, match="prompt is empty"):
+        wrapper.generate(ids[:, :0], context="text")
+    with pytest.raises(ValueError, match="all zeros"):
+        wrapper.generate(ids, attention_mask=torch.zeros_like(ids), context="text")
+    with pytest.raises(ValueError, match="outside this tokenizer"):
+        wrapper.generate(torch.tensor([[5, len(tokenizer)]]), context="text")
+    with pytest.raises(ValueError, match="question is empty"):
+        wrapper.generate(torch.tensor([[tokenizer.eos_token_id]]), context="text")
+    with pytest.raises(ValueError, match="iterable of text pieces"):
+        wrapper.compress_stream("one string", tmp_path / "bank")
+    assert not (tmp_path / "bank").exists(), "nothing is written for a refused stream"
 
 
 @pytest.mark.slow
