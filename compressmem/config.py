@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +101,8 @@ class CompressionConfig:
             _set(self, "ratio", 1.0)
         else:
             ratio = DEFAULT_RATIO if self.ratio is None else self.ratio
-            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 1:
-                raise ConfigError(f"compression.ratio must be a number >= 1, got {self.ratio!r}.")
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 1 <= ratio < math.inf:
+                raise ConfigError(f"compression.ratio must be a finite number >= 1, got {self.ratio!r}.")
             _set(self, "ratio", float(ratio))
         if self.method == "select":
             _set(self, "score", DEFAULT_SCORE if self.score is None else self.score)
@@ -144,6 +145,8 @@ class GateConfig:
             layers = tuple(self.layers)
             if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
                 raise ConfigError(f"gate.layers must be a non-empty list of layer indices >= 0, got {self.layers!r}.")
+            if len(set(layers)) != len(layers):
+                raise ConfigError(f"gate.layers names a layer twice ({list(layers)}); list each layer once.")
             _set(self, "layers", layers)
         sharpness = DEFAULT_SHARPNESS if self.sharpness is None else self.sharpness
         if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not sharpness > 0:

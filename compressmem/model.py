@@ -29,7 +29,7 @@ from .gate.head import HEAD_FILE
 from .hf.adapters import ReasonerAdapter, adapter_active
 from .hf.fingerprint import fingerprint_model
 from .hf.placement import check_placement
-from .hf.sliding import check_sliding_window
+from .hf.sliding import check_read_fits, check_sliding_window
 from .hub import (
     COMPRESSOR_FOLDER,
     REASONER_FOLDER,
@@ -77,6 +77,7 @@ class CompressedMemoryModel:
         if not isinstance(config, MemoryConfig):
             raise ConfigError(f"The configuration must be a MemoryConfig, got {type(config).__name__}.")
         check_sliding_window(model, config)
+        check_read_fits(model, config)
         self.model = model
         self.tokenizer = tokenizer
         self.memory_config = config

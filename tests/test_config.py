@@ -85,6 +85,8 @@ def test_invalid_values_name_the_setting(make, field):
     (lambda: MemoryConfig(gate=None, reading=ReadingConfig(recall=True)), "recall.*needs a gate"),
     (lambda: MemoryConfig(gate=None, reading=ReadingConfig(order="score")), "order='score'.*needs a gate"),
     (lambda: ReadingConfig(until="found"), "reading.until must be one of"),
+    (lambda: CompressionConfig("select", ratio=float("inf")), "finite number"),
+    (lambda: GateConfig("attention", layers=(0, 0, 0)), "names a layer twice"),
     (lambda: MemoryConfig(gate=GateConfig(top_k=None, threshold=0.5), reading=ReadingConfig(order="score",
                                                                                            recall=True)),
      "recall.*order='document'"),

@@ -71,6 +71,18 @@ def test_head_file_round_trip_and_refusals(tokenizer, tmp_path):
     with pytest.raises(GateHeadError, match="trained for another base model"):
         GateHead((1, 3), heads=9).check_model(tiny_model("llama", tokenizer))
 
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "gate_head.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    for name, tensors, message in (
+            ("bias7", {"weight": head.weight.detach(), "bias": torch.zeros(7)}, r"bias has shape \(7,\)"),
+            ("nan", {"weight": torch.full_like(head.weight.detach(), float("nan")), "bias": torch.zeros(1)}, "NaN"),
+            ("nobias", {"weight": head.weight.detach()}, "bias has shape missing")):
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata=metadata)
+        with pytest.raises(GateHeadError, match=message):
+            GateHead.load(tmp_path / f"{name}.safetensors")
+
 
 def test_gate_head_config_needs_weights_and_matching_layers(tokenizer):
     config = READ_BY_HEAD

@@ -178,6 +178,8 @@ def test_bad_calls_get_clear_errors(tokenizer, essay_text, tmp_path):
     with pytest.raises(ValueError, match="iterable of text pieces"):
         wrapper.compress_stream("one string", tmp_path / "bank")
     assert not (tmp_path / "bank").exists(), "nothing is written for a refused stream"
+    with pytest.raises(ConfigError, match="One read needs at least"):
+        tiny_wrapper("llama", tokenizer, MemoryConfig(notes=NotesConfig(note_tokens=10**6)))
 
 
 @pytest.mark.slow

@@ -72,9 +72,13 @@ class GateHead(torch.nn.Module):
         head = cls(tuple(json.loads(metadata["layers"])), int(metadata["heads"]), float(metadata["sharpness"]),
                    json.loads(metadata["lexical"]))
         tensors = load_file(str(path))
-        if tensors["weight"].shape != (head.num_features,):
-            raise GateHeadError(f"{path}: weight has shape {tuple(tensors['weight'].shape)}, its metadata needs "
-                                f"({head.num_features},).")
+        for name, shape in (("weight", (head.num_features,)), ("bias", (1,))):
+            if name not in tensors or tensors[name].shape != shape:
+                found = tuple(tensors[name].shape) if name in tensors else "missing"
+                raise GateHeadError(f"{path}: {name} has shape {found}, its metadata needs {shape}.")
+            if not bool(torch.isfinite(tensors[name]).all()):
+                raise GateHeadError(f"{path}: {name} holds NaN or infinite values; the gate head is corrupt: train or "
+                                    "download it again.")
         with torch.no_grad():
             head.weight.copy_(tensors["weight"])
             head.bias.copy_(tensors["bias"][0])

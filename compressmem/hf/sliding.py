@@ -6,7 +6,8 @@ cache prefix; within a batch of reads, rows are padded between the prefix and th
 transformers places a sliding layer's window by the cache index, not by each row's positions, so a
 read whose span exceeds the window would be attended differently from the raw text. Compressed reading
 is therefore allowed only when a whole read (prefix, chunk, update prompt with the notes, and what it
-writes) fits in the window; otherwise it is refused with what to do.
+writes) fits in the window; otherwise it is refused with what to do. Any model is also refused settings
+under which a single read cannot fit its context window at all (`check_read_fits`).
 """
 
 from __future__ import annotations
@@ -45,3 +46,18 @@ def check_sliding_window(model: PreTrainedModel, config: MemoryConfig) -> None:
             f"{span} (chunks of {config.chunking.size}, notes of up to {config.notes.max_tokens} tokens): transformers "
             "would place the window by cache index rather than position, and the block would be read differently "
             "from its text. Use reading mode 'raw' (the default), or chunks and notes that fit in the window.")
+
+
+def check_read_fits(model: PreTrainedModel, config: MemoryConfig) -> None:
+    """Refuse settings under which one read cannot fit in the model's context window even with empty notes:
+    the chunk, the update prompt and what a read may write (`notes.budget`)."""
+    window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if window is None:
+        return
+    need = config.chunking.size + config.notes.budget + PROMPT_ALLOWANCE
+    if need > window:
+        raise ConfigError(
+            f"One read needs at least {need} tokens (chunks of {config.chunking.size}, up to {config.notes.budget} "
+            f"written per read, about {PROMPT_ALLOWANCE} of prompt), more than this model's {window}-token window: "
+            "use smaller chunks (ChunkingConfig(size=...)) or fewer tokens per read (NotesConfig(note_tokens=...), "
+            "or max_tokens when rewriting).")
