@@ -134,3 +134,29 @@ def test_a_bank_made_in_float32_is_read_by_a_bfloat16_model(tokenizer, essay_tex
     ids = tokenizer("Question?", return_tensors="pt")["input_ids"]
     out = wrapper.generate(ids, bank=bank, max_new_tokens=2, min_new_tokens=2)
     assert out.shape == (1, ids.shape[1] + 2) and bank.blocks[0].keys.dtype == torch.float32
+
+
+def test_a_damaged_bank_is_refused_not_read_wrong(tokenizer, essay_text, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunking=CHUNKS))
+    bank = wrapper.compress(essay_text[:2000])
+    bank.save(tmp_path / "folder", folder=True, shard_blocks=2)
+    shards = sorted((tmp_path / "folder").glob("blocks-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()
+    with pytest.raises(BankMismatchError, match="lacks 1 of its .* shards.*incomplete"):
+        MemoryBank.load(tmp_path / "folder")
+
+    bank.save(tmp_path / "bank.safetensors")
+    with safe_open(str(tmp_path / "bank.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(tmp_path / "bank.safetensors"))
+    name = next(k for k in tensors if k.endswith("token_ids"))
+    tensors[name] = tensors[name].float()  # the header edited: F32 ids where I32 were written
+    save_file(tensors, str(tmp_path / "edited.safetensors"), metadata=metadata)
+    edited = MemoryBank.load(tmp_path / "edited.safetensors")
+    block = int(name.split(".")[-2])
+    with pytest.raises(BankMismatchError, match=f"Block {block} .* dtype torch.float32.*damaged"):
+        edited.token_ids(block)

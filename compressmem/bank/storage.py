@@ -244,7 +244,7 @@ class ShardStore:
             tensors = {f: self._field(handle, names, self.key.format(index=index, field=f), f) for f in FIELDS}
         if tensors["token_ids"] is None:
             raise BankMismatchError(f"{self.files[self.shard_of[index]]} lacks block {index}: the bank is damaged.")
-        tensors["token_ids"] = tensors["token_ids"].long()
+        tensors["token_ids"] = self._checked_ids(index, tensors["token_ids"])
         return MemoryBlock(**tensors, document=info.document, token_start=info.token_start, char_span=info.char_span)
 
     def _field(self, handle, names: set[str], name: str, field: str) -> torch.Tensor | Quantized | None:
@@ -259,7 +259,18 @@ class ShardStore:
 
     def token_ids(self, index: int) -> torch.Tensor:
         with safe_open(str(self.files[self.shard_of[index]]), framework="pt") as handle:
-            return handle.get_tensor(self.key.format(index=index, field="token_ids")).long()
+            return self._checked_ids(index, handle.get_tensor(self.key.format(index=index, field="token_ids")))
+
+    def _checked_ids(self, index: int, ids: torch.Tensor) -> torch.Tensor:
+        """Block `index`'s stored token ids as int64, refused unless they are integers, as many as the block
+        table says the block holds."""
+        if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() != 1 \
+                or ids.numel() != self.infos[index].num_tokens:
+            raise BankMismatchError(
+                f"Block {index} in {self.files[self.shard_of[index]]} holds {ids.numel()} token ids of dtype "
+                f"{ids.dtype}, where the bank's table lists {self.infos[index].num_tokens} integer ids: the bank is "
+                "damaged or mixes another bank's files.")
+        return ids.long()
 
     def derived(self, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
         """A gate index stored with the bank: its tensors and metadata, or None if none was stored."""
@@ -351,6 +362,10 @@ def _store(root: Path, files: list[Path], index: dict[str, Any], table: torch.Te
     shards = infos.column("shard")
     if len(infos) and not bool(((shards >= 0) & (shards < len(files))).all()):
         raise BankMismatchError(f"The block table of {root} names shards outside the {len(files)} its index lists.")
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise BankMismatchError(f"{root} lacks {len(missing)} of its {len(files)} shards ({', '.join(missing[:3])}"
+                                f"{', ...' if len(missing) > 3 else ''}): the bank is incomplete.")
     return ShardStore(root, files, infos, provenance.compression, derived=derived), provenance, kv
 
 
