@@ -74,18 +74,39 @@ def read_checkpoint(directory: Path, repo_id: str | None = None) -> Checkpoint:
     if not path.is_file():
         raise FileNotFoundError(f"{source or directory} is not a compressmem checkpoint: {CHECKPOINT_CONFIG} is "
                                 "missing.")
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointMismatchError(
-            f"{source or path} has checkpoint format {payload['format_version']}, but this compressmem reads up to "
-            f"format {CHECKPOINT_FORMAT_VERSION}; upgrade compressmem (pip install -U compressmem) to read it.")
+    payload = _payload(path, source or str(path))
     head = GateHead.load(directory / HEAD_FILE) if (directory / HEAD_FILE).is_file() else None
     try:
-        config = (MemoryConfig.from_legacy(payload["memory_config"]) if payload.get("format_version", 1) == 1
+        config = (MemoryConfig.from_legacy(payload["memory_config"]) if payload["format_version"] == 1
                   else MemoryConfig.from_dict(payload["config"]))
-    except (KeyError, ConfigError) as error:
+    except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointMismatchError(f"{source or path} holds no valid compressmem configuration: {error}") from None
     return Checkpoint(directory, BaseFingerprint.from_dict(payload["base_model"]), config, head, repo_id)
+
+
+def _payload(path: Path, source: str) -> dict[str, Any]:
+    """`compressmem_config.json`, refused with the file named unless it is a JSON object with a supported
+    `format_version` and a `base_model` fingerprint."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointMismatchError(f"{path} is not valid JSON ({error}); the checkpoint is damaged.") from None
+    if not isinstance(payload, dict):
+        raise CheckpointMismatchError(f"{path} must hold a JSON object, got {type(payload).__name__}; the checkpoint "
+                                      "is damaged.")
+    version = payload.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointMismatchError(f"{path}: format_version must be a positive integer, got {version!r}; the "
+                                      "checkpoint is damaged.")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointMismatchError(
+            f"{source} has checkpoint format {version}, but this compressmem reads up to format "
+            f"{CHECKPOINT_FORMAT_VERSION}; upgrade compressmem (pip install -U compressmem) to read it.")
+    base = payload.get("base_model")
+    if not isinstance(base, dict) or not all(isinstance(base.get(k), str) for k in ("name", "digest")):
+        raise CheckpointMismatchError(f"{path}: base_model must be an object with the base model's name and digest, "
+                                      f"got {base!r}; the checkpoint is damaged.")
+    return payload
 
 
 def write_config(directory: Path, fingerprint: BaseFingerprint, config: MemoryConfig) -> None:

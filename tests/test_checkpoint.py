@@ -79,3 +79,23 @@ def test_a_checkpoint_from_a_newer_compressmem_says_to_upgrade(tokenizer, tmp_pa
         CompressedMemoryModel.from_pretrained(str(base), checkpoint=tmp_path / "ckpt", show_progress=False)
     with pytest.raises(FileNotFoundError, match="neither a folder nor a Hub repo id"):
         CompressedMemoryModel.from_pretrained(str(base), checkpoint=tmp_path / "missing", show_progress=False)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text, data: "{ not json", "is not valid JSON"),
+    (lambda text, data: "", "is not valid JSON"),
+    (lambda text, data: json.dumps([data]), "must hold a JSON object, got list"),
+    (lambda text, data: json.dumps({**data, "format_version": "2"}), "format_version must be a positive integer"),
+    (lambda text, data: json.dumps({k: v for k, v in data.items() if k != "format_version"}), "got None"),
+    (lambda text, data: json.dumps({**data, "format_version": -1}), "got -1"),
+    (lambda text, data: json.dumps({k: v for k, v in data.items() if k != "base_model"}), "base_model must be"),
+    (lambda text, data: json.dumps({**data, "config": ["not", "settings"]}), "no valid compressmem configuration"),
+])
+def test_a_damaged_checkpoint_config_is_refused_naming_the_file(tokenizer, tmp_path, edit, message):
+    base = _save_tiny_base(tmp_path / "base", tokenizer, 0)
+    CompressedMemoryModel.from_pretrained(str(base), show_progress=False).save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "compressmem_config.json"
+    text = path.read_text()
+    path.write_text(edit(text, json.loads(text)))
+    with pytest.raises(CheckpointMismatchError, match=message):
+        CompressedMemoryModel.from_pretrained(str(base), checkpoint=tmp_path / "ckpt", show_progress=False)
