@@ -355,7 +355,8 @@ class CompressedMemoryModel:
         """`[rows, n]` new tokens: each answered row's `generated` ones, the not-found text (and end of sequence)
         for the others, right-padded."""
         pad_id = pad_token_id(self.tokenizer)
-        rows_ids = [generated[row] if row in generated else self._not_found_ids() for row in range(rows)]
+        refusal = self._not_found_ids() if len(generated) < rows else None
+        rows_ids = [generated.get(row, refusal) for row in range(rows)]
         longest = max(ids.numel() for ids in rows_ids)
         new = torch.full((rows, longest), pad_id, dtype=torch.long)
         for row, ids in enumerate(rows_ids):
