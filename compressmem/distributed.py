@@ -12,7 +12,6 @@ with `ONE_PROCESS`. The chunks are compressed by the model's `BankBuilder`, as e
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .bank import BankPart, BankWriter, MemoryBank, kv_layout, write_index
+from .bank import BankPart, BankWriter, MemoryBank, write_index
 from .chunking import check_pieces, stream_chunks
 from .compression import BankBuilder
 
@@ -75,7 +74,6 @@ class _Report:
     digest: str
     folder: str
     model: str
-    kv: dict[str, Any] | None = None  # the layout of the KV this process wrote, for the index
 
     def agreement(self) -> tuple:
         return self.chunks, self.tokens, self.digest, self.folder, self.model
@@ -125,42 +123,43 @@ def compress_into_folder(builder: BankBuilder, tokenizer: PreTrainedTokenizerBas
     (`ONE_PROCESS` for `compress_stream`); the bank, opened from disk, in every process."""
     check_pieces(pieces)  # before the folder is made
     directory = Path(directory)
-    writer = BankWriter(directory, shard_blocks, processes.rank, processes.count)
+    writer = BankWriter(directory, builder.provenance(), shard_blocks, processes.rank, processes.count, resume=True)
     show = show_progress and processes.rank == 0
     report = _compress_share(builder, tokenizer, pieces, writer, processes, show, batch_size)
     reports = processes.gather(report)
     _check_agreement(reports)
     if processes.rank == 0:
-        prefix = builder.prefix()
-        write_index(directory, [r.part for r in reports], prefix, builder.provenance(),
-                    next((r.kv for r in reports if r.kv is not None), None))
+        write_index(directory, [r.part for r in reports], builder.prefix(), builder.provenance())
     processes.barrier()
     return MemoryBank.load(directory)
 
 
 def _compress_share(builder: BankBuilder, tokenizer: PreTrainedTokenizerBase, pieces: Iterable[str],
                     writer: BankWriter, processes: Processes, show: bool, batch_size: int) -> _Report:
-    """Stream every chunk, compress this process's batches into `writer`; what this process did and read."""
+    """Stream every chunk, compress this process's batches into `writer` (skipping the blocks an interrupted
+    run already wrote, once checked to come from the same text); what this process did and read."""
     digest = hashlib.sha256()
     done = tokens = 0
-    kv = None
     description = "Compressing" if processes.count == 1 else f"Compressing ({processes.count} processes)"
     with tqdm(desc=description, unit="chunk", disable=not show) as bar:
         for number, chunks in enumerate(stream_chunks(pieces, tokenizer, builder.chunk_size, batch_size)):
             for chunk in chunks:
                 digest.update(chunk.token_ids.numpy().tobytes())
                 tokens += chunk.token_ids.numel()
-            if number % processes.count == processes.rank:
+            indices = range(done, done + len(chunks))
+            for index, chunk in zip(indices, chunks):
+                if writer.has(index):
+                    writer.check_resumed(index, chunk.token_ids, (chunk.document, chunk.token_start, chunk.char_span))
+            if number % processes.count == processes.rank and not all(writer.has(i) for i in indices):
                 blocks, _ = builder.blocks(chunks, torch.device("cpu"), batch_size, bar)
-                kv = kv or kv_layout(blocks[0])
-                for offset, block in enumerate(blocks):
-                    writer.add(block, done + offset)
+                for index, block in zip(indices, blocks):
+                    if not writer.has(index):
+                        writer.add(block, index)
             else:
                 bar.update(len(chunks))
             done += len(chunks)
-    identity = json.dumps(builder.provenance().to_dict(), sort_keys=True)
     return _Report(writer.finish(), done, tokens, digest.hexdigest(), str(writer.directory.resolve()),
-                   hashlib.sha256(identity.encode()).hexdigest()[:12], kv)
+                   writer.identity)
 
 
 def _check_agreement(reports: list[_Report]) -> None:

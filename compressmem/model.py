@@ -206,7 +206,9 @@ class CompressedMemoryModel:
         flat however long the text is; the returned bank reads its blocks back from `directory` one at a
         time, and the gate's index is built now and kept in the folder, so no question rebuilds it.
         Pieces are tokenized one by one: cut them before a space (as `text_pieces` does) to keep the
-        tokens identical to tokenizing the whole text. To share the work among the processes of
+        tokens identical to tokenizing the whole text. A folder left by an interrupted call (shards, no
+        index) is resumed: the chunks already written are checked against their blocks and skipped; other
+        text or settings raise `BankMismatchError`. To share the work among the processes of
         `accelerate launch`, call `compressmem.distributed.compress_distributed` in each instead.
         """
         bank = compress_into_folder(self.builder, self.tokenizer, pieces, directory, processes,

@@ -23,7 +23,7 @@ from compressmem import (
     MemoryConfig,
     ReadingConfig,
 )
-from compressmem.bank import BankPart, BlockInfo, merge_parts
+from compressmem.bank import BankPart, BlockInfo, Entry, merge_parts
 from compressmem.distributed import Processes, ProcessMismatchError, compress_distributed, compress_into_folder
 from compressmem.embedded import embedded_model_folder
 
@@ -61,17 +61,25 @@ def _info(start: int) -> BlockInfo:
     return BlockInfo(0, start, (start, start + 10), 64, 16, 5000)
 
 
+def _entry(start: int, shard: int) -> Entry:
+    return Entry(_info(start), shard, [start + 1, 0, 0, 0])
+
+
+def _shard(number: int) -> dict:
+    return {"file": f"blocks-{number:05d}.safetensors", "bytes": 100 + number, "sha256": str(number)}
+
+
 def test_merge_lists_every_writers_blocks_in_document_order():
-    late = BankPart(1, ["blocks-00001.safetensors"], {3: (_info(192), 0), 2: (_info(128), 0)})
-    early = BankPart(0, ["blocks-00000.safetensors", "blocks-00002.safetensors"], {0: (_info(0), 0), 1: (_info(64), 1)})
+    late = BankPart(1, [_shard(1)], {3: _entry(192, 0), 2: _entry(128, 0)})
+    early = BankPart(0, [_shard(0), _shard(2)], {0: _entry(0, 0), 1: _entry(64, 1)})
     shards, ranks, rows = merge_parts([late, early])
-    assert shards == ["blocks-00000.safetensors", "blocks-00002.safetensors", "blocks-00001.safetensors"]
+    assert shards == [_shard(0), _shard(2), _shard(1)]
     assert ranks == [0, 0, 1]
-    assert rows == [(_info(0), 0), (_info(64), 1), (_info(128), 2), (_info(192), 2)]
+    assert rows == [_entry(0, 0), _entry(64, 1), _entry(128, 2), _entry(192, 2)]
     with pytest.raises(ValueError, match=r"blocks \[2\] of the document were written by no process"):
-        merge_parts([early, BankPart(1, ["b"], {3: (_info(192), 0)})])
+        merge_parts([early, BankPart(1, [_shard(1)], {3: _entry(192, 0)})])
     with pytest.raises(ValueError, match=r"blocks \[1\] were written by more than one process"):
-        merge_parts([early, BankPart(1, ["b"], {1: (_info(64), 0), 2: (_info(128), 0)})])
+        merge_parts([early, BankPart(1, [_shard(1)], {1: _entry(64, 0), 2: _entry(128, 0)})])
 
 
 def thread_processes(count: int) -> list[Processes]:

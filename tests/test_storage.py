@@ -60,6 +60,6 @@ def test_stream_errors_are_clear(tokenizer, tmp_path):
         model.compress_stream(iter([""]), tmp_path / "empty")
     with pytest.raises(ContextError, match="str pieces"):
         model.compress_stream(iter([b"bytes"]), tmp_path / "bytes")
-    model.compress_stream(iter(["some text to keep"]), tmp_path / "kept")
+    kept = model.compress_stream(iter(["some text to keep"]), tmp_path / "kept")
     with pytest.raises(FileExistsError, match="already holds a memory bank"):
-        BankWriter(tmp_path / "kept")
+        BankWriter(tmp_path / "kept", kept.provenance)

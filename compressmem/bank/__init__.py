@@ -5,9 +5,8 @@ from .bank import Blocks, BlockStore, DerivedIndex, MemoryBank, MemoryStore
 from .block import BlockInfo, MemoryBlock
 from .kept import KeptBlock, KeptKV
 from .provenance import BankMismatchError, BankNeeds, Provenance
-from .storage import BankPart, BankWriter, Prefix, kv_layout, merge_parts, write_index
+from .storage import BankPart, BankWriter, Entry, Prefix, kv_layout, merge_parts, write_index
 
 __all__ = ["BankMismatchError", "BankNeeds", "BankPart", "BankWriter", "BlockInfo", "BlockStore", "Blocks",
-           "DerivedIndex", "KeptBlock", "KeptKV", "MemoryBank", "MemoryBlock", "MemoryStore", "Prefix", "Provenance",
-           "kv_layout",
-           "merge_parts", "write_index"]
+           "DerivedIndex", "Entry", "KeptBlock", "KeptKV", "MemoryBank", "MemoryBlock", "MemoryStore", "Prefix",
+           "Provenance", "kv_layout", "merge_parts", "write_index"]

@@ -46,6 +46,8 @@ class BlockStore(Protocol):
 
     def derived_items(self) -> dict[str, DerivedIndex]: ...
 
+    def verify(self, show_progress: bool = False) -> None: ...
+
 
 class MemoryStore:
     """Blocks held in memory (on any device); gate indexes built for them are kept in memory too."""
@@ -78,6 +80,9 @@ class MemoryStore:
         with self._lock:
             return dict(self._derived)
 
+    def verify(self, show_progress: bool = False) -> None:
+        """Nothing to check: blocks in memory are the ones made."""
+
 
 class SubsetStore:
     """Some blocks of another store, in a given order; its gate indexes are its own."""
@@ -106,6 +111,9 @@ class SubsetStore:
 
     def derived_items(self) -> dict[str, DerivedIndex]:
         return self._own.derived_items()
+
+    def verify(self, show_progress: bool = False) -> None:
+        self.store.verify(show_progress)
 
 
 class Blocks(Sequence):
@@ -239,21 +247,33 @@ class MemoryBank:
         if not folder:
             write_file(path, self.blocks, self.prefix, self.provenance, self.kv, derived)
             return
-        writer = BankWriter(path, shard_blocks)
+        writer = BankWriter(path, self.provenance, shard_blocks)
         for block in self.blocks:
             writer.add(block)
-        write_index(path, [writer.finish()], self.prefix, self.provenance, self.kv)
+        write_index(path, [writer.finish()], self.prefix, self.provenance)
         stored = MemoryBank.load(path).store
         for name, (tensors, metadata) in derived.items():
             stored.keep_derived(name, tensors, metadata)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str | None = None) -> "MemoryBank":
-        """Open a bank saved by `save` or `compress_stream` (or by release 0.1): its blocks stay on disk and
-        are read one at a time, onto `device` when given."""
+    def load(cls, path: str | Path, device: torch.device | str | None = None, *, verify: bool = False,
+             show_progress: bool = False) -> "MemoryBank":
+        """Open a bank saved by `save` or `compress_stream` (or by an earlier release): its blocks stay on disk
+        and are read one at a time, onto `device` when given.
+
+        Opening checks the bank's seal, its shards' sizes and which blocks each holds, and every block read
+        is checked against its digests, so a damaged or mixed bank raises `BankMismatchError` naming the
+        file. With `verify`, every shard's hash and every block are checked now (`verify()`)."""
         store, prefix, provenance, kv = read_bank(path)
         bank = cls(store, prefix, provenance, kv)
+        if verify:
+            bank.verify(show_progress=show_progress)
         return bank if device is None else bank.to(device)
+
+    def verify(self, *, show_progress: bool = False) -> None:
+        """Read the whole bank back and raise `BankMismatchError` at the first shard or block that is not what
+        was written (a bank on disk; one in memory has nothing to check)."""
+        self.store.verify(show_progress)
 
     def derived(self, name: str) -> DerivedIndex | None:
         """The gate index `name` kept with this bank, or None."""

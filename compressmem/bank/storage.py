@@ -12,39 +12,53 @@ rebuilds them.
 Writing never holds more than one shard in memory; reading loads a block only when it is asked for,
 so a bank of millions of tokens costs disk, not RAM, and its size and token counts come from the
 index. Several processes can fill one folder (`compressmem.distributed`): each writes its own
-shards, one index lists them all. Banks written by release 0.1 (format 1, a folder or a file) are
-read too.
+shards, one index lists them all. Banks written by release 0.1 (format 1, a folder or a file) and
+release 0.2 (format 2) are read too.
+
+A bank is sealed (format 3, `integrity`): every block's fields have digests in the table, every shard
+its size and SHA-256 in the index, and the index a seal over itself, the table and the prefix. Opening
+checks the seal, the shards' sizes and the blocks each shard records; reading a block checks its
+digests; `MemoryBank.verify` reads everything back. A shard is written under a temporary name and
+renamed when complete, and records its blocks, so an interrupted compression is resumed
+(`BankWriter(resume=True)`) rather than left half-written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..config import CompressionConfig
 from ..hf.fingerprint import BaseFingerprint
 from ..quantize import CHANNELS, TOKENS, Quantized
 from .block import BlockInfo, BlockTable, MemoryBlock
+from .integrity import FIELDS, QUANTIZED_PARTS, field_digests, file_sha256, seal, tensor_digest
 from .memo import Memo
 from .provenance import BankMismatchError, Provenance
+
+logger = logging.getLogger(__name__)
 
 INDEX = "bank.json"
 PREFIX_FILE = "prefix.safetensors"
 TABLE_FILE = "table.safetensors"
 TABLE_TENSOR = "block_table"
 FORMAT = "compressmem.MemoryBank"
-FORMAT_VERSION = 2
-FIELDS = ("token_ids", "keys", "values", "positions")
+DIGESTS_TENSOR = "block_digests"
+FORMAT_VERSION = 3
+KEY = "{index}.{field}"
 
 
 @dataclass(frozen=True)
@@ -65,14 +79,24 @@ class Prefix:
         return cls(tensors["prefix_ids"].long(), tensors.get("prefix_keys"), tensors.get("prefix_values"))
 
 
+class Entry(NamedTuple):
+    """A block as a writer recorded it: its info, its shard (an index into the part's `shards`) and the digests
+    of its stored fields (`integrity.FIELDS` order)."""
+
+    info: BlockInfo
+    shard: int
+    digests: list[int]
+
+
 @dataclass
 class BankPart:
-    """What one writer put in a bank folder: its shards and, per block it wrote, the block's info and shard
-    (an index into this part's own `shards`)."""
+    """What one writer put in a bank folder: its shards (file name, size in bytes, SHA-256), its blocks by their
+    place in the document, and the layout of their KV."""
 
     rank: int
-    shards: list[str] = field(default_factory=list)
-    blocks: dict[int, tuple[BlockInfo, int]] = field(default_factory=dict)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    blocks: dict[int, Entry] = field(default_factory=dict)
+    kv: dict[str, Any] | None = None
 
 
 class BankWriter:
@@ -81,10 +105,14 @@ class BankWriter:
     The only writer of a folder calls `finish()` and then `write_index`; with several writers on one
     folder (one per process: `rank` of `world_size`), each calls `finish()` and one of them merges the
     parts with `write_index`. Writer `rank`'s k-th shard is number `k * world_size + rank`, so the
-    writers' file names never collide.
+    writers' file names never collide. A shard is written under a temporary name and renamed when
+    complete, and records its blocks, so a folder whose writing was interrupted (shards, no index)
+    is resumed by a writer made with `resume=True` and the same `provenance` and `world_size`: it
+    keeps the complete shards and `has` their blocks; a partial shard is discarded.
     """
 
-    def __init__(self, directory: str | Path, shard_blocks: int = 256, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, directory: str | Path, provenance: Provenance, shard_blocks: int = 256, rank: int = 0,
+                 world_size: int = 1, resume: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in 0..{world_size - 1} for {world_size} writers; got {rank}.")
         if isinstance(shard_blocks, bool) or not isinstance(shard_blocks, int) or shard_blocks < 1:
@@ -95,19 +123,46 @@ class BankWriter:
             raise FileExistsError(f"{self.directory} already holds a memory bank; choose an empty folder.")
         self.shard_blocks = shard_blocks
         self.world_size = world_size
+        self.identity = provenance_identity(provenance)
         self.part = BankPart(rank)
         self._pending: dict[str, torch.Tensor] = {}
-        self._pending_blocks = 0
+        self._rows: list[list[int]] = []
+        interrupted = interrupted_shards(self.directory)
+        if interrupted and not resume:
+            raise FileExistsError(
+                f"{self.directory} holds {len(interrupted)} shards of an interrupted compression: resume it (run "
+                "compress_stream again with the same text and settings), or choose an empty folder.")
+        if interrupted:
+            self._resume(interrupted)
+
+    def has(self, index: int) -> bool:
+        """Whether block `index` is already written (in a complete shard, or queued for the next one)."""
+        return index in self.part.blocks
+
+    def check_resumed(self, index: int, chunk_ids: torch.Tensor, info: tuple) -> None:
+        """Raise `BankMismatchError` unless resumed block `index` was made from these token ids at this place
+        (`info`: document, token start, character span): the interrupted run read the same text."""
+        entry = self.part.blocks[index]
+        same_place = (entry.info.document, entry.info.token_start, entry.info.char_span) == info
+        if not same_place or entry.digests[0] != tensor_digest([chunk_ids.to(torch.int32)]):
+            raise BankMismatchError(
+                f"{self.directory} holds an interrupted compression of another text: its block {index} differs from "
+                "the text given now. Give the same text to resume it, or choose an empty folder.")
 
     def add(self, block: MemoryBlock, index: int | None = None) -> None:
         """Queue `block` as the document's block number `index` (default: after the last one added)."""
         index = len(self.part.blocks) if index is None else index
         if index in self.part.blocks:
             raise ValueError(f"block {index} was already written to {self.directory}.")
-        self._pending.update(block_tensors(block, index))
-        self._pending_blocks += 1
-        self.part.blocks[index] = (block.info, len(self.part.shards))
-        if self._pending_blocks == self.shard_blocks:
+        names = {f: KEY.format(index=index, field=f) for f in FIELDS}
+        tensors = block_tensors(block, index)
+        digests = field_digests(tensors, names)
+        self._pending.update(tensors)
+        info = block.info
+        self._rows.append([index, *_info_row(info), *(f"{d:016x}" for d in digests)])  # fixed width
+        self.part.blocks[index] = Entry(info, len(self.part.shards), digests)
+        self.part.kv = self.part.kv or kv_layout(block)
+        if len(self._rows) == self.shard_blocks:
             self._flush()
 
     def finish(self) -> BankPart:
@@ -119,11 +174,84 @@ class BankWriter:
         if not self._pending:
             return
         number = len(self.part.shards) * self.world_size + self.part.rank
-        name = f"blocks-{number:05d}.safetensors"
-        save_file(self._pending, str(self.directory / name))
-        self.part.shards.append(name)
+        path = self.directory / f"blocks-{number:05d}.safetensors"
+        partial = path.with_name(path.name + ".partial")
+        metadata = {"format": FORMAT, "rank": str(self.part.rank), "world_size": str(self.world_size),
+                    "identity": self.identity, "blocks": json.dumps(self._rows), "kv": json.dumps(self.part.kv)}
+        save_file(self._pending, str(partial), metadata=metadata)
+        os.replace(partial, path)
+        self.part.shards.append(_shard_record(path))
         self._pending = {}
-        self._pending_blocks = 0
+        self._rows = []
+
+    def _resume(self, shards: list[Path]) -> None:
+        """Take over this writer's complete shards of an interrupted run; remove its partial ones."""
+        for partial in self.directory.glob("blocks-*.safetensors.partial"):
+            if _shard_number(partial) % self.world_size == self.part.rank:
+                partial.unlink(missing_ok=True)
+        for path in shards:
+            number = _shard_number(path)
+            metadata = _shard_metadata(path)
+            if int(metadata.get("world_size", -1)) != self.world_size or metadata.get("identity") != self.identity:
+                raise BankMismatchError(
+                    f"{self.directory} holds an interrupted compression made with other settings, another model or "
+                    f"{metadata.get('world_size')} processes ({path.name}); resume it with the same ones, or choose "
+                    "an empty folder.")
+            if number % self.world_size != self.part.rank:
+                continue
+            if number != len(self.part.shards) * self.world_size + self.part.rank:
+                raise BankMismatchError(f"{self.directory} lacks a shard before {path.name}; its interrupted "
+                                        "compression cannot be resumed: choose an empty folder.")
+            for row in json.loads(metadata["blocks"]):
+                self.part.blocks[row[0]] = Entry(_row_info(row[1:8]), len(self.part.shards), _digests(row))
+            self.part.kv = self.part.kv or json.loads(metadata.get("kv", "null"))
+            self.part.shards.append(_shard_record(path))
+
+
+def interrupted_shards(directory: Path) -> list[Path]:
+    """The complete shards in a folder that has no index: what an interrupted compression left, in order."""
+    if (directory / INDEX).exists():
+        return []
+    return sorted(p for p in directory.glob("blocks-*.safetensors") if _shard_number(p) >= 0)
+
+
+def _shard_number(path: Path) -> int:
+    """The number in a shard's name (`blocks-00012.safetensors` is 12), or -1 for another file."""
+    number = path.name.removeprefix("blocks-").split(".")[0]
+    return int(number) if number.isdigit() else -1
+
+
+def provenance_identity(provenance: Provenance) -> str:
+    """A short hash of how a bank is built (model, chunking, compression, layers): writers that share a folder,
+    or resume one, must agree on it."""
+    return hashlib.sha256(json.dumps(provenance.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _shard_record(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _shard_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise BankMismatchError(f"{path} is not a readable bank shard ({error}); the bank is damaged.") from None
+
+
+def _info_row(info: BlockInfo) -> list[int]:
+    return [info.document, info.token_start, *(info.char_span or (-1, -1)), info.num_tokens, info.num_entries,
+            info.num_bytes]
+
+
+def _digests(row: list) -> list[int]:
+    """The digests a shard records for a block (after its index and info), as ints."""
+    return [int(digest, 16) for digest in row[8:]]
+
+
+def _row_info(row: Sequence[int]) -> BlockInfo:
+    document, start, char_start, char_end, tokens, entries, size = row
+    return BlockInfo(document, start, None if char_start < 0 else (char_start, char_end), tokens, entries, size)
 
 
 def block_tensors(block: MemoryBlock, index: int, key: str = "{index}.{field}") -> dict[str, torch.Tensor]:
@@ -142,20 +270,21 @@ def block_tensors(block: MemoryBlock, index: int, key: str = "{index}.{field}") 
     return {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
 
 
-def merge_parts(parts: Sequence[BankPart]) -> tuple[list[str], list[int], list[tuple[BlockInfo, int]]]:
-    """The writers' parts as one index: every shard with the rank that wrote it, every block in document order.
+def merge_parts(parts: Sequence[BankPart]) -> tuple[list[dict[str, Any]], list[int], list[Entry]]:
+    """The writers' parts as one index: every shard with the rank that wrote it, every block in document order
+    (its shard counted over all parts).
 
     Raises `ValueError` when the parts do not hold blocks `0..n-1` exactly once (a writer missed or
     repeated some).
     """
-    shards: list[str] = []
+    shards: list[dict[str, Any]] = []
     shard_ranks: list[int] = []
-    rows: dict[int, tuple[BlockInfo, int]] = {}
+    rows: dict[int, Entry] = {}
     for part in sorted(parts, key=lambda p: p.rank):
         repeated = sorted(rows.keys() & part.blocks.keys())
         if repeated:
             raise ValueError(f"blocks {repeated[:5]} were written by more than one process.")
-        rows.update({i: (info, shard + len(shards)) for i, (info, shard) in part.blocks.items()})
+        rows.update({i: entry._replace(shard=entry.shard + len(shards)) for i, entry in part.blocks.items()})
         shards += part.shards
         shard_ranks += [part.rank] * len(part.shards)
     missing = sorted(set(range(len(rows))) - rows.keys())
@@ -164,34 +293,45 @@ def merge_parts(parts: Sequence[BankPart]) -> tuple[list[str], list[int], list[t
     return shards, shard_ranks, [rows[i] for i in range(len(rows))]
 
 
-def write_index(directory: str | Path, parts: Sequence[BankPart], prefix: Prefix, provenance: Provenance,
-                kv: dict[str, Any] | None) -> None:
-    """Write `prefix.safetensors` and the one `bank.json` listing every writer's blocks (the index last,
-    atomically, so a folder with an index is a complete bank)."""
+def write_index(directory: str | Path, parts: Sequence[BankPart], prefix: Prefix, provenance: Provenance) -> None:
+    """Write `prefix.safetensors`, the block table and the one `bank.json` listing every writer's blocks, sealed
+    (the index last, atomically, so a folder with an index is a complete bank)."""
     directory = Path(directory)
     shards, shard_ranks, rows = merge_parts(parts)
-    save_file(prefix.tensors(), str(directory / PREFIX_FILE))
-    table = BlockTable.of([info for info, _ in rows], [shard for _, shard in rows])
-    save_file({TABLE_TENSOR: table.table}, str(directory / TABLE_FILE))
-    listed = [{"file": name, "rank": rank} for name, rank in zip(shards, shard_ranks)]
-    index = _index(provenance, kv, PREFIX_FILE, listed, len(table))
+    prefix_tensors, table_tensors = prefix.tensors(), _table_tensors(rows)
+    save_file(prefix_tensors, str(directory / PREFIX_FILE))
+    save_file(table_tensors, str(directory / TABLE_FILE))
+    listed = [{**shard, "rank": rank} for shard, rank in zip(shards, shard_ranks)]
+    kv = next((part.kv for part in parts if part.kv is not None), None)
+    index = _index(provenance, kv, PREFIX_FILE, listed, len(rows))
+    index["seal"] = seal(index, {**prefix_tensors, **table_tensors})
     partial = directory / f"{INDEX}.partial"
     partial.write_text(json.dumps(index), encoding="utf-8")
     os.replace(partial, directory / INDEX)
 
 
+def _table_tensors(rows: Sequence[Entry]) -> dict[str, torch.Tensor]:
+    """The block table and the blocks' digests, as stored."""
+    table = BlockTable.of([entry.info for entry in rows], [entry.shard for entry in rows])
+    digests = torch.tensor([entry.digests for entry in rows], dtype=torch.int64).reshape(-1, len(FIELDS))
+    return {TABLE_TENSOR: table.table, DIGESTS_TENSOR: digests}
+
+
 def write_file(path: str | Path, blocks: Iterable[MemoryBlock], prefix: Prefix, provenance: Provenance,
                kv: dict[str, Any] | None, derived: dict[str, tuple[dict[str, torch.Tensor], dict]]) -> None:
-    """Write a whole bank as one safetensors file, its index in the metadata (no pickle)."""
+    """Write a whole bank as one safetensors file, its sealed index in the metadata (no pickle)."""
     tensors = prefix.tensors()
-    infos = []
+    rows = []
     for i, block in enumerate(blocks):
-        tensors.update(block_tensors(block, i))
-        infos.append(block.info)
-    tensors[TABLE_TENSOR] = BlockTable.of(infos).table
+        stored = block_tensors(block, i)
+        tensors.update(stored)
+        rows.append(Entry(block.info, 0, field_digests(stored, {f: KEY.format(index=i, field=f) for f in FIELDS})))
+    table_tensors = _table_tensors(rows)
+    tensors.update(table_tensors)
     for name, (named, _) in derived.items():
         tensors.update({f"derived.{name}.{key}": value.contiguous().cpu() for key, value in named.items()})
-    index = _index(provenance, kv, "", [{"file": "", "rank": 0}], len(infos))
+    index = _index(provenance, kv, "", [{"file": "", "rank": 0}], len(rows))
+    index["seal"] = seal(index, {**prefix.tensors(), **table_tensors})
     index["derived"] = {name: meta for name, (_, meta) in derived.items()}
     save_file(tensors, str(path), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
                                             "index": json.dumps(index)})
@@ -215,20 +355,26 @@ def _index(provenance: Provenance, kv: dict[str, Any] | None, prefix_file: str, 
 class ShardStore:
     """The blocks of a bank on disk, loaded from their shard on each access (never cached).
 
-    `files[s]` is shard `s`; `key` names a block's tensors (`{index}.{field}`). Gate indexes built for
-    the bank are read from, and written to, the folder beside it (`derived-NAME.safetensors`); a
-    single-file bank keeps the ones it was saved with and, in this process, those built since.
+    `files[s]` is shard `s`; `key` names a block's tensors (`{index}.{field}`). A sealed bank (format 3)
+    has `digests` `[blocks, 4]`, checked whenever a block or its token ids are read, and `seal`, which the
+    gate indexes kept with it carry. Gate indexes built for the bank are read from, and written to, the
+    folder beside it (`derived-NAME.safetensors`); a single-file bank keeps the ones it was saved with and,
+    in this process, those built since.
     """
 
     def __init__(self, root: Path, files: list[Path], infos: BlockTable, compression: CompressionConfig | None = None,
-                 key: str = "{index}.{field}",
-                 derived: dict[str, tuple[dict[str, torch.Tensor], dict]] | None = None) -> None:
+                 key: str = KEY, derived: dict[str, tuple[dict[str, torch.Tensor], dict]] | None = None,
+                 digests: torch.Tensor | None = None, seal: str | None = None,
+                 shards: list[dict[str, Any]] | None = None) -> None:
         self.root = root
         self.files = files
+        self.shards = shards or []  # the index's record of each shard (size, SHA-256), in a sealed folder
         self.infos = infos
         self.shard_of = infos.column("shard").tolist()
         self.compression = compression  # how its KV was quantized, to read it back
         self.key = key
+        self.digests = digests
+        self.seal = seal
         self.device = torch.device("cpu")
         self.memo = Memo()
         self._derived = dict(derived or {})
@@ -239,27 +385,44 @@ class ShardStore:
 
     def load(self, index: int) -> MemoryBlock:
         info = self.infos[index]
+        names = {f: self.key.format(index=index, field=f) for f in FIELDS}
         with safe_open(str(self.files[self.shard_of[index]]), framework="pt", device=str(self.device)) as handle:
-            names = set(handle.keys())
-            tensors = {f: self._field(handle, names, self.key.format(index=index, field=f), f) for f in FIELDS}
-        if tensors["token_ids"] is None:
+            present = set(handle.keys())
+            stored = {name + part: handle.get_tensor(name + part) for name in names.values()
+                      for part in QUANTIZED_PARTS if name + part in present}
+        if names["token_ids"] not in stored:
             raise BankMismatchError(f"{self.files[self.shard_of[index]]} lacks block {index}: the bank is damaged.")
+        self._check_digests(index, field_digests(stored, names), FIELDS)
+        tensors = {f: self._field(stored, names[f], f) for f in FIELDS}
         tensors["token_ids"] = self._checked_ids(index, tensors["token_ids"])
         return MemoryBlock(**tensors, document=info.document, token_start=info.token_start, char_span=info.char_span)
 
-    def _field(self, handle, names: set[str], name: str, field: str) -> torch.Tensor | Quantized | None:
+    def _field(self, stored: dict[str, torch.Tensor], name: str, field: str) -> torch.Tensor | Quantized | None:
         """One stored field of a block: a tensor, a quantized one (codes, scales, zeros), or None."""
-        if name not in names:
+        if name not in stored:
             return None
-        if f"{name}.scales" not in names:
-            return handle.get_tensor(name)
+        if f"{name}.scales" not in stored:
+            return stored[name]
         bits, group = self.compression.bits, self.compression.group
-        return Quantized(handle.get_tensor(name), handle.get_tensor(f"{name}.scales"),
-                         handle.get_tensor(f"{name}.zeros"), bits, group, TOKENS if field == "keys" else CHANNELS)
+        return Quantized(stored[name], stored[f"{name}.scales"], stored[f"{name}.zeros"], bits, group,
+                         TOKENS if field == "keys" else CHANNELS)
 
     def token_ids(self, index: int) -> torch.Tensor:
         with safe_open(str(self.files[self.shard_of[index]]), framework="pt") as handle:
-            return self._checked_ids(index, handle.get_tensor(self.key.format(index=index, field="token_ids")))
+            ids = handle.get_tensor(self.key.format(index=index, field="token_ids"))
+        self._check_digests(index, [tensor_digest([ids])], FIELDS[:1])
+        return self._checked_ids(index, ids)
+
+    def _check_digests(self, index: int, found: list[int], fields: tuple[str, ...]) -> None:
+        """Refuse block `index` unless what was read of its `fields` is what was written (a sealed bank)."""
+        if self.digests is None:
+            return
+        expected = self.digests[index, : len(fields)].tolist()
+        wrong = [field for field, a, b in zip(fields, found, expected) if a != b]
+        if wrong:
+            raise BankMismatchError(
+                f"Block {index}'s {', '.join(wrong)} in {self.files[self.shard_of[index]]} are not what was written "
+                "(their digest differs from the bank's table): the file is damaged or was replaced. Rebuild the bank.")
 
     def _checked_ids(self, index: int, ids: torch.Tensor) -> torch.Tensor:
         """Block `index`'s stored token ids as int64, refused unless they are integers, as many as the block
@@ -272,8 +435,19 @@ class ShardStore:
                 "damaged or mixes another bank's files.")
         return ids.long()
 
+    def verify(self, show_progress: bool = False) -> None:
+        """Read the whole bank back: every shard's SHA-256 against the index (a sealed folder's) and every block
+        against its digests; raise `BankMismatchError` at the first difference."""
+        for path, shard in zip(self.files, self.shards):
+            if "sha256" in shard and file_sha256(path) != shard["sha256"]:
+                raise BankMismatchError(f"{path} is not the shard this bank's index lists (its SHA-256 differs): "
+                                        "the file is damaged or was replaced. Rebuild the bank.")
+        for index in tqdm(range(len(self)), desc="Verifying", unit="block", disable=not show_progress):
+            self.load(index)
+
     def derived(self, name: str) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """A gate index stored with the bank: its tensors and metadata, or None if none was stored."""
+        """A gate index stored with the bank: its tensors and metadata, or None if none was stored (or the one
+        beside it was built for another bank)."""
         with self._lock:
             if name in self._derived:
                 return self._derived[name]
@@ -282,6 +456,9 @@ class ShardStore:
             return None
         with safe_open(str(path), framework="pt") as handle:
             metadata = json.loads((handle.metadata() or {}).get("metadata", "{}"))
+        if self.seal is not None and metadata.get("bank") != self.seal:
+            logger.warning("%s was built for another bank; it is rebuilt.", path)
+            return None
         found = (load_file(str(path)), metadata)
         with self._lock:
             self._derived[name] = found
@@ -298,7 +475,7 @@ class ShardStore:
         partial = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.partial")
         try:
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(partial),
-                      metadata={"metadata": json.dumps(metadata)})
+                      metadata={"metadata": json.dumps({**metadata, "bank": self.seal})})
             os.replace(partial, path)
         except OSError:  # a read-only bank still answers; the index is rebuilt in the next process
             partial.unlink(missing_ok=True)
@@ -309,52 +486,87 @@ class ShardStore:
 
 
 def read_bank(path: str | Path) -> tuple[ShardStore, Prefix, Provenance, dict[str, Any] | None]:
-    """Open the bank at `path` (a folder or a `.safetensors` file, this format or release 0.1's): its blocks
-    stay on disk; returns the store, the prefix, how it was built and its KV layout."""
+    """Open the bank at `path` (a folder or a `.safetensors` file, this format or an earlier one): its blocks
+    stay on disk; returns the store, the prefix, how it was built and its KV layout.
+
+    A sealed bank (format 3) is refused, naming the file, when its index, table or prefix differ from what
+    was written, when a shard is missing, of another size, or holds another bank's blocks."""
     path = Path(path)
     if path.is_dir():
         return _read_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"No memory bank at {path}: it is neither a bank folder nor a .safetensors file.")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types for files that are not safetensors
-        raise BankMismatchError(f"{path} is not a compressmem memory bank ({error}).") from None
+    metadata = _shard_metadata(path)
     if metadata.get("format") != FORMAT:
         raise BankMismatchError(f"{path} is not a compressmem memory bank (no bank metadata in the file).")
     version = _version(metadata.get("format_version"), path)
     if version == 1:
         return _read_legacy_file(path, metadata)
     index = _parse_json(metadata.get("index"), path)
-    tensors = _tensors(path, ("prefix_ids", "prefix_keys", "prefix_values", TABLE_TENSOR))
+    tensors = _tensors(path, ("prefix_ids", "prefix_keys", "prefix_values", TABLE_TENSOR, DIGESTS_TENSOR))
+    _check_seal(index, tensors, version, path)
     derived = _derived_from_file(path, index.get("derived", {}))
-    store, provenance, kv = _store(path, [path], index, tensors.get(TABLE_TENSOR), derived)
+    store, provenance, kv = _store(path, [path], index, tensors, derived)
     return store, Prefix.from_tensors(tensors), provenance, kv
 
 
 def _read_folder(directory: Path) -> tuple[ShardStore, Prefix, Provenance, dict[str, Any] | None]:
     path = directory / INDEX
     if not path.is_file():
+        shards = interrupted_shards(directory)
+        if shards:
+            raise BankMismatchError(
+                f"{directory} is an incomplete bank: its compression was interrupted after {len(shards)} shards, "
+                f"before {INDEX} was written. Run the same compress_stream into it again to resume.")
         raise BankMismatchError(f"{directory} is not a compressmem bank folder ({INDEX} is missing).")
     index = _parse_json(path.read_text(encoding="utf-8"), path)
     if index.get("format") != FORMAT:
         raise BankMismatchError(f"{path} is not a compressmem bank index.")
     version = _version(index.get("format_version"), directory)
-    prefix = Prefix.from_tensors(load_file(str(directory / PREFIX_FILE)))
+    prefix_tensors = _tensors(directory / PREFIX_FILE, ("prefix_ids", "prefix_keys", "prefix_values"))
+    prefix = Prefix.from_tensors(prefix_tensors)
     if version == 1:
         return _legacy_folder_store(directory, index, prefix)
-    files = [_inside(directory, shard["file"]) for shard in index["shards"]]
-    table = _tensors(directory / TABLE_FILE, (TABLE_TENSOR,)).get(TABLE_TENSOR) if (directory / TABLE_FILE).is_file() \
-        else None
-    store, provenance, kv = _store(directory, files, index, table, None)
+    files = [_inside(directory, shard.get("file") if isinstance(shard, dict) else None)
+             for shard in index.get("shards", [])]
+    tensors = _tensors(directory / TABLE_FILE, (TABLE_TENSOR, DIGESTS_TENSOR)) \
+        if (directory / TABLE_FILE).is_file() else {}
+    _check_seal(index, {**prefix_tensors, **tensors}, version, path)
+    store, provenance, kv = _store(directory, files, index, tensors, None)
+    _check_shards(store)
     return store, prefix, provenance, kv
 
 
-def _store(root: Path, files: list[Path], index: dict[str, Any], table: torch.Tensor | None,
+def _check_seal(index: dict[str, Any], tensors: dict[str, torch.Tensor], version: int, where: Path) -> None:
+    """Refuse an index, block table or prefix edited or damaged since the bank was sealed (format 3 on)."""
+    if version >= 3 and index.get("seal") != seal(index, tensors):
+        raise BankMismatchError(
+            f"{where} does not match its seal: the bank's index, block table or prefix was edited or damaged "
+            "after it was written (e.g. layers reordered, blocks cut or repeated, another bank's table). "
+            "Rebuild the bank.")
+
+
+def _check_shards(store: ShardStore) -> None:
+    """Refuse shards of another size than written, or that record other blocks than the table's (a sealed bank)."""
+    if store.digests is None:
+        return
+    for number, (path, shard) in enumerate(zip(store.files, store.shards)):
+        if path.stat().st_size != shard.get("bytes"):
+            raise BankMismatchError(f"{path} holds {path.stat().st_size} bytes where the bank's index lists "
+                                    f"{shard.get('bytes')}: the shard is damaged or was replaced. Rebuild the bank.")
+        rows = json.loads(_shard_metadata(path).get("blocks", "[]"))
+        recorded = {row[0]: _digests(row) for row in rows}
+        listed = [i for i, s in enumerate(store.shard_of) if s == number]
+        if sorted(recorded) != listed or any(recorded[i] != store.digests[i].tolist() for i in listed):
+            raise BankMismatchError(f"{path} holds other blocks than this bank's index lists: it is another bank's "
+                                    "shard or was damaged. Rebuild the bank.")
+
+
+def _store(root: Path, files: list[Path], index: dict[str, Any], tensors: dict[str, torch.Tensor],
            derived: dict | None) -> tuple[ShardStore, Provenance, dict[str, Any] | None]:
     provenance = Provenance.from_dict(index["provenance"])
     kv = index.get("kv")
+    table = tensors.get(TABLE_TENSOR)
     if table is None or table.dim() != 2 or table.shape[0] != index.get("blocks"):
         raise BankMismatchError(f"The block table of {root} is missing or does not list the {index.get('blocks')} "
                                 "blocks its index counts: the bank is damaged.")
@@ -366,16 +578,18 @@ def _store(root: Path, files: list[Path], index: dict[str, Any], table: torch.Te
     if missing:
         raise BankMismatchError(f"{root} lacks {len(missing)} of its {len(files)} shards ({', '.join(missing[:3])}"
                                 f"{', ...' if len(missing) > 3 else ''}): the bank is incomplete.")
-    return ShardStore(root, files, infos, provenance.compression, derived=derived), provenance, kv
+    digests = tensors.get(DIGESTS_TENSOR)
+    shards = [shard for shard in index["shards"] if isinstance(shard, dict)]
+    return (ShardStore(root, files, infos, provenance.compression, derived=derived, digests=digests,
+                       seal=index.get("seal"), shards=shards), provenance, kv)
 
 
-def _inside(directory: Path, name: str) -> Path:
+def _inside(directory: Path, name: Any) -> Path:
     """`directory / name`, refusing names that would leave the folder."""
-    path = (directory / name).resolve()
-    if not isinstance(name, str) or path.parent != directory.resolve():
+    if not isinstance(name, str) or (directory / name).resolve().parent != directory.resolve():
         raise BankMismatchError(f"The index of {directory} names the file {name!r}, which is not inside the bank "
                                 "folder: the bank is damaged or was tampered with.")
-    return path
+    return (directory / name).resolve()
 
 
 def _version(value: Any, where: Path) -> int:

@@ -1,0 +1,62 @@
+"""What lets a bank prove it is read as written: a digest per stored field of every block, and a seal over
+the index.
+
+A block's digest covers each stored tensor's dtype, shape and bytes, so a flipped bit, a header that
+says float where ints were written, or another bank's shard in its place is caught when the block is
+read. The seal is a hash of the index (how the bank was built, its shards with their sizes and
+hashes) together with the block table, the digests and the prefix, so an edited `bank.json` (layers
+reordered, blocks cut) or table is caught when the bank is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FIELDS = ("token_ids", "keys", "values", "positions")
+QUANTIZED_PARTS = ("", ".scales", ".zeros")  # a quantized field is stored as its codes plus scales and zeros
+CHUNK_BYTES = 1 << 22
+
+
+def tensor_digest(tensors: Iterable[torch.Tensor]) -> int:
+    """A nonzero 63-bit digest (it fits an int64 tensor) of the tensors' dtypes, shapes and bytes, in order."""
+    hashed = hashlib.blake2b(digest_size=8)
+    for tensor in tensors:
+        tensor = tensor.detach().contiguous().cpu()
+        hashed.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
+        hashed.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return (int.from_bytes(hashed.digest(), "little") & (2**63 - 1)) or 1
+
+
+def field_digests(stored: dict[str, torch.Tensor], names: dict[str, str]) -> list[int]:
+    """Per field of one block (`FIELDS` order; `names[field]` is its stored name), the digest of what is stored
+    for it, or 0 where the block has no such field."""
+    digests = []
+    for field in FIELDS:
+        parts = [stored[names[field] + part] for part in QUANTIZED_PARTS if names[field] + part in stored]
+        digests.append(tensor_digest(parts) if parts else 0)
+    return digests
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in pieces."""
+    hashed = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while piece := handle.read(CHUNK_BYTES):
+            hashed.update(piece)
+    return hashed.hexdigest()
+
+
+def seal(index: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """The hash of an index and of the tensors it vouches for (table, digests, prefix); not of its own `seal`,
+    nor of the gate indexes kept with the bank (`derived`: caches, checked on their own)."""
+    unsealed = {k: v for k, v in index.items() if k not in ("seal", "derived")}
+    hashed = hashlib.sha256(json.dumps(unsealed, sort_keys=True).encode())
+    for name in sorted(tensors):
+        hashed.update(f"{name}:{tensor_digest([tensors[name]])};".encode())
+    return hashed.hexdigest()
