@@ -508,9 +508,15 @@ def _template(name: str, value: Any, keys: tuple[str, ...]) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {type(value).__name__}.")
     try:
-        fields = {parsed[1] for parsed in string.Formatter().parse(value) if parsed[1] is not None}
+        parsed = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(value)
+                  if field is not None]
     except ValueError as error:
         raise ConfigError(f"{name} is not a valid template ({error}); write a literal brace as {{{{ or }}}}.") from None
+    fields = {field for field, _, _ in parsed}
+    dressed = [field for field, spec, conversion in parsed if spec or conversion]
+    if dressed:  # `{notes!r}` or `{question:>{notes}}` would put reprs or computed text in the prompt
+        raise ConfigError(f"{name} may hold only plain placeholders, without a conversion or format spec; got "
+                          f"{['{' + f + '...}' for f in dressed]}. Write {{question}} or {{notes}}.")
     missing = [k for k in keys if k not in fields]
     if missing:
         raise ConfigError(f"{name} must contain the placeholders {['{' + k + '}' for k in missing]}.")

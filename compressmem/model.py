@@ -252,6 +252,7 @@ class CompressedMemoryModel:
         bank = _renamed("memory", memory, "bank", bank, "generate")
         input_ids = generation_kwargs.pop("inputs", input_ids)
         _check_prompt(input_ids, attention_mask, len(self.tokenizer))
+        _check_lengths(generation_kwargs)
         if context is not None and bank is not None:
             raise ValueError("Pass either context= (text or ids to compress now) or bank= (a MemoryBank), not both.")
         rows = _unpadded_rows(input_ids, attention_mask)
@@ -471,6 +472,14 @@ def _check_prompt(input_ids: Any, attention_mask: Any, vocabulary: int) -> None:
     if attention_mask is not None and not bool(attention_mask.bool().any(dim=1).all()):
         raise ValueError("A row's attention_mask is all zeros, so that row has no prompt: give every row at least "
                          "one token to attend to.")
+
+
+def _check_lengths(generation_kwargs: dict[str, Any]) -> None:
+    """Refuse answer lengths `generate()` could not honour before any block is read, not after."""
+    for name, least in (("max_new_tokens", 1), ("min_new_tokens", 0), ("max_length", 1)):
+        value = generation_kwargs.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}.")
 
 
 def _unpadded_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:

@@ -102,7 +102,9 @@ def test_a_gate_needs_a_selection_rule():
 
 
 @pytest.mark.parametrize("template", ["{question} {notes} {extra}", "{question} {notes} {", "{question} }{notes}",
-                                      "{question} {notes} {0}"])
+                                      "{question} {notes} {0}", "{question} {notes} {notes.__len__}",
+                                      "{question.__class__.__mro__} {notes}", "{question!r} {notes}",
+                                      "{question:>{notes}} {notes}", "{question} {notes[0]}", "{question} {notes!s}"])
 def test_templates_that_would_fail_at_run_time_are_refused(template):
     with pytest.raises(ConfigError, match="answer_template"):
         PromptConfig(answer_template=template)

@@ -13,7 +13,7 @@ from compressmem.eval import MODES, TASKS, markdown, run_eval, summarize
 from .conftest import tiny_model, tiny_wrapper
 
 HAYSTACK = Path(__file__).resolve().parents[1] / "examples" / "long_document.txt"
-NOTES = NotesConfig(note_tokens=4)
+NOTES = NotesConfig(note_tokens=4, max_tokens=128)  # reads fit the 512-token window
 CONFIG = MemoryConfig(chunking=ChunkingConfig(128), notes=NOTES)
 
 

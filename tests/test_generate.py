@@ -175,11 +175,17 @@ def test_bad_calls_get_clear_errors(tokenizer, essay_text, tmp_path):
         wrapper.generate(torch.tensor([[5, len(tokenizer)]]), context="text")
     with pytest.raises(ValueError, match="question is empty"):
         wrapper.generate(torch.tensor([[tokenizer.eos_token_id]]), context="text")
+    for name, value in (("max_new_tokens", 0), ("max_new_tokens", -1), ("min_new_tokens", -2), ("max_length", 2.5)):
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            wrapper.answer("What?", context="text", **{name: value})
     with pytest.raises(ValueError, match="iterable of text pieces"):
         wrapper.compress_stream("one string", tmp_path / "bank")
     assert not (tmp_path / "bank").exists(), "nothing is written for a refused stream"
-    with pytest.raises(ConfigError, match="One read needs at least"):
+    with pytest.raises(ConfigError, match="A read needs up to .*4096-token window"):
         tiny_wrapper("llama", tokenizer, MemoryConfig(notes=NotesConfig(note_tokens=10**6)))
+    with pytest.raises(ConfigError, match="notes of up to 1000000000.*NotesConfig\\(max_tokens"):
+        tiny_wrapper("llama", tokenizer, MemoryConfig(notes=NotesConfig(max_tokens=10**9)))
+    tiny_wrapper("llama", tokenizer, MemoryConfig(notes=NotesConfig(max_tokens=4096 - 512 - 48 - 160)))  # fits
 
 
 @pytest.mark.slow

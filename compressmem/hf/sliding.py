@@ -49,15 +49,16 @@ def check_sliding_window(model: PreTrainedModel, config: MemoryConfig) -> None:
 
 
 def check_read_fits(model: PreTrainedModel, config: MemoryConfig) -> None:
-    """Refuse settings under which one read cannot fit in the model's context window even with empty notes:
-    the chunk, the update prompt and what a read may write (`notes.budget`)."""
+    """Refuse settings under which a read cannot fit in the model's context window once the notes are full:
+    the chunk, the notes (`notes.max_tokens`), the update prompt and what a read may write (`notes.budget`)."""
     window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     if window is None:
         return
-    need = config.chunking.size + config.notes.budget + PROMPT_ALLOWANCE
+    notes = config.notes
+    need = config.chunking.size + notes.max_tokens + notes.budget + PROMPT_ALLOWANCE
     if need > window:
         raise ConfigError(
-            f"One read needs at least {need} tokens (chunks of {config.chunking.size}, up to {config.notes.budget} "
-            f"written per read, about {PROMPT_ALLOWANCE} of prompt), more than this model's {window}-token window: "
-            "use smaller chunks (ChunkingConfig(size=...)) or fewer tokens per read (NotesConfig(note_tokens=...), "
-            "or max_tokens when rewriting).")
+            f"A read needs up to {need} tokens (chunks of {config.chunking.size}, notes of up to {notes.max_tokens}, "
+            f"up to {notes.budget} written per read, about {PROMPT_ALLOWANCE} of prompt), more than this model's "
+            f"{window}-token window: use smaller chunks (ChunkingConfig(size=...)), shorter notes "
+            "(NotesConfig(max_tokens=...)) or fewer tokens per read (NotesConfig(note_tokens=...)).")
