@@ -149,8 +149,8 @@ class GateConfig:
                 raise ConfigError(f"gate.layers names a layer twice ({list(layers)}); list each layer once.")
             _set(self, "layers", layers)
         sharpness = DEFAULT_SHARPNESS if self.sharpness is None else self.sharpness
-        if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not sharpness > 0:
-            raise ConfigError(f"gate.sharpness must be a positive number, got {self.sharpness!r}.")
+        if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not 0 < sharpness < math.inf:
+            raise ConfigError(f"gate.sharpness must be a positive finite number, got {self.sharpness!r}.")
         _set(self, "sharpness", float(sharpness))
 
     @property
@@ -335,6 +335,10 @@ class MemoryConfig:
                 f"{'no gate' if self.gate is None else f'the {self.gate.kind} gate'} and raw reading, nothing reads "
                 "compressed KV (the bank holds only token ids). Drop compression, or use a gate that reads keys "
                 "(kind='attention' or 'head') or reading mode 'compressed'.")
+        if self.compression is not None and self.compression.ratio > self.chunking.size:
+            raise ConfigError(f"compression.ratio {self.compression.ratio:g} would keep less than one KV entry of a "
+                              f"{self.chunking.size}-token chunk: use a ratio of at most {self.chunking.size}, or "
+                              "larger chunks.")
 
     def _check_reading(self) -> None:
         reading, gate = self.reading, self.gate
