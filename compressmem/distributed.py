@@ -12,6 +12,7 @@ with `ONE_PROCESS`. The chunks are compressed by the model's `BankBuilder`, as e
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from transformers import PreTrainedTokenizerBase
 from .bank import BankPart, BankWriter, MemoryBank, write_index
 from .chunking import check_pieces, stream_chunks
 from .compression import BankBuilder
+
+logger = logging.getLogger(__name__)
 
 
 class StreamCompressor(Protocol):
@@ -124,6 +127,9 @@ def compress_into_folder(builder: BankBuilder, tokenizer: PreTrainedTokenizerBas
     check_pieces(pieces)  # before the folder is made
     directory = Path(directory)
     writer = BankWriter(directory, builder.provenance(), shard_blocks, processes.rank, processes.count, resume=True)
+    if writer.part.blocks:
+        logger.info("Resuming the interrupted compression in %s: %d blocks of process %d are already written.",
+                    directory, len(writer.part.blocks), processes.rank)
     show = show_progress and processes.rank == 0
     report = _compress_share(builder, tokenizer, pieces, writer, processes, show, batch_size)
     reports = processes.gather(report)
