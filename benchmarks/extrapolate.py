@@ -12,12 +12,23 @@ folder with `MemoryBank.load` (nothing rebuilt; three new processes, the median 
 gives whether the gate read the needle's block and each question's latency.
 
     python benchmarks/extrapolate.py --tokens 200k,1.75m,10m
+
+With `--rss`, it measures memory instead: for each length, a new process streams the text with
+`compress_stream(text_pieces(path))` (the default 1 MiB pieces, the real SmolLM2 tokenizer, the tiny
+model) and records its RSS above the start (the RSS once the model is loaded and the text written) at
+every million tokens, at the end, and at its peak (the kernel's high-water mark, reset at the start);
+then, for `--in-memory` lengths, the same for `compress(text)` with the whole text in memory. `--out`
+writes the results as JSON.
+
+    python benchmarks/extrapolate.py --rss 1m,4m,10m --in-memory 1m --out rss.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -104,8 +115,9 @@ def answer_from_folder(folder: Path, needle_at: int, chunk_size: int) -> None:
     print(json.dumps({"open_seconds": opened, **answered}))
 
 
-def checkpoints(pieces, chars_per_token: float, log: list, start: float):
-    """Pass pieces through, noting RSS and time each time another million tokens has gone by."""
+def checkpoints(pieces, chars_per_token: float, log: list, start: float, base_mib: float | None = None):
+    """Pass pieces through, noting RSS and time each time another million tokens has gone by (and printing the
+    RSS above `base_mib` when given)."""
     from compressmem.eval.measure import process_rss
 
     chars, next_mark = 0, 1_000_000
@@ -115,8 +127,123 @@ def checkpoints(pieces, chars_per_token: float, log: list, start: float):
         tokens = chars / chars_per_token
         while tokens >= next_mark:
             log.append((next_mark, process_rss() / 2**20, time.perf_counter() - start))
-            print(f"  ~{next_mark / 1e6:.0f}M tokens: RSS {log[-1][1]:.0f} MiB, {log[-1][2]:.1f} s", flush=True)
+            above = f" (+{log[-1][1] - base_mib:.0f} above the start)" if base_mib is not None else ""
+            print(f"  ~{next_mark / 1e6:.0f}M tokens: RSS {log[-1][1]:.0f} MiB{above}, {log[-1][2]:.1f} s", flush=True)
             next_mark += 1_000_000
+
+
+def chars_per_token_of(model, haystack: str) -> float:
+    """Characters per token of the haystack, from its first 200K characters."""
+    sample = haystack[:200_000]
+    return len(sample) / len(model.tokenizer(sample, add_special_tokens=False)["input_ids"])
+
+
+class PeakRSS:
+    """`with PeakRSS() as peak: ...`, then `peak.start` and `peak.peak` (bytes): the RSS on entry and its highest
+    value inside. Linux: the kernel's high-water mark (VmHWM), reset on entry; elsewhere the sampled RSS."""
+
+    def __enter__(self) -> "PeakRSS":
+        from compressmem.eval import PeakMemory
+        from compressmem.eval.measure import process_rss
+
+        self.source, self._sampler = "VmHWM", None
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            self.source, self._sampler = "sampled", PeakMemory()
+            self._sampler.__enter__()
+        self.start = process_rss()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._sampler is not None:
+            self._sampler.__exit__(*exc_info)
+            self.peak = self._sampler.peak_bytes
+            return
+        with open("/proc/self/status", encoding="ascii") as handle:
+            self.peak = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+
+
+def measure_rss(kind: str, tokens: int, chunk_size: int, haystack_path: Path, scratch: Path) -> dict:
+    """`--rss-run`: the RSS of compressing `tokens` tokens of essays in this (new) process, `kind` "stream"
+    (`compress_stream(text_pieces(path))`, default pieces) or "memory" (`compress(text)`), in MiB above the start."""
+    from compressmem import text_pieces
+    from compressmem.eval import load_haystack
+    from compressmem.eval.measure import process_rss
+
+    model = reader(chunk_size)
+    haystack = load_haystack(haystack_path)
+    chars_per_token = chars_per_token_of(model, haystack)
+    text, _ = write_text(haystack, int(tokens * chars_per_token), scratch)
+    log: list = []
+    with PeakRSS() as peak:
+        base = peak.start / 2**20
+        print(f"{kind}: {tokens / 1e6:.2f}M tokens ({text.stat().st_size / 2**20:.0f} MiB of text), RSS at the "
+              f"start {base:.0f} MiB", flush=True)
+        start = time.perf_counter()
+        if kind == "stream":
+            bank = model.compress_stream(checkpoints(text_pieces(text), chars_per_token, log, start, base),
+                                         scratch / "bank")
+        else:
+            bank = model.compress(text.read_text(encoding="utf-8"), bank_device="cpu")
+        seconds = time.perf_counter() - start
+        end = process_rss() / 2**20
+    result = {"kind": kind, "tokens": bank.num_tokens, "text_mib": text.stat().st_size / 2**20, "seconds": seconds,
+              "start_mib": base, "end_above_start_mib": end - base, "peak_above_start_mib": peak.peak / 2**20 - base,
+              "peak_mib": peak.peak / 2**20, "peak_source": peak.source,
+              "marks": [{"tokens": mark, "above_start_mib": rss - base, "seconds": at} for mark, rss, at in log]}
+    print(f"  end: +{result['end_above_start_mib']:.0f} MiB above the start, peak +"
+          f"{result['peak_above_start_mib']:.0f} ({result['peak_mib']:.0f} MiB), {seconds:.1f} s", flush=True)
+    return result
+
+
+def rss_table(args: argparse.Namespace) -> None:
+    """`--rss`: each length streamed (then each `--in-memory` length compressed in memory) in a new process."""
+    import compressmem
+    from compressmem import chunking
+
+    runs = []
+    with tempfile.TemporaryDirectory(dir=args.folder) as scratch:
+        jobs = [("stream", n) for n in args.rss] + [("memory", n) for n in args.in_memory if n > 0]
+        for kind, tokens in jobs:
+            folder = Path(scratch) / f"{kind}-{tokens}"
+            folder.mkdir()
+            script = [sys.executable, __file__, "--rss-run", kind, "--tokens", str(tokens), "--chunk-size",
+                      str(args.chunk_size), "--haystack", str(args.haystack), "--folder", str(folder)]
+            done = subprocess.run(script, capture_output=True, text=True)
+            lines = done.stdout.splitlines()
+            print("\n".join(lines[:-1]), flush=True)
+            if done.returncode:
+                raise RuntimeError(f"{' '.join(script)} failed:\n{done.stderr[-3000:]}")
+            runs.append(json.loads(lines[-1]))
+    print("\n| compress | tokens | s | RSS +MiB at 1M | at the last M | at the end | peak +MiB | peak MiB per M "
+          "tokens | growth MiB per M tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        marks = run["marks"]
+        millions = run["tokens"] / 1e6
+        first = f"{marks[0]['above_start_mib']:.0f}" if marks else "-"
+        last = f"{marks[-1]['above_start_mib']:.0f}" if marks else "-"
+        growth = "-"
+        if len(marks) > 1:
+            growth = (marks[-1]["above_start_mib"] - marks[0]["above_start_mib"]) / (
+                (marks[-1]["tokens"] - marks[0]["tokens"]) / 1e6)
+            growth = f"{growth:+.1f}"
+        run["peak_mib_per_million_tokens"] = run["peak_above_start_mib"] / millions
+        kind = "compress_stream, 1 MiB pieces" if run["kind"] == "stream" else "compress, whole text"
+        print(f"| {kind} | {millions:.2f}M | {run['seconds']:.0f} | {first} | {last} | "
+              f"{run['end_above_start_mib']:.0f} | {run['peak_above_start_mib']:.0f} | "
+              f"{run['peak_mib_per_million_tokens']:.1f} | {growth} |")
+    if args.out:
+        record = {"command": " ".join(["python", *sys.argv]), "tokenizer": "SmolLM2-135M-Instruct",
+                  "model": "tiny random Llama (4 layers, hidden 64)", "chunk_size": args.chunk_size,
+                  "piece_chars": 1 << 20, "tokenize_chars": getattr(chunking, "TOKENIZE_CHARS", None),
+                  "compressmem": compressmem.__version__, "python": platform.python_version(),
+                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "runs": runs}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"written to {args.out}")
 
 
 def main() -> None:
@@ -130,17 +257,29 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK)
     parser.add_argument("--folder", type=Path, help="where the text and banks go (default: a temporary folder)")
+    parser.add_argument("--rss", type=parse_token_counts,
+                        help="measure memory instead: stream each of these lengths in a new process, e.g. 1m,4m,10m")
+    parser.add_argument("--in-memory", type=parse_token_counts, default=parse_token_counts("1m"),
+                        help="with --rss, also compress these lengths in memory with compress() (0: none)")
+    parser.add_argument("--out", type=Path, help="with --rss, write the results as JSON here")
     parser.add_argument("--ask", type=Path, help=argparse.SUPPRESS)  # the new process of ask_in_new_process
     parser.add_argument("--needle-at", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-run", choices=("stream", "memory"), help=argparse.SUPPRESS)  # a process of --rss
     args = parser.parse_args()
     if args.ask:
         answer_from_folder(args.ask, args.needle_at, args.chunk_size)
         return
+    if args.rss_run:
+        result = measure_rss(args.rss_run, args.tokens[0], args.chunk_size, args.haystack, args.folder)
+        print(json.dumps(result))
+        return
+    if args.rss:
+        rss_table(args)
+        return
 
     model = reader(args.chunk_size)
     haystack = load_haystack(args.haystack)
-    sample = haystack[:200_000]
-    chars_per_token = len(sample) / len(model.tokenizer(sample, add_special_tokens=False)["input_ids"])
+    chars_per_token = chars_per_token_of(model, haystack)
     with tempfile.TemporaryDirectory(dir=args.folder) as scratch:
         rows = []
         for tokens in args.tokens:

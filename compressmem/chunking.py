@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,39 +67,61 @@ def check_pieces(pieces: object) -> None:
                            "character at a time): pass text_pieces(path), or [text] for text already in memory.")
 
 
+TOKENIZE_CHARS = 1 << 16
+"""The most characters `stream_chunks` hands the tokenizer at once, where the text has spaces to cut before.
+
+A fast tokenizer's work for one call is several hundred bytes a token (its `Encoding`, the Python lists
+of ids and offsets), about 240 MiB for a 1 MiB piece, and freeing such blocks of many sizes leaves the
+allocator's heap fragmented, so the process grew by some 30 MiB per million tokens; 64 KiB parts cost a
+few MiB and reuse the same memory.
+"""
+
+_CUT = re.compile(r" (?=\S)")  # a space before a non-space: where `stream_chunks` may cut a piece
+_PROBE = (" Probe: it's  two,   three\n\n a\n  b \n c\t d \u00a0e\u00a0 f 123  4567   89 naïve café — "
+          "日本語 のテキスト 😀 ... (x) 'quoted'  \"end\".   ")
+
+
 def stream_chunks(pieces: Iterable[str], tokenizer: PreTrainedTokenizerBase, chunk_size: int,
                   group: int) -> Iterator[list[Chunk]]:
     """Chunks of a text that arrives in pieces, `group` full chunks at a time (the last group may be short).
 
-    One piece is tokenized at a time and only the tail of a chunk is carried over, so memory holds
-    a piece and a group, never the whole text. Character spans count from the start of the stream.
+    One piece is tokenized at a time, in parts of at most `TOKENIZE_CHARS` characters, each cut just
+    before a space that comes before a non-space, where the tokenizer starts a word: the tokens and
+    offsets are those of the whole piece (a tokenizer that does not tokenize such parts as it does the
+    whole gets the whole piece). Only the tail of a chunk is carried over, as tensors, so memory holds a
+    part and a group, never the whole text. Character spans count from the start of the stream.
     """
     check_pieces(pieces)
-    carried_ids: list[int] = []
-    carried_offsets: list[tuple[int, int]] = []
+    with_offsets = tokenizer.is_fast
+    part_chars = TOKENIZE_CHARS if _cuts_before_spaces_are_exact(tokenizer) else None
+    carried_ids = torch.zeros(0, dtype=torch.long)
+    carried_offsets = torch.zeros(0, 2, dtype=torch.long)
     start_token = char_base = 0
     pending: list[Chunk] = []
     for piece in pieces:
         if not isinstance(piece, str):
             raise ContextError(f"A streamed context must yield str pieces; got {type(piece).__name__}.")
-        encoded = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast, verbose=False)
-        carried_ids += encoded["input_ids"]
-        offsets = encoded.get("offset_mapping") or [(0, 0)] * len(encoded["input_ids"])
-        carried_offsets += [(char_base + a, char_base + b) for a, b in offsets]
-        char_base += len(piece)
-        used = 0
-        while len(carried_ids) - used >= chunk_size:
-            end = used + chunk_size
-            span = (carried_offsets[used][0], carried_offsets[end - 1][1]) if tokenizer.is_fast else None
-            pending.append(Chunk(torch.tensor(carried_ids[used:end]), 0, start_token, span))
-            used, start_token = end, start_token + chunk_size
-            if len(pending) == group:
-                yield pending
-                pending = []
-        del carried_ids[:used], carried_offsets[:used]
-    if carried_ids:
-        span = (carried_offsets[0][0], carried_offsets[-1][1]) if tokenizer.is_fast else None
-        pending.append(Chunk(torch.tensor(carried_ids), 0, start_token, span))
+        for part in _parts(piece, part_chars):
+            encoded = tokenizer(part, add_special_tokens=False, return_offsets_mapping=with_offsets, verbose=False)
+            carried_ids = torch.cat([carried_ids, torch.tensor(encoded["input_ids"], dtype=torch.long)])
+            if with_offsets:
+                offsets = torch.tensor(encoded["offset_mapping"], dtype=torch.long).reshape(-1, 2) + char_base
+                carried_offsets = torch.cat([carried_offsets, offsets])
+            char_base += len(part)
+            del encoded
+            used = 0
+            while carried_ids.numel() - used >= chunk_size:
+                end = used + chunk_size
+                span = (int(carried_offsets[used, 0]), int(carried_offsets[end - 1, 1])) if with_offsets else None
+                pending.append(Chunk(carried_ids[used:end].clone(), 0, start_token, span))
+                used, start_token = end, start_token + chunk_size
+                if len(pending) == group:
+                    yield pending
+                    pending = []
+            carried_ids, carried_offsets = carried_ids[used:], carried_offsets[used:]
+    if carried_ids.numel():
+        span = (int(carried_offsets[0, 0]), int(carried_offsets[-1, 1])) if with_offsets else None
+        pending.append(Chunk(carried_ids.clone(), 0, start_token, span))
     if not pending and not start_token:
         raise ContextError("The streamed context holds no tokens; there is nothing to read.")
     if pending:
@@ -106,12 +129,15 @@ def stream_chunks(pieces: Iterable[str], tokenizer: PreTrainedTokenizerBase, chu
 
 
 def text_pieces(path: str | Path, piece_chars: int = 1 << 20) -> Iterator[str]:
-    """A UTF-8 text file in pieces of about `piece_chars` characters, each cut just before a space."""
+    """A UTF-8 text file in pieces of about `piece_chars` characters, each cut just before a space that comes
+    before a non-space (where a word starts), so the pieces tokenize as the whole text does."""
+    if isinstance(piece_chars, bool) or not isinstance(piece_chars, int) or piece_chars < 1:
+        raise ValueError(f"piece_chars must be a positive number of characters, got {piece_chars!r}.")
     with open(path, encoding="utf-8") as handle:
         tail = ""
         while block := handle.read(piece_chars):
             text = tail + block
-            cut = text.rfind(" ", 1)
+            cut = _last_cut(text, 1, len(text))
             if cut <= 0:
                 tail = text
                 continue
@@ -119,6 +145,52 @@ def text_pieces(path: str | Path, piece_chars: int = 1 << 20) -> Iterator[str]:
             tail = text[cut:]
         if tail:
             yield tail
+
+
+def _parts(piece: str, limit: int | None) -> Iterator[str]:
+    """`piece` in parts of at most `limit` characters, each cut just before a space that comes before a
+    non-space (where a tokenizer that splits words as GPT-2's does ends one word and starts another); a
+    stretch with no such space runs on to the next one. One part when `limit` is None."""
+    start = 0
+    if limit is not None:
+        while len(piece) - start > limit:
+            cut = _last_cut(piece, start + 1, start + limit + 1)
+            if cut < 0:
+                later = _CUT.search(piece, start + limit + 1)
+                if later is None:
+                    break
+                cut = later.start()
+            yield piece[start:cut]
+            start = cut
+    yield piece[start:]
+
+
+def _last_cut(text: str, start: int, end: int) -> int:
+    """The last space of `text[start:end]` that comes before a non-space (seen in `text`), or -1."""
+    cut = text.rfind(" ", start, end)
+    while cut >= 0 and (cut + 1 == len(text) or text[cut + 1].isspace()):
+        cut = text.rfind(" ", start, cut)
+    return cut
+
+
+def _cuts_before_spaces_are_exact(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether tokenizing a text in parts cut just before each space that comes before a non-space gives the
+    tokens and offsets of the whole text, tried on a short probe (it does for byte-level BPE like GPT-2's,
+    Llama-3's or SmolLM2's; not where runs of spaces are tokens, as in Gemma's)."""
+    with_offsets = tokenizer.is_fast
+    whole = tokenizer(_PROBE, add_special_tokens=False, return_offsets_mapping=with_offsets, verbose=False)
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    base = 0
+    for part in _parts(_PROBE, 1):
+        encoded = tokenizer(part, add_special_tokens=False, return_offsets_mapping=with_offsets, verbose=False)
+        ids += encoded["input_ids"]
+        if with_offsets:
+            offsets += [(base + a, base + b) for a, b in encoded["offset_mapping"]]
+        base += len(part)
+    if ids != list(whole["input_ids"]):
+        return False
+    return not with_offsets or offsets == [tuple(offset) for offset in whole["offset_mapping"]]
 
 
 def _tokenize_text(text: str, tokenizer: PreTrainedTokenizerBase, index: int) -> tuple[torch.Tensor, list | None]:

@@ -36,6 +36,20 @@ def test_text_pieces_cut_before_spaces_and_lose_nothing(document):
     assert all(piece.startswith(" ") for piece in pieces[1:])
 
 
+def test_text_pieces_never_cut_inside_a_run_of_spaces(tokenizer, tmp_path):
+    text = "".join(f"word{i}{' ' * (1 + i % 4)}" for i in range(400)) + "end"
+    path = tmp_path / "spaces.txt"
+    path.write_text(text, encoding="utf-8")
+    for size in (7, 13, 64):
+        pieces = list(text_pieces(path, piece_chars=size))
+        assert "".join(pieces) == text
+        assert all(piece[0] == " " and not piece[1].isspace() for piece in pieces[1:])
+        ids = [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False)["input_ids"]]
+        assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match="piece_chars must be a positive"):
+        next(text_pieces(path, piece_chars=0))
+
+
 def test_streamed_bank_equals_the_in_memory_bank(tokenizer, document, tmp_path):
     model = tiny_wrapper("llama", tokenizer, CONFIG)
     whole = model.compress(document.read_text(encoding="utf-8"))
