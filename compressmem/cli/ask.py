@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from .options import add_model_options, load_model, read_text
+from .options import CommandError, add_model_options, load_model, non_blank, positive_int, read_text
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("ask", help="answer a question over a long text file")
     parser.add_argument("--context", required=True, type=Path,
                         help="UTF-8 text file, a .safetensors bank, or a bank folder written by compress")
-    parser.add_argument("--question", required=True)
+    parser.add_argument("--question", required=True, type=non_blank)
     add_model_options(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--trace", action="store_true", help="print the blocks read and the notes after each read")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: question, answer, found, sources, blocks read")
@@ -24,15 +24,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
     from ..bank import MemoryBank
 
-    if not args.question.strip():
-        raise SystemExit("compressmem ask: --question is empty; ask a question.")
     is_bank = args.context.suffix == ".safetensors" or args.context.is_dir()
-    text = None if is_bank else read_text(args.context)
+    text = None if is_bank else read_text(args.context, nonempty=True)
     model = load_model(args)
-    source = {"bank": MemoryBank.load(args.context)} if is_bank else {"context": text}
-    answer = model.answer(args.question, **source, max_new_tokens=args.max_new_tokens, return_sources=True)
+    try:
+        source = {"bank": MemoryBank.load(args.context)} if is_bank else {"context": text}
+        answer = model.answer(args.question, **source, max_new_tokens=args.max_new_tokens, return_sources=True)
+    except SafetensorError as error:  # with the model loaded, only the bank's files are read
+        if not is_bank:
+            raise
+        raise CommandError(f"the bank {args.context} is damaged ({error}); compress the text again.") from error
     trace = answer.trace
     if args.json:
         print(json.dumps({"question": args.question, "answer": answer.text, "found": answer.found,

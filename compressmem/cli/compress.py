@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .options import add_model_options, load_model, read_text
+from .options import CommandError, add_model_options, load_model, read_text
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -29,14 +29,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """One process writes a .safetensors file from the text in memory, or streams it into a folder; several
     stream it into the folder together, each compressing its share of the chunks."""
+    from ..bank.storage import INDEX
     from ..chunking import text_pieces
     from ..distributed import compress_distributed, process_state
 
     state = process_state(cpu=args.device == "cpu")
     to_file = args.output.suffix == ".safetensors"
-    text = read_text(args.file) if to_file and state.num_processes == 1 else None
-    if text is None:
-        read_text(args.file, limit=1 << 20)  # a missing or binary file fails before a model is loaded
+    text = read_text(args.file, nonempty=True) if to_file and state.num_processes == 1 else None
+    if text is None:  # a missing, empty or binary file fails before a model is loaded
+        read_text(args.file, limit=1 << 20, nonempty=True)
+    if not to_file and (args.output / INDEX).exists():
+        raise CommandError(f"{args.output} already holds a memory bank; choose an empty folder (or delete that "
+                           "one).")
+    if to_file and not args.output.parent.is_dir():
+        raise CommandError(f"cannot write {args.output}: the folder {args.output.parent} does not exist; create it "
+                           "first.")
     options = {}
     if state.num_processes > 1 and not args.device and state.device.type != "cpu":
         options["device_map"] = str(state.device)  # one accelerator per process
@@ -44,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args, **options)
     if text is not None:
         bank = model.compress(text)
-        bank.save(args.output)
+        _save(bank, args.output)
     elif to_file:
         bank = _shared_to_file(model, args.file, args.output, state)
     else:
@@ -70,6 +77,17 @@ def _shared_to_file(model: CompressedMemoryModel, file: Path, output: Path, stat
     broadcast_object_list(folder)
     bank = compress_distributed(model, text_pieces(file), folder[0], state=state)
     if state.is_main_process:
-        bank.save(output)
+        _save(bank, output)
         shutil.rmtree(folder[0])
     return bank
+
+
+def _save(bank: MemoryBank, output: Path) -> None:
+    """`bank.save(output)`, or a one-line error when the file cannot be written."""
+    from safetensors import SafetensorError
+
+    try:
+        bank.save(output)
+    except SafetensorError as error:  # safetensors' own I/O errors (a folder missing, no space, not writable)
+        raise CommandError(f"cannot write {output} ({error}); check the path, its permissions and the free "
+                           "space.") from error

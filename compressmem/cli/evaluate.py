@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_model_options, load_model, token_counts
+from .options import CommandError, UsageError, add_model_options, load_model, positive_int, task_names, token_counts
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -13,15 +13,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser("eval", help="seeded long-context tasks, side by side across modes")
     add_model_options(parser)
-    parser.add_argument("--task", default="niah_single", help="comma-separated tasks: " + ",".join(TASKS))
+    parser.add_argument("--task", default="niah_single", type=task_names,
+                        help="comma-separated tasks: " + ",".join(TASKS))
     parser.add_argument("--lengths", default="8k,16k,32k", type=token_counts, help="e.g. 8k,16k,32k or 1.75m")
-    parser.add_argument("--n", type=int, default=50, help="cases per task and length")
+    parser.add_argument("--n", type=positive_int, default=50, help="cases per task and length")
     parser.add_argument("--modes", default="default,memagent,full", help="comma-separated: default, memagent, "
                         "oracle (perfect gate), full (plain generate over the whole context)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, type=Path, help="folder for cases.jsonl, summary.md and plots")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--memagent-chunk-size", type=int, default=2048, help="chunk size of the MemAgent mode")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=48)
+    parser.add_argument("--memagent-chunk-size", type=positive_int, default=2048,
+                        help="chunk size of the MemAgent mode")
     parser.add_argument("--haystack", type=Path, help="haystack for needle and variable tracking tasks "
                         "(RULER's pg_essays.json or a text file); default ../shared/data")
     parser.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON; default ../shared/data")
@@ -32,19 +34,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import MemoryConfig
     from ..eval import markdown, plot, run_eval, summarize
-    from ..eval.tasks import TASKS
+    from ..eval.runner import MODES
 
-    tasks = [t.strip() for t in args.task.split(",")]
-    unknown = sorted(set(tasks) - set(TASKS))
+    modes = [m.strip() for m in args.modes.split(",")]
+    unknown = [mode for mode in modes if mode not in MODES]
     if unknown:
-        raise SystemExit(f"Unknown tasks {unknown}; the tasks are {list(TASKS)}.")
+        raise UsageError(f"argument --modes: unknown mode{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; the modes are {', '.join(MODES)}")
     if not args.no_plots:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise SystemExit("Plots need matplotlib: pip install 'compressmem[eval]', or pass --no-plots.") from None
+            raise CommandError("plots need matplotlib: pip install 'compressmem[eval]', or pass --no-plots.") from None
     model = load_model(args)
-    records = run_eval(model, tasks, args.lengths, args.n, [m.strip() for m in args.modes.split(",")], args.seed,
+    records = run_eval(model, args.task, args.lengths, args.n, modes, args.seed,
                        args.out, max_new_tokens=args.max_new_tokens, haystack=args.haystack,
                        hotpotqa_file=args.hotpotqa_file, show_progress=not args.quiet,
                        memagent=MemoryConfig.memagent(args.memagent_chunk_size))

@@ -7,7 +7,20 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import add_model_options, load_model, read_text, token_counts
+from .options import (
+    CommandError,
+    add_model_options,
+    load_model,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    read_text,
+    task_name,
+    task_names,
+    token_counts,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -20,8 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _cases_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--first-case", type=int, default=20, help="number of the first training case: the "
-                        "evaluation's cases 0..first-1 are never trained on")
+    parser.add_argument("--first-case", type=non_negative_int, default=20, help="number of the first training case: "
+                        "the evaluation's cases 0..first-1 are never trained on")
     parser.add_argument("--haystack", type=Path, help="haystack for the needle and variable tracking tasks")
     parser.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON")
 
@@ -30,13 +43,16 @@ def _gate_parser(trainers: argparse._SubParsersAction) -> None:
     gate = trainers.add_parser("gate", help="train the gate head on evidence labels of the evaluation tasks")
     add_model_options(gate)
     gate.add_argument("--out", required=True, type=Path, help="checkpoint folder to write (examples are cached here)")
-    gate.add_argument("--task", default="niah_single,variable_tracking,hotpotqa", help="comma-separated tasks")
+    gate.add_argument("--task", default="niah_single,variable_tracking,hotpotqa", type=task_names,
+                      help="comma-separated tasks")
     gate.add_argument("--lengths", default="4k,8k,16k", type=token_counts, help="context lengths of the cases")
-    gate.add_argument("--n-train", type=int, default=16, help="training cases per task and length")
-    gate.add_argument("--n-test", type=int, default=4, help="held-out cases per task and length")
+    gate.add_argument("--n-train", type=positive_int, default=16, help="training cases per task and length")
+    gate.add_argument("--n-test", type=non_negative_int, default=4, help="held-out cases per task and length")
     gate.add_argument("--no-lexical", action="store_true", help="attention features only, no BM25 feature")
-    gate.add_argument("--max-steps", type=int, default=6, help="reads per question in the checkpoint's configuration")
-    gate.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the standardised features' weights")
+    gate.add_argument("--max-steps", type=positive_int, default=6,
+                      help="reads per question in the checkpoint's configuration")
+    gate.add_argument("--l2", type=non_negative_float, default=1e-2,
+                      help="L2 penalty on the standardised features' weights")
     _cases_options(gate)
     gate.set_defaults(run=train_gate)
 
@@ -48,14 +64,14 @@ def _pretrain_parser(trainers: argparse._SubParsersAction) -> None:
     pre.add_argument("--out", required=True, type=Path, help="checkpoint folder; a run found there is resumed")
     pre.add_argument("--files", nargs="*", type=Path, help="text files to train on (default: the essay haystack in "
                      "../shared/data)")
-    pre.add_argument("--steps", type=int, default=200)
-    pre.add_argument("--batch-size", type=int, default=4)
-    pre.add_argument("--learning-rate", type=float, default=1e-3)
-    pre.add_argument("--continuation-tokens", type=int, default=64)
-    pre.add_argument("--save-every", type=int, default=50)
-    pre.add_argument("--ratio", type=float, help="memory tokens: one per RATIO chunk tokens (default: the "
+    pre.add_argument("--steps", type=positive_int, default=200)
+    pre.add_argument("--batch-size", type=positive_int, default=4)
+    pre.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    pre.add_argument("--continuation-tokens", type=positive_int, default=64)
+    pre.add_argument("--save-every", type=positive_int, default=50)
+    pre.add_argument("--ratio", type=positive_float, help="memory tokens: one per RATIO chunk tokens (default: the "
                      "configuration's, else 4)")
-    pre.add_argument("--rank", type=int, default=8, help="LoRA rank of a new compressor")
+    pre.add_argument("--rank", type=positive_int, default=8, help="LoRA rank of a new compressor")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(run=pretrain)
 
@@ -67,28 +83,31 @@ def _grpo_parser(trainers: argparse._SubParsersAction) -> None:
                                "reward (start from a pre-trained compressor with --checkpoint)")
     add_model_options(grpo)
     grpo.add_argument("--out", required=True, type=Path, help="checkpoint folder; a run found there is resumed")
-    grpo.add_argument("--task", default="niah_single", help=f"task whose generator makes the questions: {TASKS}")
+    grpo.add_argument("--task", default="niah_single", type=task_name,
+                      help=f"task whose generator makes the questions: {TASKS}")
     grpo.add_argument("--length", default="1k", type=lambda text: token_counts(text)[0],
                       help="context length of the training questions")
-    grpo.add_argument("--n-train", type=int, default=64, help="training questions (cycled through)")
+    grpo.add_argument("--n-train", type=positive_int, default=64, help="training questions (cycled through)")
     grpo.add_argument("--data", type=Path, help="JSONL of {context, question, answers} to train on instead of --task")
-    grpo.add_argument("--steps", type=int, default=50)
-    grpo.add_argument("--questions-per-step", type=int, default=2)
-    grpo.add_argument("--group-size", type=int, default=4, help="rollouts per question")
-    grpo.add_argument("--temperature", type=float, default=1.0)
-    grpo.add_argument("--top-p", type=float, default=1.0)
-    grpo.add_argument("--max-new-tokens", type=int, default=32, help="answer tokens per rollout")
-    grpo.add_argument("--learning-rate", type=float, default=1e-4)
-    grpo.add_argument("--clip", type=float, default=0.2)
-    grpo.add_argument("--kl-coef", type=float, default=0.0, help="KL penalty to the starting policy")
-    grpo.add_argument("--iterations", type=int, default=1, help="optimisation passes over each batch of rollouts")
-    grpo.add_argument("--micro-batch", type=int, default=8, help="answers per backward pass")
+    grpo.add_argument("--steps", type=positive_int, default=50)
+    grpo.add_argument("--questions-per-step", type=positive_int, default=2)
+    grpo.add_argument("--group-size", type=positive_int, default=4, help="rollouts per question")
+    grpo.add_argument("--temperature", type=positive_float, default=1.0)
+    grpo.add_argument("--top-p", type=probability, default=1.0)
+    grpo.add_argument("--max-new-tokens", type=positive_int, default=32, help="answer tokens per rollout")
+    grpo.add_argument("--learning-rate", type=positive_float, default=1e-4)
+    grpo.add_argument("--clip", type=positive_float, default=0.2)
+    grpo.add_argument("--kl-coef", type=non_negative_float, default=0.0, help="KL penalty to the starting policy")
+    grpo.add_argument("--iterations", type=positive_int, default=1,
+                      help="optimisation passes over each batch of rollouts")
+    grpo.add_argument("--micro-batch", type=positive_int, default=8, help="answers per backward pass")
     grpo.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    grpo.add_argument("--reasoner-rank", type=int, default=8, help="LoRA rank of a new reasoner adapter (0: none)")
+    grpo.add_argument("--reasoner-rank", type=non_negative_int, default=8,
+                      help="LoRA rank of a new reasoner adapter (0: none)")
     grpo.add_argument("--reward", choices=("match", "partial"), default="match", help="match: the evaluation's "
                       "metric; partial: the share of the answer's longest stretch found when it does not match")
     grpo.add_argument("--freeze-compressor", action="store_true", help="train the reasoner adapter only")
-    grpo.add_argument("--save-every", type=int, default=10)
+    grpo.add_argument("--save-every", type=positive_int, default=10)
     _cases_options(grpo)
     grpo.set_defaults(run=train_grpo)
 
@@ -100,7 +119,7 @@ def train_gate(args: argparse.Namespace) -> int:
     model = load_model(args)
     data = dict(haystack=args.haystack, hotpotqa_file=args.hotpotqa_file)
     train, test = [], []
-    for task in (t.strip() for t in args.task.split(",")):
+    for task in args.task:
         for length in args.lengths:
             train += make_cases(task, model.tokenizer, length, args.n_train, args.seed, first=args.first_case, **data)
             test += make_cases(task, model.tokenizer, length, args.n_test, args.seed,
@@ -124,13 +143,13 @@ def pretrain(args: argparse.Namespace) -> int:
     from .options import memory_config
 
     if args.files:
-        texts = [read_text(path) for path in args.files]
+        texts = [read_text(path, nonempty=True) for path in args.files]
     else:
         folder = default_data_dir()
         haystack = None if folder is None else folder / "pg_essays.json"
         if haystack is None or not haystack.is_file():
-            raise SystemExit("No --files given and the default essays (../shared/data/pg_essays.json) are missing; "
-                             "pass --files.")
+            raise CommandError("no --files given and the default essays (../shared/data/pg_essays.json) are "
+                               "missing; pass --files.")
         texts = [load_haystack(haystack)]
     base = load_model(args, MemoryConfig(), checkpoint=None)  # the run brings its own learned compressor
     model = start_or_resume(base, args.out, rank=args.rank, seed=args.seed, ratio=args.ratio,
@@ -161,7 +180,7 @@ def train_grpo(args: argparse.Namespace) -> int:
     if args.reasoner_rank and not resuming:
         model = with_reasoner_adapter(model, rank=args.reasoner_rank, seed=args.seed)
     if args.data:
-        examples = examples_from_jsonl(args.data)
+        examples = _examples(args.data, examples_from_jsonl)
     else:
         cases = make_cases(args.task, model.tokenizer, args.length, args.n_train, args.seed, haystack=args.haystack,
                            hotpotqa_file=args.hotpotqa_file, first=args.first_case)
@@ -179,3 +198,24 @@ def train_grpo(args: argparse.Namespace) -> int:
           f"{last['reward']:.3f}; load it with CompressedMemoryModel.from_pretrained(base, checkpoint="
           f"{str(args.out)!r}).")
     return 0
+
+
+def _examples(path: Path, read) -> list:
+    """--data's examples, or a one-line error that names the file and the line that is not JSON."""
+    try:
+        return read(path)
+    except json.JSONDecodeError as error:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        number = next((n for n, line in enumerate(lines, start=1) if line.strip() and not _is_json(line)), "?")
+        raise CommandError(f"--data {path}: line {number} is not valid JSON ({error}); each line must be a JSON "
+                           "object with context, question and answers.") from None
+    except UnicodeDecodeError as error:
+        raise CommandError(f"--data {path} is not UTF-8 text ({error.reason}); give a JSONL file.") from None
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True

@@ -17,10 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from ..hub import CheckpointMismatchError
+
 WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -126,24 +130,87 @@ def save_adapter(model: PreTrainedModel, config, name: str, directory: str | Pat
 
 
 def load_adapter(model: PreTrainedModel, name: str, directory: str | Path, extra: tuple[str, ...] = ()):
-    """Attach the adapter saved in `directory` as `name`; returns its `LoraConfig` and the `extra` tensors."""
+    """Attach the adapter saved in `directory` as `name`; returns its `LoraConfig` and the `extra` tensors.
+
+    Every saved tensor is checked against the adapter's place in `model` before any is copied: a file that lacks
+    one, has one too many, or holds one of another shape (another rank, or saved from a base model with other
+    layer sizes) raises `CheckpointMismatchError` naming the file, the tensor and both shapes, and leaves `model`
+    without the adapter.
+    """
     from peft import LoraConfig
 
     directory = Path(directory)
-    if not (directory / WEIGHTS_FILE).is_file():
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
         raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; it is not a saved compressmem adapter.")
-    tensors = load_file(str(directory / WEIGHTS_FILE))
-    extras = {key: tensors.pop(key) for key in extra if key in tensors}
-    config = LoraConfig.from_pretrained(str(directory))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointMismatchError(f"{path} is not a readable safetensors file ({error}); the adapter is damaged: "
+                                      "save it again.") from None
+    absent = [key for key in extra if key not in tensors]
+    if absent:
+        raise CheckpointMismatchError(f"{path} lacks the tensor {absent[0]!r} the adapter needs; the adapter is "
+                                      "damaged or incomplete: save it again.")
+    extras = {key: tensors.pop(key) for key in extra}
+    try:
+        config = LoraConfig.from_pretrained(str(directory))
+    except (OSError, ValueError, TypeError) as error:  # missing, not JSON, not an object
+        raise CheckpointMismatchError(f"{directory / CONFIG_FILE} is not a readable LoRA configuration ({error}); "
+                                      "save the adapter again.") from None
+    if isinstance(config.r, bool) or not isinstance(config.r, int) or config.r < 1:
+        raise CheckpointMismatchError(f"{directory / CONFIG_FILE}: the rank r must be a positive integer, got "
+                                      f"{config.r!r}; save the adapter again.")
     attach_adapter(model, config, name)
     expected = adapter_weights(model, name)
-    if set(tensors) != set(expected):
-        raise ValueError(f"The adapter in {directory} does not fit this model: {len(set(tensors) - set(expected))} "
-                         f"saved weights have no place in it and {len(set(expected) - set(tensors))} are missing.")
+    problem = _mismatch(expected, tensors, config.r)
+    if problem:
+        _detach(model, name)
+        raise CheckpointMismatchError(f"The adapter in {path} does not fit this model: {problem}")
     with torch.no_grad():
         for key, weight in expected.items():
             weight.copy_(tensors[key])
     return config, extras
+
+
+def _mismatch(expected: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor], rank: int) -> str | None:
+    """What keeps the `saved` tensors from filling the adapter's `expected` weights, and what to do; or None."""
+    missing = sorted(set(expected) - set(saved))
+    unplaced = sorted(set(saved) - set(expected))
+    if missing or unplaced:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the {len(expected)} tensors the model's adapter needs are missing from "
+                         f"the file (e.g. {missing[0]})")
+        if unplaced:
+            parts.append(f"{len(unplaced)} tensors in the file have no place in the model (e.g. {unplaced[0]})")
+        return (" and ".join(parts) + "; it was saved for a base model with other layers, or is incomplete: load it "
+                "with the base model it was trained for.")
+    wrong = [(key, tuple(saved[key].shape), tuple(weight.shape)) for key, weight in sorted(expected.items())
+             if tuple(saved[key].shape) != tuple(weight.shape)]
+    if not wrong:
+        return None
+    key, found, needed = wrong[0]
+    more = f" (and {len(wrong) - 1} more tensors differ)" if len(wrong) > 1 else ""
+    ranks = {int(tensor.shape[0]) for tensor_name, tensor in saved.items()
+             if ".lora_A." in tensor_name and tensor.dim() == 2}
+    if ranks and ranks != {rank}:
+        advice = (f"the file's weights have rank {', '.join(map(str, sorted(ranks)))} but {CONFIG_FILE} says r={rank}: "
+                  "the two files do not belong together; save the adapter again.")
+    else:
+        advice = ("it was saved from a base model with other layer sizes: load it with the base model it was "
+                  "trained for.")
+    return f"tensor {key} has shape {found} in the file, but the model needs {needed}{more}; {advice}"
+
+
+def _detach(model: PreTrainedModel, name: str) -> None:
+    """Take adapter `name` out of `model` again (a load that failed), through PEFT's own deletion."""
+    from peft.tuners.tuners_utils import BaseTunerLayer, delete_adapter
+
+    with _lock_of(model):
+        delete_adapter(model, name, prefix="lora_", layer_cls=BaseTunerLayer)
+        getattr(model, "peft_config", {}).pop(name, None)
+        _activate(model, active_adapter(model))
 
 
 def _activate(model: PreTrainedModel, name: str | None) -> None:
