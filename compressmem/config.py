@@ -423,8 +423,15 @@ class MemoryConfig:
     @classmethod
     def load(cls, path: str | Path) -> "MemoryConfig":
         """A configuration JSON file: this release's nested form, or release 0.1's flat one (migrated)."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls.from_legacy(data) if isinstance(data, dict) and "chunk_size" in data else cls.from_dict(data)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path} is not a JSON configuration ({error}); write one with MemoryConfig.save.") \
+                from None
+        try:
+            return cls.from_legacy(data) if isinstance(data, dict) and "chunk_size" in data else cls.from_dict(data)
+        except ConfigError as error:
+            raise ConfigError(f"{path} is not a valid MemoryConfig: {error}") from None
 
 
 _LEGACY_FIELDS = {"chunk_size", "compressor", "ratio", "score", "gate", "gate_threshold", "gate_top_k", "gate_layers",

@@ -238,3 +238,20 @@ def test_an_interrupted_stream_with_other_settings_is_not_resumed(tokenizer, ess
     other = tiny_wrapper("llama", tokenizer, KV.replace(compression=CompressionConfig("select", ratio=2)))
     with pytest.raises(BankMismatchError, match="interrupted compression made with other settings"):
         other.compress_stream(_pieces(essay_text[:6000], 400), folder, shard_blocks=3, batch_size=2)
+
+
+def test_unreadable_bank_files_are_named(ids_wrapper, essay_text, tmp_path, caplog):
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(BankMismatchError, match="garbage.safetensors is not a readable safetensors file"):
+        MemoryBank.load(tmp_path / "garbage.safetensors")
+    folder = tmp_path / "bank"
+    ids_wrapper.compress_stream([essay_text[:3000]], folder)
+    derived = next(folder.glob("derived-*.safetensors"))
+    derived.write_bytes(derived.read_bytes()[:40])  # a damaged gate index: a cache, rebuilt
+    name = derived.name.removeprefix("derived-").removesuffix(".safetensors")
+    with caplog.at_level("WARNING"):
+        assert MemoryBank.load(folder).derived(name) is None
+    assert f"{derived} is damaged" in caplog.text
+    (folder / "prefix.safetensors").unlink()
+    with pytest.raises(BankMismatchError, match="prefix.safetensors is not a readable safetensors file"):
+        MemoryBank.load(folder)

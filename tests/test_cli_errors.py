@@ -93,7 +93,7 @@ def test_an_empty_file_is_refused_before_the_model_loads(files, tmp_path, capsys
 
 def test_a_malformed_config_is_named(files, tmp_path, capsys):
     config = tmp_path / "config.json"
-    for content, message in (("{not json", "is not valid JSON (Expecting property name"),
+    for content, message in (("{not json", "is not a JSON configuration (Expecting property name"),
                              ('{"chunking": {"size": -3}}', "is not a valid MemoryConfig: chunking.size must be a "
                                                             "positive integer, got -3.")):
         config.write_text(content)

@@ -152,3 +152,13 @@ def test_migration_drops_a_compressor_nothing_read_and_renames_template_fields()
     assert scored.reading == ReadingConfig(order="score", recall=False)
     assert config.notes == NotesConfig(update="rewrite")
     assert config.prompts.answer_template == "Memory: {notes}\n{question}"
+
+
+def test_a_configuration_file_that_is_not_json_is_refused_naming_it(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="config.json is not a JSON configuration"):
+        MemoryConfig.load(path)
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ConfigError, match="config.json is not a JSON configuration"):
+        MemoryConfig.load(path)

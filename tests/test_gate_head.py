@@ -82,6 +82,19 @@ def test_head_file_round_trip_and_refusals(tokenizer, tmp_path):
         save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata=metadata)
         with pytest.raises(GateHeadError, match=message):
             GateHead.load(tmp_path / f"{name}.safetensors")
+    weights = {"weight": head.weight.detach(), "bias": torch.zeros(1)}
+    for name, changed, message in (
+            ("negative-layer", {"layers": "[-1, 3]"}, r"layers \[-1, 3\]: distinct indices >= 0"),
+            ("nan-sharpness", {"sharpness": "nan"}, "sharpness nan: positive and finite"),
+            ("negative-sharpness", {"sharpness": "-4"}, "sharpness -4.0: positive and finite"),
+            ("bad-layers", {"layers": "one"}, "settings .* are missing or malformed.*JSONDecodeError"),
+            ("no-heads", {"heads": "0"}, "heads 0: >= 1")):
+        save_file(weights, str(tmp_path / f"{name}.safetensors"), metadata={**metadata, **changed})
+        with pytest.raises(GateHeadError, match=message):
+            GateHead.load(tmp_path / f"{name}.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "gate_head.safetensors").read_bytes()[:-8])
+    with pytest.raises(GateHeadError, match="cut.safetensors is not a readable safetensors file"):
+        GateHead.load(tmp_path / "cut.safetensors")
 
 
 def test_gate_head_config_needs_weights_and_matching_layers(tokenizer):

@@ -231,12 +231,19 @@ def _shard_record(path: Path) -> dict[str, Any]:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def _shard_metadata(path: Path) -> dict[str, str]:
+def _open(path: Path, device: str = "cpu"):
+    """`safe_open` of a bank's file, refusing one that is missing, truncated or not safetensors with a
+    `BankMismatchError` that names it."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return handle.metadata() or {}
+        return safe_open(str(path), framework="pt", device=device)
     except Exception as error:  # safetensors raises its own error types for damaged files
-        raise BankMismatchError(f"{path} is not a readable bank shard ({error}); the bank is damaged.") from None
+        raise BankMismatchError(f"{path} is not a readable safetensors file ({error}); the bank is damaged or "
+                                "incomplete: rebuild it.") from None
+
+
+def _shard_metadata(path: Path) -> dict[str, str]:
+    with _open(path) as handle:
+        return handle.metadata() or {}
 
 
 def _info_row(info: BlockInfo) -> list[int]:
@@ -386,7 +393,7 @@ class ShardStore:
     def load(self, index: int) -> MemoryBlock:
         info = self.infos[index]
         names = {f: self.key.format(index=index, field=f) for f in FIELDS}
-        with safe_open(str(self.files[self.shard_of[index]]), framework="pt", device=str(self.device)) as handle:
+        with _open(self.files[self.shard_of[index]], str(self.device)) as handle:
             present = set(handle.keys())
             stored = {name + part: handle.get_tensor(name + part) for name in names.values()
                       for part in QUANTIZED_PARTS if name + part in present}
@@ -408,7 +415,7 @@ class ShardStore:
                          TOKENS if field == "keys" else CHANNELS)
 
     def token_ids(self, index: int) -> torch.Tensor:
-        with safe_open(str(self.files[self.shard_of[index]]), framework="pt") as handle:
+        with _open(self.files[self.shard_of[index]]) as handle:
             ids = handle.get_tensor(self.key.format(index=index, field="token_ids"))
         self._check_digests(index, [tensor_digest([ids])], FIELDS[:1])
         return self._checked_ids(index, ids)
@@ -454,12 +461,17 @@ class ShardStore:
         path = self.root / f"derived-{name}.safetensors"
         if not self.root.is_dir() or not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = json.loads((handle.metadata() or {}).get("metadata", "{}"))
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = json.loads((handle.metadata() or {}).get("metadata", "{}"))
+            tensors = load_file(str(path))
+        except Exception as error:  # a damaged cache of the bank: built again, not read
+            logger.warning("%s is damaged (%s); it is rebuilt.", path, error)
+            return None
         if self.seal is not None and metadata.get("bank") != self.seal:
             logger.warning("%s was built for another bank; it is rebuilt.", path)
             return None
-        found = (load_file(str(path)), metadata)
+        found = (tensors, metadata)
         with self._lock:
             self._derived[name] = found
         return found
@@ -614,14 +626,14 @@ def _parse_json(text: Any, where: Path) -> dict[str, Any]:
 
 
 def _tensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as handle:
+    with _open(path) as handle:
         present = set(handle.keys())
         return {name: handle.get_tensor(name) for name in names if name in present}
 
 
 def _derived_from_file(path: Path, metadata: dict[str, dict]) -> dict[str, tuple[dict[str, torch.Tensor], dict]]:
     derived: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
-    with safe_open(str(path), framework="pt") as handle:
+    with _open(path) as handle:
         names = list(handle.keys())
         for name, meta in metadata.items():
             start = f"derived.{name}."
@@ -655,7 +667,7 @@ def _legacy_layout(files: list[Path], key: str,
     try:
         for index, shard in enumerate(shard_of):
             if shard not in handles:
-                handles[shard] = safe_open(str(files[shard]), framework="pt")
+                handles[shard] = _open(files[shard])
             handle = handles[shard]
             present = set(handle.keys())
             names = {f: key.format(index=index, field=f) for f in FIELDS}

@@ -4,7 +4,6 @@ types that check option values, and the errors a command reports as one line."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -184,16 +183,10 @@ def load_config(path: Path) -> MemoryConfig:
 
     try:
         return MemoryConfig.load(path)
-    except UnicodeDecodeError as error:
-        raise CommandError(f"--config {path} is not UTF-8 text ({error.reason}); give a MemoryConfig JSON file.") \
-            from None
-    except json.JSONDecodeError as error:
-        raise CommandError(f"--config {path} is not valid JSON ({error}); fix the file, or write one with "
-                           "MemoryConfig.save.") from None
     except OSError as error:
         raise CommandError(f"cannot read --config {path}: {describe_os_error(error, name_path=False)}") from None
-    except ConfigError as error:
-        raise CommandError(f"--config {path} is not a valid MemoryConfig: {one_line(error)}") from None
+    except ConfigError as error:  # it names the file and what is wrong
+        raise CommandError(f"--config {one_line(error)}") from None
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:

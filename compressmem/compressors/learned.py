@@ -73,9 +73,15 @@ class LearnedCompressor(Compressor):
         """Attach the saved adapter to `model` and read the memory embeddings; `ratio` must be the saved one."""
         from safetensors import safe_open
 
+        from ..hub import CheckpointMismatchError
+
         directory = Path(directory)
-        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
-            saved_ratio = float((handle.metadata() or {}).get("ratio", "nan"))
+        try:
+            with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
+                saved_ratio = float((handle.metadata() or {}).get("ratio", "nan"))
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise CheckpointMismatchError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file ({error}); "
+                                          "the compressor is damaged: save or download it again.") from None
         if saved_ratio != ratio:
             raise ValueError(f"The compressor in {directory} was trained at ratio {saved_ratio}, but the configuration "
                              f"asks for ratio {ratio}; use the checkpoint's ratio.")

@@ -12,6 +12,7 @@ sigmoid to one probability per block. It is a few hundred parameters, trained as
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,14 +65,28 @@ class GateHead(torch.nn.Module):
     def load(cls, path: str | Path) -> "GateHead":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("format") != HEAD_FORMAT or json.loads(metadata.get("pools", "[]")) != list(POOLS):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise GateHeadError(f"{path} is not a readable safetensors file ({error}); the gate head is damaged: "
+                                "train or download it again.") from None
+        if metadata.get("format") != HEAD_FORMAT or metadata.get("pools") != json.dumps(list(POOLS)):
             raise GateHeadError(f"{path} is not a compressmem gate head (format {metadata.get('format')!r}, pools "
                                 f"{metadata.get('pools')!r}; expected {HEAD_FORMAT!r} with pools {list(POOLS)}).")
-        head = cls(tuple(json.loads(metadata["layers"])), int(metadata["heads"]), float(metadata["sharpness"]),
-                   json.loads(metadata["lexical"]))
-        tensors = load_file(str(path))
+        try:
+            head = cls(tuple(json.loads(metadata["layers"])), int(metadata["heads"]), float(metadata["sharpness"]),
+                       json.loads(metadata["lexical"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise GateHeadError(f"{path}: the gate head's settings (layers, heads, sharpness, lexical) are missing or "
+                                f"malformed ({type(error).__name__}: {error}); train or download it again.") from None
+        layers = head.layers
+        if not layers or len(set(layers)) != len(layers) or any(not isinstance(i, int) or i < 0 for i in layers) \
+                or head.heads < 1 or not 0 < head.sharpness < math.inf or not isinstance(head.lexical, bool):
+            raise GateHeadError(f"{path}: the gate head's settings are out of range (layers {list(layers)}: distinct "
+                                f"indices >= 0; heads {head.heads}: >= 1; sharpness {head.sharpness}: positive and "
+                                f"finite; lexical {head.lexical!r}: true or false); train or download it again.")
         for name, shape in (("weight", (head.num_features,)), ("bias", (1,))):
             if name not in tensors or tensors[name].shape != shape:
                 found = tuple(tensors[name].shape) if name in tensors else "missing"
