@@ -206,6 +206,10 @@ def test_grpo_checks_its_inputs(tokenizer, tmp_path):
     bad.write_text('{"question": "q", "context": "c"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1 lacks \['answers'\]"):
         examples_from_jsonl(bad)
+    for line in ('{"question": "q", "context": "c", "answers": ["a"]}\n{"question": ', '["a list"]'):
+        bad.write_text(line)
+        with pytest.raises(ValueError, match=r"bad.jsonl:\d is not a JSON object"):
+            examples_from_jsonl(bad)
 
 
 def test_reasoner_adapter_is_on_only_while_the_reasoner_reads(tokenizer):

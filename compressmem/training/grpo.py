@@ -60,7 +60,12 @@ def examples_from_jsonl(path: str | Path) -> list[GRPOExample]:
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not a JSON object ({error.msg}); each line is one example.") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number} is not a JSON object; each line is one example.")
         missing = {"context", "question", "answers"} - set(record)
         if missing:
             raise ValueError(f"{path}:{number} lacks {sorted(missing)}; each line needs context, question, answers.")
