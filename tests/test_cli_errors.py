@@ -193,7 +193,7 @@ def test_a_value_the_library_refuses_is_one_line(files, tmp_path, capsys):
     data.write_text(data.read_text() + "{not json\n")
     code, err = cli(capsys, "train", "grpo", "--data", data, "--out", tmp_path / "run", "--steps", "1",
                     *model(files))
-    assert code == 1 and err.startswith(f"compressmem train grpo: --data {data}: line 2 is not valid JSON"), err
+    assert code == 1 and err.startswith(f"compressmem train grpo: {data}:2 is not a JSON object"), err
 
 
 def test_debug_shows_the_traceback(files, tmp_path, capsys):

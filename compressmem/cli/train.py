@@ -201,21 +201,9 @@ def train_grpo(args: argparse.Namespace) -> int:
 
 
 def _examples(path: Path, read) -> list:
-    """--data's examples, or a one-line error that names the file and the line that is not JSON."""
+    """--data's examples (the reader names the file and any line that is not an example), or a one-line error for a
+    file that is not text."""
     try:
         return read(path)
-    except json.JSONDecodeError as error:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        number = next((n for n, line in enumerate(lines, start=1) if line.strip() and not _is_json(line)), "?")
-        raise CommandError(f"--data {path}: line {number} is not valid JSON ({error}); each line must be a JSON "
-                           "object with context, question and answers.") from None
     except UnicodeDecodeError as error:
         raise CommandError(f"--data {path} is not UTF-8 text ({error.reason}); give a JSONL file.") from None
-
-
-def _is_json(line: str) -> bool:
-    try:
-        json.loads(line)
-    except json.JSONDecodeError:
-        return False
-    return True
