@@ -1,11 +1,11 @@
 """What lets a bank prove it is read as written: a digest per stored field of every block, and a seal over
 the index.
 
-A block's digest (CRC-32) covers each stored tensor's dtype, shape and bytes, so a flipped bit, a header that
-says float where ints were written, or another bank's shard in its place is caught when the block is
-read. The seal is a hash of the index (how the bank was built, its shards with their sizes and
-hashes) together with the block table, the digests and the prefix, so an edited `bank.json` (layers
-reordered, blocks cut) or table is caught when the bank is opened.
+A block's digest (CRC-32) covers each stored tensor's dtype, shape and bytes, so a flipped bit, a header
+that says float where ints were written, or another bank's shard in its place is caught when the block
+is read. The seal is a hash of the index (how the bank was built, its shards with their sizes) together
+with the block table, the digests and the prefix, so an edited `bank.json` (layers reordered, blocks
+cut) or table is caught when the bank is opened.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import hashlib
 import json
 import zlib
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 FIELDS = ("token_ids", "keys", "values", "positions")
 QUANTIZED_PARTS = ("", ".scales", ".zeros")  # a quantized field is stored as its codes plus scales and zeros
-CHUNK_BYTES = 1 << 22
 
 
 def tensor_digest(tensors: Iterable[torch.Tensor]) -> int:
@@ -43,15 +41,6 @@ def field_digests(stored: dict[str, torch.Tensor], names: dict[str, str]) -> lis
         parts = [stored[names[field] + part] for part in QUANTIZED_PARTS if names[field] + part in stored]
         digests.append(tensor_digest(parts) if parts else 0)
     return digests
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, read in pieces."""
-    hashed = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while piece := handle.read(CHUNK_BYTES):
-            hashed.update(piece)
-    return hashed.hexdigest()
 
 
 def seal(index: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:

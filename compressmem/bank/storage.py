@@ -16,7 +16,7 @@ shards, one index lists them all. Banks written by release 0.1 (format 1, a fold
 release 0.2 (format 2) are read too.
 
 A bank is sealed (format 3, `integrity`): every block's fields have digests in the table, every shard
-its size and SHA-256 in the index, and the index a seal over itself, the table and the prefix. Opening
+its size in the index, and the index a seal over itself, the table and the prefix. Opening
 checks the seal, the shards' sizes and the blocks each shard records; reading a block checks its
 digests; `MemoryBank.verify` reads everything back. A shard is written under a temporary name and
 renamed when complete, and records its blocks, so an interrupted compression is resumed
@@ -45,7 +45,7 @@ from ..config import CompressionConfig
 from ..hf.fingerprint import BaseFingerprint
 from ..quantize import CHANNELS, TOKENS, Quantized
 from .block import BlockInfo, BlockTable, MemoryBlock
-from .integrity import FIELDS, QUANTIZED_PARTS, field_digests, file_sha256, seal, tensor_digest
+from .integrity import FIELDS, QUANTIZED_PARTS, field_digests, seal, tensor_digest
 from .memo import Memo
 from .provenance import BankMismatchError, Provenance
 
@@ -90,7 +90,7 @@ class Entry(NamedTuple):
 
 @dataclass
 class BankPart:
-    """What one writer put in a bank folder: its shards (file name, size in bytes, SHA-256), its blocks by their
+    """What one writer put in a bank folder: its shards (file name, size in bytes), its blocks by their
     place in the document, and the layout of their KV."""
 
     rank: int
@@ -228,7 +228,7 @@ def provenance_identity(provenance: Provenance) -> str:
 
 
 def _shard_record(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return {"file": path.name, "bytes": path.stat().st_size}
 
 
 def _open(path: Path, device: str = "cpu"):
@@ -375,7 +375,7 @@ class ShardStore:
                  shards: list[dict[str, Any]] | None = None) -> None:
         self.root = root
         self.files = files
-        self.shards = shards or []  # the index's record of each shard (size, SHA-256), in a sealed folder
+        self.shards = shards or []  # the index's record of each shard (its size), in a sealed folder
         self.infos = infos
         self.shard_of = infos.column("shard").tolist()
         self.compression = compression  # how its KV was quantized, to read it back
@@ -443,12 +443,8 @@ class ShardStore:
         return ids.long()
 
     def verify(self, show_progress: bool = False) -> None:
-        """Read the whole bank back: every shard's SHA-256 against the index (a sealed folder's) and every block
-        against its digests; raise `BankMismatchError` at the first difference."""
-        for path, shard in zip(self.files, self.shards):
-            if "sha256" in shard and file_sha256(path) != shard["sha256"]:
-                raise BankMismatchError(f"{path} is not the shard this bank's index lists (its SHA-256 differs): "
-                                        "the file is damaged or was replaced. Rebuild the bank.")
+        """Read the whole bank back, every block against its digests (which cover every byte of its tensors);
+        raise `BankMismatchError` at the first difference."""
         for index in tqdm(range(len(self)), desc="Verifying", unit="block", disable=not show_progress):
             self.load(index)
 
