@@ -17,8 +17,8 @@ release 0.2 (format 2) are read too.
 
 A bank is sealed (format 3, `integrity`): every block's fields have digests in the table, every shard
 its size in the index, and the index a seal over itself, the table and the prefix. Opening
-checks the seal, the shards' sizes and the blocks each shard records; reading a block checks its
-digests; `MemoryBank.verify` reads everything back. A shard is written under a temporary name and
+checks the seal and the shards' sizes; the first read from a shard checks the blocks it records;
+reading a block checks its digests; `MemoryBank.verify` reads everything back. A shard is written under a temporary name and
 renamed when complete, and records its blocks, so an interrupted compression is resumed
 (`BankWriter(resume=True)`) rather than left half-written.
 """
@@ -386,12 +386,31 @@ class ShardStore:
         self.memo = Memo()
         self._derived = dict(derived or {})
         self._lock = threading.Lock()
+        self._checked: set[int] = set()  # shards whose recorded blocks matched the table
+        self._sharded = digests is not None and root.is_dir()  # a sealed folder, whose shards record their blocks
 
     def __len__(self) -> int:
         return len(self.infos)
 
+    def check_shard(self, shard: int) -> None:
+        """Refuse shard `shard` (once per process) unless it records the very blocks, with the very digests, that
+        the sealed table gives it: another bank's shard of the same size is caught before any block is used."""
+        if not self._sharded or shard in self._checked:
+            return
+        path = self.files[shard]
+        rows = json.loads(_shard_metadata(path).get("blocks", "[]"))
+        recorded = torch.tensor([[row[0], *_digests(row)] for row in rows], dtype=torch.int64)
+        listed = (self.infos.column("shard") == shard).nonzero().flatten()
+        expected = torch.cat([listed[:, None], self.digests[listed]], dim=1)
+        if recorded.shape != expected.shape or not torch.equal(recorded[torch.argsort(recorded[:, 0])], expected):
+            raise BankMismatchError(f"{path} holds other blocks than this bank's index lists: it is another bank's "
+                                    "shard or was damaged. Rebuild the bank.")
+        with self._lock:
+            self._checked.add(shard)
+
     def load(self, index: int) -> MemoryBlock:
         info = self.infos[index]
+        self.check_shard(self.shard_of[index])
         names = {f: self.key.format(index=index, field=f) for f in FIELDS}
         with _open(self.files[self.shard_of[index]], str(self.device)) as handle:
             present = set(handle.keys())
@@ -415,6 +434,7 @@ class ShardStore:
                          TOKENS if field == "keys" else CHANNELS)
 
     def token_ids(self, index: int) -> torch.Tensor:
+        self.check_shard(self.shard_of[index])
         with _open(self.files[self.shard_of[index]]) as handle:
             ids = handle.get_tensor(self.key.format(index=index, field="token_ids"))
         self._check_digests(index, [tensor_digest([ids])], FIELDS[:1])
@@ -445,6 +465,8 @@ class ShardStore:
     def verify(self, show_progress: bool = False) -> None:
         """Read the whole bank back, every block against its digests (which cover every byte of its tensors);
         raise `BankMismatchError` at the first difference."""
+        for shard in range(len(self.files)):
+            self.check_shard(shard)
         for index in tqdm(range(len(self)), desc="Verifying", unit="block", disable=not show_progress):
             self.load(index)
 
@@ -555,19 +577,14 @@ def _check_seal(index: dict[str, Any], tensors: dict[str, torch.Tensor], version
 
 
 def _check_shards(store: ShardStore) -> None:
-    """Refuse shards of another size than written, or that record other blocks than the table's (a sealed bank)."""
+    """Refuse shards of another size than written (a sealed bank); which blocks each holds is checked when one of
+    its blocks is first read (`ShardStore.check_shard`), so opening a bank of any size stays fast."""
     if store.digests is None:
         return
-    for number, (path, shard) in enumerate(zip(store.files, store.shards)):
+    for path, shard in zip(store.files, store.shards):
         if path.stat().st_size != shard.get("bytes"):
             raise BankMismatchError(f"{path} holds {path.stat().st_size} bytes where the bank's index lists "
                                     f"{shard.get('bytes')}: the shard is damaged or was replaced. Rebuild the bank.")
-        rows = json.loads(_shard_metadata(path).get("blocks", "[]"))
-        recorded = {row[0]: _digests(row) for row in rows}
-        listed = [i for i, s in enumerate(store.shard_of) if s == number]
-        if sorted(recorded) != listed or any(recorded[i] != store.digests[i].tolist() for i in listed):
-            raise BankMismatchError(f"{path} holds other blocks than this bank's index lists: it is another bank's "
-                                    "shard or was damaged. Rebuild the bank.")
 
 
 def _store(root: Path, files: list[Path], index: dict[str, Any], tensors: dict[str, torch.Tensor],
@@ -593,11 +610,11 @@ def _store(root: Path, files: list[Path], index: dict[str, Any], tensors: dict[s
 
 
 def _inside(directory: Path, name: Any) -> Path:
-    """`directory / name`, refusing names that would leave the folder."""
-    if not isinstance(name, str) or (directory / name).resolve().parent != directory.resolve():
+    """`directory / name`, refusing anything but the name of a file in the folder itself."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
         raise BankMismatchError(f"The index of {directory} names the file {name!r}, which is not inside the bank "
                                 "folder: the bank is damaged or was tampered with.")
-    return (directory / name).resolve()
+    return directory / name
 
 
 def _version(value: Any, where: Path) -> int:
