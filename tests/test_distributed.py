@@ -15,6 +15,7 @@ import torch
 from transformers import AutoTokenizer
 
 from compressmem import (
+    BankMismatchError,
     ChunkingConfig,
     CompressedMemoryModel,
     CompressionConfig,
@@ -173,3 +174,19 @@ def test_accelerate_launch_with_two_cpu_processes_writes_one_bank(tokenizer, doc
     index = json.loads((tmp_path / "bank" / "bank.json").read_text())
     assert sorted({shard["rank"] for shard in index["shards"]}) == [0, 1]
     assert not list(tmp_path.glob("bank.safetensors.*")), "the temporary bank folder beside the file was left behind"
+
+
+def test_processes_resume_an_interrupted_compression_of_the_same_count(tokenizer, document, tmp_path):
+    text = document.read_text(encoding="utf-8")
+    folder = tmp_path / "bank"
+    compress_in_threads([text] * 3, folder)
+    shards = sorted(folder.glob("blocks-*.safetensors"))
+    for name in ("bank.json", "table.safetensors", "prefix.safetensors", *(p.name for p in shards[-3:])):
+        (folder / name).unlink()  # as a kill before the index leaves it: the last shards unwritten
+    with pytest.raises(BankMismatchError, match="made with other settings, another model or 3 processes"):
+        tiny_wrapper("llama", tokenizer, CONFIG).compress_stream(pieces(text), folder, shard_blocks=4)
+    banks = compress_in_threads([text] * 3, folder)
+    reference = tiny_wrapper("llama", tokenizer, CONFIG).compress(text)
+    for bank in banks:
+        assert_same_bank(bank, reference)
+    assert sorted(p.name for p in folder.glob("blocks-*")) == [p.name for p in shards]
