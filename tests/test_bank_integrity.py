@@ -259,3 +259,19 @@ def test_unreadable_bank_files_are_named(ids_wrapper, essay_text, tmp_path, capl
     (folder / "prefix.safetensors").unlink()
     with pytest.raises(BankMismatchError, match="prefix.safetensors is not a readable safetensors file"):
         MemoryBank.load(folder)
+
+
+@pytest.mark.parametrize("version", ["abc", None, 99])
+def test_a_bank_format_version_that_is_not_one_we_read_is_refused(ids_wrapper, essay_text, tmp_path, version):
+    ids_wrapper.compress(essay_text[:1000]).save(tmp_path / "bank", folder=True)
+    _edit_json(tmp_path / "bank" / "bank.json", lambda d: d.update(format_version=version))
+    message = "uses bank format 99; this compressmem reads up to" if version == 99 else "has no valid bank format"
+    with pytest.raises(BankMismatchError, match=message):
+        MemoryBank.load(tmp_path / "bank")
+
+
+@pytest.mark.parametrize("shard_blocks", [0, -1, 2.5, True])
+def test_shard_blocks_must_be_a_positive_count(ids_wrapper, essay_text, tmp_path, shard_blocks):
+    with pytest.raises(ValueError, match="shard_blocks must be a positive number of blocks per shard"):
+        ids_wrapper.compress_stream([essay_text[:1000]], tmp_path / "bank", shard_blocks=shard_blocks)
+    assert not (tmp_path / "bank").exists()

@@ -67,6 +67,7 @@ def test_memagent_preset_reads_raw_chunks_without_gate_or_compression():
     (lambda: NotesConfig(min_grounding=2.0), "min_grounding"),
     (lambda: PromptConfig(answer_template="no placeholders"), "answer_template"),
     (lambda: PromptConfig(update_template="{notes} only"), "update_template"),
+    (lambda: PromptConfig(empty_notes=None), "prompts.empty_notes must be a string"),
     (lambda: MemoryConfig(query_tokens=0), "query_tokens"), (lambda: MemoryConfig(gate="lexical"), "gate"),
 ])
 def test_invalid_values_name_the_setting(make, field):
