@@ -18,9 +18,9 @@ release 0.2 (format 2) are read too.
 A bank is sealed (format 3, `integrity`): every block's fields have digests in the table, every shard
 its size in the index, and the index a seal over itself, the table and the prefix. Opening
 checks the seal and the shards' sizes; the first read from a shard checks the blocks it records;
-reading a block checks its digests; `MemoryBank.verify` reads everything back. A shard is written under a temporary name and
-renamed when complete, and records its blocks, so an interrupted compression is resumed
-(`BankWriter(resume=True)`) rather than left half-written.
+reading a block checks its digests; `MemoryBank.verify` reads everything back. A shard is written
+under a temporary name and renamed when complete, and records its blocks, so an interrupted
+compression is resumed (`BankWriter(resume=True)`) rather than left half-written.
 """
 
 from __future__ import annotations
@@ -154,9 +154,8 @@ class BankWriter:
         index = len(self.part.blocks) if index is None else index
         if index in self.part.blocks:
             raise ValueError(f"block {index} was already written to {self.directory}.")
-        names = {f: KEY.format(index=index, field=f) for f in FIELDS}
         tensors = block_tensors(block, index)
-        digests = field_digests(tensors, names)
+        digests = field_digests(tensors, stored_names(index))
         self._pending.update(tensors)
         info = block.info
         self._rows.append([index, *_info_row(info), *(f"{d:016x}" for d in digests)])  # fixed width
@@ -261,15 +260,19 @@ def _row_info(row: Sequence[int]) -> BlockInfo:
     return BlockInfo(document, start, None if char_start < 0 else (char_start, char_end), tokens, entries, size)
 
 
-def block_tensors(block: MemoryBlock, index: int, key: str = "{index}.{field}") -> dict[str, torch.Tensor]:
+def stored_names(index: int, key: str = KEY) -> dict[str, str]:
+    """The name each field of block `index` is stored under (`key` names them: `{index}.{field}`)."""
+    return {field: key.format(index=index, field=field) for field in FIELDS}
+
+
+def block_tensors(block: MemoryBlock, index: int, key: str = KEY) -> dict[str, torch.Tensor]:
     """The tensors `block` is stored as, named after its place `index` in the bank: quantized KV as its packed
     codes plus `.scales` and `.zeros` beside them."""
     tensors = {}
-    for name in FIELDS:
+    for name, stored in stored_names(index, key).items():
         tensor = getattr(block, name)
         if tensor is None:
             continue
-        stored = key.format(index=index, field=name)
         if isinstance(tensor, Quantized):
             tensors.update({stored: tensor.data, f"{stored}.scales": tensor.scales, f"{stored}.zeros": tensor.zeros})
         else:
@@ -327,18 +330,19 @@ def _table_tensors(rows: Sequence[Entry]) -> dict[str, torch.Tensor]:
 def write_file(path: str | Path, blocks: Iterable[MemoryBlock], prefix: Prefix, provenance: Provenance,
                kv: dict[str, Any] | None, derived: dict[str, tuple[dict[str, torch.Tensor], dict]]) -> None:
     """Write a whole bank as one safetensors file, its sealed index in the metadata (no pickle)."""
-    tensors = prefix.tensors()
+    prefix_tensors = prefix.tensors()
+    tensors = dict(prefix_tensors)
     rows = []
     for i, block in enumerate(blocks):
         stored = block_tensors(block, i)
         tensors.update(stored)
-        rows.append(Entry(block.info, 0, field_digests(stored, {f: KEY.format(index=i, field=f) for f in FIELDS})))
+        rows.append(Entry(block.info, 0, field_digests(stored, stored_names(i))))
     table_tensors = _table_tensors(rows)
     tensors.update(table_tensors)
     for name, (named, _) in derived.items():
         tensors.update({f"derived.{name}.{key}": value.contiguous().cpu() for key, value in named.items()})
     index = _index(provenance, kv, "", [{"file": "", "rank": 0}], len(rows))
-    index["seal"] = seal(index, {**prefix.tensors(), **table_tensors})
+    index["seal"] = seal(index, {**prefix_tensors, **table_tensors})
     index["derived"] = {name: meta for name, (_, meta) in derived.items()}
     save_file(tensors, str(path), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
                                             "index": json.dumps(index)})
@@ -411,7 +415,7 @@ class ShardStore:
     def load(self, index: int) -> MemoryBlock:
         info = self.infos[index]
         self.check_shard(self.shard_of[index])
-        names = {f: self.key.format(index=index, field=f) for f in FIELDS}
+        names = stored_names(index, self.key)
         with _open(self.files[self.shard_of[index]], str(self.device)) as handle:
             present = set(handle.keys())
             stored = {name + part: handle.get_tensor(name + part) for name in names.values()
@@ -436,7 +440,7 @@ class ShardStore:
     def token_ids(self, index: int) -> torch.Tensor:
         self.check_shard(self.shard_of[index])
         with _open(self.files[self.shard_of[index]]) as handle:
-            ids = handle.get_tensor(self.key.format(index=index, field="token_ids"))
+            ids = handle.get_tensor(stored_names(index, self.key)["token_ids"])
         self._check_digests(index, [tensor_digest([ids])], FIELDS[:1])
         return self._checked_ids(index, ids)
 
@@ -683,7 +687,7 @@ def _legacy_layout(files: list[Path], key: str,
                 handles[shard] = _open(files[shard])
             handle = handles[shard]
             present = set(handle.keys())
-            names = {f: key.format(index=index, field=f) for f in FIELDS}
+            names = stored_names(index, key)
             slices = {f: handle.get_slice(name) for f, name in names.items() if name in present}
             size = sum(math.prod(s.get_shape()) * _ITEMSIZES[s.get_dtype()] for s in slices.values())
             shape = slices["keys"].get_shape() if "keys" in slices else None
