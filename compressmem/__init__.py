@@ -18,10 +18,27 @@ from .model import Answer, CompressedGenerateOutput, CompressedMemoryModel
 from .reader import ReadStep, Source, Trace
 
 __all__ = [
-    "Answer", "BankMismatchError", "CheckpointMismatchError", "ChunkingConfig", "CompressedGenerateOutput",
-    "CompressedMemoryModel", "CompressionConfig", "ConfigError", "ContextError", "DEFAULT_MODEL", "GateConfig",
-    "MemoryBank", "MemoryBlock", "MemoryConfig", "NotesConfig", "PromptConfig", "ReadStep", "ReadingConfig", "Source",
-    "Trace", "text_pieces",
+    "DEFAULT_MODEL",
+    "Answer",
+    "BankMismatchError",
+    "CheckpointMismatchError",
+    "ChunkingConfig",
+    "CompressedGenerateOutput",
+    "CompressedMemoryModel",
+    "CompressionConfig",
+    "ConfigError",
+    "ContextError",
+    "GateConfig",
+    "MemoryBank",
+    "MemoryBlock",
+    "MemoryConfig",
+    "NotesConfig",
+    "PromptConfig",
+    "ReadStep",
+    "ReadingConfig",
+    "Source",
+    "Trace",
+    "text_pieces",
 ]
 
 __version__ = "0.2.0"

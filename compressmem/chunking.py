@@ -63,8 +63,10 @@ def split_into_chunks(documents: list[tuple[torch.Tensor, list | None]], chunk_s
 def check_pieces(pieces: object) -> None:
     """Refuse a streamed context that is one string (it would be read one character at a time) or not iterable."""
     if isinstance(pieces, (str, bytes)) or not isinstance(pieces, Iterable):
-        raise ContextError("A streamed context is an iterable of text pieces, not one string (it would be read one "
-                           "character at a time): pass text_pieces(path), or [text] for text already in memory.")
+        raise ContextError(
+            "A streamed context is an iterable of text pieces, not one string (it would be read one "
+            "character at a time): pass text_pieces(path), or [text] for text already in memory."
+        )
 
 
 TOKENIZE_CHARS = 1 << 16
@@ -77,12 +79,15 @@ few MiB and reuse the same memory.
 """
 
 _CUT = re.compile(r" (?=\S)")  # a space before a non-space: where `stream_chunks` may cut a piece
-_PROBE = (" Probe: it's  two,   three\n\n a\n  b \n c\t d \u00a0e\u00a0 f 123  4567   89 naïve café — "
-          "日本語 のテキスト 😀 ... (x) 'quoted'  \"end\".   ")
+_PROBE = (
+    " Probe: it's  two,   three\n\n a\n  b \n c\t d \u00a0e\u00a0 f 123  4567   89 naïve café — "
+    "日本語 のテキスト 😀 ... (x) 'quoted'  \"end\".   "
+)
 
 
-def stream_chunks(pieces: Iterable[str], tokenizer: PreTrainedTokenizerBase, chunk_size: int,
-                  group: int) -> Iterator[list[Chunk]]:
+def stream_chunks(
+    pieces: Iterable[str], tokenizer: PreTrainedTokenizerBase, chunk_size: int, group: int
+) -> Iterator[list[Chunk]]:
     """Chunks of a text that arrives in pieces, `group` full chunks at a time (the last group may be short).
 
     One piece is tokenized at a time, in parts of at most `TOKENIZE_CHARS` characters, each cut just
@@ -227,6 +232,8 @@ def _check_id_tensor(ids: torch.Tensor, vocabulary: int) -> torch.Tensor:
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocabulary:
         bad = low if low < 0 else high
-        raise ContextError(f"Token id {bad} of the context is not a token of this tokenizer (ids run 0.."
-                           f"{vocabulary - 1}); pass ids from the model's own tokenizer, or pass the text.")
+        raise ContextError(
+            f"Token id {bad} of the context is not a token of this tokenizer (ids run 0.."
+            f"{vocabulary - 1}); pass ids from the model's own tokenizer, or pass the text."
+        )
     return ids

@@ -45,15 +45,28 @@ class BankBuilder:
         """How the banks this builder makes are built."""
         digest = None if self.compressor is None else self.compressor.digest(self.model)
         layers = self.layers if self.compressor is not None else ()
-        return Provenance(self.fingerprint, self.chunk_size, self.compression, digest, layers,
-                          self.values and self.compressor is not None)
+        return Provenance(
+            self.fingerprint,
+            self.chunk_size,
+            self.compression,
+            digest,
+            layers,
+            self.values and self.compressor is not None,
+        )
 
     def needs(self, layers: tuple[int, ...], values: bool, users: tuple[str, ...]) -> BankNeeds:
         """What a reader of this configuration needs of a bank: this builder's settings, keys at `layers`,
         values when `values`; no KV at all when this builder keeps none."""
         made = self.provenance()
-        return BankNeeds(made.fingerprint, made.chunk_size, made.compression, made.compressor_digest,
-                         layers if made.compression is not None else (), values, users)
+        return BankNeeds(
+            made.fingerprint,
+            made.chunk_size,
+            made.compression,
+            made.compressor_digest,
+            layers if made.compression is not None else (),
+            values,
+            users,
+        )
 
     def empty_prefix(self) -> Prefix:
         """The prefix of a bank that keeps no KV."""
@@ -66,12 +79,16 @@ class BankBuilder:
         if self.compressor is None:
             return self.empty_prefix()
         out = self.forward(self.prefix_ids[-1:].view(1, 1))
-        return Prefix(self.prefix_ids, out.prefix_keys.to(device),
-                      None if out.prefix_values is None else out.prefix_values.to(device))
+        return Prefix(
+            self.prefix_ids,
+            out.prefix_keys.to(device),
+            None if out.prefix_values is None else out.prefix_values.to(device),
+        )
 
     @torch.no_grad()
-    def blocks(self, chunks: list[Chunk], device: torch.device, batch_size: int = 4,
-               bar: tqdm | None = None) -> tuple[list[MemoryBlock], Prefix]:
+    def blocks(
+        self, chunks: list[Chunk], device: torch.device, batch_size: int = 4, bar: tqdm | None = None
+    ) -> tuple[list[MemoryBlock], Prefix]:
         """The chunks' blocks on `device`, compressing chunks of equal length `batch_size` at a time, and the
         shared prefix (with its KV when blocks hold KV)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -87,12 +104,15 @@ class BankBuilder:
         prefix = self.empty_prefix()
         for members in by_length.values():
             for start in range(0, len(members), batch_size):
-                batch = members[start:start + batch_size]
+                batch = members[start : start + batch_size]
                 out = self.forward(torch.stack([chunks[i].token_ids for i in batch]))
                 for row, i in enumerate(batch):
                     made[i] = _block(chunks[i], out, row, device, self.compression)
-                prefix = Prefix(self.prefix_ids, out.prefix_keys.to(device),
-                                None if out.prefix_values is None else out.prefix_values.to(device))
+                prefix = Prefix(
+                    self.prefix_ids,
+                    out.prefix_keys.to(device),
+                    None if out.prefix_values is None else out.prefix_values.to(device),
+                )
                 if bar is not None:
                     bar.update(len(batch))
         return made, prefix  # type: ignore[return-value]
@@ -104,16 +124,22 @@ class BankBuilder:
             raise ValueError("This configuration keeps no KV, so there is nothing to compress.")
         return self.compressor.forward_blocks(self.model, self.prefix_ids, chunk_ids, self.layers, self.values)
 
-    def bank(self, chunks: list[Chunk], device: torch.device, batch_size: int = 4,
-             show_progress: bool = True) -> MemoryBank:
+    def bank(
+        self, chunks: list[Chunk], device: torch.device, batch_size: int = 4, show_progress: bool = True
+    ) -> MemoryBank:
         """An in-memory bank of `chunks`, its blocks on `device`."""
         with tqdm(total=len(chunks), desc="Compressing", unit="chunk", disable=not show_progress) as bar:
             blocks, prefix = self.blocks(chunks, device, batch_size, bar)
         return MemoryBank.from_blocks(blocks, prefix, self.provenance())
 
 
-def _block(chunk: Chunk, out: CompressedChunks | None = None, row: int = 0, device: torch.device | None = None,
-           compression: CompressionConfig | None = None) -> MemoryBlock:
+def _block(
+    chunk: Chunk,
+    out: CompressedChunks | None = None,
+    row: int = 0,
+    device: torch.device | None = None,
+    compression: CompressionConfig | None = None,
+) -> MemoryBlock:
     """Chunk `chunk`'s block: row `row` of a compressed batch (quantized as `compression` says, where it was
     computed, then moved to `device`), or its token ids alone."""
     if out is None:
@@ -122,5 +148,12 @@ def _block(chunk: Chunk, out: CompressedChunks | None = None, row: int = 0, devi
     if compression is not None and compression.bits < 16:
         keys = quantize(keys, compression.bits, compression.group, TOKENS)
         values = None if values is None else quantize(values, compression.bits, compression.group, CHANNELS)
-    return MemoryBlock(chunk.token_ids, keys.to(device), None if values is None else values.to(device),
-                       out.positions[row].to(device), chunk.document, chunk.token_start, chunk.char_span)
+    return MemoryBlock(
+        chunk.token_ids,
+        keys.to(device),
+        None if values is None else values.to(device),
+        out.positions[row].to(device),
+        chunk.document,
+        chunk.token_start,
+        chunk.char_span,
+    )

@@ -86,8 +86,10 @@ class CompressionConfig:
         _choice("compression.bits", self.bits, BITS)
         if self.bits == 16:
             if self.group is not None:
-                raise ConfigError("compression.group sizes the groups of quantized KV; with bits=16 nothing is "
-                                  "quantized and it would be ignored: drop it, or set bits to 8, 4 or 2.")
+                raise ConfigError(
+                    "compression.group sizes the groups of quantized KV; with bits=16 nothing is "
+                    "quantized and it would be ignored: drop it, or set bits to 8, 4 or 2."
+                )
             return
         _set(self, "group", DEFAULT_GROUP if self.group is None else self.group)
         _positive_int("compression.group", self.group)
@@ -96,8 +98,10 @@ class CompressionConfig:
         _choice("compression.method", self.method, COMPRESSION_METHODS)
         if self.method == "none":
             if self.ratio not in (None, 1):
-                raise ConfigError(f"compression.method='none' keeps every KV entry, so compression.ratio must be 1, "
-                                  f"got {self.ratio!r}.")
+                raise ConfigError(
+                    f"compression.method='none' keeps every KV entry, so compression.ratio must be 1, "
+                    f"got {self.ratio!r}."
+                )
             _set(self, "ratio", 1.0)
         else:
             ratio = DEFAULT_RATIO if self.ratio is None else self.ratio
@@ -108,8 +112,10 @@ class CompressionConfig:
             _set(self, "score", DEFAULT_SCORE if self.score is None else self.score)
             _choice("compression.score", self.score, SCORES)
         elif self.score is not None:
-            raise ConfigError(f"compression.score ranks entries for method='select' only; it would be ignored with "
-                              f"method={self.method!r}: drop it.")
+            raise ConfigError(
+                f"compression.score ranks entries for method='select' only; it would be ignored with "
+                f"method={self.method!r}: drop it."
+            )
 
 
 @dataclass(frozen=True)
@@ -129,9 +135,11 @@ class GateConfig:
         _choice("gate.kind", self.kind, GATE_KINDS)
         if self.top_k is not None:
             _positive_int("gate.top_k", self.top_k)
-        if self.threshold is not None and (isinstance(self.threshold, bool)
-                                           or not isinstance(self.threshold, (int, float))
-                                           or not 0.0 <= self.threshold <= 1.0):
+        if self.threshold is not None and (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not 0.0 <= self.threshold <= 1.0
+        ):
             raise ConfigError(f"gate.threshold must lie in [0, 1], got {self.threshold!r}.")
         if self.top_k is None and self.threshold is None:
             raise ConfigError(f"gate kind {self.kind!r} needs gate.top_k or gate.threshold; set one, or use gate=None.")
@@ -195,16 +203,21 @@ class ReadingConfig:
         if self.keep_bits is None:
             _set(self, "keep_bits", DEFAULT_KEEP_BITS if self.mode == "raw" else 0)
         if self.keep_bits not in (0, *BITS[1:]) or isinstance(self.keep_bits, bool):
-            raise ConfigError(f"reading.keep_bits must be one of {[0, *BITS[1:]]} (0 keeps nothing), got "
-                              f"{self.keep_bits!r}.")
+            raise ConfigError(
+                f"reading.keep_bits must be one of {[0, *BITS[1:]]} (0 keeps nothing), got {self.keep_bits!r}."
+            )
         if self.keep_bits == 0:
             if self.keep_mib is not None:
-                raise ConfigError("reading.keep_mib bounds the KV kept by keep_bits, which is 0: set keep_bits "
-                                  "(8, 4 or 2) or drop keep_mib.")
+                raise ConfigError(
+                    "reading.keep_mib bounds the KV kept by keep_bits, which is 0: set keep_bits "
+                    "(8, 4 or 2) or drop keep_mib."
+                )
             return
         if self.mode != "raw":
-            raise ConfigError("reading.keep_bits keeps the KV of raw reads; compressed reading already reads "
-                              "the bank's KV. Drop keep_bits or use mode='raw'.")
+            raise ConfigError(
+                "reading.keep_bits keeps the KV of raw reads; compressed reading already reads "
+                "the bank's KV. Drop keep_bits or use mode='raw'."
+            )
         _set(self, "keep_mib", DEFAULT_KEEP_MIB if self.keep_mib is None else self.keep_mib)
         _positive_int("reading.keep_mib", self.keep_mib)
 
@@ -226,8 +239,10 @@ class NotesConfig:
         if self.update == "rewrite":
             for name in ("note_tokens", "min_grounding"):
                 if getattr(self, name) is not None:
-                    raise ConfigError(f"notes.{name} applies to update='append' only (a rewrite writes up to "
-                                      "max_tokens and is not checked against the section); drop it.")
+                    raise ConfigError(
+                        f"notes.{name} applies to update='append' only (a rewrite writes up to "
+                        "max_tokens and is not checked against the section); drop it."
+                    )
             return
         _set(self, "note_tokens", DEFAULT_NOTE_TOKENS if self.note_tokens is None else self.note_tokens)
         _positive_int("notes.note_tokens", self.note_tokens)
@@ -262,8 +277,10 @@ class PromptConfig:
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"prompts.{name} must be a string, got {type(getattr(self, name)).__name__}.")
         if self.not_found is not None and (not isinstance(self.not_found, str) or not self.not_found.strip()):
-            raise ConfigError("prompts.not_found is what a user reads when the context does not hold the answer: a "
-                              f"non-empty string (or None to generate a guess anyway), got {self.not_found!r}.")
+            raise ConfigError(
+                "prompts.not_found is what a user reads when the context does not hold the answer: a "
+                f"non-empty string (or None to generate a guess anyway), got {self.not_found!r}."
+            )
         if self.update_template is not None:
             _template("prompts.update_template", self.update_template, ("question",))
         _template("prompts.answer_template", self.answer_template, ("question", "notes"))
@@ -276,8 +293,14 @@ class PromptConfig:
         return APPEND_TEMPLATE if notes.update == "append" else REWRITE_TEMPLATE
 
 
-_STAGES = {"chunking": ChunkingConfig, "compression": CompressionConfig, "gate": GateConfig,
-           "reading": ReadingConfig, "notes": NotesConfig, "prompts": PromptConfig}
+_STAGES = {
+    "chunking": ChunkingConfig,
+    "compression": CompressionConfig,
+    "gate": GateConfig,
+    "reading": ReadingConfig,
+    "notes": NotesConfig,
+    "prompts": PromptConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -312,8 +335,11 @@ class MemoryConfig:
             if value is None and name in ("compression", "gate"):
                 continue
             if not isinstance(value, kind):
-                raise ConfigError(f"{name} must be a {kind.__name__}" + (" or None" if name in ("compression", "gate")
-                                                                          else "") + f", got {value!r}.")
+                raise ConfigError(
+                    f"{name} must be a {kind.__name__}"
+                    + (" or None" if name in ("compression", "gate") else "")
+                    + f", got {value!r}."
+                )
         if self.direct_max_tokens is not None:
             _positive_int("direct_max_tokens", self.direct_max_tokens)
         _positive_int("query_tokens", self.query_tokens)
@@ -326,28 +352,37 @@ class MemoryConfig:
     def _check_compression(self) -> None:
         users = self.kv_users
         if self.compression is None and users:
-            raise ConfigError(f"{' and '.join(users)} {'read' if len(users) > 1 else 'reads'} compressed KV, but "
-                              "compression is None: set compression=CompressionConfig(...) (e.g. method='select', "
-                              "ratio=4).")
+            raise ConfigError(
+                f"{' and '.join(users)} {'read' if len(users) > 1 else 'reads'} compressed KV, but "
+                "compression is None: set compression=CompressionConfig(...) (e.g. method='select', "
+                "ratio=4)."
+            )
         if self.compression is not None and not users:
             raise ConfigError(
                 f"compression={self.compression.method!r} would be ignored: with "
                 f"{'no gate' if self.gate is None else f'the {self.gate.kind} gate'} and raw reading, nothing reads "
                 "compressed KV (the bank holds only token ids). Drop compression, or use a gate that reads keys "
-                "(kind='attention' or 'head') or reading mode 'compressed'.")
+                "(kind='attention' or 'head') or reading mode 'compressed'."
+            )
         if self.compression is not None and self.compression.ratio > self.chunking.size:
-            raise ConfigError(f"compression.ratio {self.compression.ratio:g} would keep less than one KV entry of a "
-                              f"{self.chunking.size}-token chunk: use a ratio of at most {self.chunking.size}, or "
-                              "larger chunks.")
+            raise ConfigError(
+                f"compression.ratio {self.compression.ratio:g} would keep less than one KV entry of a "
+                f"{self.chunking.size}-token chunk: use a ratio of at most {self.chunking.size}, or "
+                "larger chunks."
+            )
 
     def _check_reading(self) -> None:
         reading, gate = self.reading, self.gate
         if reading.order == "score" and gate is None:
-            raise ConfigError("reading.order='score' reads, after each update, the best unread block the gate passes: "
-                              "it needs a gate (or use order='document' to read every block in order).")
+            raise ConfigError(
+                "reading.order='score' reads, after each update, the best unread block the gate passes: "
+                "it needs a gate (or use order='document' to read every block in order)."
+            )
         if reading.recall and (gate is None or reading.order != "document"):
-            raise ConfigError("reading.recall re-visits the gate's best unread blocks after a document-order scan: it "
-                              f"needs a gate and order='document' (got gate={gate!r}, order={reading.order!r}).")
+            raise ConfigError(
+                "reading.recall re-visits the gate's best unread blocks after a document-order scan: it "
+                f"needs a gate and order='document' (got gate={gate!r}, order={reading.order!r})."
+            )
 
     @property
     def kv_users(self) -> list[str]:
@@ -365,25 +400,29 @@ class MemoryConfig:
         return bool(self.kv_users)
 
     @classmethod
-    def memagent(cls, chunk_size: int = MEMAGENT_CHUNK_SIZE, **overrides: Any) -> "MemoryConfig":
+    def memagent(cls, chunk_size: int = MEMAGENT_CHUNK_SIZE, **overrides: Any) -> MemoryConfig:
         """The MemAgent baseline: raw chunks, no compression, no gate; every chunk is read in order.
 
         MemAgent reads large chunks (5000 tokens in its paper) to keep the number of steps down; the
         default here, 2048, is the largest at which SmolLM2-135M still quotes a chunk's evidence.
         """
-        settings: dict[str, Any] = {"chunking": ChunkingConfig(chunk_size), "compression": None, "gate": None,
-                                    "reading": ReadingConfig(until="all", keep_bits=0)}
+        settings: dict[str, Any] = {
+            "chunking": ChunkingConfig(chunk_size),
+            "compression": None,
+            "gate": None,
+            "reading": ReadingConfig(until="all", keep_bits=0),
+        }
         settings.update(overrides)
         return cls(**settings)
 
-    def ungated(self) -> "MemoryConfig":
+    def ungated(self) -> MemoryConfig:
         """These settings without a gate: every block of a bank is read, in document order (an oracle reads
         exactly the evidence blocks this way). Compression is kept only if reading still needs it."""
         reading = dataclasses.replace(self.reading, order="document", recall=False)
         compression = self.compression if reading.mode == "compressed" else None
         return dataclasses.replace(self, gate=None, reading=reading, compression=compression)
 
-    def replace(self, **changes: Any) -> "MemoryConfig":
+    def replace(self, **changes: Any) -> MemoryConfig:
         """A copy with whole stages (or top-level settings) replaced, validated again."""
         return dataclasses.replace(self, **changes)
 
@@ -394,7 +433,7 @@ class MemoryConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MemoryConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MemoryConfig:
         """The configuration `to_dict` wrote; unknown settings are refused by name."""
         if not isinstance(data, dict):
             raise ConfigError(f"A MemoryConfig must be a JSON object, got {type(data).__name__}.")
@@ -410,7 +449,7 @@ class MemoryConfig:
         return cls(**values)
 
     @classmethod
-    def from_legacy(cls, flat: dict[str, Any]) -> "MemoryConfig":
+    def from_legacy(cls, flat: dict[str, Any]) -> MemoryConfig:
         """Migrate a flat release-0.1 configuration (checkpoint format 1), dropping what its stages ignored."""
         return cls.from_dict(migrate_flat(flat))
 
@@ -421,24 +460,48 @@ class MemoryConfig:
         Path(path).write_text(self.to_json_string() + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "MemoryConfig":
+    def load(cls, path: str | Path) -> MemoryConfig:
         """A configuration JSON file: this release's nested form, or release 0.1's flat one (migrated)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"{path} is not a JSON configuration ({error}); write one with MemoryConfig.save.") \
-                from None
+            raise ConfigError(
+                f"{path} is not a JSON configuration ({error}); write one with MemoryConfig.save."
+            ) from None
         try:
             return cls.from_legacy(data) if isinstance(data, dict) and "chunk_size" in data else cls.from_dict(data)
         except ConfigError as error:
             raise ConfigError(f"{path} is not a valid MemoryConfig: {error}") from None
 
 
-_LEGACY_FIELDS = {"chunk_size", "compressor", "ratio", "score", "gate", "gate_threshold", "gate_top_k", "gate_layers",
-                  "gate_sharpness", "memory_tokens", "memory_update", "note_tokens", "min_grounding",
-                  "fixed_update_tokens", "max_steps", "read_order", "recall", "read", "compress_batch_size",
-                  "direct_max_tokens", "query_tokens", "section_header", "update_template", "answer_template",
-                  "gate_template", "empty_memory"}
+_LEGACY_FIELDS = {
+    "chunk_size",
+    "compressor",
+    "ratio",
+    "score",
+    "gate",
+    "gate_threshold",
+    "gate_top_k",
+    "gate_layers",
+    "gate_sharpness",
+    "memory_tokens",
+    "memory_update",
+    "note_tokens",
+    "min_grounding",
+    "fixed_update_tokens",
+    "max_steps",
+    "read_order",
+    "recall",
+    "read",
+    "compress_batch_size",
+    "direct_max_tokens",
+    "query_tokens",
+    "section_header",
+    "update_template",
+    "answer_template",
+    "gate_template",
+    "empty_memory",
+}
 
 
 def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
@@ -460,8 +523,11 @@ def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
     compression = None
     if needs_kv:
         method = get("compressor", "select")
-        compression = {"method": method, "ratio": None if method == "none" else get("ratio", DEFAULT_RATIO),
-                       "score": get("score", DEFAULT_SCORE) if method == "select" else None}
+        compression = {
+            "method": method,
+            "ratio": None if method == "none" else get("ratio", DEFAULT_RATIO),
+            "score": get("score", DEFAULT_SCORE) if method == "select" else None,
+        }
     gate = None
     if gate_kind is not None:
         gate = {"kind": gate_kind, "top_k": get("gate_top_k", 1), "threshold": get("gate_threshold")}
@@ -470,19 +536,32 @@ def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
     update = get("memory_update", "append")
     notes: dict[str, Any] = {"update": update, "max_tokens": get("memory_tokens", 1024)}
     if update == "append":
-        notes.update(note_tokens=get("note_tokens", DEFAULT_NOTE_TOKENS),
-                     min_grounding=get("min_grounding", DEFAULT_MIN_GROUNDING))
-    prompts = {"section_header": get("section_header", DEFAULT_SECTION_HEADER),
-               "update_template": _renamed(get("update_template")),
-               "answer_template": _renamed(get("answer_template", DEFAULT_ANSWER_TEMPLATE)),
-               "gate_template": _renamed(get("gate_template", DEFAULT_GATE_TEMPLATE)),
-               "empty_notes": get("empty_memory", DEFAULT_EMPTY_NOTES)}
-    return {"chunking": {"size": get("chunk_size", 512)}, "compression": compression, "gate": gate,
-            "reading": {"mode": reads, "order": get("read_order", "document"),
-                        "recall": bool(get("recall", False)) and gate is not None
-                        and get("read_order", "document") == "document", "max_steps": get("max_steps")},
-            "notes": notes, "prompts": prompts, "direct_max_tokens": get("direct_max_tokens"),
-            "query_tokens": get("query_tokens", 256)}
+        notes.update(
+            note_tokens=get("note_tokens", DEFAULT_NOTE_TOKENS),
+            min_grounding=get("min_grounding", DEFAULT_MIN_GROUNDING),
+        )
+    prompts = {
+        "section_header": get("section_header", DEFAULT_SECTION_HEADER),
+        "update_template": _renamed(get("update_template")),
+        "answer_template": _renamed(get("answer_template", DEFAULT_ANSWER_TEMPLATE)),
+        "gate_template": _renamed(get("gate_template", DEFAULT_GATE_TEMPLATE)),
+        "empty_notes": get("empty_memory", DEFAULT_EMPTY_NOTES),
+    }
+    return {
+        "chunking": {"size": get("chunk_size", 512)},
+        "compression": compression,
+        "gate": gate,
+        "reading": {
+            "mode": reads,
+            "order": get("read_order", "document"),
+            "recall": bool(get("recall", False)) and gate is not None and get("read_order", "document") == "document",
+            "max_steps": get("max_steps"),
+        },
+        "notes": notes,
+        "prompts": prompts,
+        "direct_max_tokens": get("direct_max_tokens"),
+        "query_tokens": get("query_tokens", 256),
+    }
 
 
 def _renamed(template: str | None) -> str | None:
@@ -519,19 +598,26 @@ def _template(name: str, value: Any, keys: tuple[str, ...]) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {type(value).__name__}.")
     try:
-        parsed = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(value)
-                  if field is not None]
+        parsed = [
+            (field, spec, conversion)
+            for _, field, spec, conversion in string.Formatter().parse(value)
+            if field is not None
+        ]
     except ValueError as error:
         raise ConfigError(f"{name} is not a valid template ({error}); write a literal brace as {{{{ or }}}}.") from None
     fields = {field for field, _, _ in parsed}
     dressed = [field for field, spec, conversion in parsed if spec or conversion]
     if dressed:  # `{notes!r}` or `{question:>{notes}}` would put reprs or computed text in the prompt
-        raise ConfigError(f"{name} may hold only plain placeholders, without a conversion or format spec; got "
-                          f"{['{' + f + '...}' for f in dressed]}. Write {{question}} or {{notes}}.")
+        raise ConfigError(
+            f"{name} may hold only plain placeholders, without a conversion or format spec; got "
+            f"{['{' + f + '...}' for f in dressed]}. Write {{question}} or {{notes}}."
+        )
     missing = [k for k in keys if k not in fields]
     if missing:
         raise ConfigError(f"{name} must contain the placeholders {['{' + k + '}' for k in missing]}.")
     extra = sorted(fields - {"question", "notes"})
     if extra:
-        raise ConfigError(f"{name} has unknown placeholders {['{' + k + '}' for k in extra]}; the placeholders are "
-                          "{question} and {notes}.")
+        raise ConfigError(
+            f"{name} has unknown placeholders {['{' + k + '}' for k in extra]}; the placeholders are "
+            "{question} and {notes}."
+        )

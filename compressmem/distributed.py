@@ -35,9 +35,16 @@ logger = logging.getLogger(__name__)
 class StreamCompressor(Protocol):
     """What `compress_distributed` asks of a model: `CompressedMemoryModel.compress_stream`."""
 
-    def compress_stream(self, pieces: Iterable[str], directory: str | Path, *, show_progress: bool | None = None,
-                        shard_blocks: int = 256, batch_size: int = 4,
-                        processes: "Processes" = ...) -> MemoryBank: ...
+    def compress_stream(
+        self,
+        pieces: Iterable[str],
+        directory: str | Path,
+        *,
+        show_progress: bool | None = None,
+        shard_blocks: int = 256,
+        batch_size: int = 4,
+        processes: Processes = ...,
+    ) -> MemoryBank: ...
 
 
 class ProcessMismatchError(RuntimeError):
@@ -58,7 +65,7 @@ class Processes:
     barrier: Callable[[], None]
 
     @classmethod
-    def from_state(cls, state: PartialState) -> "Processes":
+    def from_state(cls, state: PartialState) -> Processes:
         """accelerate's processes (several under `accelerate launch`, otherwise one)."""
         return cls(state.process_index, state.num_processes, lambda obj: gather_object([obj]), state.wait_for_everyone)
 
@@ -82,8 +89,10 @@ class _Report:
         return self.chunks, self.tokens, self.digest, self.folder, self.model
 
     def describe(self) -> str:
-        return (f"process {self.part.rank}: {self.chunks} chunks, {self.tokens} tokens (digest {self.digest[:12]}) "
-                f"into {self.folder}, model and settings {self.model}")
+        return (
+            f"process {self.part.rank}: {self.chunks} chunks, {self.tokens} tokens (digest {self.digest[:12]}) "
+            f"into {self.folder}, model and settings {self.model}"
+        )
 
 
 def process_state(cpu: bool = False) -> PartialState:
@@ -96,9 +105,16 @@ def process_state(cpu: bool = False) -> PartialState:
     return PartialState(cpu=cpu or not torch.cuda.is_available())
 
 
-def compress_distributed(model: StreamCompressor, pieces: Iterable[str], directory: str | Path, *,
-                         state: PartialState | None = None, show_progress: bool | None = None,
-                         shard_blocks: int = 256, batch_size: int = 4) -> MemoryBank:
+def compress_distributed(
+    model: StreamCompressor,
+    pieces: Iterable[str],
+    directory: str | Path,
+    *,
+    state: PartialState | None = None,
+    show_progress: bool | None = None,
+    shard_blocks: int = 256,
+    batch_size: int = 4,
+) -> MemoryBank:
     """Compress text arriving in pieces (e.g. `text_pieces(path)`) into one bank folder, the work shared by processes.
 
     Call it in every process of `accelerate launch` with the same pieces and the same folder:
@@ -115,21 +131,39 @@ def compress_distributed(model: StreamCompressor, pieces: Iterable[str], directo
             "it was set up before this call without distributed support (e.g. PartialState() on a machine "
             "without a GPU). Create it with compressmem.distributed.process_state() or PartialState(cpu=True)."
         )
-    return model.compress_stream(pieces, directory, show_progress=show_progress, shard_blocks=shard_blocks,
-                                 batch_size=batch_size, processes=Processes.from_state(state))
+    return model.compress_stream(
+        pieces,
+        directory,
+        show_progress=show_progress,
+        shard_blocks=shard_blocks,
+        batch_size=batch_size,
+        processes=Processes.from_state(state),
+    )
 
 
-def compress_into_folder(builder: BankBuilder, tokenizer: PreTrainedTokenizerBase, pieces: Iterable[str],
-                         directory: str | Path, processes: Processes = ONE_PROCESS, *, show_progress: bool = True,
-                         shard_blocks: int = 256, batch_size: int = 4) -> MemoryBank:
+def compress_into_folder(
+    builder: BankBuilder,
+    tokenizer: PreTrainedTokenizerBase,
+    pieces: Iterable[str],
+    directory: str | Path,
+    processes: Processes = ONE_PROCESS,
+    *,
+    show_progress: bool = True,
+    shard_blocks: int = 256,
+    batch_size: int = 4,
+) -> MemoryBank:
     """Stream `pieces` through `builder` into a bank folder, the batches of chunks shared among `processes`
     (`ONE_PROCESS` for `compress_stream`); the bank, opened from disk, in every process."""
     check_pieces(pieces)  # before the folder is made
     directory = Path(directory)
     writer = BankWriter(directory, builder.provenance(), shard_blocks, processes.rank, processes.count, resume=True)
     if writer.part.blocks:
-        logger.info("Resuming the interrupted compression in %s: %d blocks of process %d are already written.",
-                    directory, len(writer.part.blocks), processes.rank)
+        logger.info(
+            "Resuming the interrupted compression in %s: %d blocks of process %d are already written.",
+            directory,
+            len(writer.part.blocks),
+            processes.rank,
+        )
     show = show_progress and processes.rank == 0
     report = _compress_share(builder, tokenizer, pieces, writer, processes, show, batch_size)
     reports = processes.gather(report)
@@ -140,8 +174,15 @@ def compress_into_folder(builder: BankBuilder, tokenizer: PreTrainedTokenizerBas
     return MemoryBank.load(directory)
 
 
-def _compress_share(builder: BankBuilder, tokenizer: PreTrainedTokenizerBase, pieces: Iterable[str],
-                    writer: BankWriter, processes: Processes, show: bool, batch_size: int) -> _Report:
+def _compress_share(
+    builder: BankBuilder,
+    tokenizer: PreTrainedTokenizerBase,
+    pieces: Iterable[str],
+    writer: BankWriter,
+    processes: Processes,
+    show: bool,
+    batch_size: int,
+) -> _Report:
     """Stream every chunk, compress this process's batches into `writer` (skipping the blocks an interrupted
     run already wrote, once checked to come from the same text); what this process did and read."""
     digest = hashlib.sha256()
@@ -164,8 +205,7 @@ def _compress_share(builder: BankBuilder, tokenizer: PreTrainedTokenizerBase, pi
             else:
                 bar.update(len(chunks))
             done += len(chunks)
-    return _Report(writer.finish(), done, tokens, digest.hexdigest(), str(writer.directory.resolve()),
-                   writer.identity)
+    return _Report(writer.finish(), done, tokens, digest.hexdigest(), str(writer.directory.resolve()), writer.identity)
 
 
 def _check_agreement(reports: list[_Report]) -> None:

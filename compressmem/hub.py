@@ -72,13 +72,17 @@ def read_checkpoint(directory: Path, repo_id: str | None = None) -> Checkpoint:
     source = f"'{repo_id}'" if repo_id else None
     path = directory / CHECKPOINT_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{source or directory} is not a compressmem checkpoint: {CHECKPOINT_CONFIG} is "
-                                "missing.")
+        raise FileNotFoundError(
+            f"{source or directory} is not a compressmem checkpoint: {CHECKPOINT_CONFIG} is missing."
+        )
     payload = _payload(path, source or str(path))
     head = GateHead.load(directory / HEAD_FILE) if (directory / HEAD_FILE).is_file() else None
     try:
-        config = (MemoryConfig.from_legacy(payload["memory_config"]) if payload["format_version"] == 1
-                  else MemoryConfig.from_dict(payload["config"]))
+        config = (
+            MemoryConfig.from_legacy(payload["memory_config"])
+            if payload["format_version"] == 1
+            else MemoryConfig.from_dict(payload["config"])
+        )
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointMismatchError(f"{source or path} holds no valid compressmem configuration: {error}") from None
     return Checkpoint(directory, BaseFingerprint.from_dict(payload["base_model"]), config, head, repo_id)
@@ -92,28 +96,36 @@ def _payload(path: Path, source: str) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as error:
         raise CheckpointMismatchError(f"{path} is not valid JSON ({error}); the checkpoint is damaged.") from None
     if not isinstance(payload, dict):
-        raise CheckpointMismatchError(f"{path} must hold a JSON object, got {type(payload).__name__}; the checkpoint "
-                                      "is damaged.")
+        raise CheckpointMismatchError(
+            f"{path} must hold a JSON object, got {type(payload).__name__}; the checkpoint is damaged."
+        )
     version = payload.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointMismatchError(f"{path}: format_version must be a positive integer, got {version!r}; the "
-                                      "checkpoint is damaged.")
+        raise CheckpointMismatchError(
+            f"{path}: format_version must be a positive integer, got {version!r}; the checkpoint is damaged."
+        )
     if version > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointMismatchError(
             f"{source} has checkpoint format {version}, but this compressmem reads up to format "
-            f"{CHECKPOINT_FORMAT_VERSION}; upgrade compressmem (pip install -U compressmem) to read it.")
+            f"{CHECKPOINT_FORMAT_VERSION}; upgrade compressmem (pip install -U compressmem) to read it."
+        )
     base = payload.get("base_model")
     if not isinstance(base, dict) or not all(isinstance(base.get(k), str) for k in ("name", "digest")):
-        raise CheckpointMismatchError(f"{path}: base_model must be an object with the base model's name and digest, "
-                                      f"got {base!r}; the checkpoint is damaged.")
+        raise CheckpointMismatchError(
+            f"{path}: base_model must be an object with the base model's name and digest, "
+            f"got {base!r}; the checkpoint is damaged."
+        )
     return payload
 
 
 def write_config(directory: Path, fingerprint: BaseFingerprint, config: MemoryConfig) -> None:
     """Write `compressmem_config.json`: the format version, the base model's fingerprint and the settings."""
     directory.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "base_model": fingerprint.to_dict(),
-               "config": config.to_dict()}
+    payload = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "base_model": fingerprint.to_dict(),
+        "config": config.to_dict(),
+    }
     (directory / CHECKPOINT_CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
@@ -130,8 +142,9 @@ def fetch_checkpoint(name: str | Path, revision: str | None = None, **hub_kwargs
     if Path(name).is_dir():
         return read_checkpoint(Path(name))
     if not is_hub_id(str(name)):
-        raise FileNotFoundError(f"No compressmem checkpoint at {name}: it is neither a folder nor a Hub repo id "
-                                "(org/name).")
+        raise FileNotFoundError(
+            f"No compressmem checkpoint at {name}: it is neither a folder nor a Hub repo id (org/name)."
+        )
     return read_checkpoint(_download(str(name), revision, hub_kwargs), str(name))
 
 
@@ -166,18 +179,29 @@ def _download(repo_id: str, revision: str | None, hub_kwargs: dict[str, Any]) ->
     except RepositoryNotFoundError as error:
         raise FileNotFoundError(
             f"The compressmem checkpoint '{repo_id}' was not found on the Hub, or it is private or gated and no token "
-            "with access to it was given: check the id, pass token=... or run `hf auth login`.") from error
+            "with access to it was given: check the id, pass token=... or run `hf auth login`."
+        ) from error
     except RevisionNotFoundError as error:
-        raise FileNotFoundError(f"The compressmem checkpoint '{repo_id}' has no revision {revision!r}: name an "
-                                "existing branch, tag or commit.") from error
+        raise FileNotFoundError(
+            f"The compressmem checkpoint '{repo_id}' has no revision {revision!r}: name an "
+            "existing branch, tag or commit."
+        ) from error
     except LocalEntryNotFoundError as error:
         raise FileNotFoundError(
             f"The compressmem checkpoint '{repo_id}' (revision {revision or 'main'}) is not in the local Hub cache and "
-            "the Hub cannot be reached (offline mode, or no connection). Download it once while online.") from error
+            "the Hub cannot be reached (offline mode, or no connection). Download it once while online."
+        ) from error
 
 
-def upload_checkpoint(save: Callable[[Path], None], repo_id: str, *, private: bool | None, token: str | None,
-                      revision: str | None, commit_message: str) -> str:
+def upload_checkpoint(
+    save: Callable[[Path], None],
+    repo_id: str,
+    *,
+    private: bool | None,
+    token: str | None,
+    revision: str | None,
+    commit_message: str,
+) -> str:
     """Create the model repo (and branch `revision`) when missing, write the checkpoint with `save` into
     a temporary folder and upload it as one commit; returns the commit's URL."""
     from huggingface_hub import HfApi
@@ -188,7 +212,7 @@ def upload_checkpoint(save: Callable[[Path], None], repo_id: str, *, private: bo
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         save(Path(folder))
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
-                                   commit_message=commit_message)
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message
+        )
     return str(commit.commit_url)
-

@@ -68,10 +68,17 @@ class CompressedMemoryModel:
     Attributes the wrapper does not define (`config`, `device`, `dtype`, ...) are the base model's.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 memory_config: MemoryConfig | None = None, base_name: str | None = None,
-                 show_progress: bool = True, gate_head: GateHead | None = None,
-                 compressor: LearnedCompressor | None = None, reasoner_adapter: ReasonerAdapter | None = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        memory_config: MemoryConfig | None = None,
+        base_name: str | None = None,
+        show_progress: bool = True,
+        gate_head: GateHead | None = None,
+        compressor: LearnedCompressor | None = None,
+        reasoner_adapter: ReasonerAdapter | None = None,
+    ) -> None:
         check_placement(model)
         config = memory_config or MemoryConfig()
         if not isinstance(config, MemoryConfig):
@@ -89,16 +96,32 @@ class CompressedMemoryModel:
         self.gate_layers = self._gate_layers()
         self.compressor = self._compressor(compressor)
         self.reasoner_adapter = reasoner_adapter
-        self.builder = BankBuilder(model, self.prompts.section_prefix_ids(), config.chunking.size, self.fingerprint,
-                                   config.compression, self.compressor, self._bank_layers(),
-                                   values=config.reading.mode == "compressed")
+        self.builder = BankBuilder(
+            model,
+            self.prompts.section_prefix_ids(),
+            config.chunking.size,
+            self.fingerprint,
+            config.compression,
+            self.compressor,
+            self._bank_layers(),
+            values=config.reading.mode == "compressed",
+        )
         gate = build_gate(config.gate, tokenizer, self.gate_layers, gate_head)
         self.reasoner = Reasoner(model, self.prompts, config.reading, config.notes, gate, config.gate, reasoner_adapter)
 
     @classmethod
-    def from_pretrained(cls, base: str, checkpoint: str | Path | None = None, config: MemoryConfig | None = None, *,
-                        revision: str | None = None, base_revision: str | None = None, show_progress: bool = True,
-                        memory: str | Path | None = None, **hf_kwargs: Any) -> "CompressedMemoryModel":
+    def from_pretrained(
+        cls,
+        base: str,
+        checkpoint: str | Path | None = None,
+        config: MemoryConfig | None = None,
+        *,
+        revision: str | None = None,
+        base_revision: str | None = None,
+        show_progress: bool = True,
+        memory: str | Path | None = None,
+        **hf_kwargs: Any,
+    ) -> CompressedMemoryModel:
         """Load `base` (Hub id or folder) with transformers, plus a compressmem `checkpoint`.
 
         `checkpoint` is a folder written by `save_pretrained` or a Hub repo id (downloaded once, then
@@ -131,20 +154,31 @@ class CompressedMemoryModel:
         saved.check_base(fingerprint_model(model, tokenizer, base))
         chosen = config or saved.config
         compressor = adapter = None
-        if chosen.compression is not None and chosen.compression.method == "learned" \
-                and saved.compressor_folder is not None:
+        if (
+            chosen.compression is not None
+            and chosen.compression.method == "learned"
+            and saved.compressor_folder is not None
+        ):
             compressor = LearnedCompressor.load(model, saved.compressor_folder, chosen.compression.ratio)
         if saved.reasoner_folder is not None:
             adapter = ReasonerAdapter.load(model, saved.reasoner_folder)
         return cls(model, tokenizer, chosen, base, show_progress, saved.gate_head, compressor, adapter)
 
-    def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> "CompressedMemoryModel":
+    def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> CompressedMemoryModel:
         """The same base model (no reload, no copy) under another `MemoryConfig`, e.g. to compare modes."""
         show = self.show_progress if show_progress is None else show_progress
         keeps_learned = _method(memory_config) == "learned" and isinstance(self.compressor, LearnedCompressor)
         learned = self.compressor if keeps_learned else None
-        return type(self)(self.model, self.tokenizer, memory_config, self.base_name, show, self.gate_head, learned,
-                          self.reasoner_adapter)
+        return type(self)(
+            self.model,
+            self.tokenizer,
+            memory_config,
+            self.base_name,
+            show,
+            self.gate_head,
+            learned,
+            self.reasoner_adapter,
+        )
 
     def __getattr__(self, name: str) -> Any:
         if name == "model":
@@ -177,16 +211,35 @@ class CompressedMemoryModel:
             parts.append("reasoner adapter (LoRA)")
         write_model_card(directory, location, self.fingerprint, self.memory_config, parts, evaluation)
 
-    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
-                    revision: str | None = None, commit_message: str = "Upload compressmem checkpoint",
-                    evaluation: Mapping[str, float | str] | None = None) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload compressmem checkpoint",
+        evaluation: Mapping[str, float | str] | None = None,
+    ) -> str:
         """Save the checkpoint (as `save_pretrained`) and upload it to the Hub model repo `repo_id` as one
         commit, creating the repo (and the branch `revision`) when missing; returns the commit's URL."""
-        return upload_checkpoint(lambda folder: self._save_checkpoint(folder, repo_id, evaluation), repo_id,
-                                 private=private, token=token, revision=revision, commit_message=commit_message)
+        return upload_checkpoint(
+            lambda folder: self._save_checkpoint(folder, repo_id, evaluation),
+            repo_id,
+            private=private,
+            token=token,
+            revision=revision,
+            commit_message=commit_message,
+        )
 
-    def compress(self, context: Context, *, bank_device: torch.device | str | None = None, batch_size: int = 4,
-                 show_progress: bool | None = None) -> MemoryBank:
+    def compress(
+        self,
+        context: Context,
+        *,
+        bank_device: torch.device | str | None = None,
+        batch_size: int = 4,
+        show_progress: bool | None = None,
+    ) -> MemoryBank:
         """Chunk `context` token-exactly and compress the chunks, `batch_size` at a time, into a `MemoryBank`.
 
         The bank can answer any number of questions; `bank_device="cpu"` keeps it off the GPU (blocks
@@ -197,9 +250,16 @@ class CompressedMemoryModel:
         device = self.model.device if bank_device is None else torch.device(bank_device)
         return self.builder.bank(chunks, device, batch_size, self._show(show_progress))
 
-    def compress_stream(self, pieces: Iterable[str], directory: str | Path, *, show_progress: bool | None = None,
-                        shard_blocks: int = 256, batch_size: int = 4,
-                        processes: Processes = ONE_PROCESS) -> MemoryBank:
+    def compress_stream(
+        self,
+        pieces: Iterable[str],
+        directory: str | Path,
+        *,
+        show_progress: bool | None = None,
+        shard_blocks: int = 256,
+        batch_size: int = 4,
+        processes: Processes = ONE_PROCESS,
+    ) -> MemoryBank:
         """Compress text that arrives in pieces (e.g. `text_pieces(path)`) into a bank folder on disk.
 
         Blocks are written shard by shard (`shard_blocks` blocks each) as they are made, so memory stays
@@ -211,9 +271,16 @@ class CompressedMemoryModel:
         text or settings raise `BankMismatchError`. To share the work among the processes of
         `accelerate launch`, call `compressmem.distributed.compress_distributed` in each instead.
         """
-        bank = compress_into_folder(self.builder, self.tokenizer, pieces, directory, processes,
-                                    show_progress=self._show(show_progress), shard_blocks=shard_blocks,
-                                    batch_size=batch_size)
+        bank = compress_into_folder(
+            self.builder,
+            self.tokenizer,
+            pieces,
+            directory,
+            processes,
+            show_progress=self._show(show_progress),
+            shard_blocks=shard_blocks,
+            batch_size=batch_size,
+        )
         if processes.rank == 0:
             self.prepare(bank)
         processes.barrier()
@@ -230,13 +297,21 @@ class CompressedMemoryModel:
         """What this configuration reads from a bank (checked against every bank before it is read)."""
         gate = self.memory_config.gate
         layers = self.gate_layers if gate is not None and gate.reads_keys else ()
-        return self.builder.needs(layers, self.memory_config.reading.mode == "compressed",
-                                  tuple(self.memory_config.kv_users))
+        return self.builder.needs(
+            layers, self.memory_config.reading.mode == "compressed", tuple(self.memory_config.kv_users)
+        )
 
-    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
-                 context: Context | list[Context] | None = None, bank: MemoryBank | list[MemoryBank] | None = None,
-                 notes_kwargs: dict[str, Any] | None = None, memory: MemoryBank | list[MemoryBank] | None = None,
-                 **generation_kwargs: Any):
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        context: Context | list[Context] | None = None,
+        bank: MemoryBank | list[MemoryBank] | None = None,
+        notes_kwargs: dict[str, Any] | None = None,
+        memory: MemoryBank | list[MemoryBank] | None = None,
+        **generation_kwargs: Any,
+    ):
         """transformers' `generate()`, reading `context` (or a precomputed `bank`) first.
 
         Returns what transformers returns: prompt ids followed by new ids, or, with
@@ -259,8 +334,7 @@ class CompressedMemoryModel:
         if context is None and bank is None:
             if input_ids.shape[1] <= self._direct_max_tokens():
                 with adapter_active(self.model, None):  # the base model alone, whatever another thread is reading
-                    return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                               **generation_kwargs)
+                    return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
             splits = [self.prompts.split_long_prompt(row) for row in rows]
             questions = [question for _, question in splits]
             banks = [self.compress(text) for text, _ in splits]
@@ -271,9 +345,15 @@ class CompressedMemoryModel:
             banks = self._banks_for_rows(len(rows), context, bank)
         return self.answer_from_banks(input_ids, questions, banks, generation_kwargs, notes_kwargs)
 
-    def answer(self, question: str, context: Context | None = None, bank: MemoryBank | None = None,
-               memory: MemoryBank | None = None, return_sources: bool = False,
-               **generation_kwargs: Any) -> str | Answer:
+    def answer(
+        self,
+        question: str,
+        context: Context | None = None,
+        bank: MemoryBank | None = None,
+        memory: MemoryBank | None = None,
+        return_sources: bool = False,
+        **generation_kwargs: Any,
+    ) -> str | Answer:
         """Ask one question in plain text, with the chat template applied for you; returns the answer text, or,
         with `return_sources`, an `Answer` (text, whether it was found, the sentences it came from, the trace).
         When the context does not answer the question the text is `PromptConfig.not_found`.
@@ -284,7 +364,7 @@ class CompressedMemoryModel:
         generation_kwargs.setdefault("do_sample", False)
         generation_kwargs["return_dict_in_generate"] = True
         out = self.generate(ids.to(self.model.device), context=context, bank=bank, **generation_kwargs)
-        text = self.tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()
         if not return_sources:
             return text
         trace = out.trace[0]
@@ -295,14 +375,23 @@ class CompressedMemoryModel:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string.")
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                                      add_generation_prompt=True, return_tensors="pt",
-                                                      return_dict=True)["input_ids"]
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            )["input_ids"]
         return self.tokenizer(question, return_tensors="pt")["input_ids"]
 
-    def answer_from_banks(self, input_ids: torch.Tensor, questions: list[Question], banks: list[MemoryBank],
-                          generation_kwargs: dict[str, Any], notes_kwargs: dict[str, Any] | None = None,
-                          logprobs: bool = False):
+    def answer_from_banks(
+        self,
+        input_ids: torch.Tensor,
+        questions: list[Question],
+        banks: list[MemoryBank],
+        generation_kwargs: dict[str, Any],
+        notes_kwargs: dict[str, Any] | None = None,
+        logprobs: bool = False,
+    ):
         """`generate()`'s work once each row has its question and its bank: read, then answer.
 
         `generation_kwargs` apply to the answer; `notes_kwargs` (e.g. `do_sample`, `temperature`) to the
@@ -317,8 +406,9 @@ class CompressedMemoryModel:
         needs = self.bank_needs()
         for bank in {id(b): b for b in banks}.values():
             if not isinstance(bank, MemoryBank):
-                raise ValueError(f"bank must be a MemoryBank (from compress() or MemoryBank.load), got "
-                                 f"{type(bank).__name__}.")
+                raise ValueError(
+                    f"bank must be a MemoryBank (from compress() or MemoryBank.load), got {type(bank).__name__}."
+                )
             bank.check(needs)
         traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, notes_kwargs, logprobs)
         guess = logprobs or self.memory_config.prompts.not_found is None  # rollouts always answer: the reward judges
@@ -336,8 +426,9 @@ class CompressedMemoryModel:
             fields = {key: value for key, value in out.items() if key != "sequences"}
         return CompressedGenerateOutput(sequences=sequences, trace=traces, **fields)
 
-    def _generate_answers(self, prompts: list[torch.Tensor],
-                          generation_kwargs: dict[str, Any]) -> tuple[Any, list[torch.Tensor]]:
+    def _generate_answers(
+        self, prompts: list[torch.Tensor], generation_kwargs: dict[str, Any]
+    ) -> tuple[Any, list[torch.Tensor]]:
         """The base model's `generate()` over the answer prompts, left-padded into one batch: its output, and each
         row's new tokens."""
         width = max(p.numel() for p in prompts)
@@ -345,12 +436,13 @@ class CompressedMemoryModel:
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, prompt in enumerate(prompts):
-            ids[row, width - prompt.numel():] = prompt
-            mask[row, width - prompt.numel():] = 1
+            ids[row, width - prompt.numel() :] = prompt
+            mask[row, width - prompt.numel() :] = 1
         generation_kwargs.setdefault("pad_token_id", pad_id)
         with self.reasoner.active():
-            out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                      **generation_kwargs)
+            out = self.model.generate(
+                input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device), **generation_kwargs
+            )
         sequences = out.sequences if hasattr(out, "sequences") else out
         return out, list(sequences[:, width:].cpu())
 
@@ -363,7 +455,7 @@ class CompressedMemoryModel:
         longest = max(ids.numel() for ids in rows_ids)
         new = torch.full((rows, longest), pad_id, dtype=torch.long)
         for row, ids in enumerate(rows_ids):
-            new[row, :ids.numel()] = ids
+            new[row, : ids.numel()] = ids
         return new
 
     def _not_found_ids(self) -> torch.Tensor:
@@ -392,8 +484,9 @@ class CompressedMemoryModel:
             self.gate_head.check_model(self.model)
         if gate is not None and gate.kind == "attention" and gate.layers:
             if any(not 0 <= i < text.num_hidden_layers for i in gate.layers):
-                raise ConfigError(f"gate.layers {list(gate.layers)} must lie in 0..{text.num_hidden_layers - 1} for "
-                                  "this model.")
+                raise ConfigError(
+                    f"gate.layers {list(gate.layers)} must lie in 0..{text.num_hidden_layers - 1} for this model."
+                )
             return tuple(gate.layers)
         if self.gate_head is not None and (gate is None or gate.kind != "attention"):
             return self.gate_head.layers
@@ -404,15 +497,19 @@ class CompressedMemoryModel:
         training-free one."""
         compression = self.memory_config.compression
         if learned is not None and _method(self.memory_config) != "learned":
-            raise ConfigError(f"A learned compressor was given but the configuration asks for compression "
-                              f"{_method(self.memory_config)!r}; use CompressionConfig('learned', ratio=...).")
+            raise ConfigError(
+                f"A learned compressor was given but the configuration asks for compression "
+                f"{_method(self.memory_config)!r}; use CompressionConfig('learned', ratio=...)."
+            )
         if compression is None:
             return None
         if learned is None:
             return build_compressor(compression)
         if learned.ratio != compression.ratio:
-            raise ConfigError(f"The learned compressor keeps one entry per {learned.ratio:g} tokens, but the "
-                              f"configuration asks for ratio {compression.ratio:g}; use the compressor's ratio.")
+            raise ConfigError(
+                f"The learned compressor keeps one entry per {learned.ratio:g} tokens, but the "
+                f"configuration asks for ratio {compression.ratio:g}; use the compressor's ratio."
+            )
         return learned
 
     def _bank_layers(self) -> tuple[int, ...]:
@@ -441,16 +538,22 @@ def _renamed(old: str, old_value: Any, new: str, new_value: Any, where: str) -> 
         return new_value
     if new_value is not None:
         raise ValueError(f"{where}() got both {old}= and {new}=; pass {new}= only ({old}= is its old name).")
-    warnings.warn(f"{where}({old}=...) is deprecated and will be removed in the next release; use {new}=... instead.",
-                  DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"{where}({old}=...) is deprecated and will be removed in the next release; use {new}=... instead.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return old_value
 
 
 def _load_base(source: str, hf_kwargs: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base model (in eval mode) and its tokenizer from `source` (an id or folder), through transformers."""
     model = AutoModelForCausalLM.from_pretrained(source, **hf_kwargs)
-    tokenizer_kwargs = {k: hf_kwargs[k] for k in ("trust_remote_code", "revision", "token", "cache_dir",
-                                                  "local_files_only") if k in hf_kwargs}
+    tokenizer_kwargs = {
+        k: hf_kwargs[k]
+        for k in ("trust_remote_code", "revision", "token", "cache_dir", "local_files_only")
+        if k in hf_kwargs
+    }
     tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
     return model.eval(), tokenizer
 
@@ -464,14 +567,19 @@ def _check_prompt(input_ids: Any, attention_mask: Any, vocabulary: int) -> None:
     if input_ids.shape[1] == 0:
         raise ValueError("The prompt is empty: pass the question's token ids (e.g. from the chat template).")
     if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary:
-        raise ValueError(f"input_ids holds ids outside this tokenizer's 0..{vocabulary - 1}: pass ids from the "
-                         "model's own tokenizer.")
+        raise ValueError(
+            f"input_ids holds ids outside this tokenizer's 0..{vocabulary - 1}: pass ids from the "
+            "model's own tokenizer."
+        )
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "
-                         f"{tuple(input_ids.shape)}.")
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}."
+        )
     if attention_mask is not None and not bool(attention_mask.bool().any(dim=1).all()):
-        raise ValueError("A row's attention_mask is all zeros, so that row has no prompt: give every row at least "
-                         "one token to attend to.")
+        raise ValueError(
+            "A row's attention_mask is all zeros, so that row has no prompt: give every row at least "
+            "one token to attend to."
+        )
 
 
 def _check_lengths(generation_kwargs: dict[str, Any]) -> None:

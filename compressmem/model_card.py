@@ -21,8 +21,14 @@ CARD_FILE = "README.md"
 GENERATED_MARKER = "<!-- compressmem rewrites this card on every save; delete this line to keep your edits -->"
 
 
-def write_model_card(directory: Path, location: str, fingerprint: BaseFingerprint, config: MemoryConfig,
-                     parts: list[str], evaluation: Mapping[str, float | str] | None = None) -> bool:
+def write_model_card(
+    directory: Path,
+    location: str,
+    fingerprint: BaseFingerprint,
+    config: MemoryConfig,
+    parts: list[str],
+    evaluation: Mapping[str, float | str] | None = None,
+) -> bool:
     """Write `directory/README.md` unless it holds a card without the marker; returns whether it wrote one.
     `location` is where users will load the checkpoint from (its folder or Hub repo id)."""
     path = directory / CARD_FILE
@@ -32,22 +38,37 @@ def write_model_card(directory: Path, location: str, fingerprint: BaseFingerprin
     return True
 
 
-def model_card(location: str, fingerprint: BaseFingerprint, config: MemoryConfig, parts: list[str],
-               evaluation: Mapping[str, float | str] | None = None) -> str:
+def model_card(
+    location: str,
+    fingerprint: BaseFingerprint,
+    config: MemoryConfig,
+    parts: list[str],
+    evaluation: Mapping[str, float | str] | None = None,
+) -> str:
     """The card's text: front matter, then sections for the base model, settings, usage and results."""
-    front = ModelCardData(base_model=fingerprint.name, library_name="compressmem",
-                          tags=["compressmem", "long-context", *_method_tag(config)]).to_yaml()
+    front = ModelCardData(
+        base_model=fingerprint.name,
+        library_name="compressmem",
+        tags=["compressmem", "long-context", *_method_tag(config)],
+    ).to_yaml()
     lines = [
-        f"---\n{front}\n---", "",
-        f"# compressmem checkpoint for {fingerprint.name}", "",
+        f"---\n{front}\n---",
+        "",
+        f"# compressmem checkpoint for {fingerprint.name}",
+        "",
         "A [compressmem](https://pypi.org/project/compressmem/) checkpoint: it holds only what compressmem "
-        "adds to the base model, never the base model's weights.", "",
+        "adds to the base model, never the base model's weights.",
+        "",
         f"- Base model: `{fingerprint.name}` (fingerprint `{fingerprint.digest[:12]}`; loading it on another "
         "base model is refused)",
-        f"- Trained parts: {', '.join(parts) if parts else 'none (training-free settings only)'}", "",
-        "## Settings", "",
-        *_settings_table(config), "",
-        "## Use", "",
+        f"- Trained parts: {', '.join(parts) if parts else 'none (training-free settings only)'}",
+        "",
+        "## Settings",
+        "",
+        *_settings_table(config),
+        "",
+        "## Use",
+        "",
         "```python",
         "from compressmem import CompressedMemoryModel",
         "",
@@ -58,15 +79,18 @@ def model_card(location: str, fingerprint: BaseFingerprint, config: MemoryConfig
     if evaluation:
         lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {_format(value)} |" for name, value in evaluation.items()]
-    return "\n".join(lines + ["", GENERATED_MARKER, ""])
+    return "\n".join([*lines, "", GENERATED_MARKER, ""])
 
 
 def _settings_table(config: MemoryConfig) -> list[str]:
     """The settings that differ from `MemoryConfig()`'s defaults, by dotted name (all of them would bury the few
     that matter), and always the chunk size and the compression."""
     ours, defaults = _flat(config.to_dict()), _flat(MemoryConfig().to_dict())
-    rows = [(name, value) for name, value in ours.items()
-            if value != defaults.get(name, object()) or name == "chunking.size" or name.startswith("compression")]
+    rows = [
+        (name, value)
+        for name, value in ours.items()
+        if value != defaults.get(name, object()) or name == "chunking.size" or name.startswith("compression")
+    ]
     return ["| setting | value |", "|---|---|", *[_row(name, value) for name, value in rows]]
 
 

@@ -46,11 +46,13 @@ class Quantized:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scales, self.zeros))
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Quantized":
-        return replace(self, **{name: getattr(self, name).to(device, non_blocking=non_blocking)
-                                for name in ("data", "scales", "zeros")})
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Quantized:
+        return replace(
+            self,
+            **{name: getattr(self, name).to(device, non_blocking=non_blocking) for name in ("data", "scales", "zeros")},
+        )
 
-    def __getitem__(self, index) -> "Quantized":
+    def __getitem__(self, index) -> Quantized:
         """Rows of the leading dimension (e.g. a block's layers)."""
         return replace(self, data=self.data[index], scales=self.scales[index], zeros=self.zeros[index])
 

@@ -7,6 +7,24 @@ from .kept import KeptBlock, KeptKV
 from .provenance import BankMismatchError, BankNeeds, Provenance
 from .storage import BankPart, BankWriter, Entry, Prefix, kv_layout, merge_parts, write_index
 
-__all__ = ["BankMismatchError", "BankNeeds", "BankPart", "BankWriter", "BlockInfo", "BlockStore", "Blocks",
-           "DerivedIndex", "Entry", "KeptBlock", "KeptKV", "MemoryBank", "MemoryBlock", "MemoryStore", "Prefix",
-           "Provenance", "kv_layout", "merge_parts", "write_index"]
+__all__ = [
+    "BankMismatchError",
+    "BankNeeds",
+    "BankPart",
+    "BankWriter",
+    "BlockInfo",
+    "BlockStore",
+    "Blocks",
+    "DerivedIndex",
+    "Entry",
+    "KeptBlock",
+    "KeptKV",
+    "MemoryBank",
+    "MemoryBlock",
+    "MemoryStore",
+    "Prefix",
+    "Provenance",
+    "kv_layout",
+    "merge_parts",
+    "write_index",
+]

@@ -26,6 +26,7 @@ DerivedIndex = tuple[dict[str, torch.Tensor], dict]
 
 T = TypeVar("T")
 
+
 class BlockStore(Protocol):
     """Where a bank's blocks live: `infos` (known without loading), a block or its token ids by index, and the
     gate indexes kept with the bank (and, per process, what was unpacked from them)."""
@@ -41,8 +42,9 @@ class BlockStore(Protocol):
 
     def derived(self, name: str) -> DerivedIndex | None: ...
 
-    def keep_derived(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict,
-                     persist: bool = True) -> None: ...
+    def keep_derived(
+        self, name: str, tensors: dict[str, torch.Tensor], metadata: dict, persist: bool = True
+    ) -> None: ...
 
     def derived_items(self) -> dict[str, DerivedIndex]: ...
 
@@ -141,8 +143,14 @@ class Blocks(Sequence):
 class MemoryBank:
     """The blocks of one context, the prefix they were compressed after, and how they were built."""
 
-    def __init__(self, store: BlockStore, prefix: Prefix, provenance: Provenance,
-                 kv: dict[str, Any] | None = None, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        store: BlockStore,
+        prefix: Prefix,
+        provenance: Provenance,
+        kv: dict[str, Any] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.store = store
         self.prefix = prefix
         self.provenance = provenance
@@ -150,9 +158,8 @@ class MemoryBank:
         self.device = device  # where blocks land when read (None: where they are)
         self.kept = KeptKV()  # KV that raw reads computed, kept for the next read of the same block
 
-
     @classmethod
-    def from_blocks(cls, blocks: list[MemoryBlock], prefix: Prefix, provenance: Provenance) -> "MemoryBank":
+    def from_blocks(cls, blocks: list[MemoryBlock], prefix: Prefix, provenance: Provenance) -> MemoryBank:
         """A bank held in memory."""
         kv = kv_layout(blocks[0]) if blocks else None
         return cls(MemoryStore(blocks), prefix, provenance, kv)
@@ -161,8 +168,10 @@ class MemoryBank:
         return len(self.store)
 
     def __repr__(self) -> str:
-        return (f"MemoryBank({len(self)} blocks, {self.num_tokens} tokens, {self.nbytes / 2**20:.1f} MiB; "
-                f"{self.provenance.describe()})")
+        return (
+            f"MemoryBank({len(self)} blocks, {self.num_tokens} tokens, {self.nbytes / 2**20:.1f} MiB; "
+            f"{self.provenance.describe()})"
+        )
 
     @property
     def blocks(self) -> Blocks:
@@ -205,8 +214,9 @@ class MemoryBank:
     @property
     def nbytes(self) -> int:
         """Bytes of every tensor the bank holds as saved: KV, positions, and token ids at 4 bytes each."""
-        prefix = 4 * self.prefix.ids.numel() + sum(t.numel() * t.element_size()
-                                                   for t in (self.prefix.keys, self.prefix.values) if t is not None)
+        prefix = 4 * self.prefix.ids.numel() + sum(
+            t.numel() * t.element_size() for t in (self.prefix.keys, self.prefix.values) if t is not None
+        )
         return prefix + int(self.infos.column("bytes").sum())
 
     def token_ids(self, index: int) -> torch.Tensor:
@@ -217,7 +227,7 @@ class MemoryBank:
         """Raise `BankMismatchError`, naming both sides, unless this bank holds what a reader `needs`."""
         self.provenance.check(needs)
 
-    def subset(self, indices: list[int]) -> "MemoryBank":
+    def subset(self, indices: list[int]) -> MemoryBank:
         """A bank of only the blocks at `indices`, in that order (e.g. the evidence blocks of an oracle gate)."""
         if any(not 0 <= i < len(self) for i in indices):
             raise IndexError(f"block indices {indices} must lie in 0..{len(self) - 1}.")
@@ -227,15 +237,17 @@ class MemoryBank:
         """Indices of the blocks whose text overlaps any of the character `spans` of `document`."""
         return self.infos.overlapping(spans, document)
 
-    def to(self, device: torch.device | str) -> "MemoryBank":
+    def to(self, device: torch.device | str) -> MemoryBank:
         """The bank with its blocks delivered on `device` (e.g. "cpu" to offload a bank built on a GPU): an
         in-memory bank moves now; a bank on disk loads each block there when it is read."""
         device = torch.device(device)
-        prefix = Prefix(self.prefix.ids, *(None if t is None else t.to(device) for t in (self.prefix.keys,
-                                                                                         self.prefix.values)))
+        prefix = Prefix(
+            self.prefix.ids, *(None if t is None else t.to(device) for t in (self.prefix.keys, self.prefix.values))
+        )
         if isinstance(self.store, MemoryStore):
-            return MemoryBank(MemoryStore([block.to(device) for block in self.store.blocks]), prefix,
-                              self.provenance, self.kv)
+            return MemoryBank(
+                MemoryStore([block.to(device) for block in self.store.blocks]), prefix, self.provenance, self.kv
+            )
         return MemoryBank(self.store, prefix, self.provenance, self.kv, device)
 
     def save(self, path: str | Path, *, folder: bool = False, shard_blocks: int = 256) -> None:
@@ -256,8 +268,14 @@ class MemoryBank:
             stored.keep_derived(name, tensors, metadata)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str | None = None, *, verify: bool = False,
-             show_progress: bool = False) -> "MemoryBank":
+    def load(
+        cls,
+        path: str | Path,
+        device: torch.device | str | None = None,
+        *,
+        verify: bool = False,
+        show_progress: bool = False,
+    ) -> MemoryBank:
         """Open a bank saved by `save` or `compress_stream` (or by an earlier release): its blocks stay on disk
         and are read one at a time, onto `device` when given.
 
@@ -287,4 +305,3 @@ class MemoryBank:
         """Keep gate index `name` with this bank for this process and, with `persist`, beside a bank folder's
         shards, so no later process rebuilds it."""
         self.store.keep_derived(name, tensors, metadata, persist)
-

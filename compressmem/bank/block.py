@@ -53,8 +53,9 @@ class MemoryBlock:
 
     @property
     def info(self) -> BlockInfo:
-        return BlockInfo(self.document, self.token_start, self.char_span, self.num_tokens, self.num_entries,
-                         self.nbytes)
+        return BlockInfo(
+            self.document, self.token_start, self.char_span, self.num_tokens, self.num_entries, self.nbytes
+        )
 
     @property
     def nbytes(self) -> int:
@@ -62,7 +63,7 @@ class MemoryBlock:
         token ids at 4 bytes each."""
         return 4 * self.num_tokens + sum(_nbytes(t) for t in (self.keys, self.values, self.positions))
 
-    def to(self, device: torch.device | str) -> "MemoryBlock":
+    def to(self, device: torch.device | str) -> MemoryBlock:
         return replace(
             self,
             keys=None if self.keys is None else self.keys.to(device, non_blocking=True),
@@ -86,15 +87,18 @@ class BlockTable(Sequence):
 
     def __init__(self, table: torch.Tensor) -> None:
         if table.dim() != 2 or table.shape[1] != len(self.COLUMNS) or table.dtype != torch.int64:
-            raise ValueError(f"a block table is [blocks, {len(self.COLUMNS)}] int64, got {table.dtype} "
-                             f"{tuple(table.shape)}.")
+            raise ValueError(
+                f"a block table is [blocks, {len(self.COLUMNS)}] int64, got {table.dtype} {tuple(table.shape)}."
+            )
         self.table = table
 
     @classmethod
-    def of(cls, infos: Sequence[BlockInfo], shards: Sequence[int] | None = None) -> "BlockTable":
+    def of(cls, infos: Sequence[BlockInfo], shards: Sequence[int] | None = None) -> BlockTable:
         shards = shards if shards is not None else [0] * len(infos)
-        rows = [[i.document, i.token_start, *(i.char_span or (-1, -1)), i.num_tokens, i.num_entries, i.num_bytes,
-                 shard] for i, shard in zip(infos, shards)]
+        rows = [
+            [i.document, i.token_start, *(i.char_span or (-1, -1)), i.num_tokens, i.num_entries, i.num_bytes, shard]
+            for i, shard in zip(infos, shards)
+        ]
         return cls(torch.tensor(rows, dtype=torch.int64).reshape(-1, len(cls.COLUMNS)))
 
     def __len__(self) -> int:
@@ -113,7 +117,7 @@ class BlockTable(Sequence):
     def column(self, name: str) -> torch.Tensor:
         return self.table[:, self.COLUMNS.index(name)]
 
-    def select(self, indices: list[int]) -> "BlockTable":
+    def select(self, indices: list[int]) -> BlockTable:
         return BlockTable(self.table[torch.tensor(indices, dtype=torch.long)])
 
     def overlapping(self, spans: list[tuple[int, int]], document: int = 0) -> list[int]:

@@ -68,8 +68,14 @@ class KeptKV:
         """Whether the next `put` by `owner` must bring the prefix's KV."""
         return self.prefix is None or owner != self.owner
 
-    def put(self, block: int, kept: KeptBlock, prefix: tuple[torch.Tensor, torch.Tensor] | None, budget: int,
-            owner: Hashable) -> None:
+    def put(
+        self,
+        block: int,
+        kept: KeptBlock,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None,
+        budget: int,
+        owner: Hashable,
+    ) -> None:
         """Keep `block`'s KV computed by `owner` (and the prefix's, when `needs_prefix`; what another owner kept
         is dropped), then drop the least recently read blocks until at most `budget` bytes are kept."""
         with self._lock:

@@ -40,24 +40,35 @@ class Provenance:
 
     def to_dict(self) -> dict[str, Any]:
         compression = None if self.compression is None else dataclasses.asdict(self.compression)
-        return {"fingerprint": self.fingerprint.to_dict(), "chunk_size": self.chunk_size, "compression": compression,
-                "compressor_digest": self.compressor_digest, "layers": list(self.layers), "values": self.values}
+        return {
+            "fingerprint": self.fingerprint.to_dict(),
+            "chunk_size": self.chunk_size,
+            "compression": compression,
+            "compressor_digest": self.compressor_digest,
+            "layers": list(self.layers),
+            "values": self.values,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Provenance":
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
         compression = data.get("compression")
-        return cls(fingerprint=BaseFingerprint.from_dict(data["fingerprint"]), chunk_size=int(data["chunk_size"]),
-                   compression=None if compression is None else CompressionConfig(**compression),
-                   compressor_digest=data.get("compressor_digest"), layers=tuple(data.get("layers", ())),
-                   values=bool(data.get("values", False)))
+        return cls(
+            fingerprint=BaseFingerprint.from_dict(data["fingerprint"]),
+            chunk_size=int(data["chunk_size"]),
+            compression=None if compression is None else CompressionConfig(**compression),
+            compressor_digest=data.get("compressor_digest"),
+            layers=tuple(data.get("layers", ())),
+            values=bool(data.get("values", False)),
+        )
 
-    def check(self, needs: "BankNeeds") -> None:
+    def check(self, needs: BankNeeds) -> None:
         """Raise `BankMismatchError` unless this bank holds what `needs` asks for."""
         if self.fingerprint.digest != needs.fingerprint.digest:
             raise BankMismatchError(
                 f"This memory bank was built with base model {self.fingerprint.describe()}, but it is being used "
                 f"with {needs.fingerprint.describe()}. Compressed KV only makes sense for the model that produced it: "
-                "rebuild the bank with this model's compress().")
+                "rebuild the bank with this model's compress()."
+            )
         if needs.compression is None:
             return  # raw reading with a gate of words: every bank's token ids serve
         built = (self.chunk_size, self.compression, self.compressor_digest)
@@ -66,16 +77,19 @@ class Provenance:
                 f"This memory bank was built with {self.describe()}, but the configuration reading it needs "
                 f"{needs.describe()} ({' and '.join(needs.users)} {'read' if len(needs.users) > 1 else 'reads'} the "
                 "bank's compressed KV). Rebuild the bank "
-                "with this model's compress(), or read it with a configuration of the bank's own settings.")
+                "with this model's compress(), or read it with a configuration of the bank's own settings."
+            )
         missing = sorted(set(needs.layers) - set(self.layers))
         if missing:
             raise BankMismatchError(
                 f"The gate reads keys at layers {list(needs.layers)}, but this bank holds keys at layers "
-                f"{list(self.layers)} only: rebuild it with this configuration's compress().")
+                f"{list(self.layers)} only: rebuild it with this configuration's compress()."
+            )
         if needs.values and not self.values:
             raise BankMismatchError(
                 "reading mode 'compressed' needs a bank with compressed values at every layer, but this bank holds "
-                "only the gate's keys (it was built for raw reading); rebuild it with this configuration's compress().")
+                "only the gate's keys (it was built for raw reading); rebuild it with this configuration's compress()."
+            )
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ class Prefix:
         return {name: t.detach().contiguous().cpu() for name, t in named.items() if t is not None}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "Prefix":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Prefix:
         return cls(tensors["prefix_ids"].long(), tensors.get("prefix_keys"), tensors.get("prefix_values"))
 
 
@@ -111,8 +111,15 @@ class BankWriter:
     keeps the complete shards and `has` their blocks; a partial shard is discarded.
     """
 
-    def __init__(self, directory: str | Path, provenance: Provenance, shard_blocks: int = 256, rank: int = 0,
-                 world_size: int = 1, resume: bool = False) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        provenance: Provenance,
+        shard_blocks: int = 256,
+        rank: int = 0,
+        world_size: int = 1,
+        resume: bool = False,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in 0..{world_size - 1} for {world_size} writers; got {rank}.")
         if isinstance(shard_blocks, bool) or not isinstance(shard_blocks, int) or shard_blocks < 1:
@@ -131,7 +138,8 @@ class BankWriter:
         if interrupted and not resume:
             raise FileExistsError(
                 f"{self.directory} holds {len(interrupted)} shards of an interrupted compression: resume it (run "
-                "compress_stream again with the same text and settings), or choose an empty folder.")
+                "compress_stream again with the same text and settings), or choose an empty folder."
+            )
         if interrupted:
             self._resume(interrupted)
 
@@ -147,7 +155,8 @@ class BankWriter:
         if not same_place or entry.digests[0] != tensor_digest([chunk_ids.to(torch.int32)]):
             raise BankMismatchError(
                 f"{self.directory} holds an interrupted compression of another text: its block {index} differs from "
-                "the text given now. Give the same text to resume it, or choose an empty folder.")
+                "the text given now. Give the same text to resume it, or choose an empty folder."
+            )
 
     def add(self, block: MemoryBlock, index: int | None = None) -> None:
         """Queue `block` as the document's block number `index` (default: after the last one added)."""
@@ -175,8 +184,14 @@ class BankWriter:
         number = len(self.part.shards) * self.world_size + self.part.rank
         path = self.directory / f"blocks-{number:05d}.safetensors"
         partial = path.with_name(path.name + ".partial")
-        metadata = {"format": FORMAT, "rank": str(self.part.rank), "world_size": str(self.world_size),
-                    "identity": self.identity, "blocks": json.dumps(self._rows), "kv": json.dumps(self.part.kv)}
+        metadata = {
+            "format": FORMAT,
+            "rank": str(self.part.rank),
+            "world_size": str(self.world_size),
+            "identity": self.identity,
+            "blocks": json.dumps(self._rows),
+            "kv": json.dumps(self.part.kv),
+        }
         save_file(self._pending, str(partial), metadata=metadata)
         os.replace(partial, path)
         self.part.shards.append(_shard_record(path))
@@ -195,12 +210,15 @@ class BankWriter:
                 raise BankMismatchError(
                     f"{self.directory} holds an interrupted compression made with other settings, another model or "
                     f"{metadata.get('world_size')} processes ({path.name}); resume it with the same ones, or choose "
-                    "an empty folder.")
+                    "an empty folder."
+                )
             if number % self.world_size != self.part.rank:
                 continue
             if number != len(self.part.shards) * self.world_size + self.part.rank:
-                raise BankMismatchError(f"{self.directory} lacks a shard before {path.name}; its interrupted "
-                                        "compression cannot be resumed: choose an empty folder.")
+                raise BankMismatchError(
+                    f"{self.directory} lacks a shard before {path.name}; its interrupted "
+                    "compression cannot be resumed: choose an empty folder."
+                )
             for row in json.loads(metadata["blocks"]):
                 self.part.blocks[row[0]] = Entry(_row_info(row[1:8]), len(self.part.shards), _digests(row))
             self.part.kv = self.part.kv or json.loads(metadata.get("kv", "null"))
@@ -235,9 +253,10 @@ def _open(path: Path, device: str = "cpu"):
     `BankMismatchError` that names it."""
     try:
         return safe_open(str(path), framework="pt", device=device)
-    except Exception as error:  # safetensors raises its own error types for damaged files
-        raise BankMismatchError(f"{path} is not a readable safetensors file ({error}); the bank is damaged or "
-                                "incomplete: rebuild it.") from None
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise BankMismatchError(
+            f"{path} is not a readable safetensors file ({error}); the bank is damaged or incomplete: rebuild it."
+        ) from None
 
 
 def _shard_metadata(path: Path) -> dict[str, str]:
@@ -246,8 +265,14 @@ def _shard_metadata(path: Path) -> dict[str, str]:
 
 
 def _info_row(info: BlockInfo) -> list[int]:
-    return [info.document, info.token_start, *(info.char_span or (-1, -1)), info.num_tokens, info.num_entries,
-            info.num_bytes]
+    return [
+        info.document,
+        info.token_start,
+        *(info.char_span or (-1, -1)),
+        info.num_tokens,
+        info.num_entries,
+        info.num_bytes,
+    ]
 
 
 def _digests(row: list) -> list[int]:
@@ -327,8 +352,14 @@ def _table_tensors(rows: Sequence[Entry]) -> dict[str, torch.Tensor]:
     return {TABLE_TENSOR: table.table, DIGESTS_TENSOR: digests}
 
 
-def write_file(path: str | Path, blocks: Iterable[MemoryBlock], prefix: Prefix, provenance: Provenance,
-               kv: dict[str, Any] | None, derived: dict[str, tuple[dict[str, torch.Tensor], dict]]) -> None:
+def write_file(
+    path: str | Path,
+    blocks: Iterable[MemoryBlock],
+    prefix: Prefix,
+    provenance: Provenance,
+    kv: dict[str, Any] | None,
+    derived: dict[str, tuple[dict[str, torch.Tensor], dict]],
+) -> None:
     """Write a whole bank as one safetensors file, its sealed index in the metadata (no pickle)."""
     prefix_tensors = prefix.tensors()
     tensors = dict(prefix_tensors)
@@ -344,8 +375,11 @@ def write_file(path: str | Path, blocks: Iterable[MemoryBlock], prefix: Prefix, 
     index = _index(provenance, kv, "", [{"file": "", "rank": 0}], len(rows))
     index["seal"] = seal(index, {**prefix_tensors, **table_tensors})
     index["derived"] = {name: meta for name, (_, meta) in derived.items()}
-    save_file(tensors, str(path), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                                            "index": json.dumps(index)})
+    save_file(
+        tensors,
+        str(path),
+        metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "index": json.dumps(index)},
+    )
 
 
 def kv_layout(block: MemoryBlock) -> dict[str, Any] | None:
@@ -357,10 +391,18 @@ def kv_layout(block: MemoryBlock) -> dict[str, Any] | None:
     return {"dtype": dtype, "kv_heads": int(keys.shape[1]), "head_dim": int(keys.shape[-1])}
 
 
-def _index(provenance: Provenance, kv: dict[str, Any] | None, prefix_file: str, shards: list[dict],
-           blocks: int) -> dict[str, Any]:
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "provenance": provenance.to_dict(), "kv": kv,
-            "prefix": prefix_file, "shards": shards, "blocks": blocks}
+def _index(
+    provenance: Provenance, kv: dict[str, Any] | None, prefix_file: str, shards: list[dict], blocks: int
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "provenance": provenance.to_dict(),
+        "kv": kv,
+        "prefix": prefix_file,
+        "shards": shards,
+        "blocks": blocks,
+    }
 
 
 class ShardStore:
@@ -373,10 +415,18 @@ class ShardStore:
     in this process, those built since.
     """
 
-    def __init__(self, root: Path, files: list[Path], infos: BlockTable, compression: CompressionConfig | None = None,
-                 key: str = KEY, derived: dict[str, tuple[dict[str, torch.Tensor], dict]] | None = None,
-                 digests: torch.Tensor | None = None, seal: str | None = None,
-                 shards: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        files: list[Path],
+        infos: BlockTable,
+        compression: CompressionConfig | None = None,
+        key: str = KEY,
+        derived: dict[str, tuple[dict[str, torch.Tensor], dict]] | None = None,
+        digests: torch.Tensor | None = None,
+        seal: str | None = None,
+        shards: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.root = root
         self.files = files
         self.shards = shards or []  # the index's record of each shard (its size), in a sealed folder
@@ -407,8 +457,10 @@ class ShardStore:
         listed = (self.infos.column("shard") == shard).nonzero().flatten()
         expected = torch.cat([listed[:, None], self.digests[listed]], dim=1)
         if recorded.shape != expected.shape or not torch.equal(recorded[torch.argsort(recorded[:, 0])], expected):
-            raise BankMismatchError(f"{path} holds other blocks than this bank's index lists: it is another bank's "
-                                    "shard or was damaged. Rebuild the bank.")
+            raise BankMismatchError(
+                f"{path} holds other blocks than this bank's index lists: it is another bank's "
+                "shard or was damaged. Rebuild the bank."
+            )
         with self._lock:
             self._checked.add(shard)
 
@@ -418,8 +470,12 @@ class ShardStore:
         names = stored_names(index, self.key)
         with _open(self.files[self.shard_of[index]], str(self.device)) as handle:
             present = set(handle.keys())
-            stored = {name + part: handle.get_tensor(name + part) for name in names.values()
-                      for part in QUANTIZED_PARTS if name + part in present}
+            stored = {
+                name + part: handle.get_tensor(name + part)
+                for name in names.values()
+                for part in QUANTIZED_PARTS
+                if name + part in present
+            }
         if names["token_ids"] not in stored:
             raise BankMismatchError(f"{self.files[self.shard_of[index]]} lacks block {index}: the bank is damaged.")
         self._check_digests(index, field_digests(stored, names), FIELDS)
@@ -434,8 +490,14 @@ class ShardStore:
         if f"{name}.scales" not in stored:
             return stored[name]
         bits, group = self.compression.bits, self.compression.group
-        return Quantized(stored[name], stored[f"{name}.scales"], stored[f"{name}.zeros"], bits, group,
-                         TOKENS if field == "keys" else CHANNELS)
+        return Quantized(
+            stored[name],
+            stored[f"{name}.scales"],
+            stored[f"{name}.zeros"],
+            bits,
+            group,
+            TOKENS if field == "keys" else CHANNELS,
+        )
 
     def token_ids(self, index: int) -> torch.Tensor:
         self.check_shard(self.shard_of[index])
@@ -453,17 +515,23 @@ class ShardStore:
         if wrong:
             raise BankMismatchError(
                 f"Block {index}'s {', '.join(wrong)} in {self.files[self.shard_of[index]]} are not what was written "
-                "(their digest differs from the bank's table): the file is damaged or was replaced. Rebuild the bank.")
+                "(their digest differs from the bank's table): the file is damaged or was replaced. Rebuild the bank."
+            )
 
     def _checked_ids(self, index: int, ids: torch.Tensor) -> torch.Tensor:
         """Block `index`'s stored token ids as int64, refused unless they are integers, as many as the block
         table says the block holds."""
-        if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() != 1 \
-                or ids.numel() != self.infos[index].num_tokens:
+        if (
+            ids.is_floating_point()
+            or ids.dtype == torch.bool
+            or ids.dim() != 1
+            or ids.numel() != self.infos[index].num_tokens
+        ):
             raise BankMismatchError(
                 f"Block {index} in {self.files[self.shard_of[index]]} holds {ids.numel()} token ids of dtype "
                 f"{ids.dtype}, where the bank's table lists {self.infos[index].num_tokens} integer ids: the bank is "
-                "damaged or mixes another bank's files.")
+                "damaged or mixes another bank's files."
+            )
         return ids.long()
 
     def verify(self, show_progress: bool = False) -> None:
@@ -487,7 +555,7 @@ class ShardStore:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = json.loads((handle.metadata() or {}).get("metadata", "{}"))
             tensors = load_file(str(path))
-        except Exception as error:  # a damaged cache of the bank: built again, not read
+        except Exception as error:  # noqa: BLE001 - a damaged cache of the bank: built again, not read
             logger.warning("%s is damaged (%s); it is rebuilt.", path, error)
             return None
         if self.seal is not None and metadata.get("bank") != self.seal:
@@ -508,8 +576,11 @@ class ShardStore:
         path = self.root / f"derived-{name}.safetensors"
         partial = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.partial")
         try:
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(partial),
-                      metadata={"metadata": json.dumps({**metadata, "bank": self.seal})})
+            save_file(
+                {k: v.contiguous().cpu() for k, v in tensors.items()},
+                str(partial),
+                metadata={"metadata": json.dumps({**metadata, "bank": self.seal})},
+            )
             os.replace(partial, path)
         except OSError:  # a read-only bank still answers; the index is rebuilt in the next process
             partial.unlink(missing_ok=True)
@@ -551,7 +622,8 @@ def _read_folder(directory: Path) -> tuple[ShardStore, Prefix, Provenance, dict[
         if shards:
             raise BankMismatchError(
                 f"{directory} is an incomplete bank: its compression was interrupted after {len(shards)} shards, "
-                f"before {INDEX} was written. Run the same compress_stream into it again to resume.")
+                f"before {INDEX} was written. Run the same compress_stream into it again to resume."
+            )
         raise BankMismatchError(f"{directory} is not a compressmem bank folder ({INDEX} is missing).")
     index = _parse_json(path.read_text(encoding="utf-8"), path)
     if index.get("format") != FORMAT:
@@ -561,10 +633,12 @@ def _read_folder(directory: Path) -> tuple[ShardStore, Prefix, Provenance, dict[
     prefix = Prefix.from_tensors(prefix_tensors)
     if version == 1:
         return _legacy_folder_store(directory, index, prefix)
-    files = [_inside(directory, shard.get("file") if isinstance(shard, dict) else None)
-             for shard in index.get("shards", [])]
-    tensors = _tensors(directory / TABLE_FILE, (TABLE_TENSOR, DIGESTS_TENSOR)) \
-        if (directory / TABLE_FILE).is_file() else {}
+    files = [
+        _inside(directory, shard.get("file") if isinstance(shard, dict) else None) for shard in index.get("shards", [])
+    ]
+    tensors = (
+        _tensors(directory / TABLE_FILE, (TABLE_TENSOR, DIGESTS_TENSOR)) if (directory / TABLE_FILE).is_file() else {}
+    )
     _check_seal(index, {**prefix_tensors, **tensors}, version, path)
     store, provenance, kv = _store(directory, files, index, tensors, None)
     _check_shards(store)
@@ -577,7 +651,8 @@ def _check_seal(index: dict[str, Any], tensors: dict[str, torch.Tensor], version
         raise BankMismatchError(
             f"{where} does not match its seal: the bank's index, block table or prefix was edited or damaged "
             "after it was written (e.g. layers reordered, blocks cut or repeated, another bank's table). "
-            "Rebuild the bank.")
+            "Rebuild the bank."
+        )
 
 
 def _check_shards(store: ShardStore) -> None:
@@ -587,37 +662,58 @@ def _check_shards(store: ShardStore) -> None:
         return
     for path, shard in zip(store.files, store.shards):
         if path.stat().st_size != shard.get("bytes"):
-            raise BankMismatchError(f"{path} holds {path.stat().st_size} bytes where the bank's index lists "
-                                    f"{shard.get('bytes')}: the shard is damaged or was replaced. Rebuild the bank.")
+            raise BankMismatchError(
+                f"{path} holds {path.stat().st_size} bytes where the bank's index lists "
+                f"{shard.get('bytes')}: the shard is damaged or was replaced. Rebuild the bank."
+            )
 
 
-def _store(root: Path, files: list[Path], index: dict[str, Any], tensors: dict[str, torch.Tensor],
-           derived: dict | None) -> tuple[ShardStore, Provenance, dict[str, Any] | None]:
+def _store(
+    root: Path, files: list[Path], index: dict[str, Any], tensors: dict[str, torch.Tensor], derived: dict | None
+) -> tuple[ShardStore, Provenance, dict[str, Any] | None]:
     provenance = Provenance.from_dict(index["provenance"])
     kv = index.get("kv")
     table = tensors.get(TABLE_TENSOR)
     if table is None or table.dim() != 2 or table.shape[0] != index.get("blocks"):
-        raise BankMismatchError(f"The block table of {root} is missing or does not list the {index.get('blocks')} "
-                                "blocks its index counts: the bank is damaged.")
+        raise BankMismatchError(
+            f"The block table of {root} is missing or does not list the {index.get('blocks')} "
+            "blocks its index counts: the bank is damaged."
+        )
     infos = BlockTable(table)
     shards = infos.column("shard")
     if len(infos) and not bool(((shards >= 0) & (shards < len(files))).all()):
         raise BankMismatchError(f"The block table of {root} names shards outside the {len(files)} its index lists.")
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise BankMismatchError(f"{root} lacks {len(missing)} of its {len(files)} shards ({', '.join(missing[:3])}"
-                                f"{', ...' if len(missing) > 3 else ''}): the bank is incomplete.")
+        raise BankMismatchError(
+            f"{root} lacks {len(missing)} of its {len(files)} shards ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): the bank is incomplete."
+        )
     digests = tensors.get(DIGESTS_TENSOR)
     shards = [shard for shard in index["shards"] if isinstance(shard, dict)]
-    return (ShardStore(root, files, infos, provenance.compression, derived=derived, digests=digests,
-                       seal=index.get("seal"), shards=shards), provenance, kv)
+    return (
+        ShardStore(
+            root,
+            files,
+            infos,
+            provenance.compression,
+            derived=derived,
+            digests=digests,
+            seal=index.get("seal"),
+            shards=shards,
+        ),
+        provenance,
+        kv,
+    )
 
 
 def _inside(directory: Path, name: Any) -> Path:
     """`directory / name`, refusing anything but the name of a file in the folder itself."""
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
-        raise BankMismatchError(f"The index of {directory} names the file {name!r}, which is not inside the bank "
-                                "folder: the bank is damaged or was tampered with.")
+        raise BankMismatchError(
+            f"The index of {directory} names the file {name!r}, which is not inside the bank "
+            "folder: the bank is damaged or was tampered with."
+        )
     return directory / name
 
 
@@ -627,8 +723,9 @@ def _version(value: Any, where: Path) -> int:
     except (TypeError, ValueError):
         raise BankMismatchError(f"{where} has no valid bank format version ({value!r}); it is damaged.") from None
     if version > FORMAT_VERSION:
-        raise BankMismatchError(f"{where} uses bank format {version}; this compressmem reads up to {FORMAT_VERSION}. "
-                                "Upgrade compressmem.")
+        raise BankMismatchError(
+            f"{where} uses bank format {version}; this compressmem reads up to {FORMAT_VERSION}. Upgrade compressmem."
+        )
     return version
 
 
@@ -654,7 +751,10 @@ def _derived_from_file(path: Path, metadata: dict[str, dict]) -> dict[str, tuple
         names = list(handle.keys())
         for name, meta in metadata.items():
             start = f"derived.{name}."
-            derived[name] = ({key[len(start):]: handle.get_tensor(key) for key in names if key.startswith(start)}, meta)
+            derived[name] = (
+                {key[len(start) :]: handle.get_tensor(key) for key in names if key.startswith(start)},
+                meta,
+            )
     return derived
 
 
@@ -665,18 +765,26 @@ def _legacy_provenance(index: dict[str, Any], has_values: bool) -> Provenance:
     compression = None
     if layers:
         method = settings["compressor"]
-        compression = CompressionConfig(method, None if method == "none" else settings["ratio"],
-                                        settings.get("score") if method == "select" else None)
-    return Provenance(BaseFingerprint.from_dict(index["fingerprint"]), int(settings["chunk_size"]), compression, None,
-                      layers, has_values)
+        compression = CompressionConfig(
+            method,
+            None if method == "none" else settings["ratio"],
+            settings.get("score") if method == "select" else None,
+        )
+    return Provenance(
+        BaseFingerprint.from_dict(index["fingerprint"]),
+        int(settings["chunk_size"]),
+        compression,
+        None,
+        layers,
+        has_values,
+    )
 
 
 _ITEMSIZES = {"F32": 4, "BF16": 2, "F16": 2, "I32": 4}
 _DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
-def _legacy_layout(files: list[Path], key: str,
-                   shard_of: list[int]) -> tuple[list[tuple[int, int, int]], dict | None]:
+def _legacy_layout(files: list[Path], key: str, shard_of: list[int]) -> tuple[list[tuple[int, int, int]], dict | None]:
     """Per block (tokens, entries, bytes as stored), read from the shards' headers, and the KV layout."""
     sizes: list[tuple[int, int, int]] = []
     kv = None
@@ -705,8 +813,10 @@ def _legacy_folder_store(directory: Path, index: dict[str, Any], prefix: Prefix)
     shard_of = [shard for _, _, _, shard in spans]
     provenance = _legacy_provenance(index, prefix.values is not None)
     sizes, kv = _legacy_layout(files, "{index}.{field}", shard_of)
-    infos = [BlockInfo(document, start, tuple(span) if span else None, *size)
-             for (document, start, span, _), size in zip(spans, sizes)]
+    infos = [
+        BlockInfo(document, start, tuple(span) if span else None, *size)
+        for (document, start, span, _), size in zip(spans, sizes)
+    ]
     table = BlockTable.of(infos, shard_of)
     return ShardStore(directory, files, table, provenance.compression), prefix, provenance, kv
 
@@ -715,12 +825,17 @@ def _read_legacy_file(path: Path, metadata: dict[str, str]):
     spans = json.loads(metadata["spans"])
     key = "blocks.{index}.{field}"
     prefix = Prefix.from_tensors(_tensors(path, ("prefix_ids", "prefix_keys", "prefix_values")))
-    index = {"settings": json.loads(metadata["settings"]), "layers": json.loads(metadata["layers"]),
-             "fingerprint": json.loads(metadata["fingerprint"])}
+    index = {
+        "settings": json.loads(metadata["settings"]),
+        "layers": json.loads(metadata["layers"]),
+        "fingerprint": json.loads(metadata["fingerprint"]),
+    }
     provenance = _legacy_provenance(index, prefix.values is not None)
     shard_of = [0] * len(spans)
     sizes, kv = _legacy_layout([path], key, shard_of)
-    infos = [BlockInfo(document, start, tuple(span) if span else None, *size)
-             for (document, start, span), size in zip(spans, sizes)]
+    infos = [
+        BlockInfo(document, start, tuple(span) if span else None, *size)
+        for (document, start, span), size in zip(spans, sizes)
+    ]
     store = ShardStore(path, [path], BlockTable.of(infos), provenance.compression, key=key)
     return store, prefix, provenance, kv

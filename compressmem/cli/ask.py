@@ -12,14 +12,19 @@ from .options import CommandError, add_model_options, load_model, non_blank, pos
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("ask", help="answer a question over a long text file")
-    parser.add_argument("--context", required=True, type=Path,
-                        help="UTF-8 text file, a .safetensors bank, or a bank folder written by compress")
+    parser.add_argument(
+        "--context",
+        required=True,
+        type=Path,
+        help="UTF-8 text file, a .safetensors bank, or a bank folder written by compress",
+    )
     parser.add_argument("--question", required=True, type=non_blank)
     add_model_options(parser)
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--trace", action="store_true", help="print the blocks read and the notes after each read")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object: question, answer, found, sources, blocks read")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object: question, answer, found, sources, blocks read"
+    )
     parser.set_defaults(run=run)
 
 
@@ -40,9 +45,20 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"the bank {args.context} is damaged ({error}); compress the text again.") from error
     trace = answer.trace
     if args.json:
-        print(json.dumps({"question": args.question, "answer": answer.text, "found": answer.found,
-                          "sources": [vars(s) for s in answer.sources], "blocks_read": trace.blocks_read,
-                          "blocks": trace.num_blocks, "missing_terms": trace.missing_terms}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "question": args.question,
+                    "answer": answer.text,
+                    "found": answer.found,
+                    "sources": [vars(s) for s in answer.sources],
+                    "blocks_read": trace.blocks_read,
+                    "blocks": trace.num_blocks,
+                    "missing_terms": trace.missing_terms,
+                },
+                indent=2,
+            )
+        )
     else:
         print(answer.text)
         if answer.found:
@@ -54,10 +70,16 @@ def run(args: argparse.Namespace) -> int:
         elif trace.missing_terms:
             print(f"\n(the context never mentions {', '.join(trace.missing_terms)}; nothing was read)")
         else:
-            print(f"\n(read {len(trace.blocks_read)} of {trace.num_blocks} blocks; no sentence in them answers the "
-                  "question)")
+            print(
+                f"\n(read {len(trace.blocks_read)} of {trace.num_blocks} blocks; no sentence in them answers the "
+                "question)"
+            )
     if args.trace:
         steps = [{"block": s.block, "recall": s.recall, "output": s.output, "notes": s.notes} for s in trace.steps]
-        print(json.dumps({"blocks": trace.num_blocks, "read": trace.blocks_read, "found": trace.found,
-                          "steps": steps}, indent=2), file=sys.stderr)
+        print(
+            json.dumps(
+                {"blocks": trace.num_blocks, "read": trace.blocks_read, "found": trace.found, "steps": steps}, indent=2
+            ),
+            file=sys.stderr,
+        )
     return 0

@@ -19,9 +19,14 @@ if TYPE_CHECKING:
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("compress", help="compress a long text file into a reusable memory bank")
     parser.add_argument("file", type=Path)
-    parser.add_argument("-o", "--output", required=True, type=Path,
-                        help="a .safetensors file, or a folder: the text is then streamed into a bank on disk "
-                             "(flat memory, for files of any size)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="a .safetensors file, or a folder: the text is then streamed into a bank on disk "
+        "(flat memory, for files of any size)",
+    )
     add_model_options(parser)
     parser.set_defaults(run=run)
 
@@ -39,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if text is None:  # a missing, empty or binary file fails before a model is loaded
         read_text(args.file, limit=1 << 20, nonempty=True)
     if not to_file and (args.output / INDEX).exists():
-        raise CommandError(f"{args.output} already holds a memory bank; choose an empty folder (or delete that "
-                           "one).")
+        raise CommandError(f"{args.output} already holds a memory bank; choose an empty folder (or delete that one).")
     if to_file and not args.output.parent.is_dir():
-        raise CommandError(f"cannot write {args.output}: the folder {args.output.parent} does not exist; create it "
-                           "first.")
+        raise CommandError(
+            f"cannot write {args.output}: the folder {args.output.parent} does not exist; create it first."
+        )
     options = {}
     if state.num_processes > 1 and not args.device and state.device.type != "cpu":
         options["device_map"] = str(state.device)  # one accelerator per process
@@ -89,5 +94,6 @@ def _save(bank: MemoryBank, output: Path) -> None:
     try:
         bank.save(output)
     except SafetensorError as error:  # safetensors' own I/O errors (a folder missing, no space, not writable)
-        raise CommandError(f"cannot write {output} ({error}); check the path, its permissions and the free "
-                           "space.") from error
+        raise CommandError(
+            f"cannot write {output} ({error}); check the path, its permissions and the free space."
+        ) from error

@@ -60,8 +60,11 @@ def report(error: BaseException, args: argparse.Namespace) -> int:
         print(f"{name}: {message}", file=sys.stderr)
         return 1
     traceback.print_exception(error)
-    print(f"{name}: unexpected {type(error).__name__}; this is a bug in compressmem: please report it with the "
-          "command and the traceback above.", file=sys.stderr)
+    print(
+        f"{name}: unexpected {type(error).__name__}; this is a bug in compressmem: please report it with the "
+        "command and the traceback above.",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -76,8 +79,18 @@ def user_message(error: BaseException) -> str | None:
     from ..gate import GateHeadError
     from ..hub import CheckpointMismatchError
 
-    if isinstance(error, (CommandError, ContextError, ConfigError, BankMismatchError, CheckpointMismatchError,
-                          GateHeadError, json.JSONDecodeError)):
+    if isinstance(
+        error,
+        (
+            CommandError,
+            ContextError,
+            ConfigError,
+            BankMismatchError,
+            CheckpointMismatchError,
+            GateHeadError,
+            json.JSONDecodeError,
+        ),
+    ):
         return one_line(error)
     if isinstance(error, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({one_line(error)}); convert it to text first."
@@ -85,12 +98,16 @@ def user_message(error: BaseException) -> str | None:
         return describe_os_error(error)
     if isinstance(error, SafetensorError):
         if "serializ" in str(error):  # safetensors' I/O errors while writing
-            return f"a .safetensors file could not be written ({one_line(error)}); check the path, its permissions " \
-                   "and the free space."
+            return (
+                f"a .safetensors file could not be written ({one_line(error)}); check the path, its permissions "
+                "and the free space."
+            )
         return f"a .safetensors file is damaged or incomplete ({one_line(error)}); write it again."
     if isinstance(error, torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError since PyTorch 2.5
-        return (f"out of memory on the device ({one_line(error).split('.')[0]}); use a smaller --chunk-size, another "
-                "--device or --dtype bfloat16.")
+        return (
+            f"out of memory on the device ({one_line(error).split('.')[0]}); use a smaller --chunk-size, another "
+            "--device or --dtype bfloat16."
+        )
     if isinstance(error, MemoryError):
         return "out of memory; use a smaller --chunk-size or --dtype bfloat16."
     if isinstance(error, ValueError) and raised_by_compressmem(error):

@@ -36,16 +36,26 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --checkpoint, --revision, --config, --chunk-size, --memagent, --device, --dtype, --quiet, --debug."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"HF id or folder (default {DEFAULT_MODEL})")
     parser.add_argument("--memagent", action="store_true", help="MemAgent baseline: read every raw chunk")
-    parser.add_argument("--checkpoint", help="compressmem checkpoint: a folder or a Hub repo id (its configuration "
-                        "and trained parts, e.g. a gate head); --config and --chunk-size override its configuration")
+    parser.add_argument(
+        "--checkpoint",
+        help="compressmem checkpoint: a folder or a Hub repo id (its configuration "
+        "and trained parts, e.g. a gate head); --config and --chunk-size override its configuration",
+    )
     parser.add_argument("--memory", help=argparse.SUPPRESS)  # release 0.1's name of --checkpoint
     parser.add_argument("--revision", help="the Hub checkpoint's branch, tag or commit (default main)")
     parser.add_argument("--config", type=Path, help="MemoryConfig JSON file")
     parser.add_argument("--chunk-size", type=positive_int, help="tokens per chunk")
-    parser.add_argument("--device", type=device, help="where the base model runs: cpu, cuda, cuda:1, mps, or auto "
-                        "(spread over the devices by accelerate); default cpu")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="weights' dtype (default: float32; auto: the checkpoint's)")
+    parser.add_argument(
+        "--device",
+        type=device,
+        help="where the base model runs: cpu, cuda, cuda:1, mps, or auto "
+        "(spread over the devices by accelerate); default cpu",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="weights' dtype (default: float32; auto: the checkpoint's)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     add_debug_option(parser)
     parser.set_defaults(command_parser=parser)  # the parser whose usage a UsageError prints
@@ -55,8 +65,12 @@ def add_debug_option(parser: argparse.ArgumentParser, default: Any = argparse.SU
     """--debug: a failure shows its full traceback. A subcommand's option leaves the top-level one's value alone
     when not given (its default is SUPPRESS), so `compressmem --debug ask ...` and `compressmem ask --debug ...`
     both work."""
-    parser.add_argument("--debug", action="store_true", default=default,
-                        help="on a failure, show the full traceback instead of a one-line message")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="on a failure, show the full traceback instead of a one-line message",
+    )
 
 
 def _number(kind: type, least: float, inclusive: bool, what: str) -> Callable[[str], Any]:
@@ -114,11 +128,14 @@ def device(text: str) -> str:
     else:
         count = 0
     if count == 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no {parsed.type} device that PyTorch can use; "
-                                         "give cpu, or auto")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: this machine has no {parsed.type} device that PyTorch can use; give cpu, or auto"
+        )
     if parsed.index is not None and parsed.index >= count:
-        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} {parsed.type} device"
-                                         f"{'s' if count > 1 else ''} ({parsed.type}:0..{parsed.type}:{count - 1})")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: this machine has {count} {parsed.type} device"
+            f"{'s' if count > 1 else ''} ({parsed.type}:0..{parsed.type}:{count - 1})"
+        )
     return text
 
 
@@ -141,8 +158,9 @@ def task_names(text: str) -> list[str]:
     unknown = [task for task in tasks if task not in TASKS]
     if unknown:
         names = ", ".join(map(repr, unknown))
-        raise argparse.ArgumentTypeError(f"unknown task{'s' if len(unknown) > 1 else ''} {names}; the tasks are "
-                                         f"{', '.join(TASKS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown task{'s' if len(unknown) > 1 else ''} {names}; the tasks are {', '.join(TASKS)}"
+        )
     return tasks
 
 
@@ -159,8 +177,11 @@ def checkpoint_of(args: argparse.Namespace) -> str | None:
     if args.memory is not None:
         if args.checkpoint is not None:
             raise UsageError("give --checkpoint only (--memory is its old name).")
-        print(f"compressmem {args.command}: --memory is deprecated and will be removed in the next release; use "
-              "--checkpoint.", file=sys.stderr)
+        print(
+            f"compressmem {args.command}: --memory is deprecated and will be removed in the next release; use "
+            "--checkpoint.",
+            file=sys.stderr,
+        )
         return args.memory
     return args.checkpoint
 
@@ -171,8 +192,11 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig | None:
         return None
     config = load_config(args.config) if args.config else MemoryConfig()
     if args.memagent:  # the file's notes and prompts, MemAgent's chunks and reading
-        size = args.chunk_size if args.chunk_size is not None else (
-            config.chunking.size if args.config else MEMAGENT_CHUNK_SIZE)
+        size = (
+            args.chunk_size
+            if args.chunk_size is not None
+            else (config.chunking.size if args.config else MEMAGENT_CHUNK_SIZE)
+        )
         return MemoryConfig.memagent(size, notes=config.notes, prompts=config.prompts)
     return config.replace(chunking=ChunkingConfig(args.chunk_size)) if args.chunk_size is not None else config
 
@@ -200,8 +224,9 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def load_model(args: argparse.Namespace, config: MemoryConfig | None = None, checkpoint: Any = ...,
-               **options: Any) -> CompressedMemoryModel:
+def load_model(
+    args: argparse.Namespace, config: MemoryConfig | None = None, checkpoint: Any = ..., **options: Any
+) -> CompressedMemoryModel:
     """The model the options name (the checkpoint of --checkpoint unless `checkpoint` is given)."""
     from safetensors import SafetensorError
 
@@ -211,8 +236,9 @@ def load_model(args: argparse.Namespace, config: MemoryConfig | None = None, che
     config = memory_config(args) if config is None else config
     check_model_name(args.model)
     try:
-        return CompressedMemoryModel.from_pretrained(args.model, chosen, config, show_progress=not args.quiet,
-                                                     **{**load_options(args), **options})
+        return CompressedMemoryModel.from_pretrained(
+            args.model, chosen, config, show_progress=not args.quiet, **{**load_options(args), **options}
+        )
     except OSError as error:
         if type(error) is not OSError:  # compressmem's own (a checkpoint not found, ...) name what they are about
             raise
@@ -226,8 +252,10 @@ def load_model(args: argparse.Namespace, config: MemoryConfig | None = None, che
         raise CommandError(f"cannot load the model {args.model}: {one_line(error)}") from error
     except SafetensorError as error:  # the base model's weights, or a checkpoint's trained parts
         what = f"the model {args.model}" + (f" with the checkpoint {chosen}" if chosen else "")
-        raise CommandError(f"cannot load {what}: one of its .safetensors files is damaged or incomplete ({error}); "
-                           "download or save it again.") from error
+        raise CommandError(
+            f"cannot load {what}: one of its .safetensors files is damaged or incomplete ({error}); "
+            "download or save it again."
+        ) from error
 
 
 def check_model_name(name: str) -> None:
@@ -237,17 +265,21 @@ def check_model_name(name: str) -> None:
     path = Path(name)
     if path.is_dir():
         if not (path / "config.json").is_file() and not (path / CHECKPOINT_CONFIG).is_file():
-            raise CommandError(f"--model {name} is a folder without config.json; give a model folder (config.json "
-                               "and the weights), a compressmem checkpoint folder or a Hub model id.")
+            raise CommandError(
+                f"--model {name} is a folder without config.json; give a model folder (config.json "
+                "and the weights), a compressmem checkpoint folder or a Hub model id."
+            )
         return
     if name == DEFAULT_MODEL:
         return
     if path.exists():
-        raise CommandError(f"--model {name} is a file; give a model folder (config.json and the weights) or a Hub "
-                           "model id (org/name).")
+        raise CommandError(
+            f"--model {name} is a file; give a model folder (config.json and the weights) or a Hub model id (org/name)."
+        )
     if not is_hub_id(name):
-        raise CommandError(f"--model {name}: no such folder, and not a Hub model id (org/name); give a model folder "
-                           "or a Hub model id.")
+        raise CommandError(
+            f"--model {name}: no such folder, and not a Hub model id (org/name); give a model folder or a Hub model id."
+        )
 
 
 def read_text(path: Path, limit: int = -1, nonempty: bool = False) -> str:
@@ -257,19 +289,28 @@ def read_text(path: Path, limit: int = -1, nonempty: bool = False) -> str:
         with open(path, encoding="utf-8") as handle:
             text = handle.read(limit)
     except UnicodeDecodeError as error:
-        raise CommandError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); convert it to text "
-                           "first.") from None
+        raise CommandError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); convert it to text first."
+        ) from None
     except OSError as error:
         raise CommandError(f"cannot read {path}: {describe_os_error(error, name_path=False)}") from None
     if nonempty and not text.strip() and (limit < 0 or len(text) < limit):
-        raise CommandError(f"{path} is {'only whitespace' if text else 'empty'}: there is nothing to read; give a "
-                           "file with text in it.")
+        raise CommandError(
+            f"{path} is {'only whitespace' if text else 'empty'}: there is nothing to read; give a "
+            "file with text in it."
+        )
     return text
 
 
-_OS_HINTS = {"ENOENT": "check the path", "EACCES": "check its permissions", "EPERM": "check its permissions",
-             "EISDIR": "give a file, not a folder", "ENOTDIR": "check the path", "ENOSPC": "free some disk space",
-             "EROFS": "choose a writable place"}
+_OS_HINTS = {
+    "ENOENT": "check the path",
+    "EACCES": "check its permissions",
+    "EPERM": "check its permissions",
+    "EISDIR": "give a file, not a folder",
+    "ENOTDIR": "check the path",
+    "ENOSPC": "free some disk space",
+    "EROFS": "choose a writable place",
+}
 
 
 def describe_os_error(error: OSError, name_path: bool = True) -> str:

@@ -33,8 +33,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _cases_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--first-case", type=non_negative_int, default=20, help="number of the first training case: "
-                        "the evaluation's cases 0..first-1 are never trained on")
+    parser.add_argument(
+        "--first-case",
+        type=non_negative_int,
+        default=20,
+        help="number of the first training case: the evaluation's cases 0..first-1 are never trained on",
+    )
     parser.add_argument("--haystack", type=Path, help="haystack for the needle and variable tracking tasks")
     parser.add_argument("--hotpotqa-file", type=Path, help="HotpotQA-layout JSON")
 
@@ -43,34 +47,44 @@ def _gate_parser(trainers: argparse._SubParsersAction) -> None:
     gate = trainers.add_parser("gate", help="train the gate head on evidence labels of the evaluation tasks")
     add_model_options(gate)
     gate.add_argument("--out", required=True, type=Path, help="checkpoint folder to write (examples are cached here)")
-    gate.add_argument("--task", default="niah_single,variable_tracking,hotpotqa", type=task_names,
-                      help="comma-separated tasks")
+    gate.add_argument(
+        "--task", default="niah_single,variable_tracking,hotpotqa", type=task_names, help="comma-separated tasks"
+    )
     gate.add_argument("--lengths", default="4k,8k,16k", type=token_counts, help="context lengths of the cases")
     gate.add_argument("--n-train", type=positive_int, default=16, help="training cases per task and length")
     gate.add_argument("--n-test", type=non_negative_int, default=4, help="held-out cases per task and length")
     gate.add_argument("--no-lexical", action="store_true", help="attention features only, no BM25 feature")
-    gate.add_argument("--max-steps", type=positive_int, default=6,
-                      help="reads per question in the checkpoint's configuration")
-    gate.add_argument("--l2", type=non_negative_float, default=1e-2,
-                      help="L2 penalty on the standardised features' weights")
+    gate.add_argument(
+        "--max-steps", type=positive_int, default=6, help="reads per question in the checkpoint's configuration"
+    )
+    gate.add_argument(
+        "--l2", type=non_negative_float, default=1e-2, help="L2 penalty on the standardised features' weights"
+    )
     _cases_options(gate)
     gate.set_defaults(run=train_gate)
 
 
 def _pretrain_parser(trainers: argparse._SubParsersAction) -> None:
-    pre = trainers.add_parser("pretrain", help="pre-train the learned compressor: rebuild and continue a chunk "
-                              "from its block alone (the base model frozen)")
+    pre = trainers.add_parser(
+        "pretrain",
+        help="pre-train the learned compressor: rebuild and continue a chunk "
+        "from its block alone (the base model frozen)",
+    )
     add_model_options(pre)
     pre.add_argument("--out", required=True, type=Path, help="checkpoint folder; a run found there is resumed")
-    pre.add_argument("--files", nargs="*", type=Path, help="text files to train on (default: the essay haystack in "
-                     "../shared/data)")
+    pre.add_argument(
+        "--files", nargs="*", type=Path, help="text files to train on (default: the essay haystack in ../shared/data)"
+    )
     pre.add_argument("--steps", type=positive_int, default=200)
     pre.add_argument("--batch-size", type=positive_int, default=4)
     pre.add_argument("--learning-rate", type=positive_float, default=1e-3)
     pre.add_argument("--continuation-tokens", type=positive_int, default=64)
     pre.add_argument("--save-every", type=positive_int, default=50)
-    pre.add_argument("--ratio", type=positive_float, help="memory tokens: one per RATIO chunk tokens (default: the "
-                     "configuration's, else 4)")
+    pre.add_argument(
+        "--ratio",
+        type=positive_float,
+        help="memory tokens: one per RATIO chunk tokens (default: the configuration's, else 4)",
+    )
     pre.add_argument("--rank", type=positive_int, default=8, help="LoRA rank of a new compressor")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(run=pretrain)
@@ -79,14 +93,22 @@ def _pretrain_parser(trainers: argparse._SubParsersAction) -> None:
 def _grpo_parser(trainers: argparse._SubParsersAction) -> None:
     from ..eval.tasks import TASKS
 
-    grpo = trainers.add_parser("grpo", help="train compressor and reasoner end to end with GRPO from a verifiable "
-                               "reward (start from a pre-trained compressor with --checkpoint)")
+    grpo = trainers.add_parser(
+        "grpo",
+        help="train compressor and reasoner end to end with GRPO from a verifiable "
+        "reward (start from a pre-trained compressor with --checkpoint)",
+    )
     add_model_options(grpo)
     grpo.add_argument("--out", required=True, type=Path, help="checkpoint folder; a run found there is resumed")
-    grpo.add_argument("--task", default="niah_single", type=task_name,
-                      help=f"task whose generator makes the questions: {TASKS}")
-    grpo.add_argument("--length", default="1k", type=lambda text: token_counts(text)[0],
-                      help="context length of the training questions")
+    grpo.add_argument(
+        "--task", default="niah_single", type=task_name, help=f"task whose generator makes the questions: {TASKS}"
+    )
+    grpo.add_argument(
+        "--length",
+        default="1k",
+        type=lambda text: token_counts(text)[0],
+        help="context length of the training questions",
+    )
     grpo.add_argument("--n-train", type=positive_int, default=64, help="training questions (cycled through)")
     grpo.add_argument("--data", type=Path, help="JSONL of {context, question, answers} to train on instead of --task")
     grpo.add_argument("--steps", type=positive_int, default=50)
@@ -98,14 +120,21 @@ def _grpo_parser(trainers: argparse._SubParsersAction) -> None:
     grpo.add_argument("--learning-rate", type=positive_float, default=1e-4)
     grpo.add_argument("--clip", type=positive_float, default=0.2)
     grpo.add_argument("--kl-coef", type=non_negative_float, default=0.0, help="KL penalty to the starting policy")
-    grpo.add_argument("--iterations", type=positive_int, default=1,
-                      help="optimisation passes over each batch of rollouts")
+    grpo.add_argument(
+        "--iterations", type=positive_int, default=1, help="optimisation passes over each batch of rollouts"
+    )
     grpo.add_argument("--micro-batch", type=positive_int, default=8, help="answers per backward pass")
     grpo.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    grpo.add_argument("--reasoner-rank", type=non_negative_int, default=8,
-                      help="LoRA rank of a new reasoner adapter (0: none)")
-    grpo.add_argument("--reward", choices=("match", "partial"), default="match", help="match: the evaluation's "
-                      "metric; partial: the share of the answer's longest stretch found when it does not match")
+    grpo.add_argument(
+        "--reasoner-rank", type=non_negative_int, default=8, help="LoRA rank of a new reasoner adapter (0: none)"
+    )
+    grpo.add_argument(
+        "--reward",
+        choices=("match", "partial"),
+        default="match",
+        help="match: the evaluation's "
+        "metric; partial: the share of the answer's longest stretch found when it does not match",
+    )
     grpo.add_argument("--freeze-compressor", action="store_true", help="train the reasoner adapter only")
     grpo.add_argument("--save-every", type=positive_int, default=10)
     _cases_options(grpo)
@@ -117,21 +146,32 @@ def train_gate(args: argparse.Namespace) -> int:
     from ..training import train_gate as fit
 
     model = load_model(args)
-    data = dict(haystack=args.haystack, hotpotqa_file=args.hotpotqa_file)
+    data = {"haystack": args.haystack, "hotpotqa_file": args.hotpotqa_file}
     train, test = [], []
     for task in args.task:
         for length in args.lengths:
             train += make_cases(task, model.tokenizer, length, args.n_train, args.seed, first=args.first_case, **data)
-            test += make_cases(task, model.tokenizer, length, args.n_test, args.seed,
-                               first=args.first_case + args.n_train, **data)
-    _, report = fit(model, train, test, args.out, lexical=not args.no_lexical, max_steps=args.max_steps, l2=args.l2,
-                    show_progress=not args.quiet)
+            test += make_cases(
+                task, model.tokenizer, length, args.n_test, args.seed, first=args.first_case + args.n_train, **data
+            )
+    _, report = fit(
+        model,
+        train,
+        test,
+        args.out,
+        lexical=not args.no_lexical,
+        max_steps=args.max_steps,
+        l2=args.l2,
+        show_progress=not args.quiet,
+    )
     (args.out / "metrics.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     table = report.markdown()
     (args.out / "metrics.md").write_text(table, encoding="utf-8")
     print(table)
-    print(f"{args.out}: gate head trained on {report.train_decisions} decisions; load it with "
-          f"CompressedMemoryModel.from_pretrained(base, checkpoint={str(args.out)!r}).")
+    print(
+        f"{args.out}: gate head trained on {report.train_decisions} decisions; load it with "
+        f"CompressedMemoryModel.from_pretrained(base, checkpoint={str(args.out)!r})."
+    )
     return 0
 
 
@@ -148,17 +188,27 @@ def pretrain(args: argparse.Namespace) -> int:
         folder = default_data_dir()
         haystack = None if folder is None else folder / "pg_essays.json"
         if haystack is None or not haystack.is_file():
-            raise CommandError("no --files given and the default essays (../shared/data/pg_essays.json) are "
-                               "missing; pass --files.")
+            raise CommandError(
+                "no --files given and the default essays (../shared/data/pg_essays.json) are missing; pass --files."
+            )
         texts = [load_haystack(haystack)]
     base = load_model(args, MemoryConfig(), checkpoint=None)  # the run brings its own learned compressor
-    model = start_or_resume(base, args.out, rank=args.rank, seed=args.seed, ratio=args.ratio,
-                            config=memory_config(args))
-    settings = PretrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                              continuation_tokens=args.continuation_tokens, save_every=args.save_every, seed=args.seed)
+    model = start_or_resume(
+        base, args.out, rank=args.rank, seed=args.seed, ratio=args.ratio, config=memory_config(args)
+    )
+    settings = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        continuation_tokens=args.continuation_tokens,
+        save_every=args.save_every,
+        seed=args.seed,
+    )
     log = run_pretraining(model, texts, args.out, settings, show_progress=not args.quiet)
-    print(f"{args.out}: step {log[-1]['step']}, loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; load it with "
-          f"CompressedMemoryModel.from_pretrained(base, checkpoint={str(args.out)!r}).")
+    print(
+        f"{args.out}: step {log[-1]['step']}, loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; load it with "
+        f"CompressedMemoryModel.from_pretrained(base, checkpoint={str(args.out)!r})."
+    )
     return 0
 
 
@@ -182,21 +232,42 @@ def train_grpo(args: argparse.Namespace) -> int:
     if args.data:
         examples = _examples(args.data, examples_from_jsonl)
     else:
-        cases = make_cases(args.task, model.tokenizer, args.length, args.n_train, args.seed, haystack=args.haystack,
-                           hotpotqa_file=args.hotpotqa_file, first=args.first_case)
+        cases = make_cases(
+            args.task,
+            model.tokenizer,
+            args.length,
+            args.n_train,
+            args.seed,
+            haystack=args.haystack,
+            hotpotqa_file=args.hotpotqa_file,
+            first=args.first_case,
+        )
         examples = examples_from_cases(cases)
-    settings = GRPOConfig(steps=args.steps, questions_per_step=args.questions_per_step, group_size=args.group_size,
-                          temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                          learning_rate=args.learning_rate, clip=args.clip, kl_coef=args.kl_coef,
-                          iterations=args.iterations, micro_batch=args.micro_batch,
-                          gradient_checkpointing=args.gradient_checkpointing,
-                          train_compressor=not args.freeze_compressor, save_every=args.save_every, seed=args.seed)
+    settings = GRPOConfig(
+        steps=args.steps,
+        questions_per_step=args.questions_per_step,
+        group_size=args.group_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        learning_rate=args.learning_rate,
+        clip=args.clip,
+        kl_coef=args.kl_coef,
+        iterations=args.iterations,
+        micro_batch=args.micro_batch,
+        gradient_checkpointing=args.gradient_checkpointing,
+        train_compressor=not args.freeze_compressor,
+        save_every=args.save_every,
+        seed=args.seed,
+    )
     reward = partial_credit_reward(examples[0].task) if args.reward == "partial" else None
     log = run_grpo(model, examples, args.out, settings, reward, show_progress=not args.quiet)
     first, last = log[0], log[-1]
-    print(f"{args.out}: step {last['step']}, mean reward {first['reward']:.3f} (step {first['step']}) -> "
-          f"{last['reward']:.3f}; load it with CompressedMemoryModel.from_pretrained(base, checkpoint="
-          f"{str(args.out)!r}).")
+    print(
+        f"{args.out}: step {last['step']}, mean reward {first['reward']:.3f} (step {first['step']}) -> "
+        f"{last['reward']:.3f}; load it with CompressedMemoryModel.from_pretrained(base, checkpoint="
+        f"{str(args.out)!r})."
+    )
     return 0
 
 

@@ -9,9 +9,11 @@ from .select import SelectCompressor
 def build_compressor(compression: CompressionConfig) -> Compressor:
     """The training-free compressor `compression` names; a learned one comes with its trained weights."""
     if compression.method == "learned":
-        raise ValueError("compression method 'learned' needs trained weights: load a checkpoint that has them with "
-                         "from_pretrained(base, checkpoint=CHECKPOINT), pass compressor=LearnedCompressor..., or start "
-                         "one for training with LearnedCompressor.initialise(model, ratio, chunk_size).")
+        raise ValueError(
+            "compression method 'learned' needs trained weights: load a checkpoint that has them with "
+            "from_pretrained(base, checkpoint=CHECKPOINT), pass compressor=LearnedCompressor..., or start "
+            "one for training with LearnedCompressor.initialise(model, ratio, chunk_size)."
+        )
     if compression.method == "select":
         return SelectCompressor(compression.ratio, compression.score)
     return Compressor()

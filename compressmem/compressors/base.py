@@ -60,13 +60,25 @@ class Compressor:
         return None
 
     @torch.no_grad()
-    def compress(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
-                 layers: tuple[int, ...], keep_values: bool) -> CompressedChunks:
+    def compress(
+        self,
+        model: PreTrainedModel,
+        prefix_ids: torch.Tensor,
+        chunk_ids: torch.Tensor,
+        layers: tuple[int, ...],
+        keep_values: bool,
+    ) -> CompressedChunks:
         """Compress a `[batch, n]` tensor of chunks that all follow `prefix_ids`, keeping `layers` only."""
         return self.forward_blocks(model, prefix_ids, chunk_ids, layers, keep_values)
 
-    def forward_blocks(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
-                       layers: tuple[int, ...], keep_values: bool) -> CompressedChunks:
+    def forward_blocks(
+        self,
+        model: PreTrainedModel,
+        prefix_ids: torch.Tensor,
+        chunk_ids: torch.Tensor,
+        layers: tuple[int, ...],
+        keep_values: bool,
+    ) -> CompressedChunks:
         """`compress`, with autograd left to the caller."""
         batch, num_tokens = chunk_ids.shape
         prefix_len = prefix_ids.numel()
@@ -84,8 +96,11 @@ class Compressor:
                 raise LastLayerSeen
 
         cache = DynamicCache()
-        with adapter_active(model, None), contextlib.suppress(LastLayerSeen), \
-                probe(model, record) if scoring or stop_after is not None else contextlib.nullcontext():
+        with (
+            adapter_active(model, None),
+            contextlib.suppress(LastLayerSeen),
+            probe(model, record) if scoring or stop_after is not None else contextlib.nullcontext(),
+        ):
             model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
 
         kept = self.kept_entries(num_tokens)
@@ -103,8 +118,7 @@ class Compressor:
             positions.append((index + prefix_len).to(torch.int32))
         device = model.device  # layers split over devices (device_map) are gathered on the first
         prefix_keys = torch.stack(to_one_device([cache.layers[i].keys[0, :, :prefix_len] for i in layers], device))
-        prefix_values = torch.stack(to_one_device([cache.layers[i].values[0, :, :prefix_len] for i in layers],
-                                                  device))
+        prefix_values = torch.stack(to_one_device([cache.layers[i].values[0, :, :prefix_len] for i in layers], device))
         return CompressedChunks(
             keys=torch.stack(to_one_device(keys, device), dim=1),
             values=torch.stack(to_one_device(values, device), dim=1) if keep_values else None,

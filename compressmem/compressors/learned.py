@@ -49,8 +49,9 @@ class LearnedCompressor(Compressor):
         self.lora_config = lora_config  # the adapter's `peft.LoraConfig`
 
     @classmethod
-    def initialise(cls, model: PreTrainedModel, ratio: float, chunk_size: int, rank: int = 8,
-                   seed: int = 0) -> "LearnedCompressor":
+    def initialise(
+        cls, model: PreTrainedModel, ratio: float, chunk_size: int, rank: int = 8, seed: int = 0
+    ) -> LearnedCompressor:
         """A fresh compressor for `model`: a LoRA adapter whose B is zero (so it starts as the base model)
         and memory embeddings drawn around the mean token embedding; the same `seed` gives the same one."""
         slots = math.ceil(chunk_size / ratio)
@@ -65,11 +66,17 @@ class LearnedCompressor(Compressor):
     def save(self, model: PreTrainedModel, directory: str | Path) -> None:
         """Write the adapter (PEFT layout: `adapter_config.json`, `adapter_model.safetensors`) plus the
         memory embeddings, in the same safetensors file; never the base model's weights."""
-        save_adapter(model, self.lora_config, ADAPTER, directory,
-                     extra={MEMORY_TENSOR: self.memory_embeddings.float()}, metadata={"ratio": str(self.ratio)})
+        save_adapter(
+            model,
+            self.lora_config,
+            ADAPTER,
+            directory,
+            extra={MEMORY_TENSOR: self.memory_embeddings.float()},
+            metadata={"ratio": str(self.ratio)},
+        )
 
     @classmethod
-    def load(cls, model: PreTrainedModel, directory: str | Path, ratio: float) -> "LearnedCompressor":
+    def load(cls, model: PreTrainedModel, directory: str | Path, ratio: float) -> LearnedCompressor:
         """Attach the saved adapter to `model` and read the memory embeddings; `ratio` must be the saved one."""
         from safetensors import safe_open
 
@@ -79,12 +86,16 @@ class LearnedCompressor(Compressor):
         try:
             with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
                 saved_ratio = float((handle.metadata() or {}).get("ratio", "nan"))
-        except Exception as error:  # safetensors raises its own error types for damaged files
-            raise CheckpointMismatchError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file ({error}); "
-                                          "the compressor is damaged: save or download it again.") from None
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+            raise CheckpointMismatchError(
+                f"{directory / WEIGHTS_FILE} is not a readable safetensors file ({error}); "
+                "the compressor is damaged: save or download it again."
+            ) from None
         if saved_ratio != ratio:
-            raise ValueError(f"The compressor in {directory} was trained at ratio {saved_ratio}, but the configuration "
-                             f"asks for ratio {ratio}; use the checkpoint's ratio.")
+            raise ValueError(
+                f"The compressor in {directory} was trained at ratio {saved_ratio}, but the configuration "
+                f"asks for ratio {ratio}; use the checkpoint's ratio."
+            )
         config, extras = load_adapter(model, ADAPTER, directory, extra=(MEMORY_TENSOR,))
         memory = extras[MEMORY_TENSOR].to(model.get_input_embeddings().weight.device)
         return cls(ratio, torch.nn.Parameter(memory, requires_grad=False), config)
@@ -101,15 +112,23 @@ class LearnedCompressor(Compressor):
             digest.update(weight.detach().to("cpu", torch.bfloat16).float().numpy().tobytes())
         return digest.hexdigest()
 
-    def forward_blocks(self, model: PreTrainedModel, prefix_ids: torch.Tensor, chunk_ids: torch.Tensor,
-                       layers: tuple[int, ...], keep_values: bool) -> CompressedChunks:
+    def forward_blocks(
+        self,
+        model: PreTrainedModel,
+        prefix_ids: torch.Tensor,
+        chunk_ids: torch.Tensor,
+        layers: tuple[int, ...],
+        keep_values: bool,
+    ) -> CompressedChunks:
         """`compress`, with autograd left to the caller (training recomputes blocks with gradients)."""
         batch, num_tokens = chunk_ids.shape
         kept = self.kept_entries(num_tokens)
         if kept > self.memory_embeddings.shape[0]:
-            raise ValueError(f"A chunk of {num_tokens} tokens at ratio {self.ratio} needs {kept} memory tokens, but "
-                             f"this compressor has {self.memory_embeddings.shape[0]}: it was trained for shorter "
-                             "chunks; use its chunk_size.")
+            raise ValueError(
+                f"A chunk of {num_tokens} tokens at ratio {self.ratio} needs {kept} memory tokens, but "
+                f"this compressor has {self.memory_embeddings.shape[0]}: it was trained for shorter "
+                "chunks; use its chunk_size."
+            )
         prefix_len = prefix_ids.numel()
         device = model.device
         ids = torch.cat([prefix_ids.expand(batch, -1), chunk_ids], dim=1).to(device)
@@ -126,8 +145,7 @@ class LearnedCompressor(Compressor):
                 raise LastLayerSeen
 
         with adapter_active(model, ADAPTER), probe(model, record), contextlib.suppress(LastLayerSeen):
-            model(inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True,
-                  logits_to_keep=1)
+            model(inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         start = prefix_len + num_tokens
         kv = [tuple(to_one_device(list(cache.recorded(i)), device)) for i in layers]
         keys = torch.stack([k[:, :, start:] for k, _ in kv], dim=1)

@@ -66,5 +66,5 @@ def _window_attention(query: torch.Tensor, key: torch.Tensor, prefix_len: int) -
     first = max(prefix_len, total_len - _WINDOW)
     received = _attention_to_chunk(query, key, first, total_len, prefix_len)
     pooled = F.max_pool1d(received, kernel_size=_POOL, stride=1, padding=_POOL // 2)
-    pooled[..., first - prefix_len:] = float("inf")
+    pooled[..., first - prefix_len :] = float("inf")
     return pooled

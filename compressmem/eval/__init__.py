@@ -9,7 +9,22 @@ from .scoring import exact_match, normalize_answer, score_answer, substring_matc
 from .tasks import TASKS, default_data_dir, make_cases, parse_token_counts
 
 __all__ = [
-    "EvalCase", "MODES", "PeakMemory", "TASKS", "default_data_dir", "exact_match", "load_haystack", "make_cases",
-    "markdown", "normalize_answer", "parse_token_counts", "plot", "run_eval", "score_answer", "substring_match",
-    "substring_match_all", "summarize", "token_f1",
+    "MODES",
+    "TASKS",
+    "EvalCase",
+    "PeakMemory",
+    "default_data_dir",
+    "exact_match",
+    "load_haystack",
+    "make_cases",
+    "markdown",
+    "normalize_answer",
+    "parse_token_counts",
+    "plot",
+    "run_eval",
+    "score_answer",
+    "substring_match",
+    "substring_match_all",
+    "summarize",
+    "token_f1",
 ]

@@ -26,9 +26,16 @@ class EvalCase:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "case_id": self.case_id, "question": self.question, "answers": list(self.answers),
-                "evidence": [list(span) for span in self.evidence], "length": self.length, "seed": self.seed,
-                "metadata": self.metadata}
+        return {
+            "task": self.task,
+            "case_id": self.case_id,
+            "question": self.question,
+            "answers": list(self.answers),
+            "evidence": [list(span) for span in self.evidence],
+            "length": self.length,
+            "seed": self.seed,
+            "metadata": self.metadata,
+        }
 
 
 def case_rng(task: str, length: int, seed: int, index: int) -> random.Random:

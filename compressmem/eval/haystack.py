@@ -25,8 +25,9 @@ def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
-def hide_in_haystack(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, inserts: list[str],
-                     rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
+def hide_in_haystack(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, inserts: list[str], rng: random.Random
+) -> tuple[str, list[tuple[int, int]]]:
     """A `length`-token context of haystack prose with `inserts` placed, in order, at sentence breaks.
 
     Returns the context and the character span of each insert. The filler starts at a seeded offset
@@ -35,8 +36,9 @@ def hide_in_haystack(tokenizer: PreTrainedTokenizerBase, haystack: str, length: 
     inserts = [f" {text.strip()} " for text in inserts]
     budget = length - sum(count_tokens(tokenizer, text) for text in inserts)
     if budget < 1:
-        raise ValueError(f"A {length}-token context cannot hold the {len(inserts)} inserted sentences; "
-                         "ask for a longer context.")
+        raise ValueError(
+            f"A {length}-token context cannot hold the {len(inserts)} inserted sentences; ask for a longer context."
+        )
     filler = _filler(tokenizer, haystack, budget, rng)
     cuts = sorted(_sentence_break(filler, rng.uniform(0.05, 0.95)) for _ in inserts)
     pieces, spans, position, previous = [], [], 0, 0
@@ -57,7 +59,7 @@ def _filler(tokenizer: PreTrainedTokenizerBase, haystack: str, budget: int, rng:
     chars = 6 * budget + 64
     while True:
         repeats = (start + chars) // len(haystack) + 1
-        window = (haystack * repeats)[start:start + chars] if repeats > 1 else haystack[start:start + chars]
+        window = (haystack * repeats)[start : start + chars] if repeats > 1 else haystack[start : start + chars]
         ids = tokenizer(window, add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) >= budget:
             return tokenizer.decode(ids[:budget])

@@ -43,8 +43,11 @@ def load_hotpotqa(path: str | Path) -> tuple[HotpotQuestion, ...]:
     """Questions from a file in the original HotpotQA layout (a JSON list, or JSON Lines)."""
     path = Path(path)
     raw = path.read_text(encoding="utf-8")
-    records = json.loads(raw) if raw.lstrip().startswith("[") else [json.loads(line) for line in raw.splitlines()
-                                                                   if line.strip()]
+    records = (
+        json.loads(raw)
+        if raw.lstrip().startswith("[")
+        else [json.loads(line) for line in raw.splitlines() if line.strip()]
+    )
     questions = []
     for number, record in enumerate(records):
         missing = {"question", "answer", "supporting_facts", "context"} - set(record)
@@ -79,14 +82,21 @@ def hotpotqa(tokenizer: PreTrainedTokenizerBase, path: str | Path, length: int, 
             evidence += _sentence_spans(paragraph, position + len(paragraph.header(number)), target.supporting)
         position += len(texts[-1])
     return EvalCase(
-        task="hotpotqa", case_id=f"hotpotqa-{length}-{seed}-{index}", context="".join(texts), question=target.question,
-        answers=(target.answer,), evidence=tuple(evidence), length=length, seed=seed,
+        task="hotpotqa",
+        case_id=f"hotpotqa-{length}-{seed}-{index}",
+        context="".join(texts),
+        question=target.question,
+        answers=(target.answer,),
+        evidence=tuple(evidence),
+        length=length,
+        seed=seed,
         metadata={"gold_titles": sorted(gold_titles), "paragraphs": len(chosen)},
     )
 
 
-def _pad(tokenizer: PreTrainedTokenizerBase, gold: list[Paragraph], pool: list[Paragraph], length: int,
-         path: str | Path) -> list[Paragraph]:
+def _pad(
+    tokenizer: PreTrainedTokenizerBase, gold: list[Paragraph], pool: list[Paragraph], length: int, path: str | Path
+) -> list[Paragraph]:
     """Gold paragraphs plus pool paragraphs (no title twice) while the total stays within `length`."""
     chosen = list(gold)
     titles = {p.title for p in gold}
@@ -100,8 +110,10 @@ def _pad(tokenizer: PreTrainedTokenizerBase, gold: list[Paragraph], pool: list[P
         chosen.append(paragraph)
         titles.add(paragraph.title)
         total += size
-    raise ValueError(f"{path} holds only about {total} tokens of distinct paragraphs, fewer than the {length} "
-                     "asked for; point --hotpotqa-file at a larger HotpotQA file or ask for a shorter length.")
+    raise ValueError(
+        f"{path} holds only about {total} tokens of distinct paragraphs, fewer than the {length} "
+        "asked for; point --hotpotqa-file at a larger HotpotQA file or ask for a shorter length."
+    )
 
 
 def _sentence_spans(paragraph: Paragraph, start: int, supporting: tuple[tuple[str, int], ...]) -> list[tuple[int, int]]:

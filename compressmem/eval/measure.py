@@ -41,7 +41,7 @@ class PeakMemory:
         """How far the peak rose above the memory in use on entry."""
         return self.peak_bytes - self.baseline_bytes
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

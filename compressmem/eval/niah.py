@@ -15,12 +15,54 @@ from .cases import EvalCase, case_rng
 from .haystack import hide_in_haystack
 
 _KEY_WORDS = (
-    "amber", "brisk", "cobalt", "dusty", "eager", "fabled", "gentle", "hollow", "ivory", "jolly", "keen", "lunar",
-    "mellow", "nimble", "opal", "placid", "quiet", "rustic", "silent", "tidal", "umber", "vivid", "woolen", "zesty",
+    "amber",
+    "brisk",
+    "cobalt",
+    "dusty",
+    "eager",
+    "fabled",
+    "gentle",
+    "hollow",
+    "ivory",
+    "jolly",
+    "keen",
+    "lunar",
+    "mellow",
+    "nimble",
+    "opal",
+    "placid",
+    "quiet",
+    "rustic",
+    "silent",
+    "tidal",
+    "umber",
+    "vivid",
+    "woolen",
+    "zesty",
 )
 _KEY_NOUNS = (
-    "anchor", "beacon", "canyon", "dragon", "ember", "falcon", "garden", "harbor", "island", "jackal", "kettle",
-    "lantern", "meadow", "needle", "orchard", "pepper", "quarry", "river", "saddle", "tunnel", "valley", "walnut",
+    "anchor",
+    "beacon",
+    "canyon",
+    "dragon",
+    "ember",
+    "falcon",
+    "garden",
+    "harbor",
+    "island",
+    "jackal",
+    "kettle",
+    "lantern",
+    "meadow",
+    "needle",
+    "orchard",
+    "pepper",
+    "quarry",
+    "river",
+    "saddle",
+    "tunnel",
+    "valley",
+    "walnut",
 )
 
 
@@ -29,46 +71,70 @@ def niah_single(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, 
     return _niah("niah_single", tokenizer, haystack, length, seed, index, distractors=0)
 
 
-def niah_multikey(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
-                  distractors: int = 3) -> EvalCase:
+def niah_multikey(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int, distractors: int = 3
+) -> EvalCase:
     """The asked-for needle plus `distractors` needles with other keys, all at seeded depths."""
     return _niah("niah_multikey", tokenizer, haystack, length, seed, index, distractors)
 
 
-def niah_multivalue(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
-                    values: int = 4) -> EvalCase:
+def niah_multivalue(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int, values: int = 4
+) -> EvalCase:
     """`values` needles with the same key and different numbers; all of them must be found (RULER)."""
     rng = case_rng("niah_multivalue", length, seed, index)
     key = rng.choice(_keys())
     numbers = [_number(rng) for _ in range(values)]
-    return _every_number("niah_multivalue", tokenizer, haystack, length, seed, index, rng, [key] * values, numbers,
-                         key, {"key": key})
+    return _every_number(
+        "niah_multivalue", tokenizer, haystack, length, seed, index, rng, [key] * values, numbers, key, {"key": key}
+    )
 
 
-def niah_multiquery(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
-                    queries: int = 4) -> EvalCase:
+def niah_multiquery(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int, queries: int = 4
+) -> EvalCase:
     """`queries` needles with different keys, all asked for in one question; every number must be found (RULER)."""
     rng = case_rng("niah_multiquery", length, seed, index)
     keys = rng.sample(_keys(), queries)
     numbers = [_number(rng) for _ in keys]
     asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
-    return _every_number("niah_multiquery", tokenizer, haystack, length, seed, index, rng, keys, numbers, asked,
-                         {"keys": keys})
+    return _every_number(
+        "niah_multiquery", tokenizer, haystack, length, seed, index, rng, keys, numbers, asked, {"keys": keys}
+    )
 
 
-def _every_number(task: str, tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
-                  rng, keys: list[str], numbers: list[str], asked: str, metadata: dict) -> EvalCase:
+def _every_number(
+    task: str,
+    tokenizer: PreTrainedTokenizerBase,
+    haystack: str,
+    length: int,
+    seed: int,
+    index: int,
+    rng,
+    keys: list[str],
+    numbers: list[str],
+    asked: str,
+    metadata: dict,
+) -> EvalCase:
     """A case whose needles pair `keys` with `numbers`, asking for every number of `asked`."""
     needles = [_needle(key, number) for key, number in zip(keys, numbers)]
     context, spans = hide_in_haystack(tokenizer, haystack, length, needles, rng)
     return EvalCase(
-        task=task, case_id=f"{task}-{length}-{seed}-{index}", context=context,
+        task=task,
+        case_id=f"{task}-{length}-{seed}-{index}",
+        context=context,
         question=f"What are all the special magic numbers for {asked} mentioned in the provided text?",
-        answers=tuple(numbers), evidence=tuple(spans), length=length, seed=seed, metadata=metadata)
+        answers=tuple(numbers),
+        evidence=tuple(spans),
+        length=length,
+        seed=seed,
+        metadata=metadata,
+    )
 
 
-def absent(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
-           distractors: int = 4) -> EvalCase:
+def absent(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int, distractors: int = 4
+) -> EvalCase:
     """Needles of `distractors` keys, and a question about a key none of them has: no answer is right but
     "not found" (`answers` is empty; the spans of the distractors are in `metadata`)."""
     rng = case_rng("absent", length, seed, index)
@@ -76,9 +142,16 @@ def absent(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed:
     needles = [_needle(key, _number(rng)) for key in keys[1:]]
     context, spans = hide_in_haystack(tokenizer, haystack, length, needles, rng)
     return EvalCase(
-        task="absent", case_id=f"absent-{length}-{seed}-{index}", context=context,
+        task="absent",
+        case_id=f"absent-{length}-{seed}-{index}",
+        context=context,
         question=f"What is the special magic number for {keys[0]} mentioned in the provided text?",
-        answers=(), evidence=(), length=length, seed=seed, metadata={"key": keys[0], "distractors": spans})
+        answers=(),
+        evidence=(),
+        length=length,
+        seed=seed,
+        metadata={"key": keys[0], "distractors": spans},
+    )
 
 
 def _keys() -> list[str]:
@@ -93,8 +166,9 @@ def _needle(key: str, number: str) -> str:
     return f"One of the special magic numbers for {key} is: {number}."
 
 
-def _niah(task: str, tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int,
-          distractors: int) -> EvalCase:
+def _niah(
+    task: str, tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int, distractors: int
+) -> EvalCase:
     rng = case_rng(task, length, seed, index)
     keys = rng.sample(_keys(), distractors + 1)
     values = [_number(rng) for _ in keys]
@@ -104,8 +178,13 @@ def _niah(task: str, tokenizer: PreTrainedTokenizerBase, haystack: str, length: 
     context, spans = hide_in_haystack(tokenizer, haystack, length, [needles[i] for i in order], rng)
     target = order.index(0)
     return EvalCase(
-        task=task, case_id=f"{task}-{length}-{seed}-{index}", context=context,
+        task=task,
+        case_id=f"{task}-{length}-{seed}-{index}",
+        context=context,
         question=f"What is the special magic number for {keys[0]} mentioned in the provided text?",
-        answers=(values[0],), evidence=(spans[target],), length=length, seed=seed,
+        answers=(values[0],),
+        evidence=(spans[target],),
+        length=length,
+        seed=seed,
         metadata={"key": keys[0], "distractors": [spans[i] for i in range(len(spans)) if i != target]},
     )

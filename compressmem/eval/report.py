@@ -19,8 +19,14 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (task, length, mode), group in groups.items():
         ran = [r for r in group if not r["skipped"]]
         recalls = [r["evidence_recall"] for r in ran if r.get("evidence_recall") is not None]
-        row = {"task": task, "length": length, "mode": mode, "cases": len(ran), "skipped": len(group) - len(ran),
-               "notes": sorted({r["note"] for r in group if r.get("note")})}
+        row = {
+            "task": task,
+            "length": length,
+            "mode": mode,
+            "cases": len(ran),
+            "skipped": len(group) - len(ran),
+            "notes": sorted({r["note"] for r in group if r.get("note")}),
+        }
         row.update({metric: mean(r[metric] for r in ran) if ran else None for metric in METRICS})
         row["refused"] = mean(r.get("refused", 0.0) for r in ran) if ran else None
         row["reads"] = mean(len(r["blocks_read"]) for r in ran) if ran and ran[0]["blocks_read"] is not None else None
@@ -35,14 +41,18 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The summary table, with time and peak-memory ratios to MemAgent mode where it ran, and the gate's cost."""
-    lines = ["| task | length | mode | cases | accuracy | EM | F1 | said not found | blocks read / total "
-             "| evidence recall | time (s) | time vs MemAgent | peak MiB (+ over start) | peak increase vs MemAgent |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | length | mode | cases | accuracy | EM | F1 | said not found | blocks read / total "
+        "| evidence recall | time (s) | time vs MemAgent | peak MiB (+ over start) | peak increase vs MemAgent |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     baseline = {(r["task"], r["length"]): r for r in rows if r["mode"] == "memagent" and r["cases"]}
     for row in rows:
         if not row["cases"]:
-            lines.append(f"| {row['task']} | {row['length']} | {row['mode']} | skipped | {'; '.join(row['notes'])} "
-                         "|  |  |  |  |  |  |  |  |  |")
+            lines.append(
+                f"| {row['task']} | {row['length']} | {row['mode']} | skipped | {'; '.join(row['notes'])} "
+                "|  |  |  |  |  |  |  |  |  |"
+            )
             continue
         base = baseline.get((row["task"], row["length"]))
         lines.append(
@@ -51,22 +61,28 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{_percent(row['evidence_recall'])} | "
             f"{row['seconds']:.2f} | {_ratio(row['seconds'], base and base['seconds'])} | "
             f"{row['peak_mib']:.0f} (+{row['peak_increase_mib']:.0f}) | "
-            f"{_ratio(row['peak_increase_mib'], base and base['peak_increase_mib'])} |")
-    return "\n".join(lines + ["", _gate_costs(rows)]) + "\n"
+            f"{_ratio(row['peak_increase_mib'], base and base['peak_increase_mib'])} |"
+        )
+    return "\n".join([*lines, "", _gate_costs(rows)]) + "\n"
 
 
 def _gate_costs(rows: list[dict[str, Any]]) -> str:
     """Default vs the perfect-gate oracle: what gate errors cost in accuracy and what a perfect gate reads."""
     by_key = {(r["task"], r["length"], r["mode"]): r for r in rows if r["cases"]}
-    lines = ["| task | length | default accuracy | oracle accuracy | cost of gate errors | default evidence recall "
-             "| default reads | oracle reads |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | length | default accuracy | oracle accuracy | cost of gate errors | default evidence recall "
+        "| default reads | oracle reads |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (task, length, mode), row in by_key.items():
         oracle = by_key.get((task, length, "oracle"))
         if mode != "default" or oracle is None:
             continue
-        lines.append(f"| {task} | {length} | {row['substring']:.1%} | {oracle['substring']:.1%} | "
-                     f"{oracle['substring'] - row['substring']:+.1%} | {_percent(row['evidence_recall'])} | "
-                     f"{row['reads']:.2f} | {oracle['reads']:.2f} |")
+        lines.append(
+            f"| {task} | {length} | {row['substring']:.1%} | {oracle['substring']:.1%} | "
+            f"{oracle['substring'] - row['substring']:+.1%} | {_percent(row['evidence_recall'])} | "
+            f"{row['reads']:.2f} | {oracle['reads']:.2f} |"
+        )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -79,13 +95,18 @@ def plot(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
 
     tasks = sorted({r["task"] for r in rows})
     paths = []
-    for metric, label, name in (("substring", "accuracy (substring match)", "accuracy.png"),
-                                ("seconds", "seconds per question", "time.png")):
+    for metric, label, name in (
+        ("substring", "accuracy (substring match)", "accuracy.png"),
+        ("seconds", "seconds per question", "time.png"),
+    ):
         figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
         for axis, task in zip(axes[0], tasks):
             for mode in sorted({r["mode"] for r in rows if r["task"] == task}):
-                points = sorted((r["length"], r[metric]) for r in rows
-                                if r["task"] == task and r["mode"] == mode and r[metric] is not None)
+                points = sorted(
+                    (r["length"], r[metric])
+                    for r in rows
+                    if r["task"] == task and r["mode"] == mode and r[metric] is not None
+                )
                 if points:
                     axis.plot(*zip(*points), marker="o", label=mode)
             axis.set_xscale("log", base=2)

@@ -34,11 +34,21 @@ FULL_PROMPT = "{context}\n\n{question}"
 _WARM_UP_TEXT = "The harbour town kept its records in a stone archive by the quay. " * 40
 
 
-def run_eval(model: CompressedMemoryModel, tasks: Iterable[str], lengths: Iterable[int], n: int,
-             modes: Iterable[str] = ("default", "memagent"), seed: int = 0, out_dir: str | Path | None = None, *,
-             max_new_tokens: int = 48, haystack: str | Path | None = None,
-             hotpotqa_file: str | Path | None = None, memagent: MemoryConfig | None = None,
-             show_progress: bool = True) -> list[dict[str, Any]]:
+def run_eval(
+    model: CompressedMemoryModel,
+    tasks: Iterable[str],
+    lengths: Iterable[int],
+    n: int,
+    modes: Iterable[str] = ("default", "memagent"),
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    *,
+    max_new_tokens: int = 48,
+    haystack: str | Path | None = None,
+    hotpotqa_file: str | Path | None = None,
+    memagent: MemoryConfig | None = None,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
     """Run every mode on `n` seeded cases per (task, length); returns the per-case records.
 
     `memagent` is the baseline's configuration (default `MemoryConfig.memagent()`, 2048-token
@@ -60,7 +70,7 @@ def run_eval(model: CompressedMemoryModel, tasks: Iterable[str], lengths: Iterab
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     records = []
     jobs = [(task, length) for task in tasks for length in lengths]
-    sink = open(Path(out_dir) / "cases.jsonl", "w", encoding="utf-8") if out_dir is not None else nullcontext()
+    sink = open(Path(out_dir) / "cases.jsonl", "w", encoding="utf-8") if out_dir is not None else nullcontext()  # noqa: SIM115 - closed by the with below
     bar = tqdm(total=len(jobs) * n * len(modes), desc="Evaluating", unit="run", disable=not show_progress)
     with sink, bar:
         for task, length in jobs:
@@ -78,8 +88,7 @@ def run_eval(model: CompressedMemoryModel, tasks: Iterable[str], lengths: Iterab
     return records
 
 
-def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens: int,
-                  memagent: MemoryConfig) -> dict:
+def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens: int, memagent: MemoryConfig) -> dict:
     config = model.memory_config
     wrappers = {
         "default": model.with_config(config, show_progress=False),
@@ -96,10 +105,21 @@ def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens
 
 def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int, oracle: bool) -> dict[str, Any]:
     if oracle and not case.evidence:
-        return {"prediction": "", "context_tokens": None, "blocks": None, "blocks_read": None, "evidence_blocks": None,
-                "evidence_recall": None, "seconds": None, "compress_seconds": 0.0, "peak_mib": None,
-                "peak_increase_mib": None, "found": None, "skipped": True,
-                "note": "no evidence to read: a perfect gate reads nothing"}
+        return {
+            "prediction": "",
+            "context_tokens": None,
+            "blocks": None,
+            "blocks_read": None,
+            "evidence_blocks": None,
+            "evidence_recall": None,
+            "seconds": None,
+            "compress_seconds": 0.0,
+            "peak_mib": None,
+            "peak_increase_mib": None,
+            "found": None,
+            "skipped": True,
+            "note": "no evidence to read: a perfect gate reads nothing",
+        }
     prompt = model.prompt_ids(case.question).to(model.model.device)
     with PeakMemory(model.model.device) as peak:
         start = time.perf_counter()
@@ -107,16 +127,23 @@ def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: in
         compress_seconds = time.perf_counter() - start
         evidence = bank.blocks_overlapping(list(case.evidence))
         readable = bank.subset(evidence) if oracle else bank
-        out = model.generate(prompt, bank=readable, max_new_tokens=max_new_tokens, do_sample=False,
-                             return_dict_in_generate=True)
+        out = model.generate(
+            prompt, bank=readable, max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True
+        )
         seconds = time.perf_counter() - start
     trace = out.trace[0]
     read = [evidence[b] for b in trace.blocks_read] if oracle else trace.blocks_read
     return {
-        "prediction": model.tokenizer.decode(out.sequences[0, prompt.shape[1]:], skip_special_tokens=True).strip(),
-        "context_tokens": bank.num_tokens, "blocks": len(bank), "blocks_read": read, "evidence_blocks": evidence,
+        "prediction": model.tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip(),
+        "context_tokens": bank.num_tokens,
+        "blocks": len(bank),
+        "blocks_read": read,
+        "evidence_blocks": evidence,
         "evidence_recall": len(set(read) & set(evidence)) / len(evidence) if evidence else None,
-        "seconds": seconds, "compress_seconds": compress_seconds, **_memory_fields(peak), "found": trace.found,
+        "seconds": seconds,
+        "compress_seconds": compress_seconds,
+        **_memory_fields(peak),
+        "found": trace.found,
         "skipped": False,
     }
 
@@ -129,18 +156,36 @@ def full_prompt_ids(model: CompressedMemoryModel, context: str, question: str) -
 def _run_full(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int) -> dict[str, Any]:
     prompt = full_prompt_ids(model, case.context, case.question)
     window = getattr(model.model.config.get_text_config(), "max_position_embeddings", None)
-    base = {"context_tokens": prompt.shape[1], "blocks": None, "blocks_read": None, "evidence_blocks": None,
-            "evidence_recall": None, "compress_seconds": 0.0}
+    base = {
+        "context_tokens": prompt.shape[1],
+        "blocks": None,
+        "blocks_read": None,
+        "evidence_blocks": None,
+        "evidence_recall": None,
+        "compress_seconds": 0.0,
+    }
     if window is not None and prompt.shape[1] + max_new_tokens > window:
-        return {**base, "prediction": "", "seconds": None, "peak_mib": None, "peak_increase_mib": None,
-                "skipped": True, "note": f"{prompt.shape[1]}-token prompt exceeds the model's {window}-token window"}
+        return {
+            **base,
+            "prediction": "",
+            "seconds": None,
+            "peak_mib": None,
+            "peak_increase_mib": None,
+            "skipped": True,
+            "note": f"{prompt.shape[1]}-token prompt exceeds the model's {window}-token window",
+        }
     prompt = prompt.to(model.model.device)
     with PeakMemory(model.model.device) as peak, torch.no_grad():
         start = time.perf_counter()
-        out = model.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=pad_token_id(model.tokenizer))
+        out = model.model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_token_id(model.tokenizer),
+        )
         seconds = time.perf_counter() - start
-    prediction = model.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()
+    prediction = model.tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip()
     return {**base, "prediction": prediction, "seconds": seconds, **_memory_fields(peak), "skipped": False}
 
 

@@ -65,5 +65,9 @@ def score_answer(task: str, prediction: str, answers: Sequence[str]) -> dict[str
         return {"substring": refused, "exact_match": refused, "f1": refused, "refused": refused}
     matcher = substring_match_all if task in ALL_ANSWERS_TASKS else substring_match
     correct = 0.0 if refused else matcher(prediction, answers)
-    return {"substring": correct, "exact_match": exact_match(prediction, answers),
-            "f1": token_f1(prediction, answers), "refused": refused}
+    return {
+        "substring": correct,
+        "exact_match": exact_match(prediction, answers),
+        "f1": token_f1(prediction, answers),
+        "refused": refused,
+    }

@@ -13,8 +13,14 @@ from .hotpotqa import hotpotqa
 from .niah import absent, niah_multikey, niah_multiquery, niah_multivalue, niah_single
 from .variable_tracking import variable_tracking
 
-HAYSTACK_TASKS = {"niah_single": niah_single, "niah_multikey": niah_multikey, "niah_multivalue": niah_multivalue,
-                  "niah_multiquery": niah_multiquery, "absent": absent, "variable_tracking": variable_tracking}
+HAYSTACK_TASKS = {
+    "niah_single": niah_single,
+    "niah_multikey": niah_multikey,
+    "niah_multivalue": niah_multivalue,
+    "niah_multiquery": niah_multiquery,
+    "absent": absent,
+    "variable_tracking": variable_tracking,
+}
 TASKS = (*HAYSTACK_TASKS, "hotpotqa")
 HAYSTACK_FILE = "pg_essays.json"
 HOTPOTQA_FILE = "hotpotqa_dev_60.json"
@@ -22,14 +28,25 @@ HOTPOTQA_FILE = "hotpotqa_dev_60.json"
 
 def default_data_dir() -> Path | None:
     """`$COMPRESSMEM_DATA`, else a `shared/data` folder beside the working directory or the source tree."""
-    candidates = [os.environ.get("COMPRESSMEM_DATA"), Path.cwd().parent / "shared" / "data",
-                  Path(__file__).resolve().parents[3] / "shared" / "data"]
+    candidates = [
+        os.environ.get("COMPRESSMEM_DATA"),
+        Path.cwd().parent / "shared" / "data",
+        Path(__file__).resolve().parents[3] / "shared" / "data",
+    ]
     return next((Path(c) for c in candidates if c and Path(c).is_dir()), None)
 
 
-def make_cases(task: str, tokenizer: PreTrainedTokenizerBase, length: int, n: int, seed: int = 0, *,
-               haystack: str | Path | None = None, hotpotqa_file: str | Path | None = None,
-               first: int = 0) -> list[EvalCase]:
+def make_cases(
+    task: str,
+    tokenizer: PreTrainedTokenizerBase,
+    length: int,
+    n: int,
+    seed: int = 0,
+    *,
+    haystack: str | Path | None = None,
+    hotpotqa_file: str | Path | None = None,
+    first: int = 0,
+) -> list[EvalCase]:
     """`n` cases of `task` at `length` tokens; the same arguments always give the same cases.
 
     Cases are numbered: `first` skips the first ones, so that e.g. training cases (from 20 on) never

@@ -32,8 +32,10 @@ def default_gate_layers(num_layers: int, layer_types: list[str] | None = None) -
         return middle
     full = [i for i, kind in enumerate(layer_types) if kind == "full_attention"]
     if not full:
-        raise ValueError("This model has no full-attention layer (every layer has a sliding window), so the "
-                         "attention gate cannot score blocks by their keys; use the lexical gate.")
+        raise ValueError(
+            "This model has no full-attention layer (every layer has a sliding window), so the "
+            "attention gate cannot score blocks by their keys; use the lexical gate."
+        )
     inside = tuple(i for i in full if i in middle)
     centre = (first + middle[-1]) / 2
     return inside or (min(full, key=lambda i: (abs(i - centre), -i)),)  # a tie goes to the deeper layer
@@ -50,14 +52,15 @@ class GateIndex:
     rotary: Rotary | None  # the model's RoPE, found once here rather than at every step
 
     @classmethod
-    def build(cls, bank: MemoryBank, layers: tuple[int, ...], model: PreTrainedModel) -> "GateIndex":
+    def build(cls, bank: MemoryBank, layers: tuple[int, ...], model: PreTrainedModel) -> GateIndex:
         """The index kept with `bank` for these layers (moved to the model's device once per process), or
         built now from the blocks and kept with the bank."""
         missing = sorted(set(layers) - set(bank.layers))
         if missing or not len(bank) or int(bank.infos.column("entries").min()) == 0:
             raise BankMismatchError(
                 f"The gate reads layers {list(layers)} but the bank holds keys for {list(bank.layers)} only; "
-                "rebuild the bank with this configuration's compress().")
+                "rebuild the bank with this configuration's compress()."
+            )
         rotary = Rotary.of(model)
         name = "keys-" + "-".join(map(str, layers))
         metadata = {"version": INDEX_VERSION, "blocks": len(bank), "layers": list(layers)}
@@ -90,8 +93,9 @@ def _keys_tensors(keys: torch.Tensor | Quantized) -> dict[str, torch.Tensor]:
 def _keys_from(tensors: dict[str, torch.Tensor], compression) -> torch.Tensor | Quantized:
     if "key_scales" not in tensors:
         return tensors["keys"]
-    return Quantized(tensors["keys"], tensors["key_scales"], tensors["key_zeros"], compression.bits,
-                     compression.group, TOKENS)
+    return Quantized(
+        tensors["keys"], tensors["key_scales"], tensors["key_zeros"], compression.bits, compression.group, TOKENS
+    )
 
 
 class AttentionGate:
@@ -104,8 +108,9 @@ class AttentionGate:
     scores sum to 1.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...],
-                 sharpness: float = DEFAULT_SHARPNESS) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...], sharpness: float = DEFAULT_SHARPNESS
+    ) -> None:
         self.tokenizer = tokenizer
         self.layers = layers
         self.sharpness = sharpness
@@ -126,31 +131,43 @@ class AttentionGate:
         return mean_pooled.softmax(dim=1).mean(dim=(2, 3))
 
     @torch.no_grad()
-    def pooled_scores(self, model: PreTrainedModel, texts: list[str], index: GateIndex,
-                      pools: tuple[str, ...]) -> torch.Tensor:
+    def pooled_scores(
+        self, model: PreTrainedModel, texts: list[str], index: GateIndex, pools: tuple[str, ...]
+    ) -> torch.Tensor:
         """`[rows, blocks, pools, layers, heads]`: each prompt's sharpened log-sum-exp on each block,
         pooled over its tokens by each of `pools` ("mean", "max"), in logit units."""
-        prompts = [torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] or
-                                [self.tokenizer.eos_token_id]) for text in texts]
+        prompts = [
+            torch.tensor(
+                self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+                or [self.tokenizer.eos_token_id]
+            )
+            for text in texts
+        ]
         keys_dtype = torch.float32 if isinstance(index.keys, Quantized) else index.keys.dtype
         queries = self._queries(model, prompts, index.rotary).to(keys_dtype)
         scale = self.sharpness * queries.shape[-1] ** -0.5
         rows = []
         for row_queries, length in zip(queries, (p.numel() for p in prompts)):
-            rows.append(torch.stack([
-                gate_scores(row_queries[:, :, :length], index.keys, index.offsets, scale=scale, pool=pool)
-                for pool in pools], dim=1) / self.sharpness)
+            rows.append(
+                torch.stack(
+                    [
+                        gate_scores(row_queries[:, :, :length], index.keys, index.offsets, scale=scale, pool=pool)
+                        for pool in pools
+                    ],
+                    dim=1,
+                )
+                / self.sharpness
+            )
         return torch.stack(rows)
 
-    def _queries(self, model: PreTrainedModel, prompts: list[torch.Tensor],
-                 rotary: Rotary | None) -> torch.Tensor:
+    def _queries(self, model: PreTrainedModel, prompts: list[torch.Tensor], rotary: Rotary | None) -> torch.Tensor:
         """Queries at the gate layers rotated back to position 0, `[rows, layers, heads, q, d]`."""
         width = max(p.numel() for p in prompts)
         ids = torch.zeros(len(prompts), width, dtype=torch.long)
         mask = torch.zeros(len(prompts), width, dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            ids[row, :prompt.numel()] = prompt
-            mask[row, :prompt.numel()] = 1
+            ids[row, : prompt.numel()] = prompt
+            mask[row, : prompt.numel()] = 1
         positions = torch.arange(width).expand(len(prompts), -1).to(model.device)
         captured: dict[int, torch.Tensor] = {}
         wanted = set(self.layers)
@@ -160,8 +177,13 @@ class AttentionGate:
                 captured[layer_idx] = query
 
         with probe(model, record):
-            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), position_ids=positions,
-                  use_cache=False, logits_to_keep=1)
+            model(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=1,
+            )
         queries = torch.stack(to_one_device([captured[i] for i in self.layers], model.device), dim=1)
         if rotary is None:
             return queries

@@ -54,46 +54,73 @@ class GateHead(torch.nn.Module):
         return features @ self.weight + self.bias
 
     def save(self, path: str | Path) -> None:
-        metadata = {"format": HEAD_FORMAT, "layers": json.dumps(list(self.layers)), "heads": str(self.heads),
-                    "sharpness": str(self.sharpness), "lexical": json.dumps(self.lexical),
-                    "pools": json.dumps(list(POOLS))}
-        tensors = {"weight": self.weight.detach().float().contiguous().cpu(),
-                   "bias": self.bias.detach().float().reshape(1).contiguous().cpu()}
+        metadata = {
+            "format": HEAD_FORMAT,
+            "layers": json.dumps(list(self.layers)),
+            "heads": str(self.heads),
+            "sharpness": str(self.sharpness),
+            "lexical": json.dumps(self.lexical),
+            "pools": json.dumps(list(POOLS)),
+        }
+        tensors = {
+            "weight": self.weight.detach().float().contiguous().cpu(),
+            "bias": self.bias.detach().float().reshape(1).contiguous().cpu(),
+        }
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
-    def load(cls, path: str | Path) -> "GateHead":
+    def load(cls, path: str | Path) -> GateHead:
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
             tensors = load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types for damaged files
-            raise GateHeadError(f"{path} is not a readable safetensors file ({error}); the gate head is damaged: "
-                                "train or download it again.") from None
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+            raise GateHeadError(
+                f"{path} is not a readable safetensors file ({error}); the gate head is damaged: "
+                "train or download it again."
+            ) from None
         if metadata.get("format") != HEAD_FORMAT or metadata.get("pools") != json.dumps(list(POOLS)):
-            raise GateHeadError(f"{path} is not a compressmem gate head (format {metadata.get('format')!r}, pools "
-                                f"{metadata.get('pools')!r}; expected {HEAD_FORMAT!r} with pools {list(POOLS)}).")
+            raise GateHeadError(
+                f"{path} is not a compressmem gate head (format {metadata.get('format')!r}, pools "
+                f"{metadata.get('pools')!r}; expected {HEAD_FORMAT!r} with pools {list(POOLS)})."
+            )
         try:
-            head = cls(tuple(json.loads(metadata["layers"])), int(metadata["heads"]), float(metadata["sharpness"]),
-                       json.loads(metadata["lexical"]))
+            head = cls(
+                tuple(json.loads(metadata["layers"])),
+                int(metadata["heads"]),
+                float(metadata["sharpness"]),
+                json.loads(metadata["lexical"]),
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise GateHeadError(f"{path}: the gate head's settings (layers, heads, sharpness, lexical) are missing or "
-                                f"malformed ({type(error).__name__}: {error}); train or download it again.") from None
+            raise GateHeadError(
+                f"{path}: the gate head's settings (layers, heads, sharpness, lexical) are missing or "
+                f"malformed ({type(error).__name__}: {error}); train or download it again."
+            ) from None
         layers = head.layers
-        if not layers or len(set(layers)) != len(layers) or any(not isinstance(i, int) or i < 0 for i in layers) \
-                or head.heads < 1 or not 0 < head.sharpness < math.inf or not isinstance(head.lexical, bool):
-            raise GateHeadError(f"{path}: the gate head's settings are out of range (layers {list(layers)}: distinct "
-                                f"indices >= 0; heads {head.heads}: >= 1; sharpness {head.sharpness}: positive and "
-                                f"finite; lexical {head.lexical!r}: true or false); train or download it again.")
+        if (
+            not layers
+            or len(set(layers)) != len(layers)
+            or any(not isinstance(i, int) or i < 0 for i in layers)
+            or head.heads < 1
+            or not 0 < head.sharpness < math.inf
+            or not isinstance(head.lexical, bool)
+        ):
+            raise GateHeadError(
+                f"{path}: the gate head's settings are out of range (layers {list(layers)}: distinct "
+                f"indices >= 0; heads {head.heads}: >= 1; sharpness {head.sharpness}: positive and "
+                f"finite; lexical {head.lexical!r}: true or false); train or download it again."
+            )
         for name, shape in (("weight", (head.num_features,)), ("bias", (1,))):
             if name not in tensors or tensors[name].shape != shape:
                 found = tuple(tensors[name].shape) if name in tensors else "missing"
                 raise GateHeadError(f"{path}: {name} has shape {found}, its metadata needs {shape}.")
             if not bool(torch.isfinite(tensors[name]).all()):
-                raise GateHeadError(f"{path}: {name} holds NaN or infinite values; the gate head is corrupt: train or "
-                                    "download it again.")
+                raise GateHeadError(
+                    f"{path}: {name} holds NaN or infinite values; the gate head is corrupt: train or "
+                    "download it again."
+                )
         with torch.no_grad():
             head.weight.copy_(tensors["weight"])
             head.bias.copy_(tensors["bias"][0])
@@ -106,7 +133,8 @@ class GateHead(torch.nn.Module):
             raise GateHeadError(
                 f"This gate head reads {self.heads} heads at layers {list(self.layers)}, but the model has "
                 f"{config.num_attention_heads} heads and {config.num_hidden_layers} layers: it was trained for "
-                "another base model. Load the checkpoint made for this model, or train one (compressmem train gate).")
+                "another base model. Load the checkpoint made for this model, or train one (compressmem train gate)."
+            )
 
 
 @dataclass
@@ -129,8 +157,9 @@ class HeadGate:
         words = self.lexical.index(bank, model) if self.lexical is not None else None
         return HeadIndex(self.attention.index(bank, model), words)
 
-    def features(self, model: PreTrainedModel, texts: list[str], index: HeadIndex,
-                 pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def features(
+        self, model: PreTrainedModel, texts: list[str], index: HeadIndex, pooled: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`[rows, blocks, num_features]`: per-prompt centred pooled scores, then the BM25 feature.
 
         `pooled` is `attention.pooled_scores(..., POOLS)` when the caller has computed it already.

@@ -42,7 +42,7 @@ class LexicalIndex:
     lengths: torch.Tensor  # [blocks] float32
 
     @classmethod
-    def build(cls, bank: MemoryBank, tokenizer: PreTrainedTokenizerBase) -> "LexicalIndex":
+    def build(cls, bank: MemoryBank, tokenizer: PreTrainedTokenizerBase) -> LexicalIndex:
         vocabulary: dict[str, int] = {}
         holders: list[array] = []
         counts: list[array] = []
@@ -58,8 +58,9 @@ class LexicalIndex:
                 holders[term].append(index)
                 counts[term].append(count)
         sizes = torch.tensor([0] + [len(h) for h in holders], dtype=torch.int64)
-        return cls(vocabulary, sizes.cumsum(0), _flat(holders), _flat(counts),
-                   torch.tensor(lengths, dtype=torch.float32))
+        return cls(
+            vocabulary, sizes.cumsum(0), _flat(holders), _flat(counts), torch.tensor(lengths, dtype=torch.float32)
+        )
 
     def missing(self, terms: set[str]) -> list[str]:
         """The `terms` (compared as `reader.quotes.normal` compares words) that no block holds."""
@@ -68,16 +69,27 @@ class LexicalIndex:
     def tensors(self) -> dict[str, torch.Tensor]:
         """The index as tensors, to keep with the bank (the vocabulary as newline-joined UTF-8)."""
         text = "\n".join(self.vocabulary).encode("utf-8")
-        return {"vocabulary": torch.frombuffer(bytearray(text), dtype=torch.uint8) if text
-                else torch.zeros(0, dtype=torch.uint8),
-                "offsets": self.offsets, "blocks": self.blocks, "counts": self.counts, "lengths": self.lengths}
+        return {
+            "vocabulary": torch.frombuffer(bytearray(text), dtype=torch.uint8)
+            if text
+            else torch.zeros(0, dtype=torch.uint8),
+            "offsets": self.offsets,
+            "blocks": self.blocks,
+            "counts": self.counts,
+            "lengths": self.lengths,
+        }
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "LexicalIndex":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> LexicalIndex:
         text = bytes(tensors["vocabulary"].numpy()).decode("utf-8")
         terms = text.split("\n") if text else []
-        return cls({word: i for i, word in enumerate(terms)}, tensors["offsets"], tensors["blocks"],
-                   tensors["counts"], tensors["lengths"])
+        return cls(
+            {word: i for i, word in enumerate(terms)},
+            tensors["offsets"],
+            tensors["blocks"],
+            tensors["counts"],
+            tensors["lengths"],
+        )
 
 
 def _flat(parts: list[array]) -> torch.Tensor:

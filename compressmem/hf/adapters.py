@@ -96,8 +96,10 @@ def adapter_active(model: PreTrainedModel, name: str | None) -> Iterator[None]:
         return
     with _lock_of(model):
         before = active_adapter(model)
-        trainable = {adapter: any(w.requires_grad for w in adapter_weights(model, adapter).values())
-                     for adapter in _adapter_names(model)}
+        trainable = {
+            adapter: any(w.requires_grad for w in adapter_weights(model, adapter).values())
+            for adapter in _adapter_names(model)
+        }
         _activate(model, name)
         try:
             yield
@@ -118,8 +120,14 @@ def active_adapter(model: PreTrainedModel) -> str | None:
     return active[0] if active else None
 
 
-def save_adapter(model: PreTrainedModel, config, name: str, directory: str | Path,
-                 extra: dict[str, torch.Tensor] | None = None, metadata: dict[str, str] | None = None) -> None:
+def save_adapter(
+    model: PreTrainedModel,
+    config,
+    name: str,
+    directory: str | Path,
+    extra: dict[str, torch.Tensor] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write adapter `name` in PEFT's layout, plus `extra` tensors in the same safetensors file."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -146,21 +154,27 @@ def load_adapter(model: PreTrainedModel, name: str, directory: str | Path, extra
     try:
         tensors = load_file(str(path))
     except SafetensorError as error:
-        raise CheckpointMismatchError(f"{path} is not a readable safetensors file ({error}); the adapter is damaged: "
-                                      "save it again.") from None
+        raise CheckpointMismatchError(
+            f"{path} is not a readable safetensors file ({error}); the adapter is damaged: save it again."
+        ) from None
     absent = [key for key in extra if key not in tensors]
     if absent:
-        raise CheckpointMismatchError(f"{path} lacks the tensor {absent[0]!r} the adapter needs; the adapter is "
-                                      "damaged or incomplete: save it again.")
+        raise CheckpointMismatchError(
+            f"{path} lacks the tensor {absent[0]!r} the adapter needs; the adapter is "
+            "damaged or incomplete: save it again."
+        )
     extras = {key: tensors.pop(key) for key in extra}
     try:
         config = LoraConfig.from_pretrained(str(directory))
     except (OSError, ValueError, TypeError) as error:  # missing, not JSON, not an object
-        raise CheckpointMismatchError(f"{directory / CONFIG_FILE} is not a readable LoRA configuration ({error}); "
-                                      "save the adapter again.") from None
+        raise CheckpointMismatchError(
+            f"{directory / CONFIG_FILE} is not a readable LoRA configuration ({error}); save the adapter again."
+        ) from None
     if isinstance(config.r, bool) or not isinstance(config.r, int) or config.r < 1:
-        raise CheckpointMismatchError(f"{directory / CONFIG_FILE}: the rank r must be a positive integer, got "
-                                      f"{config.r!r}; save the adapter again.")
+        raise CheckpointMismatchError(
+            f"{directory / CONFIG_FILE}: the rank r must be a positive integer, got "
+            f"{config.r!r}; save the adapter again."
+        )
     attach_adapter(model, config, name)
     expected = adapter_weights(model, name)
     problem = _mismatch(expected, tensors, config.r)
@@ -180,26 +194,37 @@ def _mismatch(expected: dict[str, torch.nn.Parameter], saved: dict[str, torch.Te
     if missing or unplaced:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} of the {len(expected)} tensors the model's adapter needs are missing from "
-                         f"the file (e.g. {missing[0]})")
+            parts.append(
+                f"{len(missing)} of the {len(expected)} tensors the model's adapter needs are missing from "
+                f"the file (e.g. {missing[0]})"
+            )
         if unplaced:
             parts.append(f"{len(unplaced)} tensors in the file have no place in the model (e.g. {unplaced[0]})")
-        return (" and ".join(parts) + "; it was saved for a base model with other layers, or is incomplete: load it "
-                "with the base model it was trained for.")
-    wrong = [(key, tuple(saved[key].shape), tuple(weight.shape)) for key, weight in sorted(expected.items())
-             if tuple(saved[key].shape) != tuple(weight.shape)]
+        return (
+            " and ".join(parts) + "; it was saved for a base model with other layers, or is incomplete: load it "
+            "with the base model it was trained for."
+        )
+    wrong = [
+        (key, tuple(saved[key].shape), tuple(weight.shape))
+        for key, weight in sorted(expected.items())
+        if tuple(saved[key].shape) != tuple(weight.shape)
+    ]
     if not wrong:
         return None
     key, found, needed = wrong[0]
     more = f" (and {len(wrong) - 1} more tensors differ)" if len(wrong) > 1 else ""
-    ranks = {int(tensor.shape[0]) for tensor_name, tensor in saved.items()
-             if ".lora_A." in tensor_name and tensor.dim() == 2}
+    ranks = {
+        int(tensor.shape[0]) for tensor_name, tensor in saved.items() if ".lora_A." in tensor_name and tensor.dim() == 2
+    }
     if ranks and ranks != {rank}:
-        advice = (f"the file's weights have rank {', '.join(map(str, sorted(ranks)))} but {CONFIG_FILE} says r={rank}: "
-                  "the two files do not belong together; save the adapter again.")
+        advice = (
+            f"the file's weights have rank {', '.join(map(str, sorted(ranks)))} but {CONFIG_FILE} says r={rank}: "
+            "the two files do not belong together; save the adapter again."
+        )
     else:
-        advice = ("it was saved from a base model with other layer sizes: load it with the base model it was "
-                  "trained for.")
+        advice = (
+            "it was saved from a base model with other layer sizes: load it with the base model it was trained for."
+        )
     return f"tensor {key} has shape {found} in the file, but the model needs {needed}{more}; {advice}"
 
 
@@ -238,7 +263,7 @@ def _tuner_layers(model: PreTrainedModel) -> list:
 
 
 def _adapter_names(model: PreTrainedModel) -> set[str]:
-    return {name for layer in _tuner_layers(model) for name in layer.lora_A.keys()}
+    return {name for layer in _tuner_layers(model) for name in layer.lora_A}
 
 
 _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -266,14 +291,14 @@ class ReasonerAdapter:
         self.lora_config = config
 
     @classmethod
-    def initialise(cls, model: PreTrainedModel, rank: int = 8, seed: int = 0) -> "ReasonerAdapter":
+    def initialise(cls, model: PreTrainedModel, rank: int = 8, seed: int = 0) -> ReasonerAdapter:
         """A fresh adapter (LoRA B zero, so the reasoner starts as the base model) injected into `model`."""
         config = default_lora_config(rank)
         attach_adapter(model, config, REASONER_ADAPTER, seed=seed)
         return cls(config)
 
     @classmethod
-    def load(cls, model: PreTrainedModel, directory: str | Path) -> "ReasonerAdapter":
+    def load(cls, model: PreTrainedModel, directory: str | Path) -> ReasonerAdapter:
         config, _ = load_adapter(model, REASONER_ADAPTER, directory)
         return cls(config)
 

@@ -27,13 +27,20 @@ def activation_checkpointing(model: PreTrainedModel, enabled: bool) -> Iterator[
 
     was_training = model.training
     layers = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")] if enabled else []
-    saved = [(m.gradient_checkpointing, vars(m).get("_gradient_checkpointing_func"),
-              vars(m).get("_can_checkpoint_with_cache")) for m in layers]
+    saved = [
+        (
+            m.gradient_checkpointing,
+            vars(m).get("_gradient_checkpointing_func"),
+            vars(m).get("_can_checkpoint_with_cache"),
+        )
+        for m in layers
+    ]
     had_input_hook = hasattr(model, "_require_grads_hook")
     if enabled:
         context = functools.partial(_recompute_under_current_adapter, model)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False,
-                                                                               "context_fn": context})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": context}
+        )
         for layer in layers:
             if isinstance(layer, GradientCheckpointingLayer):
                 layer._can_checkpoint_with_cache = True

@@ -10,8 +10,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _CONFIG_FIELDS = (
-    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "vocab_size", "rope_parameters", "rope_theta", "rope_scaling", "sliding_window",
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "rope_parameters",
+    "rope_theta",
+    "rope_scaling",
+    "sliding_window",
 )
 
 
@@ -29,7 +38,7 @@ class BaseFingerprint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, str]) -> "BaseFingerprint":
+    def from_dict(cls, data: dict[str, str]) -> BaseFingerprint:
         return cls(name=data["name"], digest=data["digest"])
 
 

@@ -22,7 +22,8 @@ def check_placement(model: PreTrainedModel) -> None:
         raise ValueError(
             "The base model's input embeddings were offloaded (device_map put them on 'cpu' or 'disk' for "
             "execution elsewhere), so it has no device to send inputs to. Keep them on a device: give that "
-            "device more room with max_memory, or put 'model.embed_tokens' on it in the device_map.")
+            "device more room with max_memory, or put 'model.embed_tokens' on it in the device_map."
+        )
 
 
 def to_one_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

@@ -53,11 +53,19 @@ def _register(implementation: str) -> str:
     if name in ALL_ATTENTION_FUNCTIONS:
         return name
     if implementation != "eager" and implementation not in ALL_ATTENTION_FUNCTIONS:
-        raise ValueError(f"compressmem cannot probe the attention implementation {implementation!r}; load the base "
-                         "model with attn_implementation='sdpa' or 'eager'.")
+        raise ValueError(
+            f"compressmem cannot probe the attention implementation {implementation!r}; load the base "
+            "model with attn_implementation='sdpa' or 'eager'."
+        )
 
-    def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: torch.Tensor | None, **kwargs):
+    def attention(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs,
+    ):
         stack = _stack()
         if stack:
             stack[-1](module.layer_idx, query, key)

@@ -23,7 +23,7 @@ class Rotary:
         self.layer_types = layer_types if typed else None
 
     @classmethod
-    def of(cls, model: PreTrainedModel) -> "Rotary | None":
+    def of(cls, model: PreTrainedModel) -> Rotary | None:
         """The model's shared rotary-embedding module (`rotary_emb`), or None for models without one."""
         for name, module in model.named_modules():
             if name.endswith("rotary_emb"):
@@ -44,8 +44,11 @@ class Rotary:
         rotated_half = torch.cat([-states[..., half:], states[..., :half]], dim=-1)
         return states * cos - rotated_half * sin
 
-    def unrotate_layers(self, states: torch.Tensor, positions: torch.Tensor, layers: tuple[int, ...],
-                        dim: int) -> torch.Tensor:
+    def unrotate_layers(
+        self, states: torch.Tensor, positions: torch.Tensor, layers: tuple[int, ...], dim: int
+    ) -> torch.Tensor:
         """`unrotate` for states holding `layers` along dimension `dim` (with `positions` laid out alike)."""
-        return torch.stack([self.unrotate(states.select(dim, i), positions.select(dim, i), layer)
-                            for i, layer in enumerate(layers)], dim=dim)
+        return torch.stack(
+            [self.unrotate(states.select(dim, i), positions.select(dim, i), layer) for i, layer in enumerate(layers)],
+            dim=dim,
+        )

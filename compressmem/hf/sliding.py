@@ -45,7 +45,8 @@ def check_sliding_window(model: PreTrainedModel, config: MemoryConfig) -> None:
             f"This model's sliding-window layers see only the last {window} tokens, but a compressed read spans up to "
             f"{span} (chunks of {config.chunking.size}, notes of up to {config.notes.max_tokens} tokens): transformers "
             "would place the window by cache index rather than position, and the block would be read differently "
-            "from its text. Use reading mode 'raw' (the default), or chunks and notes that fit in the window.")
+            "from its text. Use reading mode 'raw' (the default), or chunks and notes that fit in the window."
+        )
 
 
 def check_read_fits(model: PreTrainedModel, config: MemoryConfig) -> None:
@@ -61,4 +62,5 @@ def check_read_fits(model: PreTrainedModel, config: MemoryConfig) -> None:
             f"A read needs up to {need} tokens (chunks of {config.chunking.size}, notes of up to {notes.max_tokens}, "
             f"up to {notes.budget} written per read, about {PROMPT_ALLOWANCE} of prompt), more than this model's "
             f"{window}-token window: use smaller chunks (ChunkingConfig(size=...)), shorter notes "
-            "(NotesConfig(max_tokens=...)) or fewer tokens per read (NotesConfig(note_tokens=...)).")
+            "(NotesConfig(max_tokens=...)) or fewer tokens per read (NotesConfig(note_tokens=...))."
+        )

@@ -7,5 +7,10 @@ from .op import gate_scores
 from .reference import gate_scores_packed_reference, gate_scores_reference
 from .triton_gate import gate_scores_triton, triton_available
 
-__all__ = ["gate_scores", "gate_scores_packed_reference", "gate_scores_reference", "gate_scores_triton",
-           "triton_available"]
+__all__ = [
+    "gate_scores",
+    "gate_scores_packed_reference",
+    "gate_scores_reference",
+    "gate_scores_triton",
+    "triton_available",
+]

@@ -18,8 +18,14 @@ _LOGITS_PER_CHUNK = 1 << 24  # 64 MiB of fp32 logits per chunk of pieces
 _FLOOR = torch.finfo(torch.float32).min  # a finite "-inf": padded keys and empty slots stay NaN-free
 
 
-def gate_scores_reference(queries: torch.Tensor, keys: torch.Tensor, block_offsets: torch.Tensor,
-                          query_weights: torch.Tensor, scale: float, pool: str) -> torch.Tensor:
+def gate_scores_reference(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    block_offsets: torch.Tensor,
+    query_weights: torch.Tensor,
+    scale: float,
+    pool: str,
+) -> torch.Tensor:
     """Pooled log-sum-exp attention of every query head on every block, `[blocks, layers, heads]` fp32.
 
     Args:
@@ -69,9 +75,18 @@ def gate_scores_reference(queries: torch.Tensor, keys: torch.Tensor, block_offse
     return pooled.reshape(layers, heads, num_blocks).permute(2, 0, 1).contiguous()
 
 
-def gate_scores_packed_reference(queries: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
-                                 zeros: torch.Tensor, bits: int, group: int, block_offsets: torch.Tensor,
-                                 query_weights: torch.Tensor, scale: float, pool: str) -> torch.Tensor:
+def gate_scores_packed_reference(
+    queries: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group: int,
+    block_offsets: torch.Tensor,
+    query_weights: torch.Tensor,
+    scale: float,
+    pool: str,
+) -> torch.Tensor:
     """`gate_scores_reference` on keys stored packed (`compressmem.quantize`, groups of `group` keys per channel):
     the keys are dequantised to float32, then scored."""
     keys = Quantized(codes, scales, zeros, bits, group, TOKENS).dequantize()

@@ -33,12 +33,38 @@ if triton is not None:
 
     @triton.jit
     def _gate_scores_kernel(
-        queries, keys, key_scales, key_zeros, offsets, weights, out,
-        num_queries, dim, heads, group, layer_heads,
-        q_layer, q_head, q_pos, q_dim, k_layer, k_head, k_pos, k_dim, s_layer, s_head, s_pos, s_dim,
+        queries,
+        keys,
+        key_scales,
+        key_zeros,
+        offsets,
+        weights,
+        out,
+        num_queries,
+        dim,
+        heads,
+        group,
+        layer_heads,
+        q_layer,
+        q_head,
+        q_pos,
+        q_dim,
+        k_layer,
+        k_head,
+        k_pos,
+        k_dim,
+        s_layer,
+        s_head,
+        s_pos,
+        s_dim,
         scale_log2,
-        MAX_POOL: tl.constexpr, UPCAST: tl.constexpr, BITS: tl.constexpr, KEY_GROUP: tl.constexpr,
-        BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        MAX_POOL: tl.constexpr,
+        UPCAST: tl.constexpr,
+        BITS: tl.constexpr,
+        KEY_GROUP: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         program = tl.program_id(0)
         block = program // layer_heads
@@ -58,8 +84,11 @@ if triton is not None:
         for q_start in range(0, num_queries, BLOCK_Q):
             q = q_start + tl.arange(0, BLOCK_Q)
             q_ok = q < num_queries
-            q_tile = tl.load(q_base + q[:, None].to(tl.int64) * q_pos + d[None, :] * q_dim,
-                             mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+            q_tile = tl.load(
+                q_base + q[:, None].to(tl.int64) * q_pos + d[None, :] * q_dim,
+                mask=q_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            )
             if UPCAST or BITS != 16:
                 q_tile = q_tile.to(tl.float32)  # unpacked keys are float32
             run_max = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)  # in log2 units
@@ -69,13 +98,17 @@ if triton is not None:
                 k_ok = k < end
                 k_mask = d_ok[:, None] & k_ok[None, :]
                 if BITS == 16:
-                    k_tile = tl.load(k_base + k[None, :].to(tl.int64) * k_pos + d[:, None] * k_dim, mask=k_mask,
-                                     other=0.0)
+                    k_tile = tl.load(
+                        k_base + k[None, :].to(tl.int64) * k_pos + d[:, None] * k_dim, mask=k_mask, other=0.0
+                    )
                     if UPCAST:
                         k_tile = k_tile.to(tl.float32)
                 else:  # unpack `8 // BITS` codes a byte, then scale per (channel, group of KEY_GROUP keys)
-                    raw = tl.load(k_base + k[None, :].to(tl.int64) * k_pos + (d[:, None] // (8 // BITS)) * k_dim,
-                                  mask=k_mask, other=0)
+                    raw = tl.load(
+                        k_base + k[None, :].to(tl.int64) * k_pos + (d[:, None] // (8 // BITS)) * k_dim,
+                        mask=k_mask,
+                        other=0,
+                    )
                     codes = (raw.to(tl.int32) >> ((d[:, None] % (8 // BITS)) * BITS)) & ((1 << BITS) - 1)
                     rows = (k[None, :] // KEY_GROUP).to(tl.int64) * s_pos + d[:, None] * s_dim + s_offset
                     step = tl.load(key_scales + rows, mask=k_mask, other=0.0).to(tl.float32)
@@ -102,9 +135,18 @@ if triton is not None:
     _INTERPRETED = isinstance(_gate_scores_kernel, InterpretedFunction)
 
 
-def gate_scores_triton(queries: torch.Tensor, keys: torch.Tensor, block_offsets: torch.Tensor,
-                       query_weights: torch.Tensor, scale: float, pool: str, key_scales: torch.Tensor | None = None,
-                       key_zeros: torch.Tensor | None = None, bits: int = 16, key_group: int = 1) -> torch.Tensor:
+def gate_scores_triton(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    block_offsets: torch.Tensor,
+    query_weights: torch.Tensor,
+    scale: float,
+    pool: str,
+    key_scales: torch.Tensor | None = None,
+    key_zeros: torch.Tensor | None = None,
+    bits: int = 16,
+    key_group: int = 1,
+) -> torch.Tensor:
     """`compressmem::gate_scores` by the fused kernel; same contract as `gate_scores_reference`, or, with `bits`
     below 16, as `gate_scores_packed_reference` (`keys` the packed codes, `key_scales`/`key_zeros` their groups).
 
@@ -112,13 +154,17 @@ def gate_scores_triton(queries: torch.Tensor, keys: torch.Tensor, block_offsets:
     imported). The output starts as NaN, so an element the kernel failed to write cannot pass for a score.
     """
     if triton is None:
-        raise ImportError("gate_scores_triton needs Triton, which is not installed: "
-                          "pip install compressmem[kernels] (or use gate_scores, which falls back to torch).")
+        raise ImportError(
+            "gate_scores_triton needs Triton, which is not installed: "
+            "pip install compressmem[kernels] (or use gate_scores, which falls back to torch)."
+        )
     if pool not in ("mean", "max"):
         raise ValueError(f"pool must be 'mean' or 'max', got {pool!r}.")
     if queries.device.type == "cpu" and not _INTERPRETED:
-        raise ValueError("gate_scores_triton runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1); "
-                         "use gate_scores, which picks the torch reference on the CPU.")
+        raise ValueError(
+            "gate_scores_triton runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1); "
+            "use gate_scores, which picks the torch reference on the CPU."
+        )
     layers, heads, num_queries, dim = queries.shape
     num_blocks = block_offsets.shape[0] - 1
     out = torch.full((num_blocks, layers, heads), float("nan"), dtype=torch.float32, device=queries.device)
@@ -131,13 +177,28 @@ def gate_scores_triton(queries: torch.Tensor, keys: torch.Tensor, block_offsets:
     if bits == 16:  # the scale and zero pointers are not read: any tensor will do
         key_scales = key_zeros = keys
     _gate_scores_kernel[(num_blocks * layers * heads,)](
-        queries, keys, key_scales, key_zeros, block_offsets, weights, out,
-        num_queries, dim, heads, heads // keys.shape[1], layers * heads,
-        *queries.stride(), *keys.stride(), *key_scales.stride(),
+        queries,
+        keys,
+        key_scales,
+        key_zeros,
+        block_offsets,
+        weights,
+        out,
+        num_queries,
+        dim,
+        heads,
+        heads // keys.shape[1],
+        layers * heads,
+        *queries.stride(),
+        *keys.stride(),
+        *key_scales.stride(),
         scale * _LOG2E,
-        MAX_POOL=pool == "max", UPCAST=_INTERPRETED and queries.dtype == torch.bfloat16, BITS=bits,
+        MAX_POOL=pool == "max",
+        UPCAST=_INTERPRETED and queries.dtype == torch.bfloat16,
+        BITS=bits,
         KEY_GROUP=key_group,
-        BLOCK_Q=min(64, max(16, triton.next_power_of_2(num_queries))), BLOCK_K=block_k,
+        BLOCK_Q=min(64, max(16, triton.next_power_of_2(num_queries))),
+        BLOCK_K=block_k,
         BLOCK_D=max(16, triton.next_power_of_2(dim)),
     )
     return out

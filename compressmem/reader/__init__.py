@@ -8,6 +8,26 @@ from .quotes import Quote, covers, find_quote, found, key_terms
 from .step import Layout, StepInput, Written, cut_at_eos, generate_steps, layout, step_input, step_logprobs
 from .trace import ReadStep, Source, Trace
 
-__all__ = ["Layout", "PromptBuilder", "Question", "Quote", "ReadStep", "Reasoner", "Source", "StepInput", "Trace",
-           "Written", "covers", "cut_at_eos", "find_quote", "found", "generate_steps", "key_terms", "layout",
-           "pad_token_id", "step_input", "step_logprobs", "update_notes"]
+__all__ = [
+    "Layout",
+    "PromptBuilder",
+    "Question",
+    "Quote",
+    "ReadStep",
+    "Reasoner",
+    "Source",
+    "StepInput",
+    "Trace",
+    "Written",
+    "covers",
+    "cut_at_eos",
+    "find_quote",
+    "found",
+    "generate_steps",
+    "key_terms",
+    "layout",
+    "pad_token_id",
+    "step_input",
+    "step_logprobs",
+    "update_notes",
+]

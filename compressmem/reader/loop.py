@@ -67,8 +67,16 @@ class _Row:
 class Reasoner:
     """Reads memory banks into notes; `run()` returns one `Trace` per question."""
 
-    def __init__(self, model: PreTrainedModel, prompts: PromptBuilder, reading: ReadingConfig, notes: NotesConfig,
-                 gate: Gate | None, gate_config: GateConfig | None, adapter: ReasonerAdapter | None = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prompts: PromptBuilder,
+        reading: ReadingConfig,
+        notes: NotesConfig,
+        gate: Gate | None,
+        gate_config: GateConfig | None,
+        adapter: ReasonerAdapter | None = None,
+    ) -> None:
         self.model = model
         self.prompts = prompts
         self.reading = reading
@@ -82,8 +90,14 @@ class Reasoner:
         or writes."""
         return adapter_active(self.model, self.adapter.name if self.adapter is not None else None)
 
-    def run(self, questions: list[str], banks: list[MemoryBank], show_progress: bool = True,
-            generation: dict[str, Any] | None = None, logprobs: bool = False) -> list[Trace]:
+    def run(
+        self,
+        questions: list[str],
+        banks: list[MemoryBank],
+        show_progress: bool = True,
+        generation: dict[str, Any] | None = None,
+        logprobs: bool = False,
+    ) -> list[Trace]:
         """Read each row's bank into notes. `generation` (`do_sample`, `temperature`, `min_new_tokens`, ...)
         replaces greedy decoding of the notes, as reinforcement-learning rollouts need; `logprobs` records
         each written token's log-probability in the trace."""
@@ -138,8 +152,11 @@ class Reasoner:
     def _answered(self, trace: Trace) -> bool:
         """Whether reading may stop early: `until='answered'` and the notes cover a question that asks for one
         answer (a question asking for all matches reads every block the gate passes)."""
-        return (self.reading.until == "answered" and not asks_for_all(trace.question)
-                and covers(trace.notes, trace.question))
+        return (
+            self.reading.until == "answered"
+            and not asks_for_all(trace.question)
+            and covers(trace.notes, trace.question)
+        )
 
     def _score(self, rows: list[_Row], indexes: dict) -> list[torch.Tensor | None]:
         if self.gate is None:
@@ -155,40 +172,59 @@ class Reasoner:
                     scores[i] = row_scores
         return scores
 
-    def _read(self, reads: list[tuple[_Row, int, torch.Tensor | None]], generation: dict[str, Any] | None,
-              logprobs: bool) -> None:
+    def _read(
+        self, reads: list[tuple[_Row, int, torch.Tensor | None]], generation: dict[str, Any] | None, logprobs: bool
+    ) -> None:
         prompts = [self.prompts.update_ids(row.trace.question, row.trace.notes) for row, _, _ in reads]
         place = {"device": self.model.device, "dtype": self.model.dtype}  # a bank may come from another dtype
         reuse = self.keeper if self.reading.keep_bits > 0 and not logprobs else None  # rollouts are scored raw
-        inputs = [step_input(row.bank, block, prompt, self.reading.mode, reuse=reuse, **place)
-                  for (row, block, _), prompt in zip(reads, prompts)]
-        keep = [(0, row.bank.prefix_ids.numel() + row.bank.infos[block].num_tokens)
-                if reuse is not None and item.keys is None else None for (row, block, _), item in zip(reads, inputs)]
+        inputs = [
+            step_input(row.bank, block, prompt, self.reading.mode, reuse=reuse, **place)
+            for (row, block, _), prompt in zip(reads, prompts)
+        ]
+        keep = [
+            (0, row.bank.prefix_ids.numel() + row.bank.infos[block].num_tokens)
+            if reuse is not None and item.keys is None
+            else None
+            for (row, block, _), item in zip(reads, inputs)
+        ]
         tokenizer = self.prompts.tokenizer
         with self.active():
-            written = generate_steps(self.model, tokenizer, inputs, self.notes.budget, generation, logprobs,
-                                     keep if any(keep) else None)
+            written = generate_steps(
+                self.model, tokenizer, inputs, self.notes.budget, generation, logprobs, keep if any(keep) else None
+            )
         for (row, block, row_scores), prompt, item, (ids, scored, kv) in zip(reads, prompts, inputs, written):
             if kv is not None:
                 self._keep(row.bank, block, *kv)
             output = tokenizer.decode(ids, skip_special_tokens=True).strip()
             section = _section(row.bank, block, tokenizer)
-            notes, quote = update_notes(row.trace.notes, output, section.text, row.trace.question, self.notes,
-                                        tokenizer, section.within)
-            row.trace.steps.append(ReadStep(
-                block=block, notes=notes, output=output, prompt_ids=prompt.tolist(), output_ids=ids.tolist(),
-                output_logprobs=None if scored is None else scored.tolist(), recall=row.recalling,
-                gate_scores=None if row_scores is None else row_scores.tolist(),
-                reused=self.reading.mode == "raw" and item.keys is not None,
-                source=None if quote is None else _source(row.bank, block, section, quote),
-                matched=quote is not None and quote.matched))
+            notes, quote = update_notes(
+                row.trace.notes, output, section.text, row.trace.question, self.notes, tokenizer, section.within
+            )
+            row.trace.steps.append(
+                ReadStep(
+                    block=block,
+                    notes=notes,
+                    output=output,
+                    prompt_ids=prompt.tolist(),
+                    output_ids=ids.tolist(),
+                    output_logprobs=None if scored is None else scored.tolist(),
+                    recall=row.recalling,
+                    gate_scores=None if row_scores is None else row_scores.tolist(),
+                    reused=self.reading.mode == "raw" and item.keys is not None,
+                    source=None if quote is None else _source(row.bank, block, section, quote),
+                    matched=quote is not None and quote.matched,
+                )
+            )
 
     def _keep(self, bank: MemoryBank, block: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep the KV a raw read of `block` computed (prefix and chunk), the chunk's quantized, in `bank.kept`."""
         p = bank.prefix_ids.numel()
         bits = self.reading.keep_bits
-        kept = KeptBlock(quantize(keys[:, :, p:], bits, DEFAULT_GROUP, TOKENS),
-                         quantize(values[:, :, p:], bits, DEFAULT_GROUP, CHANNELS))
+        kept = KeptBlock(
+            quantize(keys[:, :, p:], bits, DEFAULT_GROUP, TOKENS),
+            quantize(values[:, :, p:], bits, DEFAULT_GROUP, CHANNELS),
+        )
         prefix = (keys[:, :, :p].clone(), values[:, :, :p].clone()) if bank.kept.needs_prefix(self.keeper) else None
         bank.kept.put(block, kept, prefix, self.reading.keep_mib << 20, self.keeper)
 
@@ -211,6 +247,7 @@ class _Section:
 
 def _section(bank: MemoryBank, block: int, tokenizer) -> _Section:
     """`block`'s decoded text between its neighbours' (blocks that continue it in the same document)."""
+
     def text(b: int) -> str:
         return tokenizer.decode(bank.token_ids(b), skip_special_tokens=True)
 
@@ -232,7 +269,7 @@ def _source(bank: MemoryBank, block: int, section: _Section, quote: Quote) -> So
     """Where a quoted sentence lies in the user's context: its characters in the block's document, exact when the
     decoded text has the length of its original span (the tokenizer round-trips), else the block's span."""
     info = bank.infos[block]
-    text = section.text[quote.start:quote.end]
+    text = section.text[quote.start : quote.end]
     first, last = bank.infos[section.first].char_span, bank.infos[section.last].char_span
     if first is None or last is None:  # a context of token ids: offsets into the decoded blocks
         return Source(info.document, quote.start, quote.end, text, block, exact=False)

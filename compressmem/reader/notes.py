@@ -8,8 +8,15 @@ from ..config import NotesConfig
 from .quotes import Quote, find_quote
 
 
-def update_notes(notes: str, output: str, section: str, question: str, config: NotesConfig,
-                 tokenizer: PreTrainedTokenizerBase, within: tuple[int, int] | None = None) -> tuple[str, Quote | None]:
+def update_notes(
+    notes: str,
+    output: str,
+    section: str,
+    question: str,
+    config: NotesConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    within: tuple[int, int] | None = None,
+) -> tuple[str, Quote | None]:
     """The notes after a read whose generated text was `output`, and the sentence of `section` added to them.
 
     `append`: the sentence of the section the output was drawn from (`find_quote`, among the sentences that
@@ -21,14 +28,15 @@ def update_notes(notes: str, output: str, section: str, question: str, config: N
     quote = find_quote(output, section, question, notes, config.min_grounding, within)
     if quote is None:
         return notes, None
-    sentence = section[quote.start:quote.end]
+    sentence = section[quote.start : quote.end]
     if sentence in notes:
         return notes, None
     lines = [*notes.splitlines(), sentence] if notes else [sentence]
     while len(lines) > 1 and _count(tokenizer, "\n".join(lines)) > config.max_tokens:
         lines.pop(0)  # the oldest notes make way, whole
-    return _keep_tokens(lines[0], config.max_tokens, tokenizer, keep="tail") if len(lines) == 1 \
-        else "\n".join(lines), quote
+    return _keep_tokens(lines[0], config.max_tokens, tokenizer, keep="tail") if len(lines) == 1 else "\n".join(
+        lines
+    ), quote
 
 
 def _count(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
@@ -40,7 +48,7 @@ def _keep_tokens(text: str, limit: int, tokenizer: PreTrainedTokenizerBase, keep
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     size = limit
     while len(ids) > limit and size > 0:  # decoding a cut and encoding it again can add a token: cut until it fits
-        ids = ids[:size] if keep == "head" else ids[len(ids) - size:]
+        ids = ids[:size] if keep == "head" else ids[len(ids) - size :]
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         size -= 1

@@ -19,6 +19,7 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The tokenizer's padding id, or its end-of-sequence id when it has none (as most causal LMs)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+
 _SENTINELS = ("\x00Q1\x00", "\x00A1\x00", "\x00Q2\x00")
 
 
@@ -34,8 +35,9 @@ class Question:
 class PromptBuilder:
     """Renders every prompt the reasoner needs for one tokenizer, its prompt settings and its notes' mode."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompts: PromptConfig, notes: NotesConfig,
-                 query_tokens: int = 256) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, prompts: PromptConfig, notes: NotesConfig, query_tokens: int = 256
+    ) -> None:
         self.tokenizer = tokenizer
         self.config = prompts
         self.update_template = prompts.update_for(notes)
@@ -43,8 +45,9 @@ class PromptBuilder:
         self.chat_head, self.chat_tail, self.user_open = _chat_markers(tokenizer)
 
     def encode(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"],
-                            dtype=torch.long)
+        return torch.tensor(
+            self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long
+        )
 
     def section_prefix_ids(self) -> torch.Tensor:
         """Tokens every chunk is read after: the chat template's opening of a user turn, then the header."""
@@ -106,13 +109,16 @@ def _chat_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str | None, str |
     if not getattr(tokenizer, "chat_template", None):
         return None, None, None
     q1, a1, q2 = _SENTINELS
-    single = tokenizer.apply_chat_template([{"role": "user", "content": q1}], tokenize=False,
-                                           add_generation_prompt=True)
+    single = tokenizer.apply_chat_template(
+        [{"role": "user", "content": q1}], tokenize=False, add_generation_prompt=True
+    )
     head, tail = single.split(q1)
     try:
         turns = tokenizer.apply_chat_template(
             [{"role": "user", "content": q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": q2}],
-            tokenize=False, add_generation_prompt=True)
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         between = turns.split(a1)[1].split(q2)[0]
     except TemplateError:  # some templates reject multi-turn layouts; the single-turn head still marks a user turn
         between = head
@@ -123,4 +129,4 @@ def _common_suffix(a: str, b: str) -> str:
     size = 0
     while size < min(len(a), len(b)) and a[-1 - size] == b[-1 - size]:
         size += 1
-    return a[len(a) - size:]
+    return a[len(a) - size :]

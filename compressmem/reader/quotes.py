@@ -24,16 +24,148 @@ _TOKEN = re.compile(r"[^\W_][\w'’-]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n|\n(?=\s*[A-Z0-9#*-])")
 _REFUSAL = re.compile(
     r"\b(none|not (?:mentioned|stated|given|provided|available|known|specified|found|say|said|clear)|does not|"
-    r"doesn't|do not know|don't know|no (?:information|mention|answer)|cannot|can't|unknown)\b", re.IGNORECASE)
-STOPWORDS = frozenset("""
-a about above after again all also am an and any are as at be because been before being below between both but by
-can could did do does doing down during each few for from further had has have having he her here hers him his how
-i if in into is it its itself just me more most my no nor not now of off on once only or other our out over own same
-she should so some such than that the their them then there these they this those through to too under until up
-very was we were what when where which while who whom why will with would you your yours
-mentioned provided text document context passage section according given following tell say says find list name
-one ones
-""".split())
+    r"doesn't|do not know|don't know|no (?:information|mention|answer)|cannot|can't|unknown)\b",
+    re.IGNORECASE,
+)
+STOPWORDS = frozenset(
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "all",
+        "also",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "him",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "itself",
+        "just",
+        "me",
+        "more",
+        "most",
+        "my",
+        "no",
+        "nor",
+        "not",
+        "now",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "mentioned",
+        "provided",
+        "text",
+        "document",
+        "context",
+        "passage",
+        "section",
+        "according",
+        "given",
+        "following",
+        "tell",
+        "say",
+        "says",
+        "find",
+        "list",
+        "name",
+        "one",
+        "ones",
+    ]
+)
 ALL_WORDS = frozenset({"all", "every", "each", "list"})
 MIN_COVERAGE = 0.75  # share of a question's other content words the notes must hold to answer it
 
@@ -61,7 +193,7 @@ def key_terms(text: str) -> set[str]:
         elif token[0].isupper() and not sentence_start and token.lower() not in STOPWORDS and token != "I":
             keys.add(normal(parts[0]))
         end = match.end()
-        rest = text[end:end + 2]
+        rest = text[end : end + 2]
         sentence_start = bool(re.match(r"[.!?:]", rest)) or "\n" in rest
     return keys
 
@@ -104,8 +236,9 @@ class Quote:
     matched: bool
 
 
-def find_quote(output: str, section: str, question: str, notes: str, min_support: float,
-               within: tuple[int, int] | None = None) -> Quote | None:
+def find_quote(
+    output: str, section: str, question: str, notes: str, min_support: float, within: tuple[int, int] | None = None
+) -> Quote | None:
     """The sentence of `section` to keep as a note after a read whose output was `output`, or None.
 
     A line of the output points to the sentence holding at least `min_support` of its new words (those not

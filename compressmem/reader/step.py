@@ -35,9 +35,16 @@ class StepInput:
     first_position: int
 
 
-def step_input(bank: MemoryBank, block: int, prompt_ids: torch.Tensor, mode: str,
-               recomputed: CompressedChunks | None = None, device: torch.device | None = None,
-               dtype: torch.dtype | None = None, reuse: Hashable = None) -> StepInput:
+def step_input(
+    bank: MemoryBank,
+    block: int,
+    prompt_ids: torch.Tensor,
+    mode: str,
+    recomputed: CompressedChunks | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    reuse: Hashable = None,
+) -> StepInput:
     """What reading `block` of `bank` with the update prompt `prompt_ids` feeds the model.
 
     `raw`: the bank's prefix, the chunk's tokens, the prompt; with `reuse` (the reader's owner key), the KV
@@ -59,12 +66,19 @@ def step_input(bank: MemoryBank, block: int, prompt_ids: torch.Tensor, mode: str
     else:
         compression = bank.provenance.compression
         bits, group = compression.bits, compression.group
-        kv = (recomputed.prefix_keys, recomputed.prefix_values,
-              fake_quantize(recomputed.keys[0], bits, group, TOKENS),
-              fake_quantize(recomputed.values[0], bits, group, CHANNELS))
+        kv = (
+            recomputed.prefix_keys,
+            recomputed.prefix_values,
+            fake_quantize(recomputed.keys[0], bits, group, TOKENS),
+            fake_quantize(recomputed.values[0], bits, group, CHANNELS),
+        )
     prefix_keys, prefix_values, keys, values = (t.to(device=device, dtype=dtype) for t in kv)
-    return StepInput(torch.cat([prefix_keys, keys], dim=2), torch.cat([prefix_values, values], dim=2), prompt_ids,
-                     bank.prefix_ids.numel() + bank.infos[block].num_tokens)
+    return StepInput(
+        torch.cat([prefix_keys, keys], dim=2),
+        torch.cat([prefix_values, values], dim=2),
+        prompt_ids,
+        bank.prefix_ids.numel() + bank.infos[block].num_tokens,
+    )
 
 
 @dataclass
@@ -97,12 +111,13 @@ def layout(inputs: list[StepInput], pad_id: int, outputs: list[torch.Tensor] | N
         ids[row, start:prompt_width] = item.input_ids
         made = outputs[row].numel() if outputs is not None else 0
         if made:
-            ids[row, prompt_width:prompt_width + made] = outputs[row]
-        mask[row, prefix_width + start:prefix_width + prompt_width + made] = 1
-        positions[row, start:prompt_width + made] = torch.arange(item.first_position,
-                                                                 item.first_position + length + made)
+            ids[row, prompt_width : prompt_width + made] = outputs[row]
+        mask[row, prefix_width + start : prefix_width + prompt_width + made] = 1
+        positions[row, start : prompt_width + made] = torch.arange(
+            item.first_position, item.first_position + length + made
+        )
         if item.keys is not None:
-            mask[row, prefix_width - item.keys.shape[2]:prefix_width] = 1
+            mask[row, prefix_width - item.keys.shape[2] : prefix_width] = 1
     keys = values = None
     if prefix_width:
         keys, values = _padded_prefixes(inputs, prefix_width)
@@ -117,8 +132,8 @@ def _padded_prefixes(inputs: list[StepInput], width: int) -> tuple[torch.Tensor,
     values = torch.zeros_like(keys)
     for row, item in enumerate(inputs):
         if item.keys is not None:
-            keys[row, :, :, width - item.keys.shape[2]:] = item.keys
-            values[row, :, :, width - item.values.shape[2]:] = item.values
+            keys[row, :, :, width - item.keys.shape[2] :] = item.keys
+            values[row, :, :, width - item.values.shape[2] :] = item.values
     return keys, values
 
 
@@ -141,9 +156,15 @@ class Written(NamedTuple):
     kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def generate_steps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: list[StepInput],
-                   max_new_tokens: int, generation: dict[str, Any] | None = None,
-                   logprobs: bool = False, keep: list[tuple[int, int] | None] | None = None) -> list[Written]:
+def generate_steps(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: list[StepInput],
+    max_new_tokens: int,
+    generation: dict[str, Any] | None = None,
+    logprobs: bool = False,
+    keep: list[tuple[int, int] | None] | None = None,
+) -> list[Written]:
     """Decode each row's new notes: its new token ids, up to and including end-of-sequence, and (with
     `logprobs`) each token's log-probability under the model (before any sampling processor).
 
@@ -157,13 +178,23 @@ def generate_steps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, i
     batch = layout(inputs, pad_id)
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
     settings = {"do_sample": False, **(generation or {})}
-    config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos,
-                              return_dict_in_generate=True, output_logits=logprobs, **settings)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=eos,
+        return_dict_in_generate=True,
+        output_logits=logprobs,
+        **settings,
+    )
     with torch.no_grad():
-        out = model.generate(input_ids=batch.ids.to(device), attention_mask=batch.mask.to(device),
-                             position_ids=batch.positions.to(device), cache=_cache(batch, model, growing=True),
-                             generation_config=config)
-    new = out.sequences[:, batch.ids.shape[1]:].cpu()
+        out = model.generate(
+            input_ids=batch.ids.to(device),
+            attention_mask=batch.mask.to(device),
+            position_ids=batch.positions.to(device),
+            cache=_cache(batch, model, growing=True),
+            generation_config=config,
+        )
+    new = out.sequences[:, batch.ids.shape[1] :].cpu()
     scored = None
     if logprobs:
         logits = torch.stack(out.logits, dim=1).float().cpu()
@@ -172,12 +203,17 @@ def generate_steps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, i
     rows = []
     for row, ids in enumerate(new):
         written = cut_at_eos(ids, eos)
-        rows.append(Written(written, None if scored is None else scored[row, :written.numel()], kept[row]))
+        rows.append(Written(written, None if scored is None else scored[row, : written.numel()], kept[row]))
     return rows
 
 
-def _kept_kv(cache: DynamicCache, batch: Layout, inputs: list[StepInput], keep: list[tuple[int, int] | None],
-             device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+def _kept_kv(
+    cache: DynamicCache,
+    batch: Layout,
+    inputs: list[StepInput],
+    keep: list[tuple[int, int] | None],
+    device: torch.device,
+) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
     """Per row, the cache's keys and values over the row's `keep` span of input ids, stacked over layers on
     `device` (None for every row when a layer keeps only a sliding window)."""
     if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
@@ -190,29 +226,40 @@ def _kept_kv(cache: DynamicCache, batch: Layout, inputs: list[StepInput], keep: 
             continue
         first = prefix_width + batch.prompt_width - item.input_ids.numel()
         spans.append(slice(first + span[0], first + span[1]))
-    return [None if cut is None else
-            tuple(torch.stack([getattr(layer, name)[row, :, cut].to(device) for layer in cache.layers])
-                  for name in ("keys", "values"))
-            for row, cut in enumerate(spans)]
+    return [
+        None
+        if cut is None
+        else tuple(
+            torch.stack([getattr(layer, name)[row, :, cut].to(device) for layer in cache.layers])
+            for name in ("keys", "values")
+        )
+        for row, cut in enumerate(spans)
+    ]
 
 
-def step_logprobs(model: PreTrainedModel, inputs: list[StepInput], outputs: list[torch.Tensor],
-                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def step_logprobs(
+    model: PreTrainedModel, inputs: list[StepInput], outputs: list[torch.Tensor], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities `[rows, tokens]` of each row's `outputs` after its read, under the model as it is
     now (with autograd), and the mask of real tokens: the teacher-forced twin of `generate_steps`."""
     batch = layout(inputs, pad_id, outputs)
     device = model.device
     cache = _cache(batch, model, growing=False)
-    logits = model(input_ids=batch.ids.to(device), attention_mask=batch.mask.to(device),
-                   position_ids=batch.positions.to(device), cache=cache, use_cache=cache is not None).logits
+    logits = model(
+        input_ids=batch.ids.to(device),
+        attention_mask=batch.mask.to(device),
+        position_ids=batch.positions.to(device),
+        cache=cache,
+        use_cache=cache is not None,
+    ).logits
     start = batch.prompt_width - 1  # the logits at the prompt's last token predict the first output
     width = max(o.numel() for o in outputs)
-    predicted = logits[:, start:start + width].float().log_softmax(dim=-1)
-    targets = batch.ids[:, batch.prompt_width:batch.prompt_width + width].to(device)
+    predicted = logits[:, start : start + width].float().log_softmax(dim=-1)
+    targets = batch.ids[:, batch.prompt_width : batch.prompt_width + width].to(device)
     scores = predicted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     mask = torch.zeros_like(scores, dtype=torch.bool)
     for row, output in enumerate(outputs):
-        mask[row, :output.numel()] = True
+        mask[row, : output.numel()] = True
     return scores, mask
 
 
@@ -221,4 +268,4 @@ def cut_at_eos(ids: torch.Tensor, eos: int | list[int] | None) -> torch.Tensor:
     if eos is None:
         return ids
     stops = torch.isin(ids, torch.tensor(eos if isinstance(eos, list) else [eos])).nonzero()
-    return ids[:stops[0, 0] + 1] if stops.numel() else ids
+    return ids[: stops[0, 0] + 1] if stops.numel() else ids

@@ -83,8 +83,9 @@ def best_threshold(scores: list[torch.Tensor], examples: list[GateExample]) -> f
     return float(flat[order][f1.argmax()])
 
 
-def evaluate_scores(scores: list[torch.Tensor], examples: list[GateExample],
-                    threshold: float | None = None) -> GateMetrics:
+def evaluate_scores(
+    scores: list[torch.Tensor], examples: list[GateExample], threshold: float | None = None
+) -> GateMetrics:
     """AUC, top-1 precision and (with a threshold) precision and recall of `scores` on `examples`."""
     aucs, top1 = [], []
     for s, e in zip(scores, examples):
@@ -115,8 +116,6 @@ def _mean(values: list) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-
-
 @dataclass
 class GateTrainingReport:
     """What `train_gate` measured: held-out metrics per gate, the threshold chosen, the loss curve."""
@@ -129,34 +128,47 @@ class GateTrainingReport:
     losses: list[float]
 
     def to_dict(self) -> dict:
-        return {"head": dataclasses.asdict(self.head), "attention": dataclasses.asdict(self.attention),
-                "lexical": dataclasses.asdict(self.lexical), "train_decisions": self.train_decisions,
-                "per_task": {task: {name: dataclasses.asdict(m) for name, m in gates.items()}
-                             for task, gates in self.per_task.items()},
-                "losses": self.losses}
+        return {
+            "head": dataclasses.asdict(self.head),
+            "attention": dataclasses.asdict(self.attention),
+            "lexical": dataclasses.asdict(self.lexical),
+            "train_decisions": self.train_decisions,
+            "per_task": {
+                task: {name: dataclasses.asdict(m) for name, m in gates.items()}
+                for task, gates in self.per_task.items()
+            },
+            "losses": self.losses,
+        }
 
     def markdown(self) -> str:
-        lines = ["| gate | tasks | AUC | top-1 precision | precision | recall | blocks passed per decision |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = [
+            "| gate | tasks | AUC | top-1 precision | precision | recall | blocks passed per decision |",
+            "|---|---|---|---|---|---|---|",
+        ]
         rows = [("head", "all", self.head), ("attention", "all", self.attention), ("lexical", "all", self.lexical)]
         rows += [(name, task, m) for task, gates in self.per_task.items() for name, m in gates.items()]
         for name, task, m in rows:
             passed = m.extra.get("blocks_passed_per_decision")
-            lines.append(f"| {name} | {task} | {m.auc:.3f} | {m.top1_precision:.3f} | {_fmt(m.precision)} | "
-                         f"{_fmt(m.recall)} | {_fmt(passed)} |")
+            lines.append(
+                f"| {name} | {task} | {m.auc:.3f} | {m.top1_precision:.3f} | {_fmt(m.precision)} | "
+                f"{_fmt(m.recall)} | {_fmt(passed)} |"
+            )
         return "\n".join(lines) + "\n"
 
 
-def train_head(head: GateHead, train: list[GateExample], test: list[GateExample],
-               l2: float = 1e-2) -> GateTrainingReport:
+def train_head(
+    head: GateHead, train: list[GateExample], test: list[GateExample], l2: float = 1e-2
+) -> GateTrainingReport:
     """Fit `head` on `train`, pick its threshold there, and compare it on `test` with the baselines."""
     losses = fit_head(head, train, l2=l2)
     threshold = best_threshold(head_probabilities(head, train), train)
 
     def compare(examples: list[GateExample]) -> dict[str, GateMetrics]:
-        return {"head": evaluate_scores(head_probabilities(head, examples), examples, threshold),
-                "attention": evaluate_scores([e.attention_scores for e in examples], examples),
-                "lexical": evaluate_scores([e.lexical_scores for e in examples], examples)}
+        return {
+            "head": evaluate_scores(head_probabilities(head, examples), examples, threshold),
+            "attention": evaluate_scores([e.attention_scores for e in examples], examples),
+            "lexical": evaluate_scores([e.lexical_scores for e in examples], examples),
+        }
 
     overall = compare(test)
     tasks = sorted({e.task for e in test})
@@ -164,9 +176,17 @@ def train_head(head: GateHead, train: list[GateExample], test: list[GateExample]
     return GateTrainingReport(overall["head"], overall["attention"], overall["lexical"], per_task, len(train), losses)
 
 
-def train_gate(model: CompressedMemoryModel, train_cases: list[EvalCase], test_cases: list[EvalCase], out: Path, *,
-               lexical: bool = True, max_steps: int | None = None, l2: float = 1e-2,
-               show_progress: bool = True) -> tuple[CompressedMemoryModel, GateTrainingReport]:
+def train_gate(
+    model: CompressedMemoryModel,
+    train_cases: list[EvalCase],
+    test_cases: list[EvalCase],
+    out: Path,
+    *,
+    lexical: bool = True,
+    max_steps: int | None = None,
+    l2: float = 1e-2,
+    show_progress: bool = True,
+) -> tuple[CompressedMemoryModel, GateTrainingReport]:
     """Train a gate head for `model`'s base and write a checkpoint to `out` that reads with it.
 
     The checkpoint's configuration is `model`'s with the head as its gate, at the threshold of best
@@ -177,19 +197,25 @@ def train_gate(model: CompressedMemoryModel, train_cases: list[EvalCase], test_c
     config = model.memory_config
     compression = config.compression or CompressionConfig("select")
     keys = GateConfig("attention", top_k=1, layers=model.gate_layers, sharpness=gate_sharpness(config))
-    keyed = model.with_config(config.replace(compression=compression, gate=keys,
-                                             reading=dataclasses.replace(config.reading, order="document",
-                                                                         recall=False)),
-                              show_progress=False)
+    keyed = model.with_config(
+        config.replace(
+            compression=compression,
+            gate=keys,
+            reading=dataclasses.replace(config.reading, order="document", recall=False),
+        ),
+        show_progress=False,
+    )
     out.mkdir(parents=True, exist_ok=True)
     train = cached_examples(keyed, train_cases, out / "examples-train.safetensors", show_progress)
     test = cached_examples(keyed, test_cases, out / "examples-test.safetensors", show_progress)
     heads = model.model.config.get_text_config().num_attention_heads
     head = GateHead(keyed.gate_layers, heads, keys.sharpness, lexical=lexical)
     report = train_head(head, train, test, l2=l2)
-    reading = config.replace(compression=compression,
-                             gate=GateConfig("head", top_k=None, threshold=report.head.threshold),
-                             reading=ReadingConfig(mode=config.reading.mode, order="score", max_steps=max_steps))
+    reading = config.replace(
+        compression=compression,
+        gate=GateConfig("head", top_k=None, threshold=report.head.threshold),
+        reading=ReadingConfig(mode=config.reading.mode, order="score", max_steps=max_steps),
+    )
     trained = type(model)(model.model, model.tokenizer, reading, model.base_name, model.show_progress, head)
     trained.save_pretrained(out)
     return trained, report

@@ -45,7 +45,7 @@ class GateExample:
 
     def for_head(self, head: GateHead) -> torch.Tensor:
         """The features `head` reads: all of them, or all but the lexical column."""
-        return self.features[:, :head.num_features]
+        return self.features[:, : head.num_features]
 
     @property
     def lexical_scores(self) -> torch.Tensor:
@@ -53,15 +53,17 @@ class GateExample:
         return self.features[:, -1]
 
 
-def collect_examples(model: CompressedMemoryModel, cases: list[EvalCase],
-                     show_progress: bool = True) -> list[GateExample]:
+def collect_examples(
+    model: CompressedMemoryModel, cases: list[EvalCase], show_progress: bool = True
+) -> list[GateExample]:
     """Gate decisions of every case: compress, roll the reasoner over the evidence, featurise each state.
 
     `model` must use a configuration whose banks hold its gate layers' keys (`gate="attention"`).
     """
     heads = model.model.config.get_text_config().num_attention_heads
-    gate = HeadGate(model.tokenizer, GateHead(model.gate_layers, heads, gate_sharpness(model.memory_config),
-                                              lexical=True))
+    gate = HeadGate(
+        model.tokenizer, GateHead(model.gate_layers, heads, gate_sharpness(model.memory_config), lexical=True)
+    )
     reader = model.with_config(model.memory_config.ungated(), show_progress=False)
     examples = []
     for case in tqdm(cases, desc="Gate examples", unit="case", disable=not show_progress):
@@ -86,8 +88,9 @@ def collect_examples(model: CompressedMemoryModel, cases: list[EvalCase],
     return examples
 
 
-def cached_examples(model: CompressedMemoryModel, cases: list[EvalCase], path: Path,
-                    show_progress: bool = True) -> list[GateExample]:
+def cached_examples(
+    model: CompressedMemoryModel, cases: list[EvalCase], path: Path, show_progress: bool = True
+) -> list[GateExample]:
     """`collect_examples`, reusing `path` when it was written for the same model, settings and cases."""
     key = _cache_key(model, cases)
     if path.is_file():
@@ -102,9 +105,16 @@ def cached_examples(model: CompressedMemoryModel, cases: list[EvalCase], path: P
 
 def _cache_key(model: CompressedMemoryModel, cases: list[EvalCase]) -> str:
     config = model.memory_config
-    return json.dumps({"bank": model.builder.provenance().to_dict(), "layers": list(model.gate_layers),
-                       "sharpness": gate_sharpness(config), "gate_template": config.prompts.gate_template,
-                       "update_template": model.prompts.update_template, "cases": [c.case_id for c in cases]})
+    return json.dumps(
+        {
+            "bank": model.builder.provenance().to_dict(),
+            "layers": list(model.gate_layers),
+            "sharpness": gate_sharpness(config),
+            "gate_template": config.prompts.gate_template,
+            "update_template": model.prompts.update_template,
+            "cases": [c.case_id for c in cases],
+        }
+    )
 
 
 def gate_sharpness(config: MemoryConfig) -> float:
@@ -134,5 +144,14 @@ def _load(path: Path) -> tuple[str, list[GateExample]]:
     tensors = load_file(str(path))
     meta = json.loads(metadata.get("examples", "[]"))
     return metadata.get("key", ""), [
-        GateExample(case_id, task, step, tensors[f"{i}.features"], tensors[f"{i}.evidence"], tensors[f"{i}.unread"],
-                    tensors[f"{i}.attention_scores"]) for i, (case_id, task, step) in enumerate(meta)]
+        GateExample(
+            case_id,
+            task,
+            step,
+            tensors[f"{i}.features"],
+            tensors[f"{i}.evidence"],
+            tensors[f"{i}.unread"],
+            tensors[f"{i}.attention_scores"],
+        )
+        for i, (case_id, task, step) in enumerate(meta)
+    ]

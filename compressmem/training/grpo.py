@@ -170,21 +170,26 @@ class RolloutGroup:
     conversations: list[Conversation] = field(default_factory=list)
 
 
-def sample_group(model: CompressedMemoryModel, example: GRPOExample, config: GRPOConfig,
-                 reward: RewardFunction) -> RolloutGroup:
+def sample_group(
+    model: CompressedMemoryModel, example: GRPOExample, config: GRPOConfig, reward: RewardFunction
+) -> RolloutGroup:
     """Run `group_size` sampled rollouts of the whole loop for one question (no gradients); every
     conversation keeps the inputs the traces recorded, so the loss scores exactly what was sampled."""
     size = config.group_size
     bank = model.compress(example.context, show_progress=False)
     prompt = model.prompt_ids(example.question)
     question = model.prompts.find_question(prompt[0])
-    sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p)
-    out = model.answer_from_banks(prompt.expand(size, -1).to(model.model.device), [question] * size, [bank] * size,
-                                  dict(max_new_tokens=config.max_new_tokens, return_dict_in_generate=True,
-                                       output_logits=True, **sampling),
-                                  notes_kwargs=sampling, logprobs=True)
+    sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
+    out = model.answer_from_banks(
+        prompt.expand(size, -1).to(model.model.device),
+        [question] * size,
+        [bank] * size,
+        dict(max_new_tokens=config.max_new_tokens, return_dict_in_generate=True, output_logits=True, **sampling),
+        notes_kwargs=sampling,
+        logprobs=True,
+    )
     eos = model.model.generation_config.eos_token_id or model.tokenizer.eos_token_id
-    generated = out.sequences[:, prompt.shape[1]:].cpu()
+    generated = out.sequences[:, prompt.shape[1] :].cpu()
     answers = [cut_at_eos(row, eos) for row in generated]
     answer_logprobs = torch.stack(out.logits, dim=1).float().cpu().log_softmax(-1)
     answer_logprobs = answer_logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
@@ -193,15 +198,30 @@ def sample_group(model: CompressedMemoryModel, example: GRPOExample, config: GRP
     conversations = []
     for rollout, (trace, answer) in enumerate(zip(out.trace, answers)):
         for step in trace.steps:
-            conversations.append(Conversation(rollout, torch.tensor(step.prompt_ids), torch.tensor(step.output_ids),
-                                              bank, step.block, torch.tensor(step.output_logprobs)))
-        conversations.append(Conversation(rollout, torch.tensor(trace.answer_prompt_ids), answer,
-                                          sampled_logprobs=answer_logprobs[rollout, :answer.numel()]))
+            conversations.append(
+                Conversation(
+                    rollout,
+                    torch.tensor(step.prompt_ids),
+                    torch.tensor(step.output_ids),
+                    bank,
+                    step.block,
+                    torch.tensor(step.output_logprobs),
+                )
+            )
+        conversations.append(
+            Conversation(
+                rollout,
+                torch.tensor(trace.answer_prompt_ids),
+                answer,
+                sampled_logprobs=answer_logprobs[rollout, : answer.numel()],
+            )
+        )
     return RolloutGroup(example, predictions, rewards, conversations)
 
 
-def conversation_logprobs(model: CompressedMemoryModel, conversations: list[Conversation],
-                          recompute_block: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def conversation_logprobs(
+    model: CompressedMemoryModel, conversations: list[Conversation], recompute_block: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities `[rows, tokens]` of each conversation's generated tokens under the current policy,
     and the mask of real tokens; all conversations must read the same block (or all be answers).
 
@@ -215,8 +235,7 @@ def conversation_logprobs(model: CompressedMemoryModel, conversations: list[Conv
     else:
         made = model.builder.forward(first.bank.token_ids(first.block)[None]) if recompute_block else None
         place = {"device": model.model.device, "dtype": model.model.dtype}
-        inputs = [step_input(first.bank, first.block, c.prompt_ids, "compressed", made, **place)
-                  for c in conversations]
+        inputs = [step_input(first.bank, first.block, c.prompt_ids, "compressed", made, **place) for c in conversations]
     with model.reasoner.active():
         return step_logprobs(model.model, inputs, [c.output_ids for c in conversations], pad_token_id(model.tokenizer))
 
@@ -231,7 +250,7 @@ def micro_batches(conversations: list[Conversation], size: int) -> list[list[Con
             answers.append(conversation)
         else:
             by_block[(id(conversation.bank), conversation.block)].append(conversation)
-    return [*by_block.values(), *(answers[i:i + size] for i in range(0, len(answers), size))]
+    return [*by_block.values(), *(answers[i : i + size] for i in range(0, len(answers), size))]
 
 
 class GRPOTrainer:
@@ -242,16 +261,24 @@ class GRPOTrainer:
     `out`, and resumes a run it finds there.
     """
 
-    def __init__(self, model: CompressedMemoryModel, examples: Sequence[GRPOExample], out: str | Path,
-                 config: GRPOConfig | None = None, reward: RewardFunction | None = None,
-                 show_progress: bool = True) -> None:
+    def __init__(
+        self,
+        model: CompressedMemoryModel,
+        examples: Sequence[GRPOExample],
+        out: str | Path,
+        config: GRPOConfig | None = None,
+        reward: RewardFunction | None = None,
+        show_progress: bool = True,
+    ) -> None:
         from accelerate import Accelerator
 
         if not examples:
             raise ValueError("GRPO needs at least one example.")
         if model.memory_config.reading.mode != "compressed":
-            raise ValueError("GRPO trains the reasoner reading compressed blocks; use a configuration with "
-                             "ReadingConfig(mode='compressed').")
+            raise ValueError(
+                "GRPO trains the reasoner reading compressed blocks; use a configuration with "
+                "ReadingConfig(mode='compressed')."
+            )
         self.config = config or GRPOConfig()
         self.accelerator = Accelerator()
         self.model = model.with_config(model.memory_config, show_progress=False)
@@ -267,8 +294,10 @@ class GRPOTrainer:
     def _trainable_weights(self) -> list[torch.nn.Parameter]:
         """The reasoner adapter's weights, and the compressor's when it learns."""
         if self.model.reasoner_adapter is None and not self.learns_compressor:
-            raise ValueError("Nothing to train: the model has no reasoner adapter and no learned compressor; "
-                             "add one with `with_reasoner_adapter()` or use compression method 'learned'.")
+            raise ValueError(
+                "Nothing to train: the model has no reasoner adapter and no learned compressor; "
+                "add one with `with_reasoner_adapter()` or use compression method 'learned'."
+            )
         weights = []
         if self.learns_compressor:
             weights += self.model.compressor.weights(self.model.model)
@@ -315,8 +344,13 @@ class GRPOTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         step = resume_trainer_state(self.optimizer, self.out)
         log = read_log(self.out / LOG_FILE, step)
-        bar = tqdm(total=config.steps, initial=step, desc="GRPO", unit="step",
-                   disable=not self.show_progress or not self.accelerator.is_main_process)
+        bar = tqdm(
+            total=config.steps,
+            initial=step,
+            desc="GRPO",
+            unit="step",
+            disable=not self.show_progress or not self.accelerator.is_main_process,
+        )
         with bar, self._training():
             while step < config.steps:
                 entry = self.step(step)
@@ -335,17 +369,25 @@ class GRPOTrainer:
         torch.manual_seed(config.seed * 1_000_003 + step * 101 + self.accelerator.process_index)
         chosen = self._questions(step)
         self.model.model.eval()
-        groups = [sample_group(self.model, example, config, self.reward or default_reward(example.task))
-                  for example in chosen]
+        groups = [
+            sample_group(self.model, example, config, self.reward or default_reward(example.task)) for example in chosen
+        ]
         sampled = time.perf_counter()
         loss = self._learn(groups)
         rewards = self.accelerator.gather(torch.stack([g.rewards for g in groups]).to(self.accelerator.device))
-        return {"step": step + 1, "reward": rewards.float().mean().item(), "reward_std": rewards.float().std().item(),
-                "loss": loss, "rollout_seconds": sampled - started, "learn_seconds": time.perf_counter() - sampled,
-                "seconds": time.perf_counter() - started,
-                "generated_tokens": sum(c.output_ids.numel() for g in groups for c in g.conversations),
-                "conversations": sum(len(g.conversations) for g in groups), "peak_memory_mib": peak_memory_mib(),
-                "sample": {"answers": list(groups[0].example.answers), "prediction": groups[0].predictions[0]}}
+        return {
+            "step": step + 1,
+            "reward": rewards.float().mean().item(),
+            "reward_std": rewards.float().std().item(),
+            "loss": loss,
+            "rollout_seconds": sampled - started,
+            "learn_seconds": time.perf_counter() - sampled,
+            "seconds": time.perf_counter() - started,
+            "generated_tokens": sum(c.output_ids.numel() for g in groups for c in g.conversations),
+            "conversations": sum(len(g.conversations) for g in groups),
+            "peak_memory_mib": peak_memory_mib(),
+            "sample": {"answers": list(groups[0].example.answers), "prediction": groups[0].predictions[0]},
+        }
 
     def _questions(self, step: int) -> list[GRPOExample]:
         """This process's questions of step `step`: the step's global batch, cycling through the examples."""
@@ -374,8 +416,9 @@ class GRPOTrainer:
                     key = id(batch[0])
                     old.setdefault(key, logprobs.detach())
                     gain = torch.tensor([gains[id(c)] for c in batch], device=logprobs.device)
-                    loss = clipped_policy_loss(logprobs, old[key], gain, mask, config.clip, config.kl_coef,
-                                               reference.get(key))
+                    loss = clipped_policy_loss(
+                        logprobs, old[key], gain, mask, config.clip, config.kl_coef, reference.get(key)
+                    )
                     share = mask.sum().item() / total_tokens
                     (loss * share).backward()
                     loss_sum += loss.item() * share
@@ -429,14 +472,26 @@ def with_reasoner_adapter(model: CompressedMemoryModel, rank: int = 8, seed: int
     if model.reasoner_adapter is not None:
         return model
     adapter = ReasonerAdapter.initialise(model.model, rank, seed)
-    return type(model)(model.model, model.tokenizer, model.memory_config, model.base_name, model.show_progress,
-                       model.gate_head, model.compressor if isinstance(model.compressor, LearnedCompressor) else None,
-                       adapter)
+    return type(model)(
+        model.model,
+        model.tokenizer,
+        model.memory_config,
+        model.base_name,
+        model.show_progress,
+        model.gate_head,
+        model.compressor if isinstance(model.compressor, LearnedCompressor) else None,
+        adapter,
+    )
 
 
-def train_grpo(model: CompressedMemoryModel, examples: Sequence[GRPOExample], out: str | Path,
-               config: GRPOConfig | None = None, reward: RewardFunction | None = None,
-               show_progress: bool = True) -> list[dict]:
+def train_grpo(
+    model: CompressedMemoryModel,
+    examples: Sequence[GRPOExample],
+    out: str | Path,
+    config: GRPOConfig | None = None,
+    reward: RewardFunction | None = None,
+    show_progress: bool = True,
+) -> list[dict]:
     """Train with GRPO (see `GRPOTrainer`); a run already in `out` is resumed (load `model` from that
     checkpoint first, so its weights are the run's). Returns the log."""
     return GRPOTrainer(model, examples, out, config, reward, show_progress).train()

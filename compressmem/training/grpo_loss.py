@@ -24,9 +24,15 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return centred / (rewards.std(dim=1, keepdim=True) + eps)
 
 
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip: float = 0.2, kl_coef: float = 0.0,
-                        ref_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+    kl_coef: float = 0.0,
+    ref_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """PPO-style clipped objective with an optional KL penalty to a reference policy, as a loss to minimise.
 
     Args:
@@ -38,8 +44,10 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
         kl_coef: weight of the k3 estimate of KL(policy || reference) per token; needs `ref_logprobs`.
     """
     if logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and mask "
-                         f"{tuple(mask.shape)} must have one shape [rows, tokens].")
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and mask "
+            f"{tuple(mask.shape)} must have one shape [rows, tokens]."
+        )
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(f"advantages must be [rows] = [{logprobs.shape[0]}], got {tuple(advantages.shape)}.")
     if kl_coef and ref_logprobs is None:

@@ -45,14 +45,16 @@ class PretrainConfig:
     seed: int = 0
 
 
-def reconstruction_loss(model: CompressedMemoryModel, chunk_ids: torch.Tensor,
-                        continuation_ids: torch.Tensor) -> torch.Tensor:
+def reconstruction_loss(
+    model: CompressedMemoryModel, chunk_ids: torch.Tensor, continuation_ids: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy of the frozen base model rebuilding `chunk_ids` `[B, n]` and continuing with
     `continuation_ids` `[B, t]` from the chunks' blocks alone, each read as the reasoner reads a block
     (`reader.step_input`, `step_logprobs`) with the block recomputed with gradients."""
     if not isinstance(model.compressor, LearnedCompressor):
-        raise TypeError("reconstruction_loss trains a learned compressor; build the model with compression method "
-                        "'learned'.")
+        raise TypeError(
+            "reconstruction_loss trains a learned compressor; build the model with compression method 'learned'."
+        )
     blocks = model.builder.forward(chunk_ids)
     targets = torch.cat([chunk_ids, continuation_ids], dim=1)
     first = model.prompts.section_prefix_ids().numel() + chunk_ids.shape[1]
@@ -72,15 +74,22 @@ def training_pairs(model: CompressedMemoryModel, texts: list[str], continuation_
     for text in texts:
         ids = torch.tensor(model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         stride = model.memory_config.chunking.size
-        windows += [ids[i:i + width] for i in range(0, ids.numel() - width + 1, stride)]
+        windows += [ids[i : i + width] for i in range(0, ids.numel() - width + 1, stride)]
     if not windows:
-        raise ValueError(f"The texts hold no window of {width} tokens (chunk_size + continuation_tokens); give "
-                         "longer texts or a smaller chunk_size.")
+        raise ValueError(
+            f"The texts hold no window of {width} tokens (chunk_size + continuation_tokens); give "
+            "longer texts or a smaller chunk_size."
+        )
     return torch.stack(windows)
 
 
-def pretrain(model: CompressedMemoryModel, texts: list[str], out: str | Path, config: PretrainConfig | None = None,
-             show_progress: bool = True) -> list[dict]:
+def pretrain(
+    model: CompressedMemoryModel,
+    texts: list[str],
+    out: str | Path,
+    config: PretrainConfig | None = None,
+    show_progress: bool = True,
+) -> list[dict]:
     """Train `model`'s learned compressor on `texts`, resuming from `out` when it holds a run; returns the log."""
     config = config or PretrainConfig()
     out = Path(out)
@@ -104,8 +113,14 @@ def pretrain(model: CompressedMemoryModel, texts: list[str], out: str | Path, co
             torch.nn.utils.clip_grad_norm_(weights, config.max_grad_norm)
             optimizer.step()
             step += 1
-            log.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started,
-                        "peak_memory_mib": peak_memory_mib()})
+            log.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "seconds": time.perf_counter() - started,
+                    "peak_memory_mib": peak_memory_mib(),
+                }
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % config.save_every == 0 or step == config.steps:
@@ -118,8 +133,10 @@ def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
     when it is 4-bit, kept differentiable: `keep_quantized_differentiable`)."""
     compressor = model.compressor
     if not isinstance(compressor, LearnedCompressor):
-        raise TypeError("pretrain trains a learned compressor; build the model with compression method 'learned' "
-                        "(start_or_resume does).")
+        raise TypeError(
+            "pretrain trains a learned compressor; build the model with compression method 'learned' "
+            "(start_or_resume does)."
+        )
     keep_quantized_differentiable(model.model)
     for weight in model.model.parameters():
         weight.requires_grad_(False)
@@ -139,28 +156,43 @@ def _restored(model: CompressedMemoryModel, learning: dict[int, bool]) -> Iterat
             weight.requires_grad_(learning.get(id(weight), False))
 
 
-def _save(model: CompressedMemoryModel, optimizer: torch.optim.Optimizer, step: int, out: Path, log: list[dict],
-          config: PretrainConfig) -> None:
+def _save(
+    model: CompressedMemoryModel,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    out: Path,
+    log: list[dict],
+    config: PretrainConfig,
+) -> None:
     model.save_pretrained(out)
     save_trainer_state(optimizer, step, out, asdict(config))
     write_log(log, out / LOG_FILE, "loss", "reconstruction + continuation loss")
 
 
-def start_or_resume(model: CompressedMemoryModel, out: str | Path, rank: int = 8, seed: int = 0,
-                    ratio: float | None = None, config: MemoryConfig | None = None) -> CompressedMemoryModel:
+def start_or_resume(
+    model: CompressedMemoryModel,
+    out: str | Path,
+    rank: int = 8,
+    seed: int = 0,
+    ratio: float | None = None,
+    config: MemoryConfig | None = None,
+) -> CompressedMemoryModel:
     """`model`'s base with the learned compressor of the run in `out`, or a fresh one (LoRA rank `rank`)
     when `out` holds no run yet. The configuration is `config` (default: `model`'s), compressing with
     method 'learned' at `ratio` (default: the configuration's ratio, else 4) and reading compressed blocks."""
     current = config or model.memory_config
     if ratio is None:
         ratio = current.compression.ratio if current.compression is not None else None
-    config = current.replace(compression=CompressionConfig("learned", ratio),
-                             reading=dataclasses.replace(current.reading, mode="compressed", keep_bits=0,
-                                                         keep_mib=None))
+    config = current.replace(
+        compression=CompressionConfig("learned", ratio),
+        reading=dataclasses.replace(current.reading, mode="compressed", keep_bits=0, keep_mib=None),
+    )
     if (Path(out) / TRAINER_STATE).is_file():
         compressor = LearnedCompressor.load(model.model, Path(out) / "compressor", config.compression.ratio)
     else:
-        compressor = LearnedCompressor.initialise(model.model, config.compression.ratio, config.chunking.size,
-                                                  rank=rank, seed=seed)
-    return type(model)(model.model, model.tokenizer, config, model.base_name, model.show_progress,
-                       model.gate_head, compressor)
+        compressor = LearnedCompressor.initialise(
+            model.model, config.compression.ratio, config.chunking.size, rank=rank, seed=seed
+        )
+    return type(model)(
+        model.model, model.tokenizer, config, model.base_name, model.show_progress, model.gate_head, compressor
+    )
