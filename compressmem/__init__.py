@@ -1,11 +1,10 @@
 """compressmem: answer questions over contexts of millions of tokens with any Hugging Face causal LM."""
 
-from .bank import BankMismatchError, MemoryBank, MemoryBlock
-from .chunking import ContextError, text_pieces
+from .bank import MemoryBank, MemoryBlock
+from .chunking import text_pieces
 from .config import (
     ChunkingConfig,
     CompressionConfig,
-    ConfigError,
     GateConfig,
     MemoryConfig,
     NotesConfig,
@@ -13,7 +12,7 @@ from .config import (
     ReadingConfig,
 )
 from .embedded import DEFAULT_MODEL
-from .hub import CheckpointMismatchError
+from .errors import BankMismatchError, CheckpointMismatchError, ConfigError, ContextError, GateHeadError
 from .model import Answer, CompressedGenerateOutput, CompressedMemoryModel
 from .reader import ReadStep, Source, Trace
 
@@ -29,6 +28,7 @@ __all__ = [
     "ConfigError",
     "ContextError",
     "GateConfig",
+    "GateHeadError",
     "MemoryBank",
     "MemoryBlock",
     "MemoryConfig",

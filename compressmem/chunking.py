@@ -10,12 +10,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .errors import ContextError
+
 Context = str | Sequence[str] | Sequence[int] | torch.Tensor
 """A long context: text, a list of documents, or token ids (list or 1-D tensor)."""
-
-
-class ContextError(ValueError):
-    """The context cannot be read: empty, of the wrong type, or the wrong shape."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 COMPRESSION_METHODS = ("none", "select", "learned")
 BITS = (16, 8, 4, 2)
 DEFAULT_GROUP = 64  # 4 bits at 64: 0.297x bf16 KV with scales, needles as raw (benchmarks/RESULTS.md)
@@ -52,10 +54,6 @@ DEFAULT_ANSWER_TEMPLATE = "Notes taken while reading a long document: {notes}\n\
 DEFAULT_GATE_TEMPLATE = "{question}\n{notes}"
 DEFAULT_EMPTY_NOTES = "(none yet)"
 DEFAULT_NOT_FOUND = "Not found in the context."
-
-
-class ConfigError(ValueError):
-    """A setting is out of range, of the wrong kind, or would be ignored by the stage it belongs to."""
 
 
 @dataclass(frozen=True)

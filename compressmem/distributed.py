@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from .bank import BankPart, BankWriter, MemoryBank, write_index
 from .chunking import check_pieces, stream_chunks
 from .compression import BankBuilder
+from .errors import ProcessMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ class StreamCompressor(Protocol):
         batch_size: int = 4,
         processes: Processes = ...,
     ) -> MemoryBank: ...
-
-
-class ProcessMismatchError(RuntimeError):
-    """The processes sharing a compression did not read the same text into the same folder with the same model."""
 
 
 @dataclass(frozen=True)

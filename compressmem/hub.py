@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, MemoryConfig
+from .errors import CheckpointMismatchError
 from .gate import GateHead
 from .gate.head import HEAD_FILE
 from .hf.fingerprint import BaseFingerprint
@@ -27,10 +28,6 @@ CHECKPOINT_FORMAT_VERSION = 2
 COMPRESSOR_FOLDER = "compressor"
 REASONER_FOLDER = "reasoner"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-class CheckpointMismatchError(ValueError):
-    """A compressmem checkpoint was made for another base model, or by a newer compressmem."""
 
 
 @dataclass

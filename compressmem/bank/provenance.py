@@ -13,11 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import CompressionConfig
+from ..errors import BankMismatchError
 from ..hf.fingerprint import BaseFingerprint
-
-
-class BankMismatchError(ValueError):
-    """The bank was built for another base model, or does not hold what the configuration reading it needs."""
 
 
 @dataclass(frozen=True)

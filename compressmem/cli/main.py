@@ -73,11 +73,7 @@ def user_message(error: BaseException) -> str | None:
     import torch
     from safetensors import SafetensorError
 
-    from ..bank import BankMismatchError
-    from ..chunking import ContextError
-    from ..config import ConfigError
-    from ..gate import GateHeadError
-    from ..hub import CheckpointMismatchError
+    from ..errors import BankMismatchError, CheckpointMismatchError, ConfigError, ContextError, GateHeadError
 
     if isinstance(
         error,

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from ..errors import CheckpointMismatchError
 from ..hf.adapters import (
     WEIGHTS_FILE,
     adapter_active,
@@ -79,8 +80,6 @@ class LearnedCompressor(Compressor):
     def load(cls, model: PreTrainedModel, directory: str | Path, ratio: float) -> LearnedCompressor:
         """Attach the saved adapter to `model` and read the memory embeddings; `ratio` must be the saved one."""
         from safetensors import safe_open
-
-        from ..hub import CheckpointMismatchError
 
         directory = Path(directory)
         try:

@@ -21,16 +21,13 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import MemoryBank
+from ..errors import GateHeadError
 from .attention import AttentionGate, GateIndex
 from .lexical import LexicalGate, LexicalIndex
 
 HEAD_FILE = "gate_head.safetensors"
 HEAD_FORMAT = "compressmem.GateHead"
 POOLS = ("mean", "max")
-
-
-class GateHeadError(ValueError):
-    """A gate head file is malformed or does not fit the model or configuration it is used with."""
 
 
 class GateHead(torch.nn.Module):
