@@ -1,4 +1,4 @@
-"""The bank builder: chunks -> blocks, in batches (DESIGN §3, step 1).
+"""The bank builder: chunks -> blocks, in batches, once per document.
 
 `BankBuilder` is the one place where chunks are compressed. `CompressedMemoryModel.compress` and
 `compress_stream`, distributed compression and the trainers all go through it, so a bank records

@@ -25,7 +25,9 @@ DEFAULT_GROUP = 64  # 4 bits at 64: 0.297x bf16 KV with scales, needles as raw (
 DEFAULT_KEEP_BITS = 8  # reads of kept KV: needles as raw reads, 1.5x faster a question (benchmarks/RESULTS.md)
 DEFAULT_KEEP_MIB = 256  # per bank: 40 blocks of 512 tokens of SmolLM2-135M's KV at 8 bits
 SCORES = ("keynorm", "observed", "window")
-GATE_KINDS = ("lexical", "attention", "head")
+# Gate kinds GateConfig accepts, and whether each scores blocks by their compressed keys (so a bank must hold
+# them). Filled by the gates themselves (`compressmem.gate.register`), so that a new gate is one file.
+GATE_KINDS: dict[str, bool] = {}
 READ_MODES = ("raw", "compressed")
 READ_ORDERS = ("document", "score")
 READ_UNTIL = ("answered", "all")
@@ -130,7 +132,7 @@ class GateConfig:
     sharpness: float | None = None
 
     def __post_init__(self) -> None:
-        _choice("gate.kind", self.kind, GATE_KINDS)
+        _choice("gate.kind", self.kind, tuple(GATE_KINDS))
         if self.top_k is not None:
             _positive_int("gate.top_k", self.top_k)
         if self.threshold is not None and (
@@ -162,7 +164,7 @@ class GateConfig:
     @property
     def reads_keys(self) -> bool:
         """Whether this gate scores blocks by their compressed keys (the attention gate and the head)."""
-        return self.kind in ("attention", "head")
+        return GATE_KINDS[self.kind]
 
 
 @dataclass(frozen=True)
@@ -517,7 +519,7 @@ def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
     get = flat.get
     gate_kind = get("gate", "lexical")
     reads = get("read", "raw")
-    needs_kv = gate_kind in ("attention", "head") or reads == "compressed"
+    needs_kv = GATE_KINDS.get(gate_kind, False) or reads == "compressed"
     compression = None
     if needs_kv:
         method = get("compressor", "select")
@@ -584,6 +586,16 @@ def _set(instance: Any, name: str, value: Any) -> None:
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def register_gate_kind(kind: str, reads_keys: bool) -> None:
+    """Let `GateConfig(kind)` name a gate; `reads_keys`: the gate scores blocks by their compressed keys, so a bank
+    read with it must hold them. Gates call this through `compressmem.gate.register`."""
+    if not isinstance(kind, str) or not kind.isidentifier():
+        raise ConfigError(f"A gate kind must be a name (letters, digits, underscores), got {kind!r}.")
+    if GATE_KINDS.get(kind, reads_keys) != reads_keys:
+        raise ConfigError(f"Gate kind {kind!r} is already registered with reads_keys={GATE_KINDS[kind]}.")
+    GATE_KINDS[kind] = bool(reads_keys)
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

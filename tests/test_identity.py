@@ -1,4 +1,4 @@
-"""A block read as a KV prefix must behave exactly like the tokens it came from (DESIGN §3.1)."""
+"""A block read as a KV prefix must behave exactly like the tokens it came from."""
 
 import pytest
 import torch

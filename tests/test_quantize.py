@@ -68,7 +68,7 @@ def test_fake_quantize_reads_as_the_stored_block_and_passes_gradients():
 
 @pytest.mark.parametrize("bits, tolerance", [(8, 2e-3), (4, 2e-2), (2, 1e-1)])
 def test_a_quantized_uncompressed_block_reads_within_tolerance_of_its_text(tokenizer, essay_text, bits, tolerance):
-    """DESIGN §3.1's identity, stated as a tolerance: max |logit difference| after the block against after the raw
+    """A block read as a prefix against its tokens, stated as a tolerance: max |logit difference| after the block against after the raw
     chunk (the tiny model's logits are within ±1), growing as bits shrink."""
     wrapper = tiny_wrapper("llama", tokenizer, _config(bits))
     bank = wrapper.compress(essay_text[:3000])

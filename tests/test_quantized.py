@@ -104,7 +104,8 @@ def learned_checkpoint(base_folder, tokenizer, tmp_path_factory):
             if "lora_B" in name:
                 weight.normal_(0, 0.05, generator=generator)
         head.weight.normal_(0, 1, generator=generator)
-    wrapper = CompressedMemoryModel(model, tokenizer, LEARNED, base_folder, False, head, compressor, adapter)
+    wrapper = CompressedMemoryModel(model, tokenizer, memory_config=LEARNED, base_name=base_folder, show_progress=False,
+                                    gate_head=head, compressor=compressor, reasoner_adapter=adapter)
     folder = tmp_path_factory.mktemp("learned-ckpt")
     wrapper.save_pretrained(folder)
     return folder, wrapper
@@ -149,8 +150,8 @@ def test_quantized_blocks_match_the_full_precision_blocks(bits, base_folder):
 
 
 def test_reading_and_answering_equal_the_quantized_base_on_raw_tokens(bits, base_folder, tokenizer):
-    """With every KV entry kept, a block the quantized base compressed must stand for its raw tokens
-    (DESIGN §3.1): the same logits after it as after the tokens (both sides run the same quantized
+    """With every KV entry kept, a block the quantized base compressed must stand for its raw tokens:
+    the same logits after it as after the tokens (both sides run the same quantized
     weights and kernels, so float32 tolerance), the same working-memory updates, and the answer the
     quantized base writes from the notes."""
     wrapper = _load(base_folder, bits, config=PLAIN)

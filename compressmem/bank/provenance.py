@@ -1,4 +1,4 @@
-"""How a bank was built, and the check that it holds what a reader needs (DESIGN §3.5).
+"""How a bank was built, and the check that it holds what a reader needs.
 
 Every bank records its `Provenance`: the base model's fingerprint, the chunk size, the compression
 (method, ratio, score, and a digest of a learned compressor's weights), which layers' keys each block

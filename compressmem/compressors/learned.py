@@ -1,4 +1,4 @@
-"""The learned compressor (DESIGN §3.2): memory tokens read a chunk through a LoRA adapter; their KV is the block.
+"""The learned compressor (the paper's): memory tokens read a chunk through a LoRA adapter; their KV is the block.
 
 `ceil(n / ratio)` learned memory-token embeddings are appended to each `[prefix + chunk]`, and the
 batch runs through the base model with the compressor's LoRA adapter switched on (and off again

@@ -8,12 +8,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import BankMismatchError, MemoryBank
-from ..config import DEFAULT_SHARPNESS
+from ..config import DEFAULT_SHARPNESS, GateConfig
 from ..hf.placement import to_one_device
 from ..hf.probe import probe
 from ..hf.rope import Rotary
 from ..kernels import gate_scores
 from ..quantize import TOKENS, Quantized, dense, quantize
+from .base import register
 
 INDEX_VERSION = 1
 
@@ -98,6 +99,7 @@ def _keys_from(tensors: dict[str, torch.Tensor], compression) -> torch.Tensor | 
     )
 
 
+@register("attention", reads_keys=True)
 class AttentionGate:
     """Scores blocks by how strongly the gate prompt's queries, at a few layers, match their keys.
 
@@ -114,6 +116,16 @@ class AttentionGate:
         self.tokenizer = tokenizer
         self.layers = layers
         self.sharpness = sharpness
+
+    @classmethod
+    def from_config(
+        cls, config: GateConfig, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...], head: object
+    ) -> AttentionGate:
+        return cls(tokenizer, layers, DEFAULT_SHARPNESS if config.sharpness is None else config.sharpness)
+
+    def missing(self, index: GateIndex, terms: set[str]) -> None:
+        """Keys say nothing about which words a bank lacks."""
+        return None
 
     def index(self, bank: MemoryBank, model: PreTrainedModel) -> GateIndex:
         """The bank's packed gate keys on the model's device, made once per process and bank."""

@@ -1,4 +1,4 @@
-"""The trained gate (DESIGN §3.3): a logistic mix of how strongly each head attends to each block.
+"""The trained gate: a logistic mix of how strongly each head attends to each block.
 
 For every block, the fused `gate_scores` op gives, per gate layer and query head, the log-sum-exp
 of the gate prompt's queries against the block's compressed keys, pooled over the prompt's tokens
@@ -21,8 +21,10 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import MemoryBank
+from ..config import GateConfig
 from ..errors import GateHeadError
 from .attention import AttentionGate, GateIndex
+from .base import register
 from .lexical import LexicalGate, LexicalIndex
 
 HEAD_FILE = "gate_head.safetensors"
@@ -142,6 +144,7 @@ class HeadIndex:
     words: LexicalIndex | None
 
 
+@register("head", reads_keys=True)
 class HeadGate:
     """The gate a reasoner uses with a trained `GateHead`: probabilities per block, in [0, 1]."""
 
@@ -149,6 +152,24 @@ class HeadGate:
         self.head = head.eval()
         self.attention = AttentionGate(tokenizer, head.layers, head.sharpness)
         self.lexical = LexicalGate(tokenizer) if head.lexical else None
+
+    @classmethod
+    def from_config(
+        cls, config: GateConfig, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...], head: object
+    ) -> HeadGate:
+        """The head gate over `head`, the trained weights a checkpoint brought (its own layers, not `layers`)."""
+        if not isinstance(head, GateHead):
+            raise GateHeadError(
+                "gate kind 'head' needs trained weights: load a checkpoint that has them with "
+                "from_pretrained(base, checkpoint=CHECKPOINT), pass gate_head=, or train one with "
+                "`compressmem train gate`."
+            )
+        return cls(tokenizer, head)
+
+    def missing(self, index: HeadIndex, terms: set[str]) -> None:
+        """None: the trained head weighs its lexical feature with the keys, so a word the bank lacks is no
+        reason to skip reading."""
+        return None
 
     def index(self, bank: MemoryBank, model: PreTrainedModel) -> HeadIndex:
         words = self.lexical.index(bank, model) if self.lexical is not None else None
@@ -173,5 +194,7 @@ class HeadGate:
 
     @torch.no_grad()
     def score(self, model: PreTrainedModel, texts: list[str], index: HeadIndex) -> torch.Tensor:
-        """`[rows, blocks]` probabilities that each block holds evidence for each gate prompt."""
-        return torch.sigmoid(self.head(self.features(model, texts, index).cpu()))
+        """`[rows, blocks]` probabilities that each block holds evidence for each gate prompt (on the CPU), the head
+        run wherever it lies (the wrapper's `to()` moves it with the model)."""
+        features = self.features(model, texts, index).to(self.head.weight)
+        return torch.sigmoid(self.head(features)).cpu()

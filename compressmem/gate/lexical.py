@@ -19,6 +19,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import MemoryBank
+from ..config import GateConfig
+from .base import register
 
 _WORD = re.compile(r"\w+")
 _K1, _B = 1.2, 0.75
@@ -100,11 +102,22 @@ def _flat(parts: list[array]) -> torch.Tensor:
     return torch.frombuffer(joined, dtype=torch.int32).clone() if len(joined) else torch.zeros(0, dtype=torch.int32)
 
 
+@register("lexical", reads_keys=False)
 class LexicalGate:
     """BM25 over words; a row's scores are normalised to sum to 1 (uniform when nothing matches)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
+
+    @classmethod
+    def from_config(
+        cls, config: GateConfig, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...], head: object
+    ) -> LexicalGate:
+        return cls(tokenizer)
+
+    def missing(self, index: LexicalIndex, terms: set[str]) -> list[str]:
+        """The `terms` no block holds: the bank's vocabulary is known exactly."""
+        return index.missing(terms)
 
     def index(self, bank: MemoryBank, model: PreTrainedModel | None = None) -> LexicalIndex:
         """The bank's BM25 index: the one kept with the bank (unpacked once per process), or built now and kept

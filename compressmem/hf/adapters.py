@@ -1,4 +1,4 @@
-"""Named LoRA adapters inside the base model: the compressor's and the reasoner's (DESIGN §3.6).
+"""Named LoRA adapters inside the base model: the compressor's and the reasoner's.
 
 Both are injected with PEFT into the user's own model object and are off by default, so the
 base model's `generate()` is untouched; each is switched on, through PEFT's public API, only around

@@ -121,7 +121,7 @@ def gate_scores(
     scale: float | None = None,
     pool: str = "mean",
 ) -> torch.Tensor:
-    """How strongly a prompt's queries attend to each memory block (DESIGN §3.3), `[blocks, layers, heads]` fp32.
+    """How strongly a prompt's queries attend to each memory block, `[blocks, layers, heads]` fp32.
 
     For block `b`, layer `l` and query head `h`: the log-sum-exp over the block's keys of
     `scale * <query, key>` for each prompt token, pooled over tokens by weighted mean (`pool="mean"`)

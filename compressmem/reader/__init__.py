@@ -1,4 +1,4 @@
-"""The reader (DESIGN §3.4): the scan loop over a bank, one read step shared by inference and training, the notes
+"""The reader: the scan loop over a bank, one read step shared by inference and training, the notes
 with their update rule, and every prompt."""
 
 from .loop import Reasoner

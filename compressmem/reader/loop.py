@@ -1,4 +1,4 @@
-"""The scan loop (DESIGN §3.4): gate the blocks, read the passed ones into the notes, in order.
+"""The scan loop: gate the blocks, read the passed ones into the notes, in order.
 
 Rows of a batch advance together: at each step every row whose gate passed a block joins one
 batched decoding call that writes that row's notes.
@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from ..bank import KeptBlock, MemoryBank
 from ..config import DEFAULT_GROUP, GateConfig, NotesConfig, ReadingConfig
-from ..gate import Gate, LexicalIndex
+from ..gate import Gate
 from ..hf.adapters import ReasonerAdapter, adapter_active
 from ..quantize import CHANNELS, TOKENS, quantize
 from .notes import update_notes
@@ -136,18 +136,21 @@ class Reasoner:
             row.trace.found = found(row.trace.notes, row.trace.question)
         return [row.trace for row in rows]
 
-    @staticmethod
-    def _check_terms(row: _Row, index: object) -> None:
+    def _check_terms(self, row: _Row, index: object) -> None:
         """Finish a row before it reads when its question names a key term the bank's words never hold (for a
-        question asking for all matches: when it names none the bank holds): no note could ever cover it (notes
-        are sentences of the bank), so it is not found, at no cost."""
-        if isinstance(index, LexicalIndex):
-            terms = key_terms(row.trace.question)
-            row.trace.missing_terms = index.missing(terms)
-            if asks_for_all(row.trace.question):  # any one of its terms found is an answer
-                row.done = bool(terms) and len(row.trace.missing_terms) == len(terms)
-            else:
-                row.done = bool(row.trace.missing_terms)
+        question asking for all matches: when it names none the bank holds), as far as the gate can tell: no
+        note could ever cover it (notes are sentences of the bank), so it is not found, at no cost."""
+        if self.gate is None:
+            return
+        terms = key_terms(row.trace.question)
+        missing = self.gate.missing(index, terms)
+        if missing is None:
+            return
+        row.trace.missing_terms = missing
+        if asks_for_all(row.trace.question):  # any one of its terms found is an answer
+            row.done = bool(terms) and len(missing) == len(terms)
+        else:
+            row.done = bool(missing)
 
     def _answered(self, trace: Trace) -> bool:
         """Whether reading may stop early: `until='answered'` and the notes cover a question that asks for one

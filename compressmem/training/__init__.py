@@ -1,4 +1,4 @@
-"""Training (DESIGN §3.6): compressor pre-training, end-to-end GRPO, and the gate head as a classifier."""
+"""Training (docs/training.md): compressor pre-training, end-to-end GRPO, and the gate head as a classifier."""
 
 from .gate import GateMetrics, GateTrainingReport, evaluate_scores, fit_head, train_gate, train_head
 from .gate_examples import GateExample, cached_examples, collect_examples

@@ -1,4 +1,4 @@
-"""Gate training (DESIGN §3.6): the `GateHead` as a binary classifier of evidence blocks.
+"""Gate training: the `GateHead` as a binary classifier of evidence blocks.
 
 The head is a logistic regression over a few hundred features, so it is fitted full-batch with
 L-BFGS in seconds; collecting the examples (`gate_examples`: compressing banks, running rollouts)

@@ -1,4 +1,4 @@
-"""End-to-end GRPO (DESIGN §1 step 4, §3.6): compressor and reasoner learn from a verifiable reward.
+"""End-to-end GRPO (the paper's training stage): compressor and reasoner learn from a verifiable reward.
 
 For each question a group of rollouts runs the whole loop (compress, gate, sampled memory updates,
 sampled answer); each rollout's reward is scored against the gold answers, normalised within its

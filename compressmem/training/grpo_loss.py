@@ -1,4 +1,4 @@
-"""The GRPO objective (DESIGN §3.6): group-normalised advantages and a clipped, masked policy loss.
+"""The GRPO objective: group-normalised advantages and a clipped, masked policy loss.
 
 A rollout of compressmem is several conversations (one per memory update, then the answer); as in
 MemAgent's multi-conversation RL, every token any of them generated gets its rollout's advantage.

@@ -1,4 +1,4 @@
-"""Compressor pre-training (DESIGN §3.6): from a block alone, reconstruct its chunk and continue the text.
+"""Compressor pre-training: from a block alone, reconstruct its chunk and continue the text.
 
 The reasoner is the frozen base model (adapter off). Each example is a chunk and the tokens that
 follow it in the text: the chunk is compressed into a block by the learned compressor, with
