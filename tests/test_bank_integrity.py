@@ -2,6 +2,7 @@
 damaged, missing or escaping shards, and interrupted compressions (resumed, not left half-written)."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -9,7 +10,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from compressmem import BankMismatchError, ChunkingConfig, CompressionConfig, MemoryBank, MemoryConfig, ReadingConfig
+from compressmem import (
+    BankMismatchError,
+    ChunkingConfig,
+    CompressionConfig,
+    GateConfig,
+    MemoryBank,
+    MemoryConfig,
+    NotesConfig,
+    ReadingConfig,
+)
 
 from .conftest import tiny_wrapper
 
@@ -275,3 +285,81 @@ def test_shard_blocks_must_be_a_positive_count(ids_wrapper, essay_text, tmp_path
     with pytest.raises(ValueError, match="shard_blocks must be a positive number of blocks per shard"):
         ids_wrapper.compress_stream([essay_text[:1000]], tmp_path / "bank", shard_blocks=shard_blocks)
     assert not (tmp_path / "bank").exists()
+
+
+LEXICAL = MemoryConfig(chunking=CHUNKS, notes=NotesConfig(note_tokens=4))
+QUESTION = "What did the founders of the startup learn about investors?"
+
+
+@pytest.fixture(scope="module")
+def lexical_model(tokenizer):
+    return tiny_wrapper("llama", tokenizer, LEXICAL)
+
+
+def _flip_a_letter(path, text: bytes):
+    """Change one letter inside `text`, found once in the file at `path`."""
+    data = bytearray(path.read_bytes())
+    at = data.find(text)
+    assert at >= 0 and data.find(text, at + 1) < 0
+    letter = next(i for i in range(at + len(text) // 2, at + len(text)) if chr(data[i]).isalpha())
+    data[letter] = ord("q") if data[letter] != ord("q") else ord("z")
+    path.write_bytes(bytes(data))
+
+
+def _redirect(path, name):
+    """Point every posting of the index tensor `name` in the file at `path` at a block far out of range."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    tensors[name] = torch.full_like(tensors[name], 10**6)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _answer(model, bank):
+    out = model.generate(model.prompt_ids(QUESTION), bank=bank, max_new_tokens=3, do_sample=False,
+                         return_dict_in_generate=True)
+    return out.sequences, out.trace[0].blocks_read
+
+
+@pytest.mark.parametrize("folder", [False, True], ids=["file", "folder"])
+@pytest.mark.parametrize("damage", ["vocabulary", "postings"])
+def test_a_kept_bm25_index_that_was_changed_is_rebuilt_with_a_warning_and_refused_by_verify(
+        lexical_model, essay_text, tmp_path, caplog, folder, damage):
+    bank = lexical_model.compress(essay_text[:3000])
+    lexical_model.prepare(bank)  # builds the BM25 index, kept with the bank and saved with it
+    built = bank.derived("lexical")[0]
+    path = tmp_path / ("bank" if folder else "bank.safetensors")
+    bank.save(path, folder=folder)
+    kept_in = path / "derived-lexical.safetensors" if folder else path
+    if damage == "vocabulary":
+        _flip_a_letter(kept_in, bytes(built["vocabulary"].numpy()))
+    else:
+        _redirect(kept_in, "blocks" if folder else "derived.lexical.blocks")
+    damaged = MemoryBank.load(path)  # its blocks are intact: it opens
+    with pytest.raises(BankMismatchError, match=f"{re.escape(str(kept_in))}.* edited or damaged"):
+        damaged.verify()
+    with caplog.at_level("WARNING"):
+        answered = _answer(lexical_model, damaged)
+    assert "does not match its digest: it was edited or damaged; it is rebuilt" in caplog.text
+    expected = _answer(lexical_model, bank)
+    assert torch.equal(answered[0], expected[0]) and answered[1] == expected[1]
+    assert all(torch.equal(damaged.derived("lexical")[0][k], built[k]) for k in built)  # rebuilt as it was
+    if folder:
+        MemoryBank.load(path, verify=True)  # the rebuilt index replaced the damaged one
+
+
+def test_a_kept_key_index_that_was_damaged_is_rebuilt_not_read(tokenizer, essay_text, tmp_path, caplog):
+    config = KV.replace(gate=GateConfig("attention", layers=(1, 2)), reading=ReadingConfig())
+    model = tiny_wrapper("llama", tokenizer, config)
+    bank = model.compress_stream([essay_text[:3000]], tmp_path / "bank")  # the key index is built and kept
+    kept_in = tmp_path / "bank" / "derived-keys-1-2.safetensors"
+    expected = model.reasoner.gate.index(bank, model.model).keys
+    data = bytearray(kept_in.read_bytes())
+    data[-2] ^= 0x40  # one flipped bit in the packed keys
+    kept_in.write_bytes(bytes(data))
+    damaged = MemoryBank.load(tmp_path / "bank")
+    with pytest.raises(BankMismatchError, match=r"derived-keys-1-2\.safetensors does not match its digest"):
+        damaged.verify()
+    with caplog.at_level("WARNING"):
+        assert torch.equal(model.reasoner.gate.index(damaged, model.model).keys, expected)
+    assert "derived-keys-1-2.safetensors does not match its digest" in caplog.text

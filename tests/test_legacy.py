@@ -1,6 +1,7 @@
 """What release 0.1 wrote still loads and answers the same: its banks (file and folder) and its checkpoints."""
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from compressmem import (
 from .conftest import tiny_wrapper
 
 RELEASE_01 = Path(__file__).parent / "data" / "release-0.1"
+FORMAT_3 = Path(__file__).parent / "data" / "format-3"
 NOTES = NotesConfig(note_tokens=6)
 COMPRESSED = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("select", ratio=4),
                           gate=GateConfig("attention", layers=(1, 2)), reading=ReadingConfig("compressed"), notes=NOTES)
@@ -45,6 +47,35 @@ def test_a_release_01_bank_loads_as_the_bank_this_release_builds_and_answers_the
                for bank in (legacy, fresh)]
     assert torch.equal(answers[0].sequences, answers[1].sequences)
     assert answers[0].trace[0].blocks_read == answers[1].trace[0].blocks_read
+
+
+@pytest.mark.parametrize("name, config", [("compressed.safetensors", COMPRESSED), ("compressed-folder", COMPRESSED),
+                                          ("lexical.safetensors", LEXICAL)])
+def test_a_format_3_bank_answers_as_a_fresh_one_and_rebuilds_its_gate_index_kept_without_a_digest(
+        tokenizer, tmp_path, caplog, name, config):
+    copy = tmp_path / name  # a folder bank takes the rebuilt index in: never write into tests/data
+    (shutil.copytree if (FORMAT_3 / name).is_dir() else shutil.copy)(FORMAT_3 / name, copy)
+    model = tiny_wrapper("llama", tokenizer, config, seed=0)
+    old = MemoryBank.load(copy, verify=True)
+    text = (RELEASE_01 / "text.txt").read_text()
+    if copy.is_dir():  # streamed in the pieces the folder was written from
+        fresh = model.compress_stream([text[:700], text[700:]], tmp_path / "fresh", shard_blocks=3)
+    else:
+        fresh = model.compress(text)
+    assert old.provenance == fresh.provenance and old.nbytes == fresh.nbytes and len(old) == len(fresh) > 3
+    assert all(torch.equal(a.token_ids, b.token_ids) for a, b in zip(old.blocks, fresh.blocks))
+    prompt = model.prompt_ids("Where was Mara Quill born?")
+    with caplog.at_level("WARNING"):
+        answers = [model.generate(prompt, bank=bank, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+                   for bank in (old, fresh)]
+    assert "was kept without a digest (by bank format 3 or earlier); it is rebuilt" in caplog.text
+    assert torch.equal(answers[0].sequences, answers[1].sequences)
+    assert answers[0].trace[0].blocks_read == answers[1].trace[0].blocks_read
+    if copy.is_dir():  # the rebuilt index is kept in the folder, now under a digest
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert MemoryBank.load(copy, verify=True).derived("keys-1-2") is not None
+        assert not caplog.text
 
 
 def test_a_release_01_checkpoint_folder_migrates_on_read(base_folder, tmp_path):

@@ -1,13 +1,18 @@
 """Memory banks: compressed documents (`MemoryBank`), how they were built (`Provenance`), and their one format
-on disk (`storage`)."""
+on disk: `layout` (names and shapes), `writer` (the one writer), `pack` (a folder packed into one file),
+`reader` and `store` (opening and reading), `derived` (the gate indexes kept with a bank, under digests),
+`legacy` (release 0.1's banks)."""
 
 from .bank import Blocks, BlockStore, DerivedIndex, MemoryBank, MemoryStore
 from .block import BlockInfo, MemoryBlock
 from .kept import KeptBlock, KeptKV
+from .layout import INDEX, Prefix, block_tensors, kv_layout, stored_names
 from .provenance import BankMismatchError, BankNeeds, Provenance
-from .storage import BankPart, BankWriter, Entry, Prefix, kv_layout, merge_parts, write_index
+from .reader import read_bank
+from .writer import BankPart, BankWriter, Entry, merge_parts, write_index
 
 __all__ = [
+    "INDEX",
     "BankMismatchError",
     "BankNeeds",
     "BankPart",
@@ -24,7 +29,10 @@ __all__ = [
     "MemoryStore",
     "Prefix",
     "Provenance",
+    "block_tensors",
     "kv_layout",
     "merge_parts",
+    "read_bank",
+    "stored_names",
     "write_index",
 ]

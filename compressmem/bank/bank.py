@@ -8,7 +8,6 @@ length, token count and size come from the blocks' infos, so asking them never l
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -16,13 +15,13 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from .block import BlockTable, MemoryBlock
+from .derived import DerivedIndex, KeptIndexes
 from .kept import KeptKV
+from .layout import Prefix, kv_layout
 from .memo import Memo
+from .pack import write_file, write_folder
 from .provenance import BankNeeds, Provenance
-from .storage import BankWriter, Prefix, kv_layout, read_bank, write_file, write_index
-
-DerivedIndex = tuple[dict[str, torch.Tensor], dict]
-"""A gate index kept with a bank: its tensors and its metadata."""
+from .reader import read_bank
 
 T = TypeVar("T")
 
@@ -58,8 +57,7 @@ class MemoryStore:
         self.blocks = blocks
         self.infos = BlockTable.of([block.info for block in blocks])
         self.memo = Memo()
-        self._derived: dict[str, DerivedIndex] = {}
-        self._lock = threading.Lock()
+        self.kept = KeptIndexes()
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -71,16 +69,13 @@ class MemoryStore:
         return self.blocks[index].token_ids
 
     def derived(self, name: str) -> DerivedIndex | None:
-        with self._lock:
-            return self._derived.get(name)
+        return self.kept.get(name)
 
     def keep_derived(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict, persist: bool = True) -> None:
-        with self._lock:
-            self._derived[name] = (tensors, metadata)
+        self.kept.put(name, tensors, metadata, persist)
 
     def derived_items(self) -> dict[str, DerivedIndex]:
-        with self._lock:
-            return dict(self._derived)
+        return self.kept.items()
 
     def verify(self, show_progress: bool = False) -> None:
         """Nothing to check: blocks in memory are the ones made."""
@@ -251,21 +246,15 @@ class MemoryBank:
         return MemoryBank(self.store, prefix, self.provenance, self.kv, device)
 
     def save(self, path: str | Path, *, folder: bool = False, shard_blocks: int = 256) -> None:
-        """Write the bank as one safetensors file (the index in its metadata), or with `folder` as a bank folder
-        of shards of `shard_blocks` blocks (what `compress_stream` writes). Tensors plus JSON, never pickle;
-        the gate indexes built so far go with it. `MemoryBank.load` reads both."""
-        path = Path(path)
+        """Write the bank as a bank folder of shards of `shard_blocks` blocks (with `folder`: what `compress_stream`
+        writes), or as one safetensors file that packs that folder (its index in the file's metadata). Tensors
+        plus JSON, never pickle; the gate indexes built so far go with it, under their digests.
+        `MemoryBank.load` reads both."""
         derived = self.store.derived_items()
-        if not folder:
-            write_file(path, self.blocks, self.prefix, self.provenance, self.kv, derived)
-            return
-        writer = BankWriter(path, self.provenance, shard_blocks)
-        for block in self.blocks:
-            writer.add(block)
-        write_index(path, [writer.finish()], self.prefix, self.provenance)
-        stored = MemoryBank.load(path).store
-        for name, (tensors, metadata) in derived.items():
-            stored.keep_derived(name, tensors, metadata)
+        if folder:
+            write_folder(path, self.blocks, self.prefix, self.provenance, derived, shard_blocks)
+        else:
+            write_file(path, self.blocks, self.prefix, self.provenance, derived)
 
     @classmethod
     def load(

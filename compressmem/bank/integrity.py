@@ -1,11 +1,13 @@
 """What lets a bank prove it is read as written: a digest per stored field of every block, and a seal over
-the index.
+the index, and a digest over every gate index kept with the bank.
 
 A block's digest (CRC-32) covers each stored tensor's dtype, shape and bytes, so a flipped bit, a header
 that says float where ints were written, or another bank's shard in its place is caught when the block
 is read. The seal is a hash of the index (how the bank was built, its shards with their sizes) together
 with the block table, the digests and the prefix, so an edited `bank.json` (layers reordered, blocks
-cut) or table is caught when the bank is opened.
+cut) or table is caught when the bank is opened. A gate index built later (by a question, in any process)
+cannot join the seal, so it carries its own digest, which names the bank's seal: an index that was edited,
+damaged or copied from another bank is never used.
 """
 
 from __future__ import annotations
@@ -50,4 +52,13 @@ def seal(index: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     hashed = hashlib.sha256(json.dumps(unsealed, sort_keys=True).encode())
     for name in sorted(tensors):
         hashed.update(f"{name}:{tensor_digest([tensors[name]])};".encode())
+    return hashed.hexdigest()
+
+
+def derived_digest(bank_seal: str, name: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
+    """The hash of gate index `name` kept with the bank sealed `bank_seal`: its metadata and every tensor."""
+    described = {"bank": bank_seal, "name": name, "metadata": metadata}
+    hashed = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    for key in sorted(tensors):
+        hashed.update(f"{key}:{tensor_digest([tensors[key]])};".encode())
     return hashed.hexdigest()

@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """One process writes a .safetensors file from the text in memory, or streams it into a folder; several
     stream it into the folder together, each compressing its share of the chunks."""
-    from ..bank.storage import INDEX
+    from ..bank import INDEX
     from ..chunking import text_pieces
     from ..distributed import compress_distributed, process_state
 

@@ -67,7 +67,7 @@ class GateIndex:
         metadata = {"version": INDEX_VERSION, "blocks": len(bank), "layers": list(layers)}
         compression = bank.provenance.compression
         kept = bank.derived(name)
-        if kept is not None and kept[1] == metadata:
+        if kept is not None and all(kept[1].get(key) == value for key, value in metadata.items()):
             return cls(_keys_from(kept[0], compression).to(model.device), kept[0]["offsets"].to(model.device), rotary)
         rows = [bank.layers.index(i) for i in layers]
         keys = []
