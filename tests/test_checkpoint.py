@@ -10,6 +10,7 @@ from compressmem import (
     MemoryConfig,
     ReadingConfig,
 )
+from compressmem.hf.compat import attention_implementation
 
 from .conftest import tiny_model
 
@@ -45,7 +46,7 @@ def test_hf_kwargs_reach_transformers(tokenizer, tmp_path):
     base = _save_tiny_base(tmp_path / "base", tokenizer, 0)
     model = CompressedMemoryModel.from_pretrained(str(base), torch_dtype=torch.bfloat16, attn_implementation="eager",
                                                   show_progress=False)
-    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "eager"
+    assert model.dtype == torch.bfloat16 and attention_implementation(model.model) == "eager"
 
 
 def test_save_writes_a_model_card_and_keeps_an_edited_one(tokenizer, tmp_path):

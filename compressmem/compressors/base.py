@@ -10,12 +10,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from ..hf.adapters import adapter_active
+from ..hf.compat import stop_forward, stoppable_forward
 from ..hf.placement import to_one_device
 from ..hf.probe import probe
-
-
-class LastLayerSeen(Exception):
-    """Ends a compression forward pass early, once the last layer the bank keeps has been seen."""
 
 
 @dataclass
@@ -93,12 +90,12 @@ class Compressor:
             if scoring and layer_idx in wanted:
                 scores[layer_idx] = self.score(query, key, prefix_len)
             if layer_idx == stop_after:
-                raise LastLayerSeen
+                stop_forward()
 
         cache = DynamicCache()
         with (
             adapter_active(model, None),
-            contextlib.suppress(LastLayerSeen),
+            stoppable_forward(),
             probe(model, record) if scoring or stop_after is not None else contextlib.nullcontext(),
         ):
             model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)

@@ -12,7 +12,6 @@ embeddings through the reasoner's attention over the block.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 from pathlib import Path
@@ -31,9 +30,10 @@ from ..hf.adapters import (
     save_adapter,
 )
 from ..hf.cache import RecordingCache
+from ..hf.compat import stop_forward, stoppable_forward
 from ..hf.placement import to_one_device
 from ..hf.probe import probe
-from .base import CompressedChunks, Compressor, LastLayerSeen
+from .base import CompressedChunks, Compressor
 
 ADAPTER = "compressmem_compressor"
 MEMORY_TENSOR = "memory_embeddings"
@@ -141,9 +141,9 @@ class LearnedCompressor(Compressor):
 
         def record(layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> None:
             if layer_idx == stop_after:
-                raise LastLayerSeen
+                stop_forward()
 
-        with adapter_active(model, ADAPTER), probe(model, record), contextlib.suppress(LastLayerSeen):
+        with adapter_active(model, ADAPTER), probe(model, record), stoppable_forward():
             model(inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         start = prefix_len + num_tokens
         kv = [tuple(to_one_device(list(cache.recorded(i)), device)) for i in layers]

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from ..errors import CheckpointMismatchError
+from .compat import turn_off_cpu_repacking, undo_cpu_repacking
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -67,14 +68,8 @@ def keep_quantized_differentiable(model: PreTrainedModel) -> None:
     happened. A no-op for other models.
     """
     for module in model.modules():
-        if "support_avx512bf16_for_cpu" not in vars(module):  # bitsandbytes' own 4-bit layers, not PEFT's wrappers
-            continue
-        module.support_avx512bf16_for_cpu = False
-        weight = module.weight
-        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
-            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+        if turn_off_cpu_repacking(module):  # bitsandbytes' own 4-bit layers, not PEFT's wrappers
+            undo_cpu_repacking(module)
 
 
 def adapter_weights(model: PreTrainedModel, name: str) -> dict[str, torch.nn.Parameter]:

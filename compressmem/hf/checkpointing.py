@@ -18,46 +18,36 @@ from collections.abc import Iterator
 from transformers import PreTrainedModel
 
 from .adapters import active_adapter, adapter_active
+from .compat import (
+    checkpointing_state,
+    has_input_grads_hook,
+    keep_cache_when_checkpointed,
+    restore_checkpointing_state,
+)
 
 
 @contextlib.contextmanager
 def activation_checkpointing(model: PreTrainedModel, enabled: bool) -> Iterator[None]:
     """Train mode for the body, recomputing each decoder layer's activations in the backward pass when `enabled`."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     was_training = model.training
     layers = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")] if enabled else []
-    saved = [
-        (
-            m.gradient_checkpointing,
-            vars(m).get("_gradient_checkpointing_func"),
-            vars(m).get("_can_checkpoint_with_cache"),
-        )
-        for m in layers
-    ]
-    had_input_hook = hasattr(model, "_require_grads_hook")
+    saved = [checkpointing_state(layer) for layer in layers]
+    had_input_hook = has_input_grads_hook(model)
     if enabled:
         context = functools.partial(_recompute_under_current_adapter, model)
         model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": context}
         )
         for layer in layers:
-            if isinstance(layer, GradientCheckpointingLayer):
-                layer._can_checkpoint_with_cache = True
+            keep_cache_when_checkpointed(layer)
     model.train()
     try:
         yield
     finally:
         model.train(was_training)
-        for layer, (flag, function, keeps_cache) in zip(layers, saved):
-            layer.gradient_checkpointing = flag
-            kept = (("_gradient_checkpointing_func", function), ("_can_checkpoint_with_cache", keeps_cache))
-            for name, value in kept:
-                if value is None:
-                    vars(layer).pop(name, None)
-                else:
-                    setattr(layer, name, value)
-        if enabled and not had_input_hook and hasattr(model, "_require_grads_hook"):
+        for layer, state in zip(layers, saved):
+            restore_checkpointing_state(layer, state)
+        if enabled and not had_input_hook and has_input_grads_hook(model):
             model.disable_input_require_grads()
 
 

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .compat import offloaded_weight
+
 _CONFIG_FIELDS = (
     "model_type",
     "hidden_size",
@@ -64,5 +66,5 @@ def _embedding_weight(model: PreTrainedModel) -> torch.Tensor:
     and the weights rest in the module's offload hook)."""
     embeddings = model.get_input_embeddings()
     if embeddings.weight.device.type == "meta":
-        return embeddings._hf_hook.weights_map["weight"]
+        return offloaded_weight(embeddings, "weight")
     return embeddings.weight

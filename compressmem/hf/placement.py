@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from .compat import hook_execution_device
+
 
 def layer_devices(model: PreTrainedModel) -> list[torch.device]:
     """The device each decoder layer computes on, in layer order."""
@@ -32,7 +34,5 @@ def to_one_device(tensors: list[torch.Tensor], device: torch.device) -> list[tor
 
 
 def _execution_device(module: torch.nn.Module) -> torch.device:
-    hook = getattr(module, "_hf_hook", None)
-    if getattr(hook, "execution_device", None) is not None:
-        return torch.device(hook.execution_device)
-    return next(module.parameters()).device
+    device = hook_execution_device(module)
+    return device if device is not None else next(module.parameters()).device

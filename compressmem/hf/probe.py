@@ -15,7 +15,6 @@ model gets its own implementation back when the last prober leaves.
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -23,6 +22,8 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .compat import attention_implementation, eager_attention
 
 PROBE_PREFIX = "compressmem_probe:"
 
@@ -43,7 +44,7 @@ def _stack() -> list[ProbeFn]:
 def _original_attention(implementation: str, module: torch.nn.Module) -> Callable:
     """The attention function `implementation` names for `module` (its modelling file's own eager one)."""
     if implementation == "eager":
-        return sys.modules[type(module).__module__].eager_attention_forward
+        return eager_attention(module)
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
@@ -78,7 +79,7 @@ def _register(implementation: str) -> str:
 
 def _enter(model: PreTrainedModel) -> None:
     with _lock:
-        count, own = _probers.get(id(model), (0, model.config._attn_implementation))
+        count, own = _probers.get(id(model), (0, attention_implementation(model)))
         if count == 0:
             model.set_attn_implementation(_register(own))
         _probers[id(model)] = (count + 1, own)
