@@ -13,6 +13,8 @@ from compressmem import (
     MemoryConfig,
     ReadingConfig,
 )
+from compressmem.chunking import Chunk
+from compressmem.reader import pad_token_id, step_input, step_logprobs
 from compressmem.training.pretrain import (
     PretrainConfig,
     pretrain,
@@ -73,6 +75,33 @@ def test_resumed_run_matches_an_uninterrupted_one(tokenizer, tmp_path):
     assert len(logged) == 6
     loaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=tmp_path / "resumed", show_progress=False)
     assert loaded.memory_config.compression.method == "learned" and len(loaded.compress(TEXT)) > 1
+
+
+def test_pretraining_reads_a_block_exactly_as_inference_does_quantization_included(tokenizer, tmp_path):
+    """The loss pre-training computes is the one inference's own read step (`step_input`, `step_logprobs`) gives
+    for a bank of the same chunks stored in 2 bits, and its gradients still reach the compressor."""
+    tiny_model("llama", tokenizer, 0, initializer_range=0.2).save_pretrained(tmp_path)  # logits a block steers
+    tokenizer.save_pretrained(tmp_path)
+    stored = CompressionConfig("select", ratio=4, bits=2, group=8)
+    config = CONFIG.replace(compression=stored, reading=ReadingConfig("compressed"))
+    plain = CompressedMemoryModel.from_pretrained(str(tmp_path), config=config, show_progress=False)
+    model = start_or_resume(plain, tmp_path / "run")
+    assert model.memory_config.compression == CompressionConfig("learned", ratio=4, bits=2, group=8)
+    pairs = training_pairs(model, [TEXT], continuation_tokens=16)[:2]
+    chunks, continuations = pairs[:, :32], pairs[:, 32:]
+    trainable_weights(model)
+    loss = reconstruction_loss(model, chunks, continuations)
+
+    bank = model.builder.bank([Chunk(ids, 0, 0, None) for ids in chunks], torch.device("cpu"), batch_size=2,
+                              show_progress=False)
+    targets = torch.cat([chunks, continuations], dim=1)
+    with torch.no_grad():
+        reads = [step_input(bank, row, targets[row, :1], "compressed", device=model.model.device,
+                            dtype=model.model.dtype) for row in range(len(bank))]
+        scores, mask = step_logprobs(model.model, reads, list(targets[:, 1:]), pad_token_id(tokenizer))
+    torch.testing.assert_close(loss, -scores[mask].mean(), rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert model.compressor.memory_embeddings.grad.abs().sum() > 0  # straight through the quantization
 
 
 def test_texts_too_short_for_one_window_are_refused(tokenizer):

@@ -5,7 +5,17 @@ from .loop import Reasoner
 from .notes import update_notes
 from .prompts import PromptBuilder, Question, pad_token_id
 from .quotes import Quote, covers, find_quote, found, key_terms
-from .step import Layout, StepInput, Written, cut_at_eos, generate_steps, layout, step_input, step_logprobs
+from .step import (
+    Layout,
+    StepInput,
+    Written,
+    cut_at_eos,
+    generate_steps,
+    layout,
+    recomputed_input,
+    step_input,
+    step_logprobs,
+)
 from .trace import ReadStep, Source, Trace
 
 __all__ = [
@@ -27,6 +37,7 @@ __all__ = [
     "key_terms",
     "layout",
     "pad_token_id",
+    "recomputed_input",
     "step_input",
     "step_logprobs",
     "update_notes",

@@ -18,6 +18,7 @@ from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTra
 
 from ..bank import MemoryBank
 from ..compressors import CompressedChunks
+from ..config import CompressionConfig
 from ..hf.cache import PrefixCache
 from ..hf.placement import layer_devices
 from ..quantize import CHANNELS, TOKENS, dense, fake_quantize
@@ -64,20 +65,50 @@ def step_input(
         loaded = bank.blocks[block]
         kv = (bank.prefix_keys, bank.prefix_values, dense(loaded.keys.to(device)), dense(loaded.values.to(device)))
     else:
-        compression = bank.provenance.compression
-        bits, group = compression.bits, compression.group
-        kv = (
-            recomputed.prefix_keys,
-            recomputed.prefix_values,
-            fake_quantize(recomputed.keys[0], bits, group, TOKENS),
-            fake_quantize(recomputed.values[0], bits, group, CHANNELS),
-        )
+        kv = _stored_as(recomputed, 0, bank.provenance.compression)
+    return _after_prefix(kv, prompt_ids, bank.prefix_ids.numel() + bank.infos[block].num_tokens, device, dtype)
+
+
+def recomputed_input(
+    recomputed: CompressedChunks,
+    row: int,
+    compression: CompressionConfig,
+    prompt_ids: torch.Tensor,
+    first_position: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> StepInput:
+    """What reading row `row` of `recomputed` (chunks compressed with gradients by a trainer, not yet in a bank)
+    with `prompt_ids` feeds the model: exactly what `step_input` builds from a bank whose blocks were made with
+    `compression`. The block's KV is read back as that bank stores it (quantized blocks fake-quantized, with
+    gradients passing straight through), after the prefix's KV; the prompt starts at RoPE position
+    `first_position` (the prefix's and the chunk's tokens). KV lands on `device` in `dtype`."""
+    return _after_prefix(_stored_as(recomputed, row, compression), prompt_ids, first_position, device, dtype)
+
+
+def _stored_as(recomputed: CompressedChunks, row: int, compression: CompressionConfig) -> tuple[torch.Tensor, ...]:
+    """Prefix keys and values, then row `row`'s block keys and values as a bank made with `compression` reads them
+    back (the bank's prefix is stored as computed; its blocks quantized as `BankBuilder` quantizes them)."""
+    bits, group = compression.bits, compression.group
+    return (
+        recomputed.prefix_keys,
+        recomputed.prefix_values,
+        fake_quantize(recomputed.keys[row], bits, group, TOKENS),
+        fake_quantize(recomputed.values[row], bits, group, CHANNELS),
+    )
+
+
+def _after_prefix(
+    kv: tuple[torch.Tensor, ...],
+    prompt_ids: torch.Tensor,
+    first_position: int,
+    device: torch.device | None,
+    dtype: torch.dtype | None,
+) -> StepInput:
+    """A read of the KV prefix `kv` (prefix keys, prefix values, block keys, block values) then `prompt_ids`."""
     prefix_keys, prefix_values, keys, values = (t.to(device=device, dtype=dtype) for t in kv)
     return StepInput(
-        torch.cat([prefix_keys, keys], dim=2),
-        torch.cat([prefix_values, values], dim=2),
-        prompt_ids,
-        bank.prefix_ids.numel() + bank.infos[block].num_tokens,
+        torch.cat([prefix_keys, keys], dim=2), torch.cat([prefix_values, values], dim=2), prompt_ids, first_position
     )
 
 

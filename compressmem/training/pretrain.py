@@ -4,9 +4,10 @@ The reasoner is the frozen base model (adapter off). Each example is a chunk and
 follow it in the text: the chunk is compressed into a block by the learned compressor, with
 gradients, and the base model, reading only that block (after the shared section prefix, at the
 positions the reasoner uses), is scored by cross-entropy on the chunk's own tokens (reconstruction)
-and then on the next ones (continuation). Only the compressor's LoRA adapter and memory embeddings
-learn. Checkpoints are compressmem checkpoints plus `trainer_state.safetensors` (step and AdamW
-state, no pickle), so a run resumes where it stopped.
+and then on the next ones (continuation). The block is read exactly as inference reads a block of
+a bank this model builds, quantization included (`reader.recomputed_input`). Only the compressor's
+LoRA adapter and memory embeddings learn. Checkpoints are compressmem checkpoints plus
+`trainer_state.safetensors` (step and AdamW state, no pickle), so a run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..compressors import LearnedCompressor
 from ..config import CompressionConfig, MemoryConfig
 from ..hf.adapters import keep_quantized_differentiable
 from ..model import CompressedMemoryModel
-from ..reader import StepInput, pad_token_id, step_logprobs
+from ..reader import pad_token_id, recomputed_input, step_logprobs
 from .state import TRAINER_STATE, peak_memory_mib, read_log, resume_trainer_state, save_trainer_state, write_log
 
 LOG_FILE = "pretrain_log.jsonl"
@@ -49,20 +50,23 @@ def reconstruction_loss(
     model: CompressedMemoryModel, chunk_ids: torch.Tensor, continuation_ids: torch.Tensor
 ) -> torch.Tensor:
     """Cross-entropy of the frozen base model rebuilding `chunk_ids` `[B, n]` and continuing with
-    `continuation_ids` `[B, t]` from the chunks' blocks alone, each read as the reasoner reads a block
-    (`reader.step_input`, `step_logprobs`) with the block recomputed with gradients."""
+    `continuation_ids` `[B, t]` from the chunks' blocks alone, the blocks recomputed with gradients and each
+    read exactly as the reasoner reads a block of a bank this model builds (`reader.recomputed_input`, the
+    compressed read of `step_input`, then `step_logprobs`): after the bank's prefix, at the positions after
+    the chunk, and quantized as the bank would store it (fake-quantized, gradients passing straight through)."""
     if not isinstance(model.compressor, LearnedCompressor):
         raise TypeError(
             "reconstruction_loss trains a learned compressor; build the model with compression method 'learned'."
         )
-    blocks = model.builder.forward(chunk_ids)
+    builder = model.builder
+    blocks = builder.forward(chunk_ids)
     targets = torch.cat([chunk_ids, continuation_ids], dim=1)
-    first = model.prompts.section_prefix_ids().numel() + chunk_ids.shape[1]
-    inputs = []
-    for row in range(chunk_ids.shape[0]):
-        keys = torch.cat([blocks.prefix_keys, blocks.keys[row]], dim=2)
-        values = torch.cat([blocks.prefix_values, blocks.values[row]], dim=2)
-        inputs.append(StepInput(keys, values, targets[row, :1], first))
+    first = builder.prefix_ids.numel() + chunk_ids.shape[1]
+    place = {"device": model.model.device, "dtype": model.model.dtype}
+    inputs = [
+        recomputed_input(blocks, row, builder.compression, targets[row, :1], first, **place)
+        for row in range(chunk_ids.shape[0])
+    ]
     scores, mask = step_logprobs(model.model, inputs, list(targets[:, 1:]), pad_token_id(model.tokenizer))
     return -scores[mask].mean()
 
@@ -179,12 +183,15 @@ def start_or_resume(
 ) -> CompressedMemoryModel:
     """`model`'s base with the learned compressor of the run in `out`, or a fresh one (LoRA rank `rank`)
     when `out` holds no run yet. The configuration is `config` (default: `model`'s), compressing with
-    method 'learned' at `ratio` (default: the configuration's ratio, else 4) and reading compressed blocks."""
+    method 'learned' at `ratio` (default: the configuration's ratio, else 4), storing blocks in the
+    configuration's bits (so that pre-training reads them quantized as its banks will be) and reading
+    compressed blocks."""
     current = config or model.memory_config
+    stored = current.compression or CompressionConfig()
     if ratio is None:
         ratio = current.compression.ratio if current.compression is not None else None
     config = current.replace(
-        compression=CompressionConfig("learned", ratio),
+        compression=CompressionConfig("learned", ratio, bits=stored.bits, group=stored.group),
         reading=dataclasses.replace(current.reading, mode="compressed", keep_bits=0, keep_mib=None),
     )
     if (Path(out) / TRAINER_STATE).is_file():
