@@ -15,6 +15,7 @@ from compressmem import (
     ReadingConfig,
 )
 from compressmem.compressors import LearnedCompressor
+from compressmem.hf.compat import attention_implementation
 from compressmem.training.grpo import with_reasoner_adapter
 
 from .conftest import tiny_model, tiny_wrapper
@@ -59,12 +60,12 @@ def test_threads_answering_on_one_model_get_the_answers_they_get_one_after_the_o
         return out.sequences.tolist(), out.trace[0].blocks_read, [s.output_ids for s in out.trace[0].steps]
 
     alone = [ask(job) for job in jobs]
-    implementation = model.model.config._attn_implementation
+    implementation = attention_implementation(model.model)
     for _ in range(2):
         with ThreadPoolExecutor(len(jobs)) as pool:
             together = list(pool.map(ask, jobs))
         assert together == alone
-    assert model.model.config._attn_implementation == implementation  # the probe left the model as it found it
+    assert attention_implementation(model.model) == implementation  # the probe left the model as it found it
     ids = model.prompt_ids("Plain generate?")
     assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False),
                        model.model.generate(ids, max_new_tokens=4, do_sample=False))  # no adapter left on

@@ -15,6 +15,7 @@ from compressmem import (
 )
 from compressmem.compressors import LearnedCompressor
 from compressmem.hf.checkpointing import activation_checkpointing
+from compressmem.hf.compat import CHECKPOINTING_ATTRIBUTES, attention_implementation, has_input_grads_hook
 from compressmem.training.grpo import (
     GRPOConfig,
     GRPOExample,
@@ -185,8 +186,8 @@ def test_the_trainer_puts_the_users_model_back_as_it_found_it(tokenizer, tmp_pat
                 show_progress=False).train()
     assert {name: weight.requires_grad for name, weight in base.named_parameters()} == before
     assert not base.training and not any(m.gradient_checkpointing for m in layers)
-    assert not any("_can_checkpoint_with_cache" in vars(m) for m in layers)
-    assert base.config._attn_implementation == "sdpa" and not hasattr(base, "_require_grads_hook")
+    assert not any(name in vars(m) for m in layers for name in CHECKPOINTING_ATTRIBUTES[1:])
+    assert attention_implementation(base) == "sdpa" and not has_input_grads_hook(base)
 
 
 def test_grpo_checks_its_inputs(tokenizer, tmp_path):
