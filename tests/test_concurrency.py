@@ -69,3 +69,36 @@ def test_threads_answering_on_one_model_get_the_answers_they_get_one_after_the_o
     ids = model.prompt_ids("Plain generate?")
     assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False),
                        model.model.generate(ids, max_new_tokens=4, do_sample=False))  # no adapter left on
+
+
+RAW_KEPT = MemoryConfig(chunking=ChunkingConfig(48), gate=None, reading=ReadingConfig(keep_bits=8, until="all"),
+                        notes=NOTES)
+
+
+def test_two_models_answering_on_one_bank_from_threads_keep_their_own_kv_and_answer_as_one_after_the_other(
+    tokenizer, essay_text
+):
+    """Two wrappers (same weights, two model objects: two owners of kept KV) share a bank from several threads,
+    raw reading with kept KV: no read fails on the other's KV, neither clears the other's, and each answer is
+    the one it gets alone."""
+    first, second = tiny_wrapper("llama", tokenizer, RAW_KEPT), tiny_wrapper("llama", tokenizer, RAW_KEPT)
+    bank = first.compress(essay_text[:900])
+    questions = ["What is this about?", "Who is the author?", "Why does it matter?"]
+    jobs = [(model, question) for question in questions for model in (first, second)]
+
+    def ask(job):
+        model, question = job
+        out = model.generate(model.prompt_ids(question), bank=bank, max_new_tokens=4, do_sample=False,
+                             return_dict_in_generate=True)
+        steps = out.trace[0].steps
+        return out.sequences.tolist(), [s.output_ids for s in steps], [s.reused for s in steps]
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        list(pool.map(ask, jobs))  # both models pre-fill every block and keep its KV at once: no read may fail
+    alone = [ask(job) for job in jobs]
+    assert all(reused == [True] * len(bank) for _, _, reused in alone)  # the two never cleared each other's KV
+    assert bank.kept.owners == {first.reasoner.keeper, second.reasoner.keeper} and len(bank.kept) == 2 * len(bank)
+    for _ in range(2):
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            together = list(pool.map(ask, jobs))
+        assert together == alone

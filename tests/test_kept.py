@@ -1,13 +1,15 @@
 """Raw reads keep the KV they computed (`ReadingConfig.keep_bits`) and a later read of the block reads it instead."""
 
+import gc
+
 import pytest
 import torch
 
 from compressmem import ChunkingConfig, CompressionConfig, ConfigError, MemoryConfig, NotesConfig, ReadingConfig
-from compressmem.bank import KeptBlock, KeptKV
+from compressmem.bank import KeptBlock, KeptKV, owner_token
 from compressmem.config import DEFAULT_KEEP_BITS
 from compressmem.quantize import CHANNELS, TOKENS, quantize
-from compressmem.reader import StepInput, generate_steps
+from compressmem.reader import Reasoner, StepInput, generate_steps
 
 from .conftest import tiny_wrapper
 
@@ -85,16 +87,58 @@ def test_rollouts_never_read_kept_kv(tokenizer, essay_text):
     assert traces[0].steps and not any(step.reused for step in traces[0].steps)
 
 
-def test_a_bank_read_by_another_model_never_reads_the_kv_the_first_one_kept(tokenizer, essay_text):
+def _reused(model, bank, question: str = "Who?") -> list[bool]:
+    trace = model.generate(model.prompt_ids(question), bank=bank, max_new_tokens=2, return_dict_in_generate=True)
+    return [step.reused for step in trace.trace[0].steps]
+
+
+def test_a_bank_read_by_another_model_never_reads_the_kv_the_first_one_kept_and_keeps_its_own_beside(
+    tokenizer, essay_text
+):
     """Another model object (here the same weights, so the bank's fingerprint passes; with another adapter or
-    dtype it would compute other KV) reads the tokens, not what the first one kept."""
+    dtype it would compute other KV) reads the tokens, not what the first one kept, and keeps its own KV beside
+    the first one's: neither clears the other's, so both read their kept KV from then on."""
     first, other = tiny_wrapper("llama", tokenizer, KEEP), tiny_wrapper("llama", tokenizer, KEEP)
     bank = first.compress(essay_text[:700])
-    first.generate(first.prompt_ids("Who?"), bank=bank, max_new_tokens=2)
+    _reused(first, bank)
     assert len(bank.kept) == len(bank) and bank.kept.get(0, other.reasoner.keeper) is None
-    trace = other.generate(other.prompt_ids("Who?"), bank=bank, max_new_tokens=2, return_dict_in_generate=True).trace[0]
-    assert trace.steps and not any(step.reused for step in trace.steps)
-    assert bank.kept.owner == other.reasoner.keeper  # the other model's KV replaced the first one's
+    assert _reused(other, bank) == [False] * len(bank)
+    assert bank.kept.owners == {first.reasoner.keeper, other.reasoner.keeper} and len(bank.kept) == 2 * len(bank)
+    assert _reused(first, bank) == [True] * len(bank) and _reused(other, bank) == [True] * len(bank)
+
+
+def test_kv_kept_for_a_collected_model_is_never_read_by_a_later_model_at_the_same_address():
+    """`id()` of a model that was garbage collected may be a later model's: the owner key must not be."""
+
+    class Model:  # what the reasoner's owner key reads of a model
+        dtype = torch.float32
+
+    def reasoner(model: Model) -> Reasoner:
+        return Reasoner(model, prompts=None, reading=ReadingConfig(keep_bits=8), notes=NotesConfig(), gate=None,
+                        gate_config=None)
+
+    kept = KeptKV()
+    gone = Model()
+    keys = torch.randn(2, 2, 8, 16)
+    block = KeptBlock(quantize(keys, 8, 32, TOKENS), quantize(keys, 8, 32, CHANNELS))
+    kept.put(0, block, (keys[:, :, :2], keys[:, :, :2]), 1 << 20, reasoner(gone).keeper)
+    address = id(gone)
+    del gone
+    gc.collect()
+    later = _object_at(address, Model)
+    assert kept.get(0, reasoner(later).keeper) is None
+    assert owner_token(later) == owner_token(later) != owner_token(Model())
+
+
+def _object_at(address: int, make):
+    """A new object from `make()` at `address` (CPython hands a freed slot to the next object of its size)."""
+    held = []
+    for _ in range(10_000):
+        candidate = make()
+        if id(candidate) == address:
+            return candidate
+        held.append(candidate)
+    pytest.skip("the interpreter gave no new object the freed address")
 
 
 def test_sliding_window_layers_keep_nothing(tokenizer, essay_text):

@@ -5,7 +5,7 @@ on disk: `layout` (names and shapes), `writer` (the one writer), `pack` (a folde
 
 from .bank import Blocks, BlockStore, DerivedIndex, MemoryBank, MemoryStore
 from .block import BlockInfo, MemoryBlock
-from .kept import KeptBlock, KeptKV
+from .kept import KeptBlock, KeptKV, owner_token
 from .layout import INDEX, Prefix, block_tensors, kv_layout, stored_names
 from .provenance import BankMismatchError, BankNeeds, Provenance
 from .reader import read_bank
@@ -32,6 +32,7 @@ __all__ = [
     "block_tensors",
     "kv_layout",
     "merge_parts",
+    "owner_token",
     "read_bank",
     "stored_names",
     "write_index",

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..bank import KeptBlock, MemoryBank
+from ..bank import KeptBlock, MemoryBank, owner_token
 from ..config import DEFAULT_GROUP, GateConfig, NotesConfig, ReadingConfig
 from ..gate import Gate
 from ..hf.adapters import ReasonerAdapter, adapter_active
@@ -228,13 +228,14 @@ class Reasoner:
             quantize(keys[:, :, p:], bits, DEFAULT_GROUP, TOKENS),
             quantize(values[:, :, p:], bits, DEFAULT_GROUP, CHANNELS),
         )
-        prefix = (keys[:, :, :p].clone(), values[:, :, :p].clone()) if bank.kept.needs_prefix(self.keeper) else None
+        prefix = (keys[:, :, :p], values[:, :, :p])  # copied by `put` only when this owner has no prefix kept yet
         bank.kept.put(block, kept, prefix, self.reading.keep_mib << 20, self.keeper)
 
     @property
     def keeper(self) -> tuple:
-        """Who computes the KV a raw read keeps: the model, the reasoner's adapter and the dtype."""
-        return id(self.model), None if self.adapter is None else self.adapter.name, str(self.model.dtype)
+        """Who computes the KV a raw read keeps: the model (by `owner_token`, which a later model at the same
+        address never shares), the reasoner's adapter and the dtype."""
+        return owner_token(self.model), None if self.adapter is None else self.adapter.name, str(self.model.dtype)
 
 
 @dataclass
