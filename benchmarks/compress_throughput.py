@@ -51,7 +51,8 @@ def main() -> None:
     print("| configuration | compress tok/s | prefill tok/s | compress / prefill |\n|---|---|---|---|")
     for name, settings in CONFIGS.items():
         config = configuration(args.chunk_size, *settings)
-        model = CompressedMemoryModel(base.model, base.tokenizer, config, base.base_name, show_progress=False)
+        model = CompressedMemoryModel(base.model, base.tokenizer, memory_config=config, base_name=base.base_name,
+                                      show_progress=False)
         start = time.perf_counter()
         model.compress(ids, batch_size=batch)
         compress_rate = ids.numel() / (time.perf_counter() - start)

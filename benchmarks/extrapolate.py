@@ -61,7 +61,8 @@ def reader(chunk_size: int):
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_folder())
     config = MemoryConfig(chunking=ChunkingConfig(chunk_size), notes=NotesConfig(note_tokens=NOTE_TOKENS))
-    return CompressedMemoryModel(tiny_model(tokenizer), tokenizer, config, base_name="tiny-llama", show_progress=False)
+    return CompressedMemoryModel(tiny_model(tokenizer), tokenizer, memory_config=config, base_name="tiny-llama",
+                                 show_progress=False)
 
 
 def write_text(haystack: str, chars: int, folder: Path) -> tuple[Path, int]:

@@ -21,7 +21,8 @@ def run(model, config, cases, banks) -> tuple[float, float]:
     from compressmem import CompressedMemoryModel
     from compressmem.eval import substring_match
 
-    reader = CompressedMemoryModel(model.model, model.tokenizer, config, model.base_name, show_progress=False)
+    reader = CompressedMemoryModel(model.model, model.tokenizer, memory_config=config, base_name=model.base_name,
+                                   show_progress=False)
     tok = model.tokenizer
     score = recall = 0
     for case, bank in zip(cases, banks):
@@ -62,8 +63,8 @@ def main() -> None:
             compression = CompressionConfig("select", ratio, score)
             compressed = MemoryConfig(chunking=ChunkingConfig(1024), compression=compression, gate=None,
                                       reading=ReadingConfig("compressed"))
-            builder = CompressedMemoryModel(base.model, base.tokenizer, compressed, base.base_name,
-                                            show_progress=False)
+            builder = CompressedMemoryModel(base.model, base.tokenizer, memory_config=compressed,
+                                            base_name=base.base_name, show_progress=False)
             banks = [builder.compress(case.context) for case in cases]
             accuracy, _ = run(base, compressed, cases, banks)
             gated = compressed.replace(reading=ReadingConfig("raw"), gate=GateConfig("attention", top_k=1))

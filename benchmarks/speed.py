@@ -52,7 +52,7 @@ def load(args: argparse.Namespace):
     with torch.device(args.device):
         model = AutoModelForCausalLM.from_config(shape, torch_dtype=dtype).eval()
     model.generation_config.eos_token_id = model.generation_config.pad_token_id = smollm2.tokenizer.eos_token_id
-    return CompressedMemoryModel(model, smollm2.tokenizer, config, base_name=f"random-{args.shape}",
+    return CompressedMemoryModel(model, smollm2.tokenizer, memory_config=config, base_name=f"random-{args.shape}",
                                  show_progress=False)
 
 

@@ -65,7 +65,10 @@ class Answer:
 class CompressedMemoryModel:
     """Wraps a causal LM: `generate(..., context=long_text)` answers over contexts of any length.
 
-    Attributes the wrapper does not define (`config`, `device`, `dtype`, ...) are the base model's.
+    `CompressedMemoryModel(model, tokenizer, memory_config=..., ...)`: every argument after the tokenizer is
+    given by keyword. Attributes the wrapper does not define (`config`, `device`, `dtype`, ...) are the base
+    model's; `to`, `cuda`, `cpu`, `half`, `bfloat16`, `float`, `train` and `eval` act as a module's do (on the
+    base model and the wrapper's own trained parts) and return the wrapper.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class CompressedMemoryModel:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         memory_config: MemoryConfig | None = None,
+        *,
         base_name: str | None = None,
         show_progress: bool = True,
         gate_head: GateHead | None = None,
@@ -150,7 +154,7 @@ class CompressedMemoryModel:
             hf_kwargs["revision"] = base_revision
         model, tokenizer = _load_base(source, hf_kwargs)
         if saved is None:
-            return cls(model, tokenizer, config, base, show_progress)
+            return cls(model, tokenizer, memory_config=config, base_name=base, show_progress=show_progress)
         saved.check_base(fingerprint_model(model, tokenizer, base))
         chosen = config or saved.config
         compressor = adapter = None
@@ -162,7 +166,16 @@ class CompressedMemoryModel:
             compressor = LearnedCompressor.load(model, saved.compressor_folder, chosen.compression.ratio)
         if saved.reasoner_folder is not None:
             adapter = ReasonerAdapter.load(model, saved.reasoner_folder)
-        return cls(model, tokenizer, chosen, base, show_progress, saved.gate_head, compressor, adapter)
+        return cls(
+            model,
+            tokenizer,
+            memory_config=chosen,
+            base_name=base,
+            show_progress=show_progress,
+            gate_head=saved.gate_head,
+            compressor=compressor,
+            reasoner_adapter=adapter,
+        )
 
     def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> CompressedMemoryModel:
         """The same base model (no reload, no copy) under another `MemoryConfig`, e.g. to compare modes."""
@@ -172,12 +185,12 @@ class CompressedMemoryModel:
         return type(self)(
             self.model,
             self.tokenizer,
-            memory_config,
-            self.base_name,
-            show,
-            self.gate_head,
-            learned,
-            self.reasoner_adapter,
+            memory_config=memory_config,
+            base_name=self.base_name,
+            show_progress=show,
+            gate_head=self.gate_head,
+            compressor=learned,
+            reasoner_adapter=self.reasoner_adapter,
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -186,6 +199,63 @@ class CompressedMemoryModel:
         return getattr(self.model, name)
 
     def save_pretrained(self, directory: str | Path, evaluation: Mapping[str, float | str] | None = None) -> None:
+    def to(self, *args: Any, **kwargs: Any) -> CompressedMemoryModel:
+        """Move and/or cast the base model as `torch.nn.Module.to` does (`"cuda"`, `torch.bfloat16`, ...), and
+        move the gate head and the learned compressor's memory embeddings to its device; returns the wrapper.
+
+        The wrapper's own trained parts stay in float32 whatever the base model's dtype (they are a few
+        thousand weights, cast where they are used). Banks stay where they are: their blocks move to the
+        model's device one at a time as they are read.
+        """
+        self.model.to(*args, **kwargs)
+        return self._follow_model()
+
+    def cuda(self, device: int | torch.device | None = None) -> CompressedMemoryModel:
+        """The wrapper with the base model (and its own parts) on a GPU, as `torch.nn.Module.cuda`."""
+        self.model.cuda(device)
+        return self._follow_model()
+
+    def cpu(self) -> CompressedMemoryModel:
+        """The wrapper with the base model (and its own parts) on the CPU."""
+        self.model.cpu()
+        return self._follow_model()
+
+    def half(self) -> CompressedMemoryModel:
+        """The wrapper with the base model in float16 (see `to`)."""
+        self.model.half()
+        return self._follow_model()
+
+    def bfloat16(self) -> CompressedMemoryModel:
+        """The wrapper with the base model in bfloat16 (see `to`)."""
+        self.model.bfloat16()
+        return self._follow_model()
+
+    def train(self, mode: bool = True) -> CompressedMemoryModel:
+        """The wrapper with the base model and the gate head in training mode (`mode=False`: evaluation)."""
+        self.model.train(mode)
+        if self.gate_head is not None:
+            self.gate_head.train(mode)
+        return self
+
+    def eval(self) -> CompressedMemoryModel:
+        """The wrapper with the base model and the gate head in evaluation mode (dropout off)."""
+        return self.train(False)
+
+    def _follow_model(self) -> CompressedMemoryModel:
+        """Put the gate head and the learned compressor's memory embeddings on the base model's device (the
+        embeddings' in place, so an optimizer holding them keeps them)."""
+        device = self.model.get_input_embeddings().weight.device
+        if self.gate_head is not None:
+            self.gate_head.to(device)
+        if isinstance(self.compressor, LearnedCompressor):
+            embeddings = self.compressor.memory_embeddings
+            moved = embeddings.data.to(device)
+            try:
+                embeddings.data = moved
+            except RuntimeError:  # a device whose tensors cannot stand in for another's (meta): a new parameter
+                self.compressor.memory_embeddings = torch.nn.Parameter(moved, requires_grad=embeddings.requires_grad)
+        return self
+
         """Write the checkpoint: `compressmem_config.json` (format, base model fingerprint, MemoryConfig)
         and the trained parts the wrapper has: `gate_head.safetensors`, `compressor/` (the learned
         compressor's LoRA adapter in PEFT layout plus its memory embeddings) and `reasoner/` (the
@@ -390,28 +460,38 @@ class CompressedMemoryModel:
         banks: list[MemoryBank],
         generation_kwargs: dict[str, Any],
         notes_kwargs: dict[str, Any] | None = None,
-        logprobs: bool = False,
     ):
         """`generate()`'s work once each row has its question and its bank: read, then answer.
 
         `generation_kwargs` apply to the answer; `notes_kwargs` (e.g. `do_sample`, `temperature`) to the
-        reads, which are otherwise greedy; `logprobs` records the log-probability of every token the reads
-        wrote in the traces. Rollouts for reinforcement learning sample both.
-
-        A row whose notes do not answer its question (`Trace.found` False) gets the configured not-found text
-        and no generated answer (unless `PromptConfig.not_found` is None; rollouts, `logprobs`, always answer:
-        the reward judges them); per-token fields
-        of a dict output (`scores`, `logits`, ...) are then left out, since not every row has them.
+        reads, which are otherwise greedy. A row whose notes do not answer its question (`Trace.found`
+        False) gets the configured not-found text and no generated answer (unless `PromptConfig.not_found`
+        is None); per-token fields of a dict output (`scores`, `logits`, ...) are then left out, since not
+        every row has them.
         """
         needs = self.bank_needs()
+        return self._read_and_answer(input_ids, questions, banks, generation_kwargs, notes_kwargs, rollouts=False)
+
+    def _read_and_answer(
+        self,
+        input_ids: torch.Tensor,
+        questions: list[Question],
+        banks: list[MemoryBank],
+        generation_kwargs: dict[str, Any],
+        notes_kwargs: dict[str, Any] | None,
+        rollouts: bool,
+    ):
+        """`answer_from_banks`; for `rollouts` (reinforcement learning: `sample_training_rollouts`), the traces
+        also record the log-probability of every token the reads wrote, no read uses kept KV, and every row
+        is answered (the reward judges it)."""
         for bank in {id(b): b for b in banks}.values():
             if not isinstance(bank, MemoryBank):
                 raise ValueError(
                     f"bank must be a MemoryBank (from compress() or MemoryBank.load), got {type(bank).__name__}."
                 )
             bank.check(needs)
-        traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, notes_kwargs, logprobs)
-        guess = logprobs or self.memory_config.prompts.not_found is None  # rollouts always answer: the reward judges
+        traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, notes_kwargs, rollouts)
+        guess = rollouts or self.memory_config.prompts.not_found is None
         answered = [row for row, trace in enumerate(traces) if trace.found or guess]
         prompts = {row: self.prompts.answer_ids(questions[row], traces[row].notes) for row in answered}
         for row, prompt in prompts.items():
@@ -527,6 +607,26 @@ class CompressedMemoryModel:
     def _show(self, show_progress: bool | None) -> bool:
         return self.show_progress if show_progress is None else show_progress
 
+
+    def float(self) -> CompressedMemoryModel:  # last in the class: the name shadows the builtin in its body
+        """The wrapper with the base model in float32 (see `to`)."""
+        self.model.float()
+        return self._follow_model()
+
+
+def sample_training_rollouts(
+    model: CompressedMemoryModel,
+    input_ids: torch.Tensor,
+    questions: list[Question],
+    banks: list[MemoryBank],
+    generation_kwargs: dict[str, Any],
+    notes_kwargs: dict[str, Any],
+) -> CompressedGenerateOutput:
+    """For trainers (`compressmem.training`'s GRPO), not for answering: `model.answer_from_banks`, with every
+    row answered (the reward judges it, found or not), every read pre-filled rather than read from kept KV (the
+    loss scores reads as they were made), and each written token's log-probability in the traces.
+    `generation_kwargs` must ask for a dict output (`return_dict_in_generate=True`)."""
+    return model._read_and_answer(input_ids, questions, banks, generation_kwargs, notes_kwargs, rollouts=True)
 
 def _method(config: MemoryConfig) -> str | None:
     return None if config.compression is None else config.compression.method

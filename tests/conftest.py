@@ -82,7 +82,7 @@ def base_folder(tokenizer, tmp_path) -> str:
 def tiny_wrapper(arch: str, tokenizer, config: MemoryConfig | None = None, seed: int = 0,
                  **overrides) -> CompressedMemoryModel:
     return CompressedMemoryModel(tiny_model(arch, tokenizer, seed, **overrides), tokenizer,
-                                 config or MemoryConfig(chunking=ChunkingConfig(64)),
+                                 memory_config=config or MemoryConfig(chunking=ChunkingConfig(64)),
                                  base_name=f"tiny-{arch}-{seed}", show_progress=False)
 
 

@@ -31,8 +31,8 @@ def _with_adapters(tokenizer) -> CompressedMemoryModel:
     """A learned compressor and a reasoner adapter, both nonzero: each pass must run under its own adapter."""
     model = tiny_model("llama", tokenizer)
     compressor = LearnedCompressor.initialise(model, 4, 48, seed=0)
-    wrapper = with_reasoner_adapter(CompressedMemoryModel(model, tokenizer, LEARNED, "tiny", False,
-                                                          compressor=compressor), seed=1)
+    wrapper = with_reasoner_adapter(CompressedMemoryModel(model, tokenizer, memory_config=LEARNED, base_name="tiny",
+                                                          show_progress=False, compressor=compressor), seed=1)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, weight in model.named_parameters():

@@ -103,8 +103,8 @@ def test_gate_head_config_needs_weights_and_matching_layers(tokenizer):
         tiny_wrapper("llama", tokenizer, config)
     with pytest.raises(ConfigError, match="gate.layers applies to kind='attention' only.*brings its own"):
         GateConfig("head", layers=(0,))
-    model = CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, config, gate_head=GateHead((2, 3), 4),
-                                  show_progress=False)
+    model = CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, memory_config=config,
+                                  gate_head=GateHead((2, 3), 4), show_progress=False)
     assert model.gate_layers == (2, 3)
     assert model.compress(_context()).layers == (2, 3)
     attention = model.with_config(HEAD_CONFIG.replace(gate=GateConfig("attention", layers=(0,))))
@@ -121,7 +121,8 @@ def test_checkpoint_carries_the_head_and_reads_with_it(tokenizer, tmp_path):
     config = READ_BY_HEAD.replace(gate=GateConfig("head", threshold=0.0, top_k=None),
                                   reading=ReadingConfig(order="score", max_steps=2, until="all"))
     plain = CompressedMemoryModel.from_pretrained(str(base), show_progress=False)
-    model = CompressedMemoryModel(plain.model, tokenizer, config, str(base), False, head)
+    model = CompressedMemoryModel(plain.model, tokenizer, memory_config=config, base_name=str(base), show_progress=False,
+                                  gate_head=head)
     model.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "gate_head.safetensors").is_file()
 

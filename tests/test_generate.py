@@ -4,6 +4,7 @@ import torch
 from compressmem import (
     ChunkingConfig,
     CompressedGenerateOutput,
+    CompressedMemoryModel,
     CompressionConfig,
     ConfigError,
     GateConfig,
@@ -13,8 +14,10 @@ from compressmem import (
     ReadingConfig,
     Trace,
 )
+from compressmem.compressors import LearnedCompressor
+from compressmem.gate import GateHead
 
-from .conftest import ARCHS, tiny_wrapper
+from .conftest import ARCHS, tiny_model, tiny_wrapper
 
 NOTES = NotesConfig(note_tokens=4)
 GUESS = PromptConfig(not_found=None)  # these tests check generation itself: an answer is generated from any notes
@@ -47,6 +50,53 @@ def test_attributes_fall_through_to_the_base_model(tokenizer):
     assert wrapper.device == wrapper.model.device and wrapper.dtype == wrapper.model.dtype
     with pytest.raises(AttributeError):
         getattr(wrapper, "no_such_attribute")
+
+
+PARTS = MemoryConfig(chunking=ChunkingConfig(48), compression=CompressionConfig("learned", ratio=4),
+                     gate=GateConfig("head", top_k=2), reading=ReadingConfig("compressed"), notes=NOTES, prompts=GUESS)
+
+
+def _with_own_parts(tokenizer) -> CompressedMemoryModel:
+    """A wrapper with every part of its own a device move concerns: a gate head and a learned compressor."""
+    model = tiny_model("llama", tokenizer)
+    compressor = LearnedCompressor.initialise(model, 4, 48, seed=0)
+    return CompressedMemoryModel(model, tokenizer, memory_config=PARTS, show_progress=False,
+                                 gate_head=GateHead((1, 2), 4), compressor=compressor)
+
+
+def test_module_methods_convert_the_base_model_and_its_parts_and_return_the_wrapper(tokenizer, essay_text):
+    wrapper = _with_own_parts(tokenizer)
+
+    def dtypes() -> set[torch.dtype]:
+        return {weight.dtype for weight in wrapper.model.parameters()}
+
+    assert wrapper.to(torch.bfloat16) is wrapper and dtypes() == {torch.bfloat16}
+    own = (wrapper.gate_head.weight, wrapper.compressor.memory_embeddings)
+    assert all(weight.dtype == torch.float32 for weight in own)  # the wrapper's own parts stay float32, cast at use
+    out = wrapper.generate(wrapper.prompt_ids("What is this about?"), context=essay_text[:600], max_new_tokens=2,
+                           return_dict_in_generate=True)
+    assert out.trace[0].blocks_read  # the bfloat16 model compresses, gates (its float32 head) and reads
+    assert wrapper.half() is wrapper and dtypes() == {torch.float16}
+    assert wrapper.float() is wrapper and dtypes() == {torch.float32}
+    assert wrapper.bfloat16() is wrapper and dtypes() == {torch.bfloat16}
+    assert wrapper.to(dtype=torch.float32) is wrapper and dtypes() == {torch.float32}
+    assert wrapper.train() is wrapper and wrapper.model.training and wrapper.gate_head.training
+    assert wrapper.eval() is wrapper and not wrapper.model.training and not wrapper.gate_head.training
+    assert wrapper.cpu() is wrapper and wrapper.to("cpu") is wrapper and wrapper.device.type == "cpu"
+    assert wrapper.to("meta") is wrapper  # a device move without a GPU: the wrapper's parts follow the model
+    assert {weight.device.type for weight in wrapper.model.parameters()} == {"meta"}
+    assert wrapper.gate_head.weight.device.type == wrapper.compressor.memory_embeddings.device.type == "meta"
+
+
+def test_the_constructor_takes_its_options_by_keyword_and_answer_from_banks_no_training_option(tokenizer):
+    with pytest.raises(TypeError):
+        CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, MemoryConfig(chunking=ChunkingConfig(64)))
+    wrapper = tiny_wrapper("llama", tokenizer, MemoryConfig(chunking=ChunkingConfig(64), notes=NOTES))
+    ids = wrapper.prompt_ids("Which town?")
+    bank = wrapper.compress("The ferry leaves the river town at noon. " * 12)
+    question = wrapper.prompts.find_question(ids[0])
+    with pytest.raises(TypeError, match="logprobs"):
+        wrapper.answer_from_banks(ids, [question], [bank], {"max_new_tokens": 2}, logprobs=True)
 
 
 @pytest.mark.parametrize("read, gate", [("raw", "attention"), ("compressed", "attention"), ("raw", "lexical")])

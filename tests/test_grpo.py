@@ -41,8 +41,8 @@ def _policy(tokenizer, seed=0, perturb=True, **overrides):
     when `perturb` (so that every adapter weight gets a gradient)."""
     model = tiny_model("llama", tokenizer, seed, **overrides)
     compressor = LearnedCompressor.initialise(model, CONFIG.compression.ratio, CONFIG.chunking.size, seed=seed)
-    policy = with_reasoner_adapter(CompressedMemoryModel(model, tokenizer, CONFIG, "tiny", False,
-                                                         compressor=compressor), seed=seed)
+    policy = with_reasoner_adapter(CompressedMemoryModel(model, tokenizer, memory_config=CONFIG, base_name="tiny",
+                                                         show_progress=False, compressor=compressor), seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, weight in model.named_parameters():
@@ -196,11 +196,13 @@ def test_grpo_checks_its_inputs(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="must sample"):
         GRPOConfig(temperature=0)
     plain = CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer,
-                                  CONFIG.replace(compression=CompressionConfig("select")), "tiny", False)
+                                  memory_config=CONFIG.replace(compression=CompressionConfig("select")),
+                                  base_name="tiny", show_progress=False)
     with pytest.raises(ValueError, match="Nothing to train"):
         GRPOTrainer(plain, [EXAMPLE], tmp_path, GRPOConfig(), show_progress=False)
     raw = with_reasoner_adapter(CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer,
-                                                      MemoryConfig(chunking=ChunkingConfig(64)), "tiny", False))
+                                                      memory_config=MemoryConfig(chunking=ChunkingConfig(64)),
+                                                      base_name="tiny", show_progress=False))
     with pytest.raises(ValueError, match="ReadingConfig\\(mode='compressed'\\)"):
         GRPOTrainer(raw, [EXAMPLE], tmp_path, GRPOConfig(), show_progress=False)
     bad = tmp_path / "bad.jsonl"

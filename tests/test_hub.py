@@ -55,7 +55,8 @@ def _trained(base_folder: str, config: MemoryConfig = CONFIG, seed: int = 0) -> 
                 weight.normal_(0, 0.05, generator=generator)
         head = GateHead((1, 2), heads=4)
         head.weight.normal_(generator=generator)
-    return CompressedMemoryModel(plain.model, plain.tokenizer, config, base_folder, False, gate_head=head,
+    return CompressedMemoryModel(plain.model, plain.tokenizer, memory_config=config, base_name=base_folder,
+                                 show_progress=False, gate_head=head,
                                  compressor=compressor)
 
 

@@ -34,7 +34,8 @@ def _wrapper(tokenizer, seed=0):
         for name, weight in model.named_parameters():
             if "lora_B" in name:
                 weight.normal_(0, 0.05, generator=generator)
-    return CompressedMemoryModel(model, tokenizer, CONFIG, "tiny", False, compressor=compressor)
+    return CompressedMemoryModel(model, tokenizer, memory_config=CONFIG, base_name="tiny", show_progress=False,
+                                 compressor=compressor)
 
 
 def test_memory_positions_end_each_group_within_the_chunk():
@@ -55,8 +56,9 @@ def test_blocks_are_memory_tokens_and_the_base_model_is_untouched(tokenizer):
         assert block.keys.shape[2] == kept and block.values.shape[2] == kept
         expected = memory_positions(block.num_tokens, kept, RATIO) + prefix
         assert (block.positions == expected.to(torch.int32)).all()
-    plain = CompressedMemoryModel(wrapper.model, tokenizer, CONFIG.replace(compression=CompressionConfig("none")),
-                                  "tiny", False)
+    plain = CompressedMemoryModel(wrapper.model, tokenizer,
+                                  memory_config=CONFIG.replace(compression=CompressionConfig("none")),
+                                  base_name="tiny", show_progress=False)
     raw_keys = plain.compress(CONTEXT).blocks[0].keys
     assert not torch.allclose(bank.blocks[0].keys, raw_keys[:, :, :bank.blocks[0].keys.shape[2]])
     out = wrapper.generate(wrapper.prompt_ids("What is the vault code?"), bank=bank, max_new_tokens=4,
@@ -90,7 +92,8 @@ def test_checkpoint_round_trip_gives_identical_blocks_and_ids(tokenizer, tmp_pat
         for name, weight in loaded_base.model.named_parameters():
             if "lora_B" in name:
                 weight.uniform_(-0.05, 0.05)
-    wrapper = CompressedMemoryModel(loaded_base.model, tokenizer, CONFIG, str(base), False, compressor=compressor,
+    wrapper = CompressedMemoryModel(loaded_base.model, tokenizer, memory_config=CONFIG, base_name=str(base),
+                                    show_progress=False, compressor=compressor,
                                     reasoner_adapter=reasoner)
     wrapper.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "compressor" / "adapter_config.json").is_file()
@@ -110,10 +113,10 @@ def test_checkpoint_round_trip_gives_identical_blocks_and_ids(tokenizer, tmp_pat
 
 def test_learned_needs_its_weights_and_its_ratio(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="needs trained weights"):
-        CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, CONFIG)
+        CompressedMemoryModel(tiny_model("llama", tokenizer), tokenizer, memory_config=CONFIG)
     wrapper = _wrapper(tokenizer)
     wrapper.compressor.save(wrapper.model, tmp_path / "compressor")
     with pytest.raises(ValueError, match="trained at ratio 4.0.*ratio 8"):
         LearnedCompressor.load(tiny_model("llama", tokenizer), tmp_path / "compressor", 8.0)
     with pytest.raises(ConfigError, match="learned compressor was given.*compression None"):
-        CompressedMemoryModel(wrapper.model, tokenizer, MemoryConfig(), compressor=wrapper.compressor)
+        CompressedMemoryModel(wrapper.model, tokenizer, memory_config=MemoryConfig(), compressor=wrapper.compressor)

@@ -32,14 +32,15 @@ TEXT = ("The harbour master counted the boats each morning and wrote their names
 
 
 def _plain(tokenizer, seed=0):
-    return CompressedMemoryModel(tiny_model("llama", tokenizer, seed), tokenizer, CONFIG, "tiny", False)
+    return CompressedMemoryModel(tiny_model("llama", tokenizer, seed), tokenizer, memory_config=CONFIG, base_name="tiny",
+                                 show_progress=False)
 
 
 def test_a_few_steps_on_one_batch_lower_the_loss_markedly(tokenizer):
     torch.manual_seed(0)
     # weights at initializer_range 0.2 give the random base logits a range the block can steer
-    plain = CompressedMemoryModel(tiny_model("llama", tokenizer, 0, initializer_range=0.2), tokenizer, CONFIG, "tiny",
-                                  False)
+    plain = CompressedMemoryModel(tiny_model("llama", tokenizer, 0, initializer_range=0.2), tokenizer,
+                                  memory_config=CONFIG, base_name="tiny", show_progress=False)
     model = start_or_resume(plain, "/nonexistent-run")
     pairs = training_pairs(model, [TEXT], continuation_tokens=16)[:2]
     optimizer = torch.optim.Adam(trainable_weights(model), lr=3e-2)

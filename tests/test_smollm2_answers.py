@@ -42,8 +42,8 @@ def test_a_question_the_document_does_not_answer_is_not_found():
 
 
 def test_a_needle_answer_cites_the_needle(smollm2, haystack):
-    model = CompressedMemoryModel(smollm2.model, smollm2.tokenizer, MemoryConfig(), smollm2.base_name,
-                                  show_progress=False)
+    model = CompressedMemoryModel(smollm2.model, smollm2.tokenizer, memory_config=MemoryConfig(),
+                                  base_name=smollm2.base_name, show_progress=False)
     for case in make_cases("niah_multikey", smollm2.tokenizer, 4096, 2, haystack=haystack):
         answer = model.answer(case.question, context=case.context, max_new_tokens=32, return_sources=True)
         assert answer.found and case.answers[0] in answer.text
@@ -53,8 +53,8 @@ def test_a_needle_answer_cites_the_needle(smollm2, haystack):
 
 
 def test_an_absent_key_is_not_found_and_no_answer_is_generated(smollm2, haystack):
-    model = CompressedMemoryModel(smollm2.model, smollm2.tokenizer, MemoryConfig(), smollm2.base_name,
-                                  show_progress=False)
+    model = CompressedMemoryModel(smollm2.model, smollm2.tokenizer, memory_config=MemoryConfig(),
+                                  base_name=smollm2.base_name, show_progress=False)
     for case in make_cases("absent", smollm2.tokenizer, 4096, 2, haystack=haystack):
         answer = model.answer(case.question, context=case.context, max_new_tokens=32, return_sources=True)
         assert not answer.found and says_not_found(answer.text) and answer.trace.answer_prompt_ids is None

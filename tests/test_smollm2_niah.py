@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def _run(smollm2, config, cases):
-    model = CompressedMemoryModel(smollm2.model, smollm2.tokenizer, config, smollm2.base_name, show_progress=False)
+    model = CompressedMemoryModel(smollm2.model, smollm2.tokenizer, memory_config=config, base_name=smollm2.base_name,
+                                  show_progress=False)
     tok = smollm2.tokenizer
     correct, reads = 0, 0
     for case in cases:

@@ -216,7 +216,14 @@ def train_gate(
         gate=GateConfig("head", top_k=None, threshold=report.head.threshold),
         reading=ReadingConfig(mode=config.reading.mode, order="score", max_steps=max_steps),
     )
-    trained = type(model)(model.model, model.tokenizer, reading, model.base_name, model.show_progress, head)
+    trained = type(model)(
+        model.model,
+        model.tokenizer,
+        memory_config=reading,
+        base_name=model.base_name,
+        show_progress=model.show_progress,
+        gate_head=head,
+    )
     trained.save_pretrained(out)
     return trained, report
 

@@ -33,7 +33,7 @@ from ..compressors import LearnedCompressor
 from ..eval.scoring import score_answer
 from ..hf.adapters import ReasonerAdapter, keep_quantized_differentiable
 from ..hf.checkpointing import activation_checkpointing
-from ..model import CompressedMemoryModel
+from ..model import CompressedMemoryModel, sample_training_rollouts
 from ..reader import StepInput, cut_at_eos, pad_token_id, step_input, step_logprobs
 from .grpo_loss import clipped_policy_loss, group_advantages
 from .state import peak_memory_mib, read_log, resume_trainer_state, save_trainer_state, write_log
@@ -180,13 +180,13 @@ def sample_group(
     prompt = model.prompt_ids(example.question)
     question = model.prompts.find_question(prompt[0])
     sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
-    out = model.answer_from_banks(
+    out = sample_training_rollouts(
+        model,
         prompt.expand(size, -1).to(model.model.device),
         [question] * size,
         [bank] * size,
         dict(max_new_tokens=config.max_new_tokens, return_dict_in_generate=True, output_logits=True, **sampling),
         notes_kwargs=sampling,
-        logprobs=True,
     )
     eos = model.model.generation_config.eos_token_id or model.tokenizer.eos_token_id
     generated = out.sequences[:, prompt.shape[1] :].cpu()
@@ -475,12 +475,12 @@ def with_reasoner_adapter(model: CompressedMemoryModel, rank: int = 8, seed: int
     return type(model)(
         model.model,
         model.tokenizer,
-        model.memory_config,
-        model.base_name,
-        model.show_progress,
-        model.gate_head,
-        model.compressor if isinstance(model.compressor, LearnedCompressor) else None,
-        adapter,
+        memory_config=model.memory_config,
+        base_name=model.base_name,
+        show_progress=model.show_progress,
+        gate_head=model.gate_head,
+        compressor=model.compressor if isinstance(model.compressor, LearnedCompressor) else None,
+        reasoner_adapter=adapter,
     )
 
 

@@ -201,5 +201,11 @@ def start_or_resume(
             model.model, config.compression.ratio, config.chunking.size, rank=rank, seed=seed
         )
     return type(model)(
-        model.model, model.tokenizer, config, model.base_name, model.show_progress, model.gate_head, compressor
+        model.model,
+        model.tokenizer,
+        memory_config=config,
+        base_name=model.base_name,
+        show_progress=model.show_progress,
+        gate_head=model.gate_head,
+        compressor=compressor,
     )
