@@ -75,8 +75,8 @@ class CompressedMemoryModel:
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        memory_config: MemoryConfig | None = None,
         *,
+        memory_config: MemoryConfig | None = None,
         base_name: str | None = None,
         show_progress: bool = True,
         gate_head: GateHead | None = None,
@@ -198,7 +198,6 @@ class CompressedMemoryModel:
             raise AttributeError(name)
         return getattr(self.model, name)
 
-    def save_pretrained(self, directory: str | Path, evaluation: Mapping[str, float | str] | None = None) -> None:
     def to(self, *args: Any, **kwargs: Any) -> CompressedMemoryModel:
         """Move and/or cast the base model as `torch.nn.Module.to` does (`"cuda"`, `torch.bfloat16`, ...), and
         move the gate head and the learned compressor's memory embeddings to its device; returns the wrapper.
@@ -256,6 +255,7 @@ class CompressedMemoryModel:
                 self.compressor.memory_embeddings = torch.nn.Parameter(moved, requires_grad=embeddings.requires_grad)
         return self
 
+    def save_pretrained(self, directory: str | Path, evaluation: Mapping[str, float | str] | None = None) -> None:
         """Write the checkpoint: `compressmem_config.json` (format, base model fingerprint, MemoryConfig)
         and the trained parts the wrapper has: `gate_head.safetensors`, `compressor/` (the learned
         compressor's LoRA adapter in PEFT layout plus its memory embeddings) and `reasoner/` (the
@@ -469,7 +469,6 @@ class CompressedMemoryModel:
         is None); per-token fields of a dict output (`scores`, `logits`, ...) are then left out, since not
         every row has them.
         """
-        needs = self.bank_needs()
         return self._read_and_answer(input_ids, questions, banks, generation_kwargs, notes_kwargs, rollouts=False)
 
     def _read_and_answer(
@@ -484,6 +483,7 @@ class CompressedMemoryModel:
         """`answer_from_banks`; for `rollouts` (reinforcement learning: `sample_training_rollouts`), the traces
         also record the log-probability of every token the reads wrote, no read uses kept KV, and every row
         is answered (the reward judges it)."""
+        needs = self.bank_needs()
         for bank in {id(b): b for b in banks}.values():
             if not isinstance(bank, MemoryBank):
                 raise ValueError(
@@ -607,7 +607,6 @@ class CompressedMemoryModel:
     def _show(self, show_progress: bool | None) -> bool:
         return self.show_progress if show_progress is None else show_progress
 
-
     def float(self) -> CompressedMemoryModel:  # last in the class: the name shadows the builtin in its body
         """The wrapper with the base model in float32 (see `to`)."""
         self.model.float()
@@ -627,6 +626,7 @@ def sample_training_rollouts(
     loss scores reads as they were made), and each written token's log-probability in the traces.
     `generation_kwargs` must ask for a dict output (`return_dict_in_generate=True`)."""
     return model._read_and_answer(input_ids, questions, banks, generation_kwargs, notes_kwargs, rollouts=True)
+
 
 def _method(config: MemoryConfig) -> str | None:
     return None if config.compression is None else config.compression.method
