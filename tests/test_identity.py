@@ -46,7 +46,8 @@ def test_uncompressed_block_prefix_equals_reading_the_chunk(arch, tokenizer, ess
 @pytest.mark.slow
 def test_uncompressed_block_prefix_equals_reading_the_chunk_smollm2(smollm2, essay_text):
     config = UNCOMPRESSED.replace(chunking=ChunkingConfig(256))
-    wrapper = type(smollm2)(smollm2.model, smollm2.tokenizer, config, smollm2.base_name, show_progress=False)
+    wrapper = type(smollm2)(smollm2.model, smollm2.tokenizer, memory_config=config, base_name=smollm2.base_name,
+                             show_progress=False)
     bank = wrapper.compress(essay_text[:2000])
     prompt = wrapper.prompts.encode(PROMPT)
     expected = _logits_from_tokens(wrapper, bank, 0, prompt)
