@@ -1,13 +1,14 @@
 # `make demo`: set up and answer a question over examples/long_document.txt with SmolLM2-135M-Instruct
 # and the gate head trained for it (compressmem/checkpoints/smollm2-135m-instruct-gate).
 # `make test`: set up and run the test suite.
+# `make lint`: set up and run the lint, format and type checks over compressmem/ (CI runs them too).
 # `make docs`: set up and build the documentation site into site/, failing on any warning.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.compressmem-installed
 
-.PHONY: demo test docs setup clean
+.PHONY: demo test lint docs setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check compressmem
+	$(BIN)/ruff format --check compressmem
+	$(BIN)/mypy
 
 docs: $(STAMP)
 	$(BIN)/python -m mkdocs build --strict

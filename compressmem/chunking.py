@@ -35,10 +35,12 @@ def tokenize_context(context: Context, tokenizer: PreTrainedTokenizerBase) -> li
     if isinstance(context, Sequence) and not isinstance(context, (bytes, bytearray)):
         if len(context) == 0:
             raise ContextError("The context is an empty list; pass text or token ids to read.")
-        if all(isinstance(item, str) for item in context):
-            return [_tokenize_text(text, tokenizer, i) for i, text in enumerate(context)]
-        if all(isinstance(item, int) and not isinstance(item, bool) for item in context):
-            return [(_check_id_tensor(_id_tensor(context), len(tokenizer)), None)]
+        texts = [item for item in context if isinstance(item, str)]
+        if len(texts) == len(context):
+            return [_tokenize_text(text, tokenizer, i) for i, text in enumerate(texts)]
+        ids = [item for item in context if isinstance(item, int) and not isinstance(item, bool)]
+        if len(ids) == len(context):
+            return [(_check_id_tensor(_id_tensor(ids), len(tokenizer)), None)]
         kinds = sorted({type(item).__name__ for item in context})
         raise ContextError(f"A list context must hold only strings (documents) or only ints (token ids); got {kinds}.")
     raise ContextError(

@@ -59,9 +59,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {row['task']} | {row['length']} | {row['mode']} | {row['cases']} | {row['substring']:.1%} | "
             f"{row['exact_match']:.1%} | {row['f1']:.2f} | {row['refused']:.0%} | {_reads(row)} | "
             f"{_percent(row['evidence_recall'])} | "
-            f"{row['seconds']:.2f} | {_ratio(row['seconds'], base and base['seconds'])} | "
+            f"{row['seconds']:.2f} | {_ratio(row['seconds'], base['seconds'] if base else None)} | "
             f"{row['peak_mib']:.0f} (+{row['peak_increase_mib']:.0f}) | "
-            f"{_ratio(row['peak_increase_mib'], base and base['peak_increase_mib'])} |"
+            f"{_ratio(row['peak_increase_mib'], base['peak_increase_mib'] if base else None)} |"
         )
     return "\n".join([*lines, "", _gate_costs(rows)]) + "\n"
 

@@ -141,14 +141,13 @@ def gate_scores(
     """
     if query_weights is None:
         query_weights = torch.ones(queries.shape[-2], device=queries.device)
-    packed = isinstance(keys, Quantized)
-    if packed and keys.axis != TOKENS:
+    if isinstance(keys, Quantized) and keys.axis != TOKENS:
         raise ValueError("packed gate keys must be grouped along keys, per channel (quantize(..., TOKENS)).")
     _check(queries, keys, block_offsets, query_weights, pool)
     if not torch.compiler.is_compiling():
         _check_values(keys, block_offsets, query_weights)
     scale = queries.shape[-1] ** -0.5 if scale is None else float(scale)
-    if packed:
+    if isinstance(keys, Quantized):
         return gate_scores_packed_op(
             queries,
             keys.data,
@@ -187,7 +186,7 @@ def _check(
     if queries.dtype not in DTYPES or key_dtype != queries.dtype:
         raise TypeError(
             f"queries and keys must share one dtype among float32, bfloat16 and float16; got "
-            f"{queries.dtype} and {keys.dtype}. Cast one to the other's dtype."
+            f"{queries.dtype} and {key_dtype}. Cast one to the other's dtype."
         )
     if offsets.dtype != torch.int64 or offsets.dim() != 1 or offsets.numel() == 0:
         raise ValueError(

@@ -176,6 +176,8 @@ def gate_scores_triton(
     block_k = min(64, max(16, triton.next_power_of_2(keys.shape[2] // num_blocks)))
     if bits == 16:  # the scale and zero pointers are not read: any tensor will do
         key_scales = key_zeros = keys
+    elif key_scales is None or key_zeros is None:
+        raise ValueError(f"{bits}-bit keys need key_scales and key_zeros (from quantize(..., TOKENS)).")
     _gate_scores_kernel[(num_blocks * layers * heads,)](
         queries,
         keys,

@@ -183,7 +183,7 @@ def content_words(text: str) -> set[str]:
 
 def key_terms(text: str) -> set[str]:
     """The words `text` is about: numbers, names (capitalised, not first in a sentence) and hyphenated keys."""
-    keys = set()
+    keys: set[str] = set()
     sentence_start = True
     for match in _TOKEN.finditer(text):
         token = match.group()

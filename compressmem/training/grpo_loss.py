@@ -57,6 +57,8 @@ def clipped_policy_loss(
     gain = advantages.detach().unsqueeze(1)
     per_token = -torch.minimum(ratio * gain, ratio.clamp(1 - clip, 1 + clip) * gain)
     if kl_coef:
+        if ref_logprobs is None:
+            raise ValueError("kl_coef > 0 needs ref_logprobs, the reference policy's log-probabilities.")
         log_ratio = ref_logprobs.detach() - logprobs
         per_token = per_token + kl_coef * (log_ratio.exp() - log_ratio - 1)
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
