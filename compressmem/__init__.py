@@ -41,4 +41,4 @@ __all__ = [
     "text_pieces",
 ]
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
