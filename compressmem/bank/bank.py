@@ -268,9 +268,11 @@ class MemoryBank:
         """Open a bank saved by `save` or `compress_stream` (or by an earlier release): its blocks stay on disk
         and are read one at a time, onto `device` when given.
 
-        Opening checks the bank's seal, its shards' sizes and which blocks each holds, and every block read
-        is checked against its digests, so a damaged or mixed bank raises `BankMismatchError` naming the
-        file. With `verify`, every shard's hash and every block are checked now (`verify()`)."""
+        Opening checks the bank's seal and that every shard is present, inside the folder and of its recorded
+        size (milliseconds, whatever the bank's length). The first read from a shard checks that it holds the
+        blocks the table gives it, every block read is checked against its digests, and a kept gate index
+        against its own; a damaged or mixed bank raises `BankMismatchError` naming the file. With `verify`,
+        every shard, every block and every kept gate index are checked now (`verify()`)."""
         store, prefix, provenance, kv = read_bank(path)
         bank = cls(store, prefix, provenance, kv)
         if verify:
