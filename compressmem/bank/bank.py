@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import torch
 
@@ -113,7 +113,7 @@ class SubsetStore:
         self.store.verify(show_progress)
 
 
-class Blocks(Sequence):
+class Blocks(Sequence[MemoryBlock]):
     """A bank's blocks as a sequence: indexing loads one block (on the bank's device)."""
 
     def __init__(self, store: BlockStore, device: torch.device | None) -> None:
@@ -123,7 +123,13 @@ class Blocks(Sequence):
     def __len__(self) -> int:
         return len(self._store)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> MemoryBlock: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[MemoryBlock]: ...
+
+    def __getitem__(self, index: int | slice) -> MemoryBlock | list[MemoryBlock]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         if not -len(self) <= index < len(self):

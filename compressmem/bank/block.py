@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import overload
 
 import torch
 
@@ -78,7 +79,7 @@ def _nbytes(tensor: torch.Tensor | Quantized | None) -> int:
     return tensor.nbytes if isinstance(tensor, Quantized) else tensor.numel() * tensor.element_size()
 
 
-class BlockTable(Sequence):
+class BlockTable(Sequence[BlockInfo]):
     """The infos of a bank's blocks as one `[blocks, 8]` int64 tensor (document, token start, character start and
     end, or -1 without a span, tokens, entries, bytes, shard): indexing gives a `BlockInfo`, sums are
     vectorised."""
@@ -104,7 +105,13 @@ class BlockTable(Sequence):
     def __len__(self) -> int:
         return self.table.shape[0]
 
-    def __getitem__(self, index):  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> BlockInfo: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[BlockInfo]: ...
+
+    def __getitem__(self, index: int | slice) -> BlockInfo | list[BlockInfo]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         document, start, char_start, char_end, tokens, entries, size, _ = self.table[index].tolist()

@@ -89,7 +89,7 @@ def _read_folder(directory: Path) -> OpenedBank:
     files = [_inside(directory, shard.get("file")) for shard in _shard_records(index, directory)]
     table = directory / TABLE_FILE
     tensors = {**prefix_tensors, **(read_tensors(table, (TABLE_TENSOR, DIGESTS_TENSOR)) if table.is_file() else {})}
-    kept = FolderIndexes(directory, index.get("seal")) if version >= 3 else KeptIndexes()
+    kept = FolderIndexes(directory, _recorded_seal(index, path)) if version >= 3 else KeptIndexes()
     store, provenance = _open(path, index, version, tensors, files, kept, shards_record_blocks=True)
     _check_shard_sizes(files, _shard_records(index, directory), store.digests is not None)
     return store, Prefix.from_tensors(prefix_tensors), provenance, index.get("kv")
@@ -106,11 +106,7 @@ def _open(
 ) -> tuple[ShardStore, Provenance]:
     """The store of a bank of format 2 on, once its seal (format 3 on), block table and shards are checked."""
     if version >= 3 and index.get("seal") != seal(index, tensors):
-        raise BankMismatchError(
-            f"{where} does not match its seal: the bank's index, block table or prefix was edited or damaged "
-            "after it was written (e.g. layers reordered, blocks cut or repeated, another bank's table). "
-            "Rebuild the bank."
-        )
+        raise _seal_mismatch(where)
     provenance = Provenance.from_dict(index["provenance"])
     table = tensors.get(TABLE_TENSOR)
     if table is None or table.dim() != 2 or table.shape[0] != index.get("blocks"):
@@ -133,6 +129,22 @@ def _open(
         files, infos, provenance.compression, digests=digests, kept=kept, shards_record_blocks=shards_record_blocks
     )
     return store, provenance
+
+
+def _recorded_seal(index: dict[str, Any], where: Path) -> str:
+    """The seal a sealed bank's index records, refused when it records none (no seal could match it)."""
+    recorded = index.get("seal")
+    if not isinstance(recorded, str):
+        raise _seal_mismatch(where)
+    return recorded
+
+
+def _seal_mismatch(where: Path) -> BankMismatchError:
+    return BankMismatchError(
+        f"{where} does not match its seal: the bank's index, block table or prefix was edited or damaged "
+        "after it was written (e.g. layers reordered, blocks cut or repeated, another bank's table). "
+        "Rebuild the bank."
+    )
 
 
 def _check_shard_sizes(files: list[Path], shards: list[dict[str, Any]], sealed: bool) -> None:
@@ -159,7 +171,7 @@ def _packed_indexes(path: Path, index: dict[str, Any], metadata: dict[str, str],
         records = _parse_json(metadata.get("derived", "{}"), path, "record of its gate indexes")
     if not all(isinstance(record, dict) for record in records.values()):
         raise BankMismatchError(f"The record of the gate indexes in {path} is damaged: the file was edited.")
-    return PackedIndexes(path, index.get("seal"), records)
+    return PackedIndexes(path, _recorded_seal(index, path), records)
 
 
 def _shard_records(index: dict[str, Any], where: Path) -> list[dict[str, Any]]:

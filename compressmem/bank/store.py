@@ -62,7 +62,7 @@ class ShardStore:
     def check_shard(self, shard: int) -> None:
         """Refuse shard `shard` (once per process) unless it records the very blocks, with the very digests, that
         the sealed table gives it: another bank's shard of the same size is caught before any block is used."""
-        if not self._shards_record_blocks or shard in self._checked:
+        if not self._shards_record_blocks or self.digests is None or shard in self._checked:
             return
         path = self.files[shard]
         rows = json.loads(file_metadata(path).get("blocks", "[]"))
@@ -92,9 +92,26 @@ class ShardStore:
         if names["token_ids"] not in stored:
             raise BankMismatchError(f"{self.files[self.shard_of[index]]} lacks block {index}: the bank is damaged.")
         self._check_digests(index, field_digests(stored, names), FIELDS)
-        tensors = {f: self._field(stored, names[f], f) for f in FIELDS}
-        tensors["token_ids"] = self._checked_ids(index, tensors["token_ids"])
-        return MemoryBlock(**tensors, document=info.document, token_start=info.token_start, char_span=info.char_span)
+        token_ids = self._unquantized(index, self._field(stored, names["token_ids"], "token_ids"), "token ids")
+        positions = self._field(stored, names["positions"], "positions")
+        return MemoryBlock(
+            token_ids=self._checked_ids(index, token_ids),
+            keys=self._field(stored, names["keys"], "keys"),
+            values=self._field(stored, names["values"], "values"),
+            positions=None if positions is None else self._unquantized(index, positions, "positions"),
+            document=info.document,
+            token_start=info.token_start,
+            char_span=info.char_span,
+        )
+
+    def _unquantized(self, index: int, tensor: torch.Tensor | Quantized | None, what: str) -> torch.Tensor:
+        """Block `index`'s `what` as the plain tensor a bank stores them as, refused when missing or quantized."""
+        if not isinstance(tensor, torch.Tensor):
+            raise BankMismatchError(
+                f"Block {index}'s {what} in {self.files[self.shard_of[index]]} are "
+                f"{'missing' if tensor is None else 'stored quantized'}: the bank is damaged. Rebuild the bank."
+            )
+        return tensor
 
     def _field(self, stored: dict[str, torch.Tensor], name: str, field: str) -> torch.Tensor | Quantized | None:
         """One stored field of a block: a tensor, a quantized one (codes, scales, zeros), or None."""
@@ -102,6 +119,11 @@ class ShardStore:
             return None
         if f"{name}.scales" not in stored:
             return stored[name]
+        if self.compression is None or self.compression.group is None:
+            raise BankMismatchError(
+                f"{name} is stored quantized, but the bank's settings quantize nothing: the bank is damaged. "
+                "Rebuild the bank."
+            )
         bits, group = self.compression.bits, self.compression.group
         return Quantized(
             stored[name],
