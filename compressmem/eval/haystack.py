@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from ..hf.tokens import decode_text
+
 
 @lru_cache(maxsize=4)
 def load_haystack(path: str | Path) -> str:
@@ -62,7 +64,7 @@ def _filler(tokenizer: PreTrainedTokenizerBase, haystack: str, budget: int, rng:
         window = (haystack * repeats)[start : start + chars] if repeats > 1 else haystack[start : start + chars]
         ids = tokenizer(window, add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) >= budget:
-            return tokenizer.decode(ids[:budget])
+            return decode_text(tokenizer, ids[:budget])
         chars *= 2
 
 

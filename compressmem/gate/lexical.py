@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import MemoryBank
 from ..config import GateConfig
+from ..hf.tokens import decode_text
 from .base import register
 
 _WORD = re.compile(r"\w+")
@@ -50,7 +51,7 @@ class LexicalIndex:
         counts: list[array] = []
         lengths = []
         for index in range(len(bank)):
-            block_words = Counter(words(tokenizer.decode(bank.token_ids(index), skip_special_tokens=True)))
+            block_words = Counter(words(decode_text(tokenizer, bank.token_ids(index), skip_special_tokens=True)))
             lengths.append(sum(block_words.values()))
             for word, count in block_words.items():
                 term = vocabulary.setdefault(word, len(vocabulary))

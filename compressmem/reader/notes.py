@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from ..config import NotesConfig
+from ..hf.tokens import decode_text
 from .quotes import Quote, find_quote
 
 
@@ -49,7 +50,7 @@ def _keep_tokens(text: str, limit: int, tokenizer: PreTrainedTokenizerBase, keep
     size = limit
     while len(ids) > limit and size > 0:  # decoding a cut and encoding it again can add a token: cut until it fits
         ids = ids[:size] if keep == "head" else ids[len(ids) - size :]
-        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = decode_text(tokenizer, ids, skip_special_tokens=True).strip()
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         size -= 1
     return text

@@ -33,6 +33,7 @@ from ..compressors import LearnedCompressor
 from ..eval.scoring import score_answer
 from ..hf.adapters import ReasonerAdapter, keep_quantized_differentiable
 from ..hf.checkpointing import activation_checkpointing
+from ..hf.tokens import decode_text
 from ..model import CompressedMemoryModel, sample_training_rollouts
 from ..reader import StepInput, cut_at_eos, pad_token_id, step_input, step_logprobs
 from .grpo_loss import clipped_policy_loss, group_advantages
@@ -193,7 +194,7 @@ def sample_group(
     answers = [cut_at_eos(row, eos) for row in generated]
     answer_logprobs = torch.stack(out.logits, dim=1).float().cpu().log_softmax(-1)
     answer_logprobs = answer_logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
-    predictions = [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+    predictions = [decode_text(model.tokenizer, ids, skip_special_tokens=True).strip() for ids in answers]
     rewards = torch.tensor([float(reward(p, example.answers)) for p in predictions])
     conversations = []
     for rollout, (trace, answer) in enumerate(zip(out.trace, answers)):
