@@ -18,7 +18,11 @@ class _PrefixLayer(DynamicLayer):
         self.lazy_initialization(keys, values)
         self.keys, self.values = keys, values
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is None or self.values is None:
+            raise RuntimeError("A prefix cache layer lost its prefix: something outside compressmem reset it.")
         return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
@@ -30,7 +34,11 @@ class PrefixCache(Cache):
 
 
 class _RecordingLayer(DynamicLayer):
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    recorded: tuple[torch.Tensor, torch.Tensor]  # set by each update
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.recorded = (key_states, value_states)
@@ -48,4 +56,7 @@ class RecordingCache(Cache):
 
     def recorded(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values layer `layer` computed in the last pass."""
-        return self.layers[layer].recorded
+        found = self.layers[layer]
+        if not isinstance(found, _RecordingLayer):
+            raise TypeError(f"Layer {layer} of a RecordingCache was replaced by a {type(found).__name__}.")
+        return found.recorded

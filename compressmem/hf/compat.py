@@ -125,7 +125,7 @@ def turn_off_cpu_repacking(module: torch.nn.Module) -> bool:
     """
     if "support_avx512bf16_for_cpu" not in vars(module):
         return False
-    module.support_avx512bf16_for_cpu = False
+    vars(module)["support_avx512bf16_for_cpu"] = False  # a plain instance attribute, set as Module.__setattr__ would
     return True
 
 
@@ -137,11 +137,18 @@ def undo_cpu_repacking(module: torch.nn.Module) -> None:
     the weight and quant state as they were before (the same function its own `state_dict` saving uses).
     """
     weight = module.weight
-    if not getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
+    quant_state = getattr(weight, "quant_state", None)
+    if quant_state is None or not getattr(quant_state, "packing_format_for_cpu", False):
         return
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from bitsandbytes.nn import Params4bit
 
-    weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+    if not isinstance(weight, Params4bit):
+        raise TypeError(
+            f"{type(module).__name__}'s weight is marked as repacked for the CPU by bitsandbytes but is a "
+            f"{type(weight).__name__}, not a bitsandbytes Params4bit: this bitsandbytes version is not supported."
+        )
+    weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, quant_state)
 
 
 # --- accelerate (written against 1.16) ---------------------------------------------------------------------
@@ -163,4 +170,10 @@ def offloaded_weight(module: torch.nn.Module, name: str) -> torch.Tensor:
     accelerate 1.16's `AlignDevicesHook` (in the private `_hf_hook`) holds the real weights in `weights_map`,
     keyed by the parameter's name within the module, and loads them only for the duration of a forward.
     """
-    return module._hf_hook.weights_map[name]
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        raise ValueError(
+            f"{type(module).__name__} has no accelerate hook, so none of its weights were offloaded: read "
+            f"its {name!r} parameter directly."
+        )
+    return hook.weights_map[name]

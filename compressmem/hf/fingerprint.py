@@ -65,6 +65,9 @@ def _embedding_weight(model: PreTrainedModel) -> torch.Tensor:
     """The input embedding matrix, also when accelerate offloaded it (its parameter is then on `meta`
     and the weights rest in the module's offload hook)."""
     embeddings = model.get_input_embeddings()
-    if embeddings.weight.device.type == "meta":
+    weight = embeddings.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"The input embeddings ({type(embeddings).__name__}) have no weight matrix to fingerprint.")
+    if weight.device.type == "meta":
         return offloaded_weight(embeddings, "weight")
-    return embeddings.weight
+    return weight

@@ -69,7 +69,13 @@ def _register(implementation: str) -> str:
     ):
         stack = _stack()
         if stack:
-            stack[-1](module.layer_idx, query, key)
+            layer = module.layer_idx
+            if not isinstance(layer, int):
+                raise TypeError(
+                    f"The attention module {type(module).__name__} has no integer layer_idx (got {layer!r}): "
+                    "compressmem probes attention only in models whose attention layers know their index."
+                )
+            stack[-1](layer, query, key)
         return _original_attention(implementation, module)(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register(name, attention)
