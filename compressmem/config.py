@@ -39,7 +39,8 @@ DEFAULT_SCORE = "keynorm"
 DEFAULT_SHARPNESS = 8.0
 DEFAULT_NOTE_TOKENS = 48
 DEFAULT_MIN_GROUNDING = 0.8
-MEMAGENT_CHUNK_SIZE = 2048
+MEMAGENT_CHUNK_SIZE = 5000  # MemAgent's chunk (its paper and its evaluation's RECURRENT_CHUNK_SIZE)
+MEMAGENT_NOTES_TOKENS = 1024  # MemAgent's memory: at most 1024 tokens written per update (RECURRENT_MAX_NEW)
 
 DEFAULT_SECTION_HEADER = "Here is one section of a long document:\n\n"
 APPEND_TEMPLATE = (
@@ -56,6 +57,31 @@ DEFAULT_ANSWER_TEMPLATE = "Notes taken while reading a long document: {notes}\n\
 DEFAULT_GATE_TEMPLATE = "{question}\n{notes}"
 DEFAULT_EMPTY_NOTES = "(none yet)"
 DEFAULT_NOT_FOUND = "Not found in the context."
+
+# MemAgent's prompts (Yu et al. 2025, "MemAgent: Reshaping Long-Context LLM with Multi-Conv RL-based Memory
+# Agent"; github.com/BytedTsinghua-SIA/MemAgent, `TEMPLATE`, `TEMPLATE_FINAL` and `NO_MEMORY` of
+# taskutils/memory_eval/utils/recurrent.py, the same update text as recurrent/impls/memory.py), reproduced as data
+# with attribution. Their update prompt is one user turn: instructions, <problem>, <memory>, <section> (the chunk),
+# "Updated memory:". Here a chunk is read as the prefix of the update (a bank's chunk is tokenized, and may be
+# kept as KV, once for every question), so the chunk moves up: the header is their instructions and the
+# <section> opening, the chunk follows, and the update prompt closes the section, then gives <problem> and
+# <memory> in their words. The text is theirs; only the order of the three tagged parts differs.
+MEMAGENT_SECTION_HEADER = (
+    "You are presented with a problem, a section of an article that may contain the answer to the problem, and "
+    "a previous memory. Please read the provided section carefully and update the memory with the new "
+    "information that helps to answer the problem. Be sure to retain all relevant details from the previous "
+    "memory while adding any new, useful information.\n\n<section>\n"
+)
+MEMAGENT_UPDATE_TEMPLATE = (
+    "\n</section>\n\n<problem> \n{question}\n</problem>\n\n<memory>\n{notes}\n</memory>\n\nUpdated memory:\n"
+)
+MEMAGENT_ANSWER_TEMPLATE = (
+    "You are presented with a problem and a previous memory. Please answer the problem based on the previous "
+    'memory and format your response as follows "Therefore, the answer is (insert answer here)".\n\n'
+    "<problem> \n{question}\n</problem>\n\n<memory>\n{notes}\n</memory>\n\nYour answer:\n"
+)
+MEMAGENT_EMPTY_NOTES = "No previous memory"
+MEMAGENT_ANSWER_MARKER = "the answer is"  # MemAgent's evaluation scores the text after its last occurrence
 
 
 @dataclass(frozen=True)
@@ -262,8 +288,8 @@ class PromptConfig:
     """The text around what the model reads: the header every chunk follows, the update prompt after a
     section (`{question}`, `{notes}`; None: the notes mode's own), the answer prompt, the gate's query,
     what stands in for empty notes, and the answer given, without generating one, when the notes do not
-    answer the question (`not_found`; None: generate an answer from whatever notes there are, a guess
-    that only `Trace.found` tells apart)."""
+    answer the question (`not_found`; None: no check is made, an answer is generated from whatever notes
+    there are, and `Trace.found` is None)."""
 
     section_header: str = DEFAULT_SECTION_HEADER
     update_template: str | None = None
@@ -317,7 +343,7 @@ class MemoryConfig:
 
     The defaults are the cheapest configuration that met the project's accuracy bar on
     SmolLM2-135M-Instruct without trained weights (README). `MemoryConfig.memagent()` is the MemAgent
-    baseline: raw chunks, no gate, every chunk read.
+    baseline: MemAgent's chunks, prompts and rewritten memory, every raw chunk read, no gate, no refusal.
     """
 
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
@@ -401,16 +427,39 @@ class MemoryConfig:
 
     @classmethod
     def memagent(cls, chunk_size: int = MEMAGENT_CHUNK_SIZE, **overrides: Any) -> MemoryConfig:
-        """The MemAgent baseline: raw chunks, no compression, no gate; every chunk is read in order.
+        """The MemAgent baseline (Yu et al. 2025), as its agent runs: chunks of 5000 tokens read raw, in order,
+        every one (no compression, no gate, no early stop, no kept KV, and so no check of the question's terms
+        before reading); a memory of at most 1024 tokens that the model rewrites after each chunk; MemAgent's
+        update and answer prompts (`MEMAGENT_*`); and the answer always generated from the memory, never
+        refused (`prompts.not_found=None`, so `Trace.found` and `Answer.found` are None: nothing was checked).
 
-        MemAgent reads large chunks (5000 tokens in its paper) to keep the number of steps down; the
-        default here, 2048, is the largest at which SmolLM2-135M still quotes a chunk's evidence.
+        Differences from MemAgent's own code, and why:
+        - The chunk comes first in the update prompt (after MemAgent's instructions), then the problem and the
+          memory, where MemAgent puts problem, memory, then section: here every read starts with its chunk as
+          a prefix shared by all questions. The words of the prompts are MemAgent's.
+        - Reads are greedy; MemAgent's evaluation samples its updates (temperature 0.7, top-p 0.95).
+        - The answer prompt is its evaluation's ("Therefore, the answer is ..."); the eval runner scores the text
+          after "the answer is", as MemAgent's evaluation does, and the whole answer when the phrase is missing.
+        - A memory longer than 1024 tokens is cut to its first 1024 (MemAgent stops writing at 1024 tokens:
+          the same memory).
+        A read needs at most 5000 + 1024 + 1024 tokens plus the prompts (about 200 with SmolLM2's chat
+        template), inside SmolLM2-135M's 8192-token window; a model with a smaller window needs a smaller
+        `chunk_size` (the model refuses a configuration whose reads do not fit, naming the sizes).
+        `overrides` replace whole stages (e.g. `notes=`), as in `MemoryConfig(...)`.
         """
         settings: dict[str, Any] = {
             "chunking": ChunkingConfig(chunk_size),
             "compression": None,
             "gate": None,
             "reading": ReadingConfig(until="all", keep_bits=0),
+            "notes": NotesConfig(update="rewrite", max_tokens=MEMAGENT_NOTES_TOKENS),
+            "prompts": PromptConfig(
+                section_header=MEMAGENT_SECTION_HEADER,
+                update_template=MEMAGENT_UPDATE_TEMPLATE,
+                answer_template=MEMAGENT_ANSWER_TEMPLATE,
+                empty_notes=MEMAGENT_EMPTY_NOTES,
+                not_found=None,
+            ),
         }
         settings.update(overrides)
         return cls(**settings)

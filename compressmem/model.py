@@ -52,12 +52,13 @@ class CompressedGenerateOutput(GenerateDecoderOnlyOutput):
 @dataclass
 class Answer:
     """What `answer(..., return_sources=True)` returns: the answer `text`; `found`, False when the notes never
-    covered the question (then `text` is `PromptConfig.not_found` and nothing was generated); `sources`, the
-    sentences of the context the notes were taken from, each with its document and character offsets; and
-    the `trace` of the reading."""
+    covered the question (then `text` is `PromptConfig.not_found` and nothing was generated), None when no
+    check was made (`PromptConfig.not_found` None, e.g. MemAgent mode: the answer is generated whatever the
+    notes hold); `sources`, the sentences of the context the notes were taken from, each with its document
+    and character offsets; and the `trace` of the reading."""
 
     text: str
-    found: bool
+    found: bool | None
     sources: list[Source]
     trace: Trace
 
@@ -438,7 +439,7 @@ class CompressedMemoryModel:
         if not return_sources:
             return text
         trace = out.trace[0]
-        return Answer(text, bool(trace.found), trace.sources if trace.found else [], trace)
+        return Answer(text, trace.found, trace.sources if trace.found else [], trace)
 
     def prompt_ids(self, question: str) -> torch.Tensor:
         """`[1, n]` prompt ids for a plain-text user turn: the chat template when the tokenizer has one."""

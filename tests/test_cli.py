@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+from compressmem import MemoryConfig, NotesConfig
+
 from .conftest import tiny_model
 
 
@@ -24,9 +26,11 @@ def test_compress_then_ask_from_the_command_line(tokenizer, essay_text, tmp_path
                                 "What is this about?", "--max-new-tokens", "3", "--trace", *common],
                                capture_output=True, text=True, check=True)
         assert '"read"' in asked.stderr
+    small_memory = tmp_path / "memagent.json"  # MemAgent's 1024-token memory is slow to write with a random model
+    MemoryConfig.memagent(notes=NotesConfig("rewrite", max_tokens=8)).save(small_memory)
     memagent = subprocess.run([sys.executable, "-m", "compressmem.cli", "ask", "--context", str(document), "--question",
-                               "Why?", "--max-new-tokens", "2", "--memagent", "--trace", *common],
-                              capture_output=True, text=True, check=True)
+                               "Why?", "--max-new-tokens", "2", "--memagent", "--config", str(small_memory), "--trace",
+                               *common], capture_output=True, text=True, check=True)
     assert '"read": [\n    0,\n    1,' in memagent.stderr
 
 

@@ -38,6 +38,7 @@ def test_memagent_reads_every_block_and_oracle_exactly_the_evidence(records):
         if record["mode"] == "memagent":
             assert record["blocks_read"] == list(range(record["blocks"]))
             assert record["blocks"] == -(-record["context_tokens"] // 100)  # its own chunk size
+            assert record["found"] is None  # MemAgent answers from its memory, unjudged
         if record["mode"] == "oracle" and record["task"] == "absent":
             assert record["skipped"] and "no evidence" in record["note"]
         elif record["mode"] == "oracle":  # the evidence blocks in order, until the notes cover the question
@@ -80,7 +81,8 @@ def test_eval_command_writes_cases_summary_and_plots(tokenizer, tmp_path):
     CONFIG.save(config)
     subprocess.run([sys.executable, "-m", "compressmem.cli", "eval", "--model", str(base), "--task",
                     "niah_single,variable_tracking", "--lengths", "0.25k,300", "--n", "2", "--modes", "default,memagent",
-                    "--config", str(config), "--memagent-chunk-size", "128", "--max-new-tokens", "2",
+                    "--config", str(config), "--memagent-chunk-size", "128", "--memagent-memory-tokens", "8",
+                    "--max-new-tokens", "2",
                     "--haystack", str(HAYSTACK), "--out", str(out),
                     "--quiet"], capture_output=True, text=True, check=True)
     lines = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import MEMAGENT_CHUNK_SIZE, MEMAGENT_NOTES_TOKENS
 from .options import CommandError, UsageError, add_model_options, load_model, positive_int, task_names, token_counts
 
 
@@ -27,7 +28,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder for cases.jsonl, summary.md and plots")
     parser.add_argument("--max-new-tokens", type=positive_int, default=48)
     parser.add_argument(
-        "--memagent-chunk-size", type=positive_int, default=2048, help="chunk size of the MemAgent mode"
+        "--memagent-chunk-size",
+        type=positive_int,
+        default=MEMAGENT_CHUNK_SIZE,
+        help=f"chunk size of the MemAgent mode (default {MEMAGENT_CHUNK_SIZE}, MemAgent's own)",
+    )
+    parser.add_argument(
+        "--memagent-memory-tokens",
+        type=positive_int,
+        default=MEMAGENT_NOTES_TOKENS,
+        help=f"the MemAgent mode's memory, in tokens (default {MEMAGENT_NOTES_TOKENS}, MemAgent's own); a read "
+        "needs the chunk plus twice the memory, so a model with a shorter window needs less",
     )
     parser.add_argument(
         "--haystack",
@@ -41,7 +52,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import MemoryConfig
+    from ..config import MemoryConfig, NotesConfig
     from ..eval import markdown, plot, run_eval, summarize
     from ..eval.runner import MODES
 
@@ -70,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         haystack=args.haystack,
         hotpotqa_file=args.hotpotqa_file,
         show_progress=not args.quiet,
-        memagent=MemoryConfig.memagent(args.memagent_chunk_size),
+        memagent=MemoryConfig.memagent(
+            args.memagent_chunk_size, notes=NotesConfig("rewrite", max_tokens=args.memagent_memory_tokens)
+        ),
     )
     rows = summarize(records)
     summary = markdown(rows)

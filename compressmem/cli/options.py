@@ -35,7 +35,12 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --checkpoint, --revision, --config, --chunk-size, --memagent, --device, --dtype, --quiet, --debug."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"HF id or folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--memagent", action="store_true", help="MemAgent baseline: read every raw chunk")
+    parser.add_argument(
+        "--memagent",
+        action="store_true",
+        help=f"MemAgent baseline: every raw chunk ({MEMAGENT_CHUNK_SIZE} tokens unless --chunk-size) read into a "
+        "rewritten memory with MemAgent's prompts; always answers",
+    )
     parser.add_argument(
         "--checkpoint",
         help="compressmem checkpoint: a folder or a Hub repo id (its configuration "
@@ -191,12 +196,10 @@ def memory_config(args: argparse.Namespace) -> MemoryConfig | None:
     if not (args.config or args.chunk_size is not None or args.memagent):
         return None
     config = load_config(args.config) if args.config else MemoryConfig()
-    if args.memagent:  # the file's notes and prompts, MemAgent's chunks and reading
-        size = (
-            args.chunk_size
-            if args.chunk_size is not None
-            else (config.chunking.size if args.config else MEMAGENT_CHUNK_SIZE)
-        )
+    if args.memagent:  # MemAgent's chunks, memory and prompts; with --config, the file's chunks, notes and prompts
+        if not args.config:
+            return MemoryConfig.memagent(MEMAGENT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size)
+        size = config.chunking.size if args.chunk_size is None else args.chunk_size
         return MemoryConfig.memagent(size, notes=config.notes, prompts=config.prompts)
     return config.replace(chunking=ChunkingConfig(args.chunk_size)) if args.chunk_size is not None else config
 

@@ -2,7 +2,9 @@
 
 Modes, all on the same loaded base model:
 - `default`: the model's own `MemoryConfig` (or checkpoint), gate and all;
-- `memagent`: the MemAgent baseline, every raw chunk read in order (its own, larger chunks);
+- `memagent`: the MemAgent baseline (`MemoryConfig.memagent()`): every raw chunk of MemAgent's 5000 tokens read
+  in order into a rewritten memory with MemAgent's prompts, the answer always generated; its answer is scored
+  as MemAgent's evaluation scores it, on the text after "the answer is" (`memagent_prediction`);
 - `oracle`: the default pipeline with a perfect gate that reads exactly the evidence blocks, so
   the gap to `default` is the cost of gate errors;
 - `full`: the base model's plain `generate()` over the whole context, skipped (with a note)
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import MemoryConfig
+from ..config import MEMAGENT_ANSWER_MARKER, MemoryConfig
 from ..model import CompressedMemoryModel
 from ..reader import pad_token_id
 from .cases import EvalCase
@@ -51,10 +53,11 @@ def run_eval(
 ) -> list[dict[str, Any]]:
     """Run every mode on `n` seeded cases per (task, length); returns the per-case records.
 
-    `memagent` is the baseline's configuration (default `MemoryConfig.memagent()`, 2048-token
-    chunks). Each mode first answers one short warm-up case, unrecorded, so one-time allocations
-    do not land in the first case's peak memory. With `out_dir`, records are appended to
-    `out_dir/cases.jsonl` as they finish, so an interrupted run keeps what it did.
+    `memagent` is the baseline's configuration (default `MemoryConfig.memagent()`, MemAgent's 5000-token
+    chunks, 1024-token memory and prompts). Each mode first answers one short warm-up case, unrecorded, so
+    one-time allocations do not land in the first case's peak memory. With `out_dir`, records are appended to
+    `out_dir/cases.jsonl` as they finish, so an interrupted run keeps what it did. A record's `prediction` is
+    what is scored, its `response` the answer as generated (they differ in MemAgent mode only).
     """
     modes = list(modes)
     unknown = sorted(set(modes) - set(MODES))
@@ -97,16 +100,38 @@ def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens
     }
     return {
         "default": lambda case: _run_memory(wrappers["default"], case, max_new_tokens, oracle=False),
-        "memagent": lambda case: _run_memory(wrappers["memagent"], case, max_new_tokens, oracle=False),
+        "memagent": lambda case: _run_memory(
+            wrappers["memagent"], case, max_new_tokens, oracle=False, read_answer=memagent_prediction
+        ),
         "oracle": lambda case: _run_memory(wrappers["oracle"], case, max_new_tokens, oracle=True),
         "full": lambda case: _run_full(model, case, max_new_tokens),
     }
 
 
-def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int, oracle: bool) -> dict[str, Any]:
+def memagent_prediction(response: str) -> str:
+    """The answer MemAgent's evaluation scores in a response to its answer prompt: the text after the last "the
+    answer is" (asterisks dropped, then spaces and full stops stripped). A response without the phrase is scored
+    whole, where MemAgent's evaluation scores no answer: a small model that ignores the format is not counted
+    wrong for that alone."""
+    cleaned = response.replace("*", "")
+    if MEMAGENT_ANSWER_MARKER not in cleaned:
+        return response.strip()
+    return cleaned.rsplit(MEMAGENT_ANSWER_MARKER, 1)[-1].strip().strip(".").strip()
+
+
+def _run_memory(
+    model: CompressedMemoryModel,
+    case: EvalCase,
+    max_new_tokens: int,
+    oracle: bool,
+    read_answer: Callable[[str], str] = str.strip,
+) -> dict[str, Any]:
+    """One case answered from memory; `read_answer` turns the generated answer into the prediction scored (the
+    answer itself is kept as `response`)."""
     if oracle and not case.evidence:
         return {
             "prediction": "",
+            "response": "",
             "context_tokens": None,
             "blocks": None,
             "blocks_read": None,
@@ -133,8 +158,10 @@ def _run_memory(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: in
         seconds = time.perf_counter() - start
     trace = out.trace[0]
     read = [evidence[b] for b in trace.blocks_read] if oracle else trace.blocks_read
+    response = model.tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip()
     return {
-        "prediction": model.tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip(),
+        "prediction": read_answer(response),
+        "response": response,
         "context_tokens": bank.num_tokens,
         "blocks": len(bank),
         "blocks_read": read,
@@ -168,6 +195,7 @@ def _run_full(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int)
         return {
             **base,
             "prediction": "",
+            "response": "",
             "seconds": None,
             "peak_mib": None,
             "peak_increase_mib": None,
@@ -186,7 +214,14 @@ def _run_full(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int)
         )
         seconds = time.perf_counter() - start
     prediction = model.tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip()
-    return {**base, "prediction": prediction, "seconds": seconds, **_memory_fields(peak), "skipped": False}
+    return {
+        **base,
+        "prediction": prediction,
+        "response": prediction,
+        "seconds": seconds,
+        **_memory_fields(peak),
+        "skipped": False,
+    }
 
 
 def _memory_fields(peak: PeakMemory) -> dict[str, float]:

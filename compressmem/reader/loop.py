@@ -132,8 +132,9 @@ class Reasoner:
                         row.done = True
                         row.trace.final_gate_scores = None if row_scores is None else row_scores.tolist()
         bar.close()
+        checked = self.prompts.config.not_found is not None  # None: every row is answered, so none is judged
         for row in rows:
-            row.trace.found = found(row.trace.notes, row.trace.question)
+            row.trace.found = found(row.trace.notes, row.trace.question) if checked else None
         return [row.trace for row in rows]
 
     def _check_terms(self, row: _Row, index: object) -> None:

@@ -55,9 +55,10 @@ class Trace:
     """What the reasoner did for one row: every read, and the notes the answer was written from
     (`answer_prompt_ids`: the answer's prompt, exactly as the model saw it; None when nothing was found).
     `found`: whether the notes cover the question (`reader.quotes.covers`); when they do not, the answer is
-    the configured not-found text and no answer is generated. `missing_terms`: key terms of the question
-    (names, numbers, keys) that no block of the bank holds, so that nothing was read (None: not checked,
-    which needs the lexical gate's index)."""
+    the configured not-found text and no answer is generated; None when no check is made
+    (`PromptConfig.not_found` None, as in MemAgent mode: the answer is always generated). `missing_terms`:
+    key terms of the question (names, numbers, keys) that no block of the bank holds, so that nothing was
+    read (None: not checked, which needs the lexical gate's index)."""
 
     question: str
     num_blocks: int
