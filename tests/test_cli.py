@@ -32,6 +32,7 @@ def test_compress_then_ask_from_the_command_line(tokenizer, essay_text, tmp_path
                                "Why?", "--max-new-tokens", "2", "--memagent", "--config", str(small_memory), "--trace",
                                *common], capture_output=True, text=True, check=True)
     assert '"read": [\n    0,\n    1,' in memagent.stderr
+    assert "answered from the notes, unchecked" in memagent.stdout  # MemAgent always answers: nothing was judged
 
 
 def test_ask_prints_the_answer_and_no_warning(tokenizer, essay_text, tmp_path):

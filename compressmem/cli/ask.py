@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
                 where = "characters" if s.exact else "in the chunk at characters"
                 document = f"document {s.document}, " if s.document else ""
                 print(f"  [{document}{where} {s.start}-{s.end}] {s.text!r}")
+        elif answer.found is None:
+            print(f"\n(read {len(trace.blocks_read)} of {trace.num_blocks} blocks; answered from the notes, unchecked)")
         elif trace.missing_terms:
             print(f"\n(the context never mentions {', '.join(trace.missing_terms)}; nothing was read)")
         else:
