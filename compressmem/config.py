@@ -10,9 +10,11 @@ written to JSON holds what each stage really used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import string
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,6 +553,68 @@ _LEGACY_FIELDS = {
     "gate_template",
     "empty_memory",
 }
+
+
+# The stage each release-0.1 flat setting moved to, for the warning that names the new form.
+_LEGACY_STAGES = {
+    "chunk_size": "chunking=ChunkingConfig(size=...)",
+    "compressor": "compression=CompressionConfig(method=...)",
+    "ratio": "compression=CompressionConfig(ratio=...)",
+    "score": "compression=CompressionConfig(score=...)",
+    "gate": "gate=GateConfig(kind=...)",
+    "gate_threshold": "gate=GateConfig(threshold=...)",
+    "gate_top_k": "gate=GateConfig(top_k=...)",
+    "gate_layers": "gate=GateConfig(layers=...)",
+    "gate_sharpness": "gate=GateConfig(sharpness=...)",
+    "memory_tokens": "notes=NotesConfig(max_tokens=...)",
+    "memory_update": "notes=NotesConfig(update=...)",
+    "note_tokens": "notes=NotesConfig(note_tokens=...)",
+    "min_grounding": "notes=NotesConfig(min_grounding=...)",
+    "fixed_update_tokens": 'generate(..., notes_kwargs={"min_new_tokens": ...})',
+    "max_steps": "reading=ReadingConfig(max_steps=...)",
+    "read_order": "reading=ReadingConfig(order=...)",
+    "recall": "reading=ReadingConfig(recall=...)",
+    "read": "reading=ReadingConfig(mode=...)",
+    "compress_batch_size": "compress(..., batch_size=...)",
+    "section_header": "prompts=PromptConfig(section_header=...)",
+    "update_template": "prompts=PromptConfig(update_template=...)",
+    "answer_template": "prompts=PromptConfig(answer_template=...)",
+    "gate_template": "prompts=PromptConfig(gate_template=...)",
+    "empty_memory": "prompts=PromptConfig(empty_notes=...)",
+}
+
+
+def _accept_flat_settings(init: Any) -> Any:
+    """`MemoryConfig.__init__` that also takes release 0.1's flat keywords (`MemoryConfig(chunk_size=512)`):
+    read as 0.1 read them (`MemoryConfig.from_legacy`), with a `DeprecationWarning` naming the new form."""
+
+    @functools.wraps(init)
+    def __init__(self: MemoryConfig, *args: Any, **kwargs: Any) -> None:
+        flat = sorted(k for k in kwargs if k in _LEGACY_STAGES and k != "gate")  # `gate` is a field of both forms
+        if not flat:
+            init(self, *args, **kwargs)
+            return
+        flat += ["gate"] if isinstance(kwargs.get("gate"), str) else []
+        stages = sorted(k for k in kwargs if k not in _LEGACY_FIELDS or (k == "gate" and k not in flat))
+        if args or stages:
+            raise ConfigError(
+                f"MemoryConfig mixes release 0.1's flat settings {flat} with this release's "
+                f"{stages or 'positional arguments'}: write every setting in its stage, e.g. "
+                f"{_LEGACY_STAGES[flat[0]]}."
+            )
+        warnings.warn(
+            f"MemoryConfig({', '.join(f'{k}=...' for k in flat)}) is release 0.1's flat form, read as 0.1 read it "
+            f"(MemoryConfig.from_legacy); write {'; '.join(_LEGACY_STAGES[k] for k in flat)} instead (CHANGELOG.md).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        migrated = MemoryConfig.from_legacy(kwargs)
+        init(self, **{f.name: getattr(migrated, f.name) for f in dataclasses.fields(MemoryConfig)})
+
+    return __init__
+
+
+MemoryConfig.__init__ = _accept_flat_settings(MemoryConfig.__init__)  # type: ignore[method-assign]
 
 
 def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:

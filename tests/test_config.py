@@ -163,3 +163,12 @@ def test_a_configuration_file_that_is_not_json_is_refused_naming_it(tmp_path):
     path.write_bytes(b"\xff\xfe{}")
     with pytest.raises(ConfigError, match="config.json is not a JSON configuration"):
         MemoryConfig.load(path)
+
+
+def test_release_0_1_flat_keywords_are_read_as_0_1_read_them_with_a_warning_naming_the_new_form():
+    with pytest.warns(DeprecationWarning, match=r"chunking=ChunkingConfig\(size=\.\.\.\).*gate=GateConfig\(top_k"):
+        config = MemoryConfig(chunk_size=1024, gate_top_k=2)
+    assert config == MemoryConfig.from_legacy({"chunk_size": 1024, "gate_top_k": 2})
+    assert config.chunking.size == 1024 and config.gate.top_k == 2
+    with pytest.raises(ConfigError, match="mixes release 0.1's flat settings"):
+        MemoryConfig(chunk_size=1024, notes=NotesConfig())
