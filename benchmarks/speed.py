@@ -197,6 +197,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     from compressmem import MemoryConfig, NotesConfig
+    from compressmem.config import MEMAGENT_CHUNK_SIZE
     from compressmem.eval import load_haystack, parse_token_counts
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,7 +208,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--chunk-size", type=int, default=512, help="compressmem's chunk size")
-    parser.add_argument("--memagent-chunk-size", type=int, default=2048)
+    parser.add_argument("--memagent-chunk-size", type=int, default=MEMAGENT_CHUNK_SIZE)
     parser.add_argument("--read", choices=["raw", "compressed"], default="raw", help="compressmem's read mode")
     parser.add_argument("--gate", choices=["lexical", "attention"], default="lexical", help="compressmem's gate")
     parser.add_argument("--compression", choices=["select", "none"], default="select",
@@ -223,8 +224,11 @@ def main() -> None:
 
     model = load(args)
     device = model.model.device
-    memagent = model.with_config(MemoryConfig.memagent(args.memagent_chunk_size,
-                                                       notes=NotesConfig(note_tokens=args.update_tokens)))
+    # MemAgent rewrites its memory at each read; its budget is set to the update tokens so that both sides
+    # decode the same number of tokens per read.
+    memagent = model.with_config(
+        MemoryConfig.memagent(args.memagent_chunk_size, notes=NotesConfig("rewrite", max_tokens=args.update_tokens))
+    )
     models = {"compressmem": model, "memagent": memagent, "full": model}
     haystack = load_haystack(args.haystack)
     warm_context, warm_pairs = make_context(model.tokenizer, haystack, 2 * args.memagent_chunk_size, 1, args.seed + 1)
