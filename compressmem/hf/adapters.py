@@ -15,6 +15,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -24,19 +25,22 @@ from transformers import PreTrainedModel
 from ..errors import CheckpointMismatchError
 from .compat import turn_off_cpu_repacking, undo_cpu_repacking
 
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def default_lora_config(rank: int):
+def default_lora_config(rank: int) -> LoraConfig:
     """The LoRA settings both adapters use: rank `rank` on the attention projections, alpha `2 * rank`."""
     from peft import LoraConfig
 
     return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS), lora_dropout=0.0)
 
 
-def attach_adapter(model: PreTrainedModel, config, name: str, seed: int | None = None) -> None:
+def attach_adapter(model: PreTrainedModel, config: LoraConfig, name: str, seed: int | None = None) -> None:
     """Inject adapter `name` into `model`, switched off; `seed` fixes its random initialisation.
 
     PEFT's own injection, not transformers' adapter integration, so any transformers version that
@@ -117,7 +121,7 @@ def active_adapter(model: PreTrainedModel) -> str | None:
 
 def save_adapter(
     model: PreTrainedModel,
-    config,
+    config: LoraConfig,
     name: str,
     directory: str | Path,
     extra: dict[str, torch.Tensor] | None = None,
@@ -132,7 +136,9 @@ def save_adapter(
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata=metadata or {})
 
 
-def load_adapter(model: PreTrainedModel, name: str, directory: str | Path, extra: tuple[str, ...] = ()):
+def load_adapter(
+    model: PreTrainedModel, name: str, directory: str | Path, extra: tuple[str, ...] = ()
+) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
     """Attach the adapter saved in `directory` as `name`; returns its `LoraConfig` and the `extra` tensors.
 
     Every saved tensor is checked against the adapter's place in `model` before any is copied: a file that lacks
@@ -282,7 +288,7 @@ class ReasonerAdapter:
 
     name = REASONER_ADAPTER
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: LoraConfig) -> None:
         self.lora_config = config
 
     @classmethod

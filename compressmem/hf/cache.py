@@ -8,8 +8,21 @@ the latest keys and values each layer computed (a block being made), overwriting
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+
+def cached_kv(cache: Cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values `cache` holds for layer `layer`, each `[batch, kv_heads, tokens, head_dim]`."""
+    found = cache.layers[layer]
+    if not isinstance(found, CacheLayerMixin) or found.keys is None or found.values is None:
+        raise ValueError(
+            f"Layer {layer} of the model kept no attention keys and values in its cache: compressmem stores the "
+            "KV of attention layers only, so pick layers that are attention layers."
+        )
+    return found.keys, found.values
 
 
 class _PrefixLayer(DynamicLayer):
@@ -19,7 +32,7 @@ class _PrefixLayer(DynamicLayer):
         self.keys, self.values = keys, values
 
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys is None or self.values is None:
             raise RuntimeError("A prefix cache layer lost its prefix: something outside compressmem reset it.")
@@ -37,7 +50,7 @@ class _RecordingLayer(DynamicLayer):
     recorded: tuple[torch.Tensor, torch.Tensor]  # set by each update
 
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)

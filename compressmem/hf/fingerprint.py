@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .compat import offloaded_weight
+from .placement import input_embedding_weight
 
 _CONFIG_FIELDS = (
     "model_type",
@@ -64,10 +65,7 @@ def fingerprint_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 def _embedding_weight(model: PreTrainedModel) -> torch.Tensor:
     """The input embedding matrix, also when accelerate offloaded it (its parameter is then on `meta`
     and the weights rest in the module's offload hook)."""
-    embeddings = model.get_input_embeddings()
-    weight = embeddings.weight
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"The input embeddings ({type(embeddings).__name__}) have no weight matrix to fingerprint.")
+    weight = input_embedding_weight(model)
     if weight.device.type == "meta":
-        return offloaded_weight(embeddings, "weight")
+        return offloaded_weight(model.get_input_embeddings(), "weight")
     return weight

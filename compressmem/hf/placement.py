@@ -28,6 +28,17 @@ def check_placement(model: PreTrainedModel) -> None:
         )
 
 
+def input_embedding_weight(model: PreTrainedModel) -> torch.Tensor:
+    """`model`'s input embedding matrix, as its parameter (on `meta` when accelerate offloaded it)."""
+    embeddings = model.get_input_embeddings()
+    weight = embeddings.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(
+            f"{type(model).__name__}'s input embeddings ({type(embeddings).__name__}) have no weight matrix."
+        )
+    return weight
+
+
 def to_one_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """`tensors` (e.g. one per layer, from layers on several devices) on one device, ready to stack."""
     return [tensor.to(device) for tensor in tensors]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
@@ -65,8 +66,8 @@ def _register(implementation: str) -> str:
         key: torch.Tensor,
         value: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         stack = _stack()
         if stack:
             layer = module.layer_idx
