@@ -20,7 +20,7 @@ from .chunking import Chunk
 from .compressors import CompressedChunks, Compressor
 from .config import CompressionConfig
 from .hf.fingerprint import BaseFingerprint
-from .quantize import CHANNELS, TOKENS, quantize
+from .quantize import CHANNELS, TOKENS, Quantized, quantize, stored_quantization
 
 
 @dataclass
@@ -144,10 +144,13 @@ def _block(
     computed, then moved to `device`), or its token ids alone."""
     if out is None:
         return MemoryBlock(chunk.token_ids, None, None, None, chunk.document, chunk.token_start, chunk.char_span)
-    keys, values = out.keys[row], None if out.values is None else out.values[row]
-    if compression is not None and compression.bits < 16:
-        keys = quantize(keys, compression.bits, compression.group, TOKENS)
-        values = None if values is None else quantize(values, compression.bits, compression.group, CHANNELS)
+    keys: torch.Tensor | Quantized = out.keys[row]
+    values: torch.Tensor | Quantized | None = None if out.values is None else out.values[row]
+    quantization = stored_quantization(compression)
+    if quantization is not None:
+        bits, group = quantization
+        keys = quantize(out.keys[row], bits, group, TOKENS)
+        values = None if out.values is None else quantize(out.values[row], bits, group, CHANNELS)
     return MemoryBlock(
         chunk.token_ids,
         keys.to(device),

@@ -11,10 +11,12 @@ one block at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import overload
 
 import torch
 
-from .config import BITS
+from .config import BITS, CompressionConfig
+from .errors import ConfigError
 
 TOKENS, CHANNELS = -2, -1  # the axis a group runs along: keys group tokens, values group channels
 
@@ -46,13 +48,14 @@ class Quantized:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scales, self.zeros))
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Quantized:
+    def to(self, device: torch.device | str | None, non_blocking: bool = False) -> Quantized:
+        """The same quantized tensor on `device` (None: where it is)."""
         return replace(
             self,
             **{name: getattr(self, name).to(device, non_blocking=non_blocking) for name in ("data", "scales", "zeros")},
         )
 
-    def __getitem__(self, index) -> Quantized:
+    def __getitem__(self, index: int | slice | list[int] | torch.Tensor) -> Quantized:
         """Rows of the leading dimension (e.g. a block's layers)."""
         return replace(self, data=self.data[index], scales=self.scales[index], zeros=self.zeros[index])
 
@@ -68,6 +71,19 @@ class Quantized:
             scales = scales.repeat_interleave(self.group, dim=-1)[..., :d]
             zeros = zeros.repeat_interleave(self.group, dim=-1)[..., :d]
         return (codes * scales + zeros).to(dtype)
+
+
+def stored_quantization(compression: CompressionConfig | None) -> tuple[int, int] | None:
+    """The `(bits, group)` a bank made with `compression` quantizes its blocks' KV to, or None when it stores them
+    as computed (16 bits, or no compression settings: a bank of token ids)."""
+    if compression is None or compression.bits == 16:
+        return None
+    if compression.group is None:
+        raise ConfigError(
+            f"compression.bits={compression.bits} quantizes, but compression.group is unset; CompressionConfig "
+            "fills in the default group when it is made, so build it with its constructor."
+        )
+    return compression.bits, compression.group
 
 
 def quantize(tensor: torch.Tensor, bits: int, group: int, axis: int) -> Quantized:
@@ -135,6 +151,18 @@ def fake_quantize(tensor: torch.Tensor, bits: int, group: int, axis: int) -> tor
         return tensor
     read = quantize(tensor, bits, group, axis).dequantize(tensor.dtype).to(tensor.device)
     return tensor + (read - tensor).detach()
+
+
+@overload
+def dense(tensor: torch.Tensor | Quantized, dtype: torch.dtype | None = None) -> torch.Tensor: ...
+
+
+@overload
+def dense(tensor: None, dtype: torch.dtype | None = None) -> None: ...
+
+
+@overload
+def dense(tensor: torch.Tensor | Quantized | None, dtype: torch.dtype | None = None) -> torch.Tensor | None: ...
 
 
 def dense(tensor: torch.Tensor | Quantized | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:

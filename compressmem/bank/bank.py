@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar, overload
 
 import torch
 
+from ..hf.fingerprint import BaseFingerprint
 from .block import BlockTable, MemoryBlock
 from .derived import DerivedIndex, KeptIndexes
 from .kept import KeptKV
@@ -200,7 +201,8 @@ class MemoryBank:
         return self.provenance.layers
 
     @property
-    def fingerprint(self):
+    def fingerprint(self) -> BaseFingerprint:
+        """The base model the bank was computed with."""
         return self.provenance.fingerprint
 
     @property

@@ -121,7 +121,7 @@ def row_digests(row: list) -> list[int]:
     return [int(digest, 16) for digest in row[8:]]
 
 
-def open_safetensors(path: Path, device: str = "cpu"):
+def open_safetensors(path: Path, device: str = "cpu") -> safe_open:
     """`safe_open` of a bank's file, refusing one that is missing, truncated or not safetensors with a
     `BankMismatchError` that names it."""
     try:

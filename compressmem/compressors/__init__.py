@@ -1,6 +1,6 @@
 """Compressors turn a chunk into a memory block; `build_compressor` picks a training-free one from its settings."""
 
-from ..config import CompressionConfig
+from ..config import DEFAULT_RATIO, DEFAULT_SCORE, CompressionConfig
 from .base import CompressedChunks, Compressor
 from .learned import LearnedCompressor
 from .select import SelectCompressor
@@ -15,7 +15,8 @@ def build_compressor(compression: CompressionConfig) -> Compressor:
             "one for training with LearnedCompressor.initialise(model, ratio, chunk_size)."
         )
     if compression.method == "select":
-        return SelectCompressor(compression.ratio, compression.score)
+        ratio = DEFAULT_RATIO if compression.ratio is None else compression.ratio
+        return SelectCompressor(ratio, DEFAULT_SCORE if compression.score is None else compression.score)
     return Compressor()
 
 

@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from ..hf.adapters import adapter_active
+from ..hf.cache import cached_kv
 from ..hf.compat import stop_forward, stoppable_forward
 from ..hf.placement import to_one_device
 from ..hf.probe import probe
@@ -47,6 +48,15 @@ class Compressor:
     def score(self, query: torch.Tensor, key: torch.Tensor, prefix_len: int) -> torch.Tensor | None:
         """Importance of each chunk entry, `[batch, kv_heads, n]`; None keeps every entry."""
         return None
+
+    def _ranked(self, importance: torch.Tensor | None) -> torch.Tensor:
+        """`score()`'s importance where entries are to be ranked (a ratio above 1), refused when it gives none."""
+        if importance is None:
+            raise ValueError(
+                f"{type(self).__name__} keeps 1/{self.ratio:g} of the KV entries but its score() ranks none: "
+                "return an importance for every entry, or use a ratio of 1."
+            )
+        return importance
 
     def kept_entries(self, num_tokens: int) -> int:
         return max(1, math.ceil(num_tokens / self.ratio))
@@ -88,7 +98,7 @@ class Compressor:
 
         def record(layer_idx: int, query: torch.Tensor, key: torch.Tensor) -> None:
             if scoring and layer_idx in wanted:
-                scores[layer_idx] = self.score(query, key, prefix_len)
+                scores[layer_idx] = self._ranked(self.score(query, key, prefix_len))
             if layer_idx == stop_after:
                 stop_forward()
 
@@ -103,8 +113,7 @@ class Compressor:
         kept = self.kept_entries(num_tokens)
         keys, values, positions = [], [], []
         for layer_idx in layers:
-            layer = cache.layers[layer_idx]
-            layer_keys, layer_values = layer.keys[:, :, prefix_len:], layer.values[:, :, prefix_len:]
+            layer_keys, layer_values = (kv[:, :, prefix_len:] for kv in cached_kv(cache, layer_idx))
             index = torch.arange(num_tokens, device=layer_keys.device).expand(*layer_keys.shape[:2], -1)
             if scoring:
                 index = scores[layer_idx].topk(kept, dim=-1).indices.sort(dim=-1).values
@@ -114,8 +123,8 @@ class Compressor:
             values.append(layer_values)
             positions.append((index + prefix_len).to(torch.int32))
         device = model.device  # layers split over devices (device_map) are gathered on the first
-        prefix_keys = torch.stack(to_one_device([cache.layers[i].keys[0, :, :prefix_len] for i in layers], device))
-        prefix_values = torch.stack(to_one_device([cache.layers[i].values[0, :, :prefix_len] for i in layers], device))
+        prefix_keys = torch.stack(to_one_device([cached_kv(cache, i)[0][0, :, :prefix_len] for i in layers], device))
+        prefix_values = torch.stack(to_one_device([cached_kv(cache, i)[1][0, :, :prefix_len] for i in layers], device))
         return CompressedChunks(
             keys=torch.stack(to_one_device(keys, device), dim=1),
             values=torch.stack(to_one_device(values, device), dim=1) if keep_values else None,

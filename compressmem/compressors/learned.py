@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
@@ -31,9 +32,12 @@ from ..hf.adapters import (
 )
 from ..hf.cache import RecordingCache
 from ..hf.compat import stop_forward, stoppable_forward
-from ..hf.placement import to_one_device
+from ..hf.placement import input_embedding_weight, to_one_device
 from ..hf.probe import probe
 from .base import CompressedChunks, Compressor
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 ADAPTER = "compressmem_compressor"
 MEMORY_TENSOR = "memory_embeddings"
@@ -44,7 +48,7 @@ class LearnedCompressor(Compressor):
 
     name = "learned"
 
-    def __init__(self, ratio: float, memory_embeddings: torch.nn.Parameter, lora_config) -> None:
+    def __init__(self, ratio: float, memory_embeddings: torch.nn.Parameter, lora_config: LoraConfig) -> None:
         super().__init__(ratio)
         self.memory_embeddings = memory_embeddings  # [slots, hidden]: slot j is memory token j
         self.lora_config = lora_config  # the adapter's `peft.LoraConfig`
@@ -56,7 +60,7 @@ class LearnedCompressor(Compressor):
         """A fresh compressor for `model`: a LoRA adapter whose B is zero (so it starts as the base model)
         and memory embeddings drawn around the mean token embedding; the same `seed` gives the same one."""
         slots = math.ceil(chunk_size / ratio)
-        embeddings = model.get_input_embeddings().weight.detach()
+        embeddings = input_embedding_weight(model).detach()
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(slots, embeddings.shape[1], generator=generator) * embeddings.float().std().item()
         memory = torch.nn.Parameter((embeddings.float().mean(dim=0).cpu() + noise).to(embeddings.device))
@@ -96,7 +100,7 @@ class LearnedCompressor(Compressor):
                 f"asks for ratio {ratio}; use the checkpoint's ratio."
             )
         config, extras = load_adapter(model, ADAPTER, directory, extra=(MEMORY_TENSOR,))
-        memory = extras[MEMORY_TENSOR].to(model.get_input_embeddings().weight.device)
+        memory = extras[MEMORY_TENSOR].to(input_embedding_weight(model).device)
         return cls(ratio, torch.nn.Parameter(memory, requires_grad=False), config)
 
     def weights(self, model: PreTrainedModel) -> list[torch.nn.Parameter]:

@@ -8,12 +8,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import BankMismatchError, MemoryBank
-from ..config import DEFAULT_SHARPNESS, GateConfig
+from ..config import DEFAULT_SHARPNESS, CompressionConfig, GateConfig
 from ..hf.placement import to_one_device
 from ..hf.probe import probe
 from ..hf.rope import Rotary
 from ..kernels import gate_scores
-from ..quantize import TOKENS, Quantized, dense, quantize
+from ..quantize import TOKENS, Quantized, dense, quantize, stored_quantization
 from .base import register
 
 INDEX_VERSION = 1
@@ -71,15 +71,20 @@ class GateIndex:
             return cls(_keys_from(kept[0], compression).to(model.device), kept[0]["offsets"].to(model.device), rotary)
         rows = [bank.layers.index(i) for i in layers]
         keys = []
-        for block in bank.blocks:
+        for number, block in enumerate(bank.blocks):
+            if block.keys is None or block.positions is None:
+                raise BankMismatchError(f"Block {number} of this bank holds no keys; rebuild the bank with compress().")
             block_keys = dense(block.keys[rows].to(model.device))  # a quantized block, dequantised on the device
             if rotary is not None:
                 block_keys = rotary.unrotate_layers(block_keys, block.positions[rows].long(), layers, dim=0)
             keys.append(block_keys)
         sizes = torch.cat([torch.zeros(1, dtype=torch.int64), bank.infos.column("entries")])
-        packed: torch.Tensor | Quantized = torch.cat(keys, dim=2)
-        if compression.bits < 16:
-            packed = quantize(packed, compression.bits, compression.group, TOKENS)
+        stacked = torch.cat(keys, dim=2)
+        packed: torch.Tensor | Quantized = stacked
+        quantization = stored_quantization(compression)
+        if quantization is not None:
+            bits, group = quantization
+            packed = quantize(stacked, bits, group, TOKENS)
         index = cls(keys=packed, offsets=sizes.cumsum(0).to(model.device), rotary=rotary)
         bank.keep_derived(name, {**_keys_tensors(packed), "offsets": index.offsets}, metadata)
         return index
@@ -91,12 +96,18 @@ def _keys_tensors(keys: torch.Tensor | Quantized) -> dict[str, torch.Tensor]:
     return {"keys": keys}
 
 
-def _keys_from(tensors: dict[str, torch.Tensor], compression) -> torch.Tensor | Quantized:
+def _keys_from(tensors: dict[str, torch.Tensor], compression: CompressionConfig | None) -> torch.Tensor | Quantized:
+    """The keys of a kept gate index, quantized as the bank's blocks are when it kept them quantized."""
     if "key_scales" not in tensors:
         return tensors["keys"]
-    return Quantized(
-        tensors["keys"], tensors["key_scales"], tensors["key_zeros"], compression.bits, compression.group, TOKENS
-    )
+    quantization = stored_quantization(compression)
+    if quantization is None:
+        raise BankMismatchError(
+            "The bank's kept gate index is quantized, but the bank's settings quantize nothing: the index is "
+            "damaged. Rebuild the bank."
+        )
+    bits, group = quantization
+    return Quantized(tensors["keys"], tensors["key_scales"], tensors["key_zeros"], bits, group, TOKENS)
 
 
 @register("attention", reads_keys=True)

@@ -188,6 +188,10 @@ class HeadGate:
         features = centred.flatten(2)
         if self.lexical is None:
             return features
+        if index.words is None:
+            raise ValueError(
+                "This index holds no BM25 index for the head's lexical feature: build it with this gate's index()."
+            )
         bm25 = self.lexical.score(model, texts, index.words)  # each row sums to 1
         relative = bm25 * bm25.shape[1] - 1  # 0 for an average block, whatever the bank's size
         return torch.cat([features, relative.unsqueeze(-1).to(features)], dim=-1)
