@@ -282,7 +282,9 @@ class NotesConfig:
     @property
     def budget(self) -> int:
         """Tokens one read may write: a quote's, or the whole notes' when rewriting."""
-        return self.note_tokens if self.update == "append" else self.max_tokens
+        if self.update != "append":
+            return self.max_tokens
+        return DEFAULT_NOTE_TOKENS if self.note_tokens is None else self.note_tokens
 
 
 @dataclass(frozen=True)
@@ -392,9 +394,10 @@ class MemoryConfig:
                 "compressed KV (the bank holds only token ids). Drop compression, or use a gate that reads keys "
                 "(kind='attention' or 'head') or reading mode 'compressed'."
             )
-        if self.compression is not None and self.compression.ratio > self.chunking.size:
+        ratio = None if self.compression is None else self.compression.ratio
+        if ratio is not None and ratio > self.chunking.size:
             raise ConfigError(
-                f"compression.ratio {self.compression.ratio:g} would keep less than one KV entry of a "
+                f"compression.ratio {ratio:g} would keep less than one KV entry of a "
                 f"{self.chunking.size}-token chunk: use a ratio of at most {self.chunking.size}, or "
                 "larger chunks."
             )

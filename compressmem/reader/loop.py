@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import KeptBlock, MemoryBank, owner_token
 from ..config import DEFAULT_GROUP, GateConfig, NotesConfig, ReadingConfig
 from ..gate import Gate
 from ..hf.adapters import ReasonerAdapter, adapter_active
+from ..hf.tokens import decode_text
 from ..quantize import CHANNELS, TOKENS, quantize
 from .notes import update_notes
 from .prompts import PromptBuilder
@@ -39,7 +40,7 @@ class _Row:
         read = set(self.trace.blocks_read)
         if reading.max_steps is not None and len(read) >= reading.max_steps:
             return None
-        if scores is None:
+        if scores is None or gate is None:
             return self._advance(self.cursor) if self.cursor < len(self.bank) else None
         passing = _passing(scores, gate)
         if reading.order == "score":  # at most top_k reads, however the notes reorder the blocks
@@ -180,10 +181,10 @@ class Reasoner:
         self, reads: list[tuple[_Row, int, torch.Tensor | None]], generation: dict[str, Any] | None, logprobs: bool
     ) -> None:
         prompts = [self.prompts.update_ids(row.trace.question, row.trace.notes) for row, _, _ in reads]
-        place = {"device": self.model.device, "dtype": self.model.dtype}  # a bank may come from another dtype
-        reuse = self.keeper if self.reading.keep_bits > 0 and not logprobs else None  # rollouts are scored raw
+        device, dtype = self.model.device, self.model.dtype  # a bank may come from another dtype
+        reuse = self.keeper if self.reading.keep_bits and not logprobs else None  # rollouts are scored raw
         inputs = [
-            step_input(row.bank, block, prompt, self.reading.mode, reuse=reuse, **place)
+            step_input(row.bank, block, prompt, self.reading.mode, reuse=reuse, device=device, dtype=dtype)
             for (row, block, _), prompt in zip(reads, prompts)
         ]
         keep = [
@@ -200,7 +201,7 @@ class Reasoner:
         for (row, block, row_scores), prompt, item, (ids, scored, kv) in zip(reads, prompts, inputs, written):
             if kv is not None:
                 self._keep(row.bank, block, *kv)
-            output = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            output = decode_text(tokenizer, ids, skip_special_tokens=True).strip()
             section = _section(row.bank, block, tokenizer)
             notes, quote = update_notes(
                 row.trace.notes, output, section.text, row.trace.question, self.notes, tokenizer, section.within
@@ -224,13 +225,15 @@ class Reasoner:
     def _keep(self, bank: MemoryBank, block: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep the KV a raw read of `block` computed (prefix and chunk), the chunk's quantized, in `bank.kept`."""
         p = bank.prefix_ids.numel()
-        bits = self.reading.keep_bits
+        bits, mib = self.reading.keep_bits, self.reading.keep_mib
+        if not bits or mib is None:
+            raise RuntimeError("KV is kept only with reading.keep_bits set, which gives reading.keep_mib a value.")
         kept = KeptBlock(
             quantize(keys[:, :, p:], bits, DEFAULT_GROUP, TOKENS),
             quantize(values[:, :, p:], bits, DEFAULT_GROUP, CHANNELS),
         )
         prefix = (keys[:, :, :p], values[:, :, :p])  # copied by `put` only when this owner has no prefix kept yet
-        bank.kept.put(block, kept, prefix, self.reading.keep_mib << 20, self.keeper)
+        bank.kept.put(block, kept, prefix, mib << 20, self.keeper)
 
     @property
     def keeper(self) -> tuple:
@@ -250,11 +253,11 @@ class _Section:
     last: int
 
 
-def _section(bank: MemoryBank, block: int, tokenizer) -> _Section:
+def _section(bank: MemoryBank, block: int, tokenizer: PreTrainedTokenizerBase) -> _Section:
     """`block`'s decoded text between its neighbours' (blocks that continue it in the same document)."""
 
     def text(b: int) -> str:
-        return tokenizer.decode(bank.token_ids(b), skip_special_tokens=True)
+        return decode_text(tokenizer, bank.token_ids(b), skip_special_tokens=True)
 
     own = text(block)
     first = block - 1 if block > 0 and _continues(bank, block - 1, block) else block
@@ -276,11 +279,12 @@ def _source(bank: MemoryBank, block: int, section: _Section, quote: Quote) -> So
     info = bank.infos[block]
     text = section.text[quote.start : quote.end]
     first, last = bank.infos[section.first].char_span, bank.infos[section.last].char_span
-    if first is None or last is None:  # a context of token ids: offsets into the decoded blocks
+    if first is None or last is None or info.char_span is None:  # a context of token ids: offsets into the blocks
         return Source(info.document, quote.start, quote.end, text, block, exact=False)
     if last[1] - first[0] == len(section.text):
         return Source(info.document, first[0] + quote.start, first[0] + quote.end, text, block)
-    return Source(info.document, *info.char_span, text, block, exact=False)
+    start, end = info.char_span
+    return Source(info.document, start, end, text, block, exact=False)
 
 
 def _passing(scores: torch.Tensor, gate: GateConfig) -> torch.Tensor:

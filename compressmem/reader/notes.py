@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from ..config import NotesConfig
+from ..config import DEFAULT_MIN_GROUNDING, NotesConfig
 from ..hf.tokens import decode_text
 from .quotes import Quote, find_quote
 
@@ -26,7 +26,8 @@ def update_notes(
     `rewrite`: the output replaces the notes (no source)."""
     if config.update == "rewrite":
         return _keep_tokens(output.strip(), config.max_tokens, tokenizer, keep="head"), None
-    quote = find_quote(output, section, question, notes, config.min_grounding, within)
+    min_support = DEFAULT_MIN_GROUNDING if config.min_grounding is None else config.min_grounding
+    quote = find_quote(output, section, question, notes, min_support, within)
     if quote is None:
         return notes, None
     sentence = section[quote.start : quote.end]

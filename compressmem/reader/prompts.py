@@ -13,6 +13,7 @@ from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from ..config import NotesConfig, PromptConfig
+from ..hf.tokens import chat_text, decode_text
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -72,14 +73,14 @@ class PromptBuilder:
 
     def find_question(self, prompt_ids: torch.Tensor) -> Question:
         """Locate the question in a prompt: the last user turn of a chat prompt, else the whole prompt."""
-        text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        text = decode_text(self.tokenizer, prompt_ids, skip_special_tokens=False)
         if self.chat_tail and self.user_open and text.endswith(self.chat_tail):
             start = text.rfind(self.user_open)
             if start >= 0:
                 start += len(self.user_open)
                 end = len(text) - len(self.chat_tail)
                 return Question(text[start:end].strip(), text[:start], text[end:])
-        plain = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        plain = decode_text(self.tokenizer, prompt_ids, skip_special_tokens=True)
         return Question(plain.strip(), "", "")
 
     def split_long_prompt(self, prompt_ids: torch.Tensor) -> tuple[str, Question]:
@@ -88,15 +89,15 @@ class PromptBuilder:
         found = self.find_question(prompt_ids)
         content = self.encode(found.text)
         keep = self.query_tokens
-        head_text = self.tokenizer.decode(self.encode(found.before), skip_special_tokens=True)
+        head_text = decode_text(self.tokenizer, self.encode(found.before), skip_special_tokens=True)
         if content.numel() <= keep:
             return head_text, Question(found.text, *self._fresh_turn())
-        context = head_text + self.tokenizer.decode(content[:-keep], skip_special_tokens=True)
-        question = self.tokenizer.decode(content[-keep:], skip_special_tokens=True).strip()
+        context = head_text + decode_text(self.tokenizer, content[:-keep], skip_special_tokens=True)
+        question = decode_text(self.tokenizer, content[-keep:], skip_special_tokens=True).strip()
         return context, Question(question, *self._fresh_turn())
 
     def _fresh_turn(self) -> tuple[str, str]:
-        if self.chat_head is None:
+        if self.chat_head is None or self.chat_tail is None:  # both or neither: the tokenizer has a chat template
             return "", ""
         return self.chat_head, self.chat_tail
 
@@ -109,15 +110,12 @@ def _chat_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str | None, str |
     if not getattr(tokenizer, "chat_template", None):
         return None, None, None
     q1, a1, q2 = _SENTINELS
-    single = tokenizer.apply_chat_template(
-        [{"role": "user", "content": q1}], tokenize=False, add_generation_prompt=True
-    )
+    single = chat_text(tokenizer, [{"role": "user", "content": q1}])
     head, tail = single.split(q1)
     try:
-        turns = tokenizer.apply_chat_template(
+        turns = chat_text(
+            tokenizer,
             [{"role": "user", "content": q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": q2}],
-            tokenize=False,
-            add_generation_prompt=True,
         )
         between = turns.split(a1)[1].split(q2)[0]
     except TemplateError:  # some templates reject multi-turn layouts; the single-turn head still marks a user turn

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import MemoryBank
 from ..compressors import CompressedChunks
 from ..config import CompressionConfig
-from ..hf.cache import PrefixCache
+from ..hf.cache import PrefixCache, cached_kv
+from ..hf.generation import generate_output
 from ..hf.placement import layer_devices
-from ..quantize import CHANNELS, TOKENS, dense, fake_quantize
+from ..quantize import CHANNELS, TOKENS, Quantized, dense, fake_quantize, stored_quantization
 from .prompts import pad_token_id
 
 
@@ -34,6 +35,14 @@ class StepInput:
     values: torch.Tensor | None
     input_ids: torch.Tensor
     first_position: int
+
+    def __post_init__(self) -> None:
+        if (self.keys is None) != (self.values is None):
+            raise ValueError("A read's KV prefix needs both its keys and its values, or neither.")
+
+
+PrefixedKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""The KV a compressed read sees: prefix keys, prefix values, block keys, block values."""
 
 
 def step_input(
@@ -59,14 +68,34 @@ def step_input(
         found = bank.kept.get(block, reuse) if reuse is not None else None
         if found is None:
             return StepInput(None, None, torch.cat([bank.prefix_ids, bank.token_ids(block), prompt_ids]), 0)
-        prefix, kept = found
-        kv = (*prefix, dense(kept.keys.to(device)), dense(kept.values.to(device)))
+        (prefix_keys, prefix_values), kept = found
+        kv: PrefixedKV = (prefix_keys, prefix_values, dense(kept.keys.to(device)), dense(kept.values.to(device)))
     elif recomputed is None:
-        loaded = bank.blocks[block]
-        kv = (bank.prefix_keys, bank.prefix_values, dense(loaded.keys.to(device)), dense(loaded.values.to(device)))
+        kv = _bank_kv(bank, block, device)
     else:
+        if bank.provenance.compression is None:
+            raise ValueError(
+                "This bank holds token ids only: a compressed read of recomputed blocks needs a bank built with "
+                "a compression setting."
+            )
         kv = _stored_as(recomputed, 0, bank.provenance.compression)
     return _after_prefix(kv, prompt_ids, bank.prefix_ids.numel() + bank.infos[block].num_tokens, device, dtype)
+
+
+def _bank_kv(bank: MemoryBank, block: int, device: torch.device | None) -> PrefixedKV:
+    """The prefix's KV and block `block`'s, dequantised on `device`, refused for a bank that holds no values."""
+    loaded = bank.blocks[block]
+    prefix_keys, prefix_values = bank.prefix_keys, bank.prefix_values
+    if loaded.keys is None or loaded.values is None or prefix_keys is None or prefix_values is None:
+        raise ValueError(
+            f"Block {block} of this bank has no keys and values to read (a bank of token ids or of keys only, for "
+            "gating): read it with mode='raw', or rebuild the bank with values kept."
+        )
+    return prefix_keys, prefix_values, _on(loaded.keys, device), _on(loaded.values, device)
+
+
+def _on(tensor: torch.Tensor | Quantized, device: torch.device | None) -> torch.Tensor:
+    return dense(tensor.to(device))
 
 
 def recomputed_input(
@@ -86,20 +115,21 @@ def recomputed_input(
     return _after_prefix(_stored_as(recomputed, row, compression), prompt_ids, first_position, device, dtype)
 
 
-def _stored_as(recomputed: CompressedChunks, row: int, compression: CompressionConfig) -> tuple[torch.Tensor, ...]:
+def _stored_as(recomputed: CompressedChunks, row: int, compression: CompressionConfig) -> PrefixedKV:
     """Prefix keys and values, then row `row`'s block keys and values as a bank made with `compression` reads them
     back (the bank's prefix is stored as computed; its blocks quantized as `BankBuilder` quantizes them)."""
-    bits, group = compression.bits, compression.group
-    return (
-        recomputed.prefix_keys,
-        recomputed.prefix_values,
-        fake_quantize(recomputed.keys[row], bits, group, TOKENS),
-        fake_quantize(recomputed.values[row], bits, group, CHANNELS),
-    )
+    if recomputed.values is None or recomputed.prefix_values is None:
+        raise ValueError("The recomputed blocks hold keys only (keep_values=False): a read needs their values too.")
+    keys, values = recomputed.keys[row], recomputed.values[row]
+    quantization = stored_quantization(compression)
+    if quantization is not None:
+        bits, group = quantization
+        keys, values = fake_quantize(keys, bits, group, TOKENS), fake_quantize(values, bits, group, CHANNELS)
+    return recomputed.prefix_keys, recomputed.prefix_values, keys, values
 
 
 def _after_prefix(
-    kv: tuple[torch.Tensor, ...],
+    kv: PrefixedKV,
     prompt_ids: torch.Tensor,
     first_position: int,
     device: torch.device | None,
@@ -140,9 +170,10 @@ def layout(inputs: list[StepInput], pad_id: int, outputs: list[torch.Tensor] | N
         length = item.input_ids.numel()
         start = prompt_width - length
         ids[row, start:prompt_width] = item.input_ids
-        made = outputs[row].numel() if outputs is not None else 0
+        output = outputs[row] if outputs is not None else item.input_ids.new_empty(0)
+        made = output.numel()
         if made:
-            ids[row, prompt_width : prompt_width + made] = outputs[row]
+            ids[row, prompt_width : prompt_width + made] = output
         mask[row, prefix_width + start : prefix_width + prompt_width + made] = 1
         positions[row, start : prompt_width + made] = torch.arange(
             item.first_position, item.first_position + length + made
@@ -162,7 +193,7 @@ def _padded_prefixes(inputs: list[StepInput], width: int) -> tuple[torch.Tensor,
     keys = reference.new_zeros(len(inputs), layers, kv_heads, width, dim)
     values = torch.zeros_like(keys)
     for row, item in enumerate(inputs):
-        if item.keys is not None:
+        if item.keys is not None and item.values is not None:  # both or neither (`StepInput`)
             keys[row, :, :, width - item.keys.shape[2] :] = item.keys
             values[row, :, :, width - item.values.shape[2] :] = item.values
     return keys, values
@@ -171,7 +202,7 @@ def _padded_prefixes(inputs: list[StepInput], width: int) -> tuple[torch.Tensor,
 def _cache(batch: Layout, model: PreTrainedModel, growing: bool) -> DynamicCache | PrefixCache | None:
     """The batch's prefixes as a cache, each layer's on the device that layer runs on: one that grows as
     tokens are generated, or a read-only one for a forward pass that may be recomputed (training)."""
-    if batch.keys is None:
+    if batch.keys is None or batch.values is None:
         return None
     devices = layer_devices(model)
     layers = [(batch.keys[:, i].to(devices[i]), batch.values[:, i].to(devices[i])) for i in range(batch.keys.shape[1])]
@@ -218,7 +249,8 @@ def generate_steps(
         **settings,
     )
     with torch.no_grad():
-        out = model.generate(
+        out = generate_output(
+            model,
             input_ids=batch.ids.to(device),
             attention_mask=batch.mask.to(device),
             position_ids=batch.positions.to(device),
@@ -228,9 +260,13 @@ def generate_steps(
     new = out.sequences[:, batch.ids.shape[1] :].cpu()
     scored = None
     if logprobs:
+        if out.logits is None:
+            raise RuntimeError("generate returned no logits although output_logits was asked for.")
         logits = torch.stack(out.logits, dim=1).float().cpu()
         scored = logits.log_softmax(dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-    kept = _kept_kv(out.cache, batch, inputs, keep, device) if keep else [None] * len(inputs)
+    if keep and out.cache is None:
+        raise RuntimeError("generate returned no cache, so no KV of the rows' inputs can be kept.")
+    kept = _kept_kv(out.cache, batch, inputs, keep, device) if keep and out.cache is not None else [None] * len(inputs)
     rows = []
     for row, ids in enumerate(new):
         written = cut_at_eos(ids, eos)
@@ -239,7 +275,7 @@ def generate_steps(
 
 
 def _kept_kv(
-    cache: DynamicCache,
+    cache: Cache,
     batch: Layout,
     inputs: list[StepInput],
     keep: list[tuple[int, int] | None],
@@ -250,22 +286,24 @@ def _kept_kv(
     if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
         return [None] * len(inputs)
     prefix_width = 0 if batch.keys is None else batch.keys.shape[3]
-    spans = []
+    spans: list[slice | None] = []
     for item, span in zip(inputs, keep):
         if span is None:
             spans.append(None)
             continue
         first = prefix_width + batch.prompt_width - item.input_ids.numel()
         spans.append(slice(first + span[0], first + span[1]))
-    return [
-        None
-        if cut is None
-        else tuple(
-            torch.stack([getattr(layer, name)[row, :, cut].to(device) for layer in cache.layers])
-            for name in ("keys", "values")
-        )
-        for row, cut in enumerate(spans)
-    ]
+    layers = [cached_kv(cache, layer) for layer in range(len(cache.layers))]
+    return [None if cut is None else _span_kv(layers, row, cut, device) for row, cut in enumerate(spans)]
+
+
+def _span_kv(
+    layers: list[tuple[torch.Tensor, torch.Tensor]], row: int, cut: slice, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row `row`'s keys and values over the entries `cut`, stacked over `layers` on `device`."""
+    keys = torch.stack([keys[row, :, cut].to(device) for keys, _ in layers])
+    values = torch.stack([values[row, :, cut].to(device) for _, values in layers])
+    return keys, values
 
 
 def step_logprobs(
