@@ -11,28 +11,31 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateOutput
 
 from .bank import BankNeeds, MemoryBank
 from .chunking import Context, split_into_chunks, tokenize_context
 from .compression import BankBuilder
 from .compressors import Compressor, LearnedCompressor, build_compressor
-from .config import ConfigError, MemoryConfig
+from .config import DEFAULT_RATIO, ConfigError, MemoryConfig
 from .distributed import ONE_PROCESS, Processes, compress_into_folder
 from .embedded import resolve_model_source
 from .gate import GateHead, build_gate, default_gate_layers
 from .gate.head import HEAD_FILE
 from .hf.adapters import ReasonerAdapter, adapter_active
 from .hf.fingerprint import fingerprint_model
-from .hf.placement import check_placement
+from .hf.generation import generation_model
+from .hf.placement import check_placement, input_embedding_weight
 from .hf.sliding import check_read_fits, check_sliding_window
+from .hf.tokens import chat_ids, decode_text, text_ids
 from .hub import (
     COMPRESSOR_FOLDER,
     REASONER_FOLDER,
+    Checkpoint,
     fetch_checkpoint,
     find_checkpoint,
     upload_checkpoint,
@@ -94,7 +97,7 @@ class CompressedMemoryModel:
         self.tokenizer = tokenizer
         self.memory_config = config
         self.show_progress = show_progress
-        self.base_name = base_name or model.config.name_or_path
+        self.base_name: str = base_name or model.config.name_or_path or ""
         self.fingerprint = fingerprint_model(model, tokenizer, self.base_name)
         self.prompts = PromptBuilder(tokenizer, config.prompts, config.notes, config.query_tokens)
         self.gate_head = gate_head
@@ -142,6 +145,7 @@ class CompressedMemoryModel:
         checkpoint = _renamed("memory", memory, "checkpoint", checkpoint, "from_pretrained")
         hub_kwargs = {k: hf_kwargs[k] for k in ("token", "cache_dir", "local_files_only") if k in hf_kwargs}
         source = resolve_model_source(base)
+        saved: Checkpoint | None
         if checkpoint is not None:
             saved = fetch_checkpoint(checkpoint, revision, **hub_kwargs)
         else:
@@ -164,7 +168,8 @@ class CompressedMemoryModel:
             and chosen.compression.method == "learned"
             and saved.compressor_folder is not None
         ):
-            compressor = LearnedCompressor.load(model, saved.compressor_folder, chosen.compression.ratio)
+            ratio = DEFAULT_RATIO if chosen.compression.ratio is None else chosen.compression.ratio
+            compressor = LearnedCompressor.load(model, saved.compressor_folder, ratio)
         if saved.reasoner_folder is not None:
             adapter = ReasonerAdapter.load(model, saved.reasoner_folder)
         return cls(
@@ -181,8 +186,10 @@ class CompressedMemoryModel:
     def with_config(self, memory_config: MemoryConfig, show_progress: bool | None = None) -> CompressedMemoryModel:
         """The same base model (no reload, no copy) under another `MemoryConfig`, e.g. to compare modes."""
         show = self.show_progress if show_progress is None else show_progress
-        keeps_learned = _method(memory_config) == "learned" and isinstance(self.compressor, LearnedCompressor)
-        learned = self.compressor if keeps_learned else None
+        compressor = self.compressor
+        learned = (
+            compressor if _method(memory_config) == "learned" and isinstance(compressor, LearnedCompressor) else None
+        )
         return type(self)(
             self.model,
             self.tokenizer,
@@ -212,7 +219,8 @@ class CompressedMemoryModel:
 
     def cuda(self, device: int | torch.device | None = None) -> CompressedMemoryModel:
         """The wrapper with the base model (and its own parts) on a GPU, as `torch.nn.Module.cuda`."""
-        self.model.cuda(device)
+        # transformers wraps PreTrainedModel.cuda with functools.wraps, which typeshed types as an unbound call
+        self.model.cuda(device)  # type: ignore[arg-type]
         return self._follow_model()
 
     def cpu(self) -> CompressedMemoryModel:
@@ -244,7 +252,7 @@ class CompressedMemoryModel:
     def _follow_model(self) -> CompressedMemoryModel:
         """Put the gate head and the learned compressor's memory embeddings on the base model's device (the
         embeddings' in place, so an optimizer holding them keeps them)."""
-        device = self.model.get_input_embeddings().weight.device
+        device = input_embedding_weight(self.model).device
         if self.gate_head is not None:
             self.gate_head.to(device)
         if isinstance(self.compressor, LearnedCompressor):
@@ -382,7 +390,7 @@ class CompressedMemoryModel:
         notes_kwargs: dict[str, Any] | None = None,
         memory: MemoryBank | list[MemoryBank] | None = None,
         **generation_kwargs: Any,
-    ):
+    ) -> torch.Tensor | GenerateOutput:
         """transformers' `generate()`, reading `context` (or a precomputed `bank`) first.
 
         Returns what transformers returns: prompt ids followed by new ids, or, with
@@ -405,7 +413,9 @@ class CompressedMemoryModel:
         if context is None and bank is None:
             if input_ids.shape[1] <= self._direct_max_tokens():
                 with adapter_active(self.model, None):  # the base model alone, whatever another thread is reading
-                    return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+                    return generation_model(self.model).generate(
+                        input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs
+                    )
             splits = [self.prompts.split_long_prompt(row) for row in rows]
             questions = [question for _, question in splits]
             banks = [self.compress(text) for text, _ in splits]
@@ -415,6 +425,40 @@ class CompressedMemoryModel:
                 raise ValueError("The prompt's question is empty (its last user turn holds no text): ask a question.")
             banks = self._banks_for_rows(len(rows), context, bank)
         return self.answer_from_banks(input_ids, questions, banks, generation_kwargs, notes_kwargs)
+
+    @overload
+    def answer(
+        self,
+        question: str,
+        context: Context | None = None,
+        bank: MemoryBank | None = None,
+        memory: MemoryBank | None = None,
+        return_sources: Literal[False] = False,
+        **generation_kwargs: Any,
+    ) -> str: ...
+
+    @overload
+    def answer(
+        self,
+        question: str,
+        context: Context | None = None,
+        bank: MemoryBank | None = None,
+        memory: MemoryBank | None = None,
+        *,
+        return_sources: Literal[True],
+        **generation_kwargs: Any,
+    ) -> Answer: ...
+
+    @overload
+    def answer(
+        self,
+        question: str,
+        context: Context | None = None,
+        bank: MemoryBank | None = None,
+        memory: MemoryBank | None = None,
+        return_sources: bool = False,
+        **generation_kwargs: Any,
+    ) -> str | Answer: ...
 
     def answer(
         self,
@@ -435,10 +479,12 @@ class CompressedMemoryModel:
         generation_kwargs.setdefault("do_sample", False)
         generation_kwargs["return_dict_in_generate"] = True
         out = self.generate(ids.to(self.model.device), context=context, bank=bank, **generation_kwargs)
-        text = self.tokenizer.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        if not isinstance(out, GenerateDecoderOnlyOutput):
+            raise TypeError(f"generate gave a {type(out).__name__} where a dict output was asked for.")
+        text = decode_text(self.tokenizer, out.sequences[0, ids.shape[1] :], skip_special_tokens=True).strip()
         if not return_sources:
             return text
-        trace = out.trace[0]
+        trace = read_output(out)[1][0]
         return Answer(text, trace.found, trace.sources if trace.found else [], trace)
 
     def prompt_ids(self, question: str) -> torch.Tensor:
@@ -446,13 +492,8 @@ class CompressedMemoryModel:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string.")
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": question}],
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
-            )["input_ids"]
-        return self.tokenizer(question, return_tensors="pt")["input_ids"]
+            return chat_ids(self.tokenizer, [{"role": "user", "content": question}])
+        return text_ids(self.tokenizer, question)
 
     def answer_from_banks(
         self,
@@ -461,7 +502,7 @@ class CompressedMemoryModel:
         banks: list[MemoryBank],
         generation_kwargs: dict[str, Any],
         notes_kwargs: dict[str, Any] | None = None,
-    ):
+    ) -> torch.Tensor | CompressedGenerateOutput:
         """`generate()`'s work once each row has its question and its bank: read, then answer.
 
         `generation_kwargs` apply to the answer; `notes_kwargs` (e.g. `do_sample`, `temperature`) to the
@@ -480,7 +521,7 @@ class CompressedMemoryModel:
         generation_kwargs: dict[str, Any],
         notes_kwargs: dict[str, Any] | None,
         rollouts: bool,
-    ):
+    ) -> torch.Tensor | CompressedGenerateOutput:
         """`answer_from_banks`; for `rollouts` (reinforcement learning: `sample_training_rollouts`), the traces
         also record the log-probability of every token the reads wrote, no read uses kept KV, and every row
         is answered (the reward judges it)."""
@@ -505,7 +546,8 @@ class CompressedMemoryModel:
         fields = {}
         if out is not None and len(answered) == len(traces):
             fields = {key: value for key, value in out.items() if key != "sequences"}
-        return CompressedGenerateOutput(sequences=sequences, trace=traces, **fields)
+        # transformers annotates `sequences` as torch.LongTensor, a legacy type that torch.cat's result is not typed as
+        return CompressedGenerateOutput(sequences=cast(torch.LongTensor, sequences), trace=traces, **fields)
 
     def _generate_answers(
         self, prompts: list[torch.Tensor], generation_kwargs: dict[str, Any]
@@ -521,7 +563,7 @@ class CompressedMemoryModel:
             mask[row, width - prompt.numel() :] = 1
         generation_kwargs.setdefault("pad_token_id", pad_id)
         with self.reasoner.active():
-            out = self.model.generate(
+            out = generation_model(self.model).generate(
                 input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device), **generation_kwargs
             )
         sequences = out.sequences if hasattr(out, "sequences") else out
@@ -531,7 +573,7 @@ class CompressedMemoryModel:
         """`[rows, n]` new tokens: each answered row's `generated` ones, the not-found text (and end of sequence)
         for the others, right-padded."""
         pad_id = pad_token_id(self.tokenizer)
-        refusal = self._not_found_ids() if len(generated) < rows else None
+        refusal = self._not_found_ids() if len(generated) < rows else torch.zeros(0, dtype=torch.long)  # unused then
         rows_ids = [generated.get(row, refusal) for row in range(rows)]
         longest = max(ids.numel() for ids in rows_ids)
         new = torch.full((rows, longest), pad_id, dtype=torch.long)
@@ -541,7 +583,10 @@ class CompressedMemoryModel:
 
     def _not_found_ids(self) -> torch.Tensor:
         """The not-found text's tokens, then end of sequence."""
-        ids = self.prompts.encode(self.memory_config.prompts.not_found)
+        not_found = self.memory_config.prompts.not_found
+        if not_found is None:
+            raise RuntimeError("prompts.not_found is None, so every row is answered: there is no not-found text.")
+        ids = self.prompts.encode(not_found)
         eos = self.tokenizer.eos_token_id
         return ids if eos is None else torch.cat([ids, torch.tensor([eos])])
 
@@ -626,7 +671,22 @@ def sample_training_rollouts(
     row answered (the reward judges it, found or not), every read pre-filled rather than read from kept KV (the
     loss scores reads as they were made), and each written token's log-probability in the traces.
     `generation_kwargs` must ask for a dict output (`return_dict_in_generate=True`)."""
-    return model._read_and_answer(input_ids, questions, banks, generation_kwargs, notes_kwargs, rollouts=True)
+    out = model._read_and_answer(input_ids, questions, banks, generation_kwargs, notes_kwargs, rollouts=True)
+    if not isinstance(out, CompressedGenerateOutput):
+        raise ValueError("sample_training_rollouts needs generation_kwargs with return_dict_in_generate=True.")
+    return out
+
+
+def read_output(out: object) -> tuple[torch.Tensor, list[Trace]]:
+    """The sequences and per-row traces of `out`, the output of a `generate()` that read a context or bank with
+    `return_dict_in_generate=True`; refused when it is not one (ids only, or the base model's own output: nothing
+    was read)."""
+    if not isinstance(out, CompressedGenerateOutput) or out.trace is None:
+        raise ValueError(
+            "This output holds no traces of reading: generate() gives them only with return_dict_in_generate=True "
+            "and a context or bank to read."
+        )
+    return out.sequences, out.trace
 
 
 def _method(config: MemoryConfig) -> str | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import MEMAGENT_ANSWER_MARKER, MemoryConfig
-from ..model import CompressedMemoryModel
+from ..hf.generation import generate_ids
+from ..hf.tokens import decode_text
+from ..model import CompressedMemoryModel, read_output
 from ..reader import pad_token_id
 from .cases import EvalCase
 from .measure import PeakMemory
@@ -73,9 +75,13 @@ def run_eval(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     records = []
     jobs = [(task, length) for task in tasks for length in lengths]
-    sink = open(Path(out_dir) / "cases.jsonl", "w", encoding="utf-8") if out_dir is not None else nullcontext()  # noqa: SIM115 - closed by the with below
     bar = tqdm(total=len(jobs) * n * len(modes), desc="Evaluating", unit="run", disable=not show_progress)
-    with sink, bar:
+    with ExitStack() as closing, bar:
+        sink = (
+            closing.enter_context(open(Path(out_dir) / "cases.jsonl", "w", encoding="utf-8"))
+            if out_dir is not None
+            else None
+        )
         for task, length in jobs:
             cases = make_cases(task, model.tokenizer, length, n, seed, haystack=haystack, hotpotqa_file=hotpotqa_file)
             for case in cases:
@@ -84,7 +90,7 @@ def run_eval(
                     if not record["skipped"]:
                         record.update(score_answer(case.task, record["prediction"], case.answers))
                     records.append(record)
-                    if out_dir is not None:
+                    if sink is not None:
                         sink.write(json.dumps(record) + "\n")
                         sink.flush()
                     bar.update()
@@ -156,9 +162,10 @@ def _run_memory(
             prompt, bank=readable, max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True
         )
         seconds = time.perf_counter() - start
-    trace = out.trace[0]
+    sequences, traces = read_output(out)
+    trace = traces[0]
     read = [evidence[b] for b in trace.blocks_read] if oracle else trace.blocks_read
-    response = model.tokenizer.decode(out.sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip()
+    response = decode_text(model.tokenizer, sequences[0, prompt.shape[1] :], skip_special_tokens=True).strip()
     return {
         "prediction": read_answer(response),
         "response": response,
@@ -205,7 +212,8 @@ def _run_full(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int)
     prompt = prompt.to(model.model.device)
     with PeakMemory(model.model.device) as peak, torch.no_grad():
         start = time.perf_counter()
-        out = model.model.generate(
+        out = generate_ids(
+            model.model,
             prompt,
             attention_mask=torch.ones_like(prompt),
             max_new_tokens=max_new_tokens,
@@ -213,7 +221,7 @@ def _run_full(model: CompressedMemoryModel, case: EvalCase, max_new_tokens: int)
             pad_token_id=pad_token_id(model.tokenizer),
         )
         seconds = time.perf_counter() - start
-    prediction = model.tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip()
+    prediction = decode_text(model.tokenizer, out[0, prompt.shape[1] :], skip_special_tokens=True).strip()
     return {
         **base,
         "prediction": prediction,
