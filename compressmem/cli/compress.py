@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .options import CommandError, add_model_options, load_model, read_text
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"cannot write {args.output}: the folder {args.output.parent} does not exist; create it first."
         )
-    options = {}
+    options: dict[str, Any] = {}
     if state.num_processes > 1 and not args.device and state.device.type != "cpu":
         options["device_map"] = str(state.device)  # one accelerator per process
     with state.main_process_first():  # the first load may convert or download the model: once, not racing
@@ -80,10 +80,13 @@ def _shared_to_file(model: CompressedMemoryModel, file: Path, output: Path, stat
 
     folder = [tempfile.mkdtemp(prefix=f"{output.name}.", dir=output.parent) if state.is_main_process else None]
     broadcast_object_list(folder)
-    bank = compress_distributed(model, text_pieces(file), folder[0], state=state)
+    shared = folder[0]
+    if shared is None:
+        raise RuntimeError("The main process shared no temporary bank folder with this process.")
+    bank = compress_distributed(model, text_pieces(file), shared, state=state)
     if state.is_main_process:
         _save(bank, output)
-        shutil.rmtree(folder[0])
+        shutil.rmtree(shared)
     return bank
 
 

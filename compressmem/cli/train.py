@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .options import (
     CommandError,
@@ -21,6 +23,9 @@ from .options import (
     task_names,
     token_counts,
 )
+
+if TYPE_CHECKING:
+    from ..training.grpo import GRPOExample
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -271,7 +276,7 @@ def train_grpo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _examples(path: Path, read) -> list:
+def _examples(path: Path, read: Callable[[Path], list[GRPOExample]]) -> list[GRPOExample]:
     """--data's examples (the reader names the file and any line that is not an example), or a one-line error for a
     file that is not text."""
     try:

@@ -9,6 +9,8 @@ there: the right answer is that the context does not say, and any number is inve
 
 from __future__ import annotations
 
+import random
+
 from transformers import PreTrainedTokenizerBase
 
 from .cases import EvalCase, case_rng
@@ -110,7 +112,7 @@ def _every_number(
     length: int,
     seed: int,
     index: int,
-    rng,
+    rng: random.Random,
     keys: list[str],
     numbers: list[str],
     asked: str,
@@ -158,7 +160,7 @@ def _keys() -> list[str]:
     return [f"{word}-{noun}" for word in _KEY_WORDS for noun in _KEY_NOUNS]
 
 
-def _number(rng) -> str:
+def _number(rng: random.Random) -> str:
     return str(rng.randrange(1_000_000, 10_000_000))
 
 

@@ -196,7 +196,8 @@ def train_gate(
     """
     config = model.memory_config
     compression = config.compression or CompressionConfig("select")
-    keys = GateConfig("attention", top_k=1, layers=model.gate_layers, sharpness=gate_sharpness(config))
+    sharpness = gate_sharpness(config)
+    keys = GateConfig("attention", top_k=1, layers=model.gate_layers, sharpness=sharpness)
     keyed = model.with_config(
         config.replace(
             compression=compression,
@@ -209,7 +210,7 @@ def train_gate(
     train = cached_examples(keyed, train_cases, out / "examples-train.safetensors", show_progress)
     test = cached_examples(keyed, test_cases, out / "examples-test.safetensors", show_progress)
     heads = model.model.config.get_text_config().num_attention_heads
-    head = GateHead(keyed.gate_layers, heads, keys.sharpness, lexical=lexical)
+    head = GateHead(keyed.gate_layers, heads, sharpness, lexical=lexical)
     report = train_head(head, train, test, l2=l2)
     reading = config.replace(
         compression=compression,

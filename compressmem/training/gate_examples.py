@@ -120,7 +120,9 @@ def _cache_key(model: CompressedMemoryModel, cases: list[EvalCase]) -> str:
 def gate_sharpness(config: MemoryConfig) -> float:
     """The attention gate's sharpness in `config`, or the default one for configurations of other gates."""
     gate = config.gate
-    return gate.sharpness if gate is not None and gate.kind == "attention" else DEFAULT_SHARPNESS
+    if gate is None or gate.kind != "attention" or gate.sharpness is None:
+        return DEFAULT_SHARPNESS
+    return gate.sharpness
 
 
 def _save(examples: list[GateExample], path: Path, key: str) -> None:

@@ -21,7 +21,7 @@ import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..bank import MemoryBank
 from ..compressors import LearnedCompressor
+from ..eval.cases import EvalCase
 from ..eval.scoring import score_answer
 from ..hf.adapters import ReasonerAdapter, keep_quantized_differentiable
 from ..hf.checkpointing import activation_checkpointing
@@ -80,7 +81,7 @@ def examples_from_jsonl(path: str | Path) -> list[GRPOExample]:
     return examples
 
 
-def examples_from_cases(cases) -> list[GRPOExample]:
+def examples_from_cases(cases: Iterable[EvalCase]) -> list[GRPOExample]:
     """Examples from the evaluation generators' `EvalCase`s (see `compressmem.eval.make_cases`)."""
     return [GRPOExample(case.question, case.context, tuple(case.answers), case.task) for case in cases]
 
@@ -192,6 +193,8 @@ def sample_group(
     eos = model.model.generation_config.eos_token_id or model.tokenizer.eos_token_id
     generated = out.sequences[:, prompt.shape[1] :].cpu()
     answers = [cut_at_eos(row, eos) for row in generated]
+    if out.logits is None or out.trace is None:
+        raise RuntimeError("The rollouts came back without their logits or traces, which GRPO scores.")
     answer_logprobs = torch.stack(out.logits, dim=1).float().cpu().log_softmax(-1)
     answer_logprobs = answer_logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
     predictions = [decode_text(model.tokenizer, ids, skip_special_tokens=True).strip() for ids in answers]
@@ -234,9 +237,14 @@ def conversation_logprobs(
     if first.block is None:
         inputs = [StepInput(None, None, c.prompt_ids, 0) for c in conversations]
     else:
-        made = model.builder.forward(first.bank.token_ids(first.block)[None]) if recompute_block else None
-        place = {"device": model.model.device, "dtype": model.model.dtype}
-        inputs = [step_input(first.bank, first.block, c.prompt_ids, "compressed", made, **place) for c in conversations]
+        bank, block = first.bank, first.block
+        if bank is None:
+            raise ValueError(f"Rollout {first.rollout}'s read of block {block} names no bank to read it from.")
+        made = model.builder.forward(bank.token_ids(block)[None]) if recompute_block else None
+        device, dtype = model.model.device, model.model.dtype
+        inputs = [
+            step_input(bank, block, c.prompt_ids, "compressed", made, device=device, dtype=dtype) for c in conversations
+        ]
     with model.reasoner.active():
         return step_logprobs(model.model, inputs, [c.output_ids for c in conversations], pad_token_id(model.tokenizer))
 
@@ -287,7 +295,11 @@ class GRPOTrainer:
         self.out = Path(out)
         self.reward = reward
         self.show_progress = show_progress
-        self.learns_compressor = self.config.train_compressor and isinstance(model.compressor, LearnedCompressor)
+        compressor = self.model.compressor
+        self.learned_compressor = (
+            compressor if self.config.train_compressor and isinstance(compressor, LearnedCompressor) else None
+        )
+        self.learns_compressor = self.learned_compressor is not None
         self.weights = self._trainable_weights()
         self.initial = [weight.detach().clone() for weight in self.weights] if self.config.kl_coef else None
         self.optimizer = torch.optim.AdamW(self.weights, lr=self.config.learning_rate)
@@ -300,8 +312,8 @@ class GRPOTrainer:
                 "add one with `with_reasoner_adapter()` or use compression method 'learned'."
             )
         weights = []
-        if self.learns_compressor:
-            weights += self.model.compressor.weights(self.model.model)
+        if self.learned_compressor is not None:
+            weights += self.learned_compressor.weights(self.model.model)
         if self.model.reasoner_adapter is not None:
             weights += self.model.reasoner_adapter.weights(self.model.model)
         return weights
@@ -314,7 +326,7 @@ class GRPOTrainer:
         base = self.model.model
         device = base.device
         learning = {name: weight.requires_grad for name, weight in base.named_parameters()}
-        embeddings = self.model.compressor.memory_embeddings if self.learns_compressor else None
+        embeddings = self.learned_compressor.memory_embeddings if self.learned_compressor is not None else None
         embeddings_learning = embeddings is not None and embeddings.requires_grad
         was_training = base.training
         if device != self.accelerator.device:
@@ -335,7 +347,8 @@ class GRPOTrainer:
                 embeddings.requires_grad_(embeddings_learning)
             base.train(was_training)
             if base.device != device:
-                base.to(device)
+                # transformers wraps PreTrainedModel.to with functools.wraps, which typeshed types as an unbound call
+                base.to(device)  # type: ignore[arg-type]
                 if embeddings is not None:
                     embeddings.data = embeddings.data.to(device)
 
@@ -431,6 +444,8 @@ class GRPOTrainer:
     def _reference_logprobs(self, batches: list[list[Conversation]]) -> dict[int, torch.Tensor]:
         """Each micro-batch's log-probabilities under the starting policy (for the KL penalty)."""
         reference = {}
+        if self.initial is None:
+            raise RuntimeError("The KL penalty's reference needs the starting weights, kept only when kl_coef > 0.")
         with torch.no_grad(), _weights_swapped(self.weights, self.initial):
             for batch in batches:
                 reference[id(batch[0])] = conversation_logprobs(self.model, batch, self.learns_compressor)[0]

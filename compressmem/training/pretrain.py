@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..compressors import LearnedCompressor
-from ..config import CompressionConfig, MemoryConfig
+from ..config import DEFAULT_RATIO, CompressionConfig, MemoryConfig
 from ..hf.adapters import keep_quantized_differentiable
 from ..model import CompressedMemoryModel
 from ..reader import pad_token_id, recomputed_input, step_logprobs
@@ -54,17 +54,17 @@ def reconstruction_loss(
     read exactly as the reasoner reads a block of a bank this model builds (`reader.recomputed_input`, the
     compressed read of `step_input`, then `step_logprobs`): after the bank's prefix, at the positions after
     the chunk, and quantized as the bank would store it (fake-quantized, gradients passing straight through)."""
-    if not isinstance(model.compressor, LearnedCompressor):
+    builder = model.builder
+    if not isinstance(model.compressor, LearnedCompressor) or builder.compression is None:
         raise TypeError(
             "reconstruction_loss trains a learned compressor; build the model with compression method 'learned'."
         )
-    builder = model.builder
     blocks = builder.forward(chunk_ids)
     targets = torch.cat([chunk_ids, continuation_ids], dim=1)
     first = builder.prefix_ids.numel() + chunk_ids.shape[1]
-    place = {"device": model.model.device, "dtype": model.model.dtype}
+    device, dtype = model.model.device, model.model.dtype
     inputs = [
-        recomputed_input(blocks, row, builder.compression, targets[row, :1], first, **place)
+        recomputed_input(blocks, row, builder.compression, targets[row, :1], first, device=device, dtype=dtype)
         for row in range(chunk_ids.shape[0])
     ]
     scores, mask = step_logprobs(model.model, inputs, list(targets[:, 1:]), pad_token_id(model.tokenizer))
@@ -99,14 +99,15 @@ def pretrain(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pairs = training_pairs(model, texts, config.continuation_tokens)
-    learning = {id(w): w.requires_grad for w in [*model.model.parameters(), model.compressor.memory_embeddings]}
+    compressor = learned_compressor(model)
+    learning = {id(w): w.requires_grad for w in [*model.model.parameters(), compressor.memory_embeddings]}
     weights = trainable_weights(model)
     optimizer = torch.optim.AdamW(weights, lr=config.learning_rate)
     step = resume_trainer_state(optimizer, out)
     chunk = model.memory_config.chunking.size
     log = read_log(out / LOG_FILE, step)
     bar = tqdm(total=config.steps, initial=step, desc="Pre-training", unit="step", disable=not show_progress)
-    with bar, _restored(model, learning):
+    with bar, _restored(model, compressor, learning):
         while step < config.steps:
             order = random.Random(f"{config.seed}:{step}")
             batch = pairs[[order.randrange(len(pairs)) for _ in range(config.batch_size)]]
@@ -135,12 +136,7 @@ def pretrain(
 def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
     """The compressor's memory embeddings and LoRA weights, made trainable; the base model frozen (and,
     when it is 4-bit, kept differentiable: `keep_quantized_differentiable`)."""
-    compressor = model.compressor
-    if not isinstance(compressor, LearnedCompressor):
-        raise TypeError(
-            "pretrain trains a learned compressor; build the model with compression method 'learned' "
-            "(start_or_resume does)."
-        )
+    compressor = learned_compressor(model)
     keep_quantized_differentiable(model.model)
     for weight in model.model.parameters():
         weight.requires_grad_(False)
@@ -150,13 +146,24 @@ def trainable_weights(model: CompressedMemoryModel) -> list[torch.nn.Parameter]:
     return weights
 
 
+def learned_compressor(model: CompressedMemoryModel) -> LearnedCompressor:
+    """`model`'s learned compressor, which pre-training trains; refused when it has another."""
+    if not isinstance(model.compressor, LearnedCompressor):
+        raise TypeError(
+            "pretrain trains a learned compressor; build the model with compression method 'learned' "
+            "(start_or_resume does)."
+        )
+    return model.compressor
+
+
 @contextlib.contextmanager
-def _restored(model: CompressedMemoryModel, learning: dict[int, bool]) -> Iterator[None]:
-    """Put back which of the model's weights learn, as `learning` recorded them, when the body ends."""
+def _restored(model: CompressedMemoryModel, compressor: LearnedCompressor, learning: dict[int, bool]) -> Iterator[None]:
+    """Put back which of the model's and its compressor's weights learn, as `learning` recorded them, when the
+    body ends."""
     try:
         yield
     finally:
-        for weight in [*model.model.parameters(), model.compressor.memory_embeddings]:
+        for weight in [*model.model.parameters(), compressor.memory_embeddings]:
             weight.requires_grad_(learning.get(id(weight), False))
 
 
@@ -190,15 +197,17 @@ def start_or_resume(
     stored = current.compression or CompressionConfig()
     if ratio is None:
         ratio = current.compression.ratio if current.compression is not None else None
+    compression = CompressionConfig("learned", ratio, bits=stored.bits, group=stored.group)
+    learned_ratio = DEFAULT_RATIO if compression.ratio is None else compression.ratio
     config = current.replace(
-        compression=CompressionConfig("learned", ratio, bits=stored.bits, group=stored.group),
+        compression=compression,
         reading=dataclasses.replace(current.reading, mode="compressed", keep_bits=0, keep_mib=None),
     )
     if (Path(out) / TRAINER_STATE).is_file():
-        compressor = LearnedCompressor.load(model.model, Path(out) / "compressor", config.compression.ratio)
+        compressor = LearnedCompressor.load(model.model, Path(out) / "compressor", learned_ratio)
     else:
         compressor = LearnedCompressor.initialise(
-            model.model, config.compression.ratio, config.chunking.size, rank=rank, seed=seed
+            model.model, learned_ratio, config.chunking.size, rank=rank, seed=seed
         )
     return type(model)(
         model.model,
