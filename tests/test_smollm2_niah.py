@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from compressmem import DEFAULT_MODEL, ChunkingConfig, CompressedMemoryModel, MemoryConfig
+from compressmem import DEFAULT_MODEL, ChunkingConfig, CompressedMemoryModel, MemoryConfig, ReadingConfig
 from compressmem.eval import make_cases, substring_match
 
 CASES = 10
@@ -27,14 +27,19 @@ def _run(smollm2, config, cases):
     return correct / len(cases), reads / len(cases)
 
 
-def test_default_matches_memagent_while_reading_half_as_much(smollm2, haystack):
+def test_the_gate_matches_reading_every_chunk_while_reading_half_as_much(smollm2, haystack):
+    """The gate's worth: the default reads at most half the blocks that reading every chunk with the same notes
+    reads, at no less than 0.8 of its accuracy. (MemAgent's own agent, `MemoryConfig.memagent()`, rewrites a
+    memory of up to 1024 tokens after each chunk: minutes a question on a CPU, so it is measured by
+    `compressmem eval --modes memagent`, not here.)"""
     cases = make_cases("niah_single", smollm2.tokenizer, 4096, CASES, seed=0, haystack=haystack)
-    memagent_accuracy, memagent_reads = _run(smollm2, MemoryConfig.memagent(1024), cases)
+    every = MemoryConfig(chunking=ChunkingConfig(1024), gate=None, reading=ReadingConfig(until="all"))
+    every_accuracy, every_reads = _run(smollm2, every, cases)
     default_accuracy, default_reads = _run(smollm2, MemoryConfig(chunking=ChunkingConfig(1024)), cases)
-    assert memagent_accuracy >= 0.6
-    assert memagent_reads == 4
-    assert default_accuracy >= 0.8 * memagent_accuracy
-    assert default_reads <= memagent_reads / 2
+    assert every_accuracy >= 0.6
+    assert every_reads == 4
+    assert default_accuracy >= 0.8 * every_accuracy
+    assert default_reads <= every_reads / 2
 
 
 def test_default_model_loads_offline_and_says_from_where(caplog):
