@@ -5,6 +5,13 @@ needles of the same form with other keys, so the reader must match the key, not 
 `niah_multivalue` hides several numbers for one key and `niah_multiquery` asks for several keys at once
 (every number must be found). `absent` hides needles of other keys only and asks for a key that is not
 there: the right answer is that the context does not say, and any number is invented.
+
+Three tasks ask in words rather than by a shared template: `niah_paraphrase` words the needle and the question
+differently (seeded templates that share only the key, "the Reno vault", and no other content word), so a
+reader cannot match the question's wording to the needle's; `niah_distractor` hides several needles of one
+wording for different vaults and asks for one (the distractors' values score 0); `absent_related` speaks of the
+asked vault without ever giving its code (plus needles of other vaults with codes), so "not found" is right and
+a code is invented or borrowed.
 """
 
 from __future__ import annotations
@@ -190,3 +197,157 @@ def _niah(
         seed=seed,
         metadata={"key": keys[0], "distractors": [spans[i] for i in range(len(spans)) if i != target]},
     )
+
+
+# Vault names (not in RULER's essays nor the example document) and the paraphrased needles and questions: each
+# needle template shares with each question template only the key ("the Reno vault"); tests check it.
+_VAULT_NAMES = (
+    "Reno",
+    "Brenna",
+    "Dunmere",
+    "Elsin",
+    "Farrow",
+    "Galen",
+    "Harlow",
+    "Isley",
+    "Jorvik",
+    "Kestrel",
+    "Lomond",
+    "Merrit",
+    "Norwick",
+    "Orla",
+    "Penrith",
+    "Quenby",
+    "Rosmer",
+    "Selby",
+    "Tarrant",
+    "Varnel",
+    "Wexley",
+    "Yarrow",
+    "Zennor",
+    "Bellmont",
+)
+PARAPHRASE_NEEDLES = (
+    "The combination that unlocks the {key} is {value}.",
+    "Whoever wishes to enter the {key} must punch in {value}.",
+    "Dialling {value} makes the lock on the {key} spring back.",
+    "Staff were told that the {key} responds only to {value}.",
+    "{value} is the sequence which releases the {key}.",
+)
+PARAPHRASE_QUESTIONS = (
+    "Which number opens the {key}?",
+    "What do I need to type to get into the {key}?",
+    "What figures give access to the {key}?",
+    "Which digits let someone inside the {key}?",
+    "What is the passcode for the {key}?",
+)
+# sentences about a vault that never give its code (`absent_related`)
+RELATED_WITHOUT_VALUE = (
+    "The code of the {key} was changed last spring, and only its keeper knows it.",
+    "Nobody wrote down the combination of the {key} after the old locksmith retired.",
+    "The {key} has a lock whose setting was kept secret from the staff.",
+    "Rumours about the combination of the {key} spread widely, but it was never made public.",
+)
+
+
+def _vault(name: str) -> str:
+    return f"{name} vault"
+
+
+def niah_paraphrase(tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int) -> EvalCase:
+    """One needle and its question, each in a seeded wording of its own: they share the vault's name only."""
+    rng = case_rng("niah_paraphrase", length, seed, index)
+    key = _vault(rng.choice(_VAULT_NAMES))
+    value = _number(rng)
+    needle = rng.choice(PARAPHRASE_NEEDLES).format(key=key, value=value)
+    question = rng.choice(PARAPHRASE_QUESTIONS).format(key=key)
+    context, spans = hide_in_haystack(tokenizer, haystack, length, [needle], rng)
+    return EvalCase(
+        task="niah_paraphrase",
+        case_id=f"niah_paraphrase-{length}-{seed}-{index}",
+        context=context,
+        question=question,
+        answers=(value,),
+        evidence=(spans[0],),
+        length=length,
+        seed=seed,
+        metadata={"key": key, "needle": needle.strip()},
+    )
+
+
+def niah_distractor(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int, distractors: int = 3
+) -> EvalCase:
+    """`distractors + 1` needles of one seeded wording for different vaults, each with its own code; the question
+    (in another wording) asks for one. The distractors' keys, codes and spans are in `metadata` (in the order they
+    lie in the context); an answer that names a distractor's code scores 0."""
+    rng = case_rng("niah_distractor", length, seed, index)
+    keys = [_vault(name) for name in rng.sample(_VAULT_NAMES, distractors + 1)]
+    values = _distinct_numbers(rng, len(keys))
+    template = rng.choice(PARAPHRASE_NEEDLES)
+    needles = [template.format(key=key, value=value) for key, value in zip(keys, values)]
+    order = list(range(len(needles)))
+    rng.shuffle(order)
+    context, spans = hide_in_haystack(tokenizer, haystack, length, [needles[i] for i in order], rng)
+    target = order.index(0)
+    return EvalCase(
+        task="niah_distractor",
+        case_id=f"niah_distractor-{length}-{seed}-{index}",
+        context=context,
+        question=rng.choice(PARAPHRASE_QUESTIONS).format(key=keys[0]),
+        answers=(values[0],),
+        evidence=(spans[target],),
+        length=length,
+        seed=seed,
+        metadata={"key": keys[0], **_others(order, target, spans, keys, values)},
+    )
+
+
+def absent_related(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int, distractors: int = 3
+) -> EvalCase:
+    """A sentence about the asked vault that never gives its code, among needles of other vaults with codes: no
+    answer is right but "not found" or one that stays with what the text says (`answers` is empty; the related
+    sentence is the evidence, the other vaults' needles are in `metadata`)."""
+    rng = case_rng("absent_related", length, seed, index)
+    keys = [_vault(name) for name in rng.sample(_VAULT_NAMES, distractors + 1)]
+    values = _distinct_numbers(rng, distractors)
+    related = rng.choice(RELATED_WITHOUT_VALUE).format(key=keys[0])
+    inserts = [related] + [rng.choice(PARAPHRASE_NEEDLES).format(key=k, value=v) for k, v in zip(keys[1:], values)]
+    order = list(range(len(inserts)))
+    rng.shuffle(order)
+    context, spans = hide_in_haystack(tokenizer, haystack, length, [inserts[i] for i in order], rng)
+    target = order.index(0)
+    return EvalCase(
+        task="absent_related",
+        case_id=f"absent_related-{length}-{seed}-{index}",
+        context=context,
+        question=rng.choice(PARAPHRASE_QUESTIONS).format(key=keys[0]),
+        answers=(),
+        evidence=(spans[target],),
+        length=length,
+        seed=seed,
+        metadata={"key": keys[0], "related": related, **_others(order, target, spans, keys, ["", *values])},
+    )
+
+
+def _others(
+    order: list[int], target: int, spans: list[tuple[int, int]], keys: list[str], values: list[str]
+) -> dict[str, list]:
+    """The needles other than the asked one, in the order they lie in the context: their keys, values and spans
+    (`order[i]` is the needle placed `i`-th)."""
+    placed = [i for i in range(len(order)) if i != target]
+    return {
+        "distractor_keys": [keys[order[i]] for i in placed],
+        "distractor_values": [values[order[i]] for i in placed],
+        "distractors": [spans[i] for i in placed],
+    }
+
+
+def _distinct_numbers(rng: random.Random, count: int) -> list[str]:
+    numbers: list[str] = []
+    while len(numbers) < count:
+        number = _number(rng)
+        if number not in numbers:
+            numbers.append(number)
+    return numbers

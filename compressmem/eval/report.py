@@ -29,6 +29,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         row.update({metric: mean(r[metric] for r in ran) if ran else None for metric in METRICS})
         row["refused"] = mean(r.get("refused", 0.0) for r in ran) if ran else None
+        inventions = [r["invented"] for r in ran if r.get("invented") is not None]
+        row["invented"] = mean(inventions) if inventions else None
         row["reads"] = mean(len(r["blocks_read"]) for r in ran) if ran and ran[0]["blocks_read"] is not None else None
         row["blocks"] = mean(r["blocks"] for r in ran) if ran and ran[0]["blocks"] is not None else None
         row["evidence_recall"] = mean(recalls) if recalls else None
@@ -42,22 +44,23 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The summary table, with time and peak-memory ratios to MemAgent mode where it ran, and the gate's cost."""
     lines = [
-        "| task | length | mode | cases | accuracy | EM | F1 | said not found | blocks read / total "
+        "| task | length | mode | cases | accuracy | EM | F1 | said not found | invented | blocks read / total "
         "| evidence recall | time (s) | time vs MemAgent | peak MiB (+ over start) | peak increase vs MemAgent |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     baseline = {(r["task"], r["length"]): r for r in rows if r["mode"] == "memagent" and r["cases"]}
     for row in rows:
         if not row["cases"]:
             lines.append(
                 f"| {row['task']} | {row['length']} | {row['mode']} | skipped | {'; '.join(row['notes'])} "
-                "|  |  |  |  |  |  |  |  |  |"
+                "|  |  |  |  |  |  |  |  |  |  |"
             )
             continue
         base = baseline.get((row["task"], row["length"]))
         lines.append(
             f"| {row['task']} | {row['length']} | {row['mode']} | {row['cases']} | {row['substring']:.1%} | "
-            f"{row['exact_match']:.1%} | {row['f1']:.2f} | {row['refused']:.0%} | {_reads(row)} | "
+            f"{row['exact_match']:.1%} | {row['f1']:.2f} | {row['refused']:.0%} | "
+            f"{_percent(row['invented'])} | {_reads(row)} | "
             f"{_percent(row['evidence_recall'])} | "
             f"{row['seconds']:.2f} | {_ratio(row['seconds'], base['seconds'] if base else None)} | "
             f"{row['peak_mib']:.0f} (+{row['peak_increase_mib']:.0f}) | "

@@ -88,7 +88,15 @@ def run_eval(
                 for mode in modes:
                     record = {"mode": mode, **case.to_dict(), **runners[mode](case)}
                     if not record["skipped"]:
-                        record.update(score_answer(case.task, record["prediction"], case.answers))
+                        record.update(
+                            score_answer(
+                                case.task,
+                                record["prediction"],
+                                case.answers,
+                                context=case.context,
+                                distractors=case.metadata.get("distractor_values", ()),
+                            )
+                        )
                     records.append(record)
                     if sink is not None:
                         sink.write(json.dumps(record) + "\n")

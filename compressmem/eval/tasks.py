@@ -10,7 +10,16 @@ from transformers import PreTrainedTokenizerBase
 from .cases import EvalCase
 from .haystack import load_haystack
 from .hotpotqa import hotpotqa
-from .niah import absent, niah_multikey, niah_multiquery, niah_multivalue, niah_single
+from .niah import (
+    absent,
+    absent_related,
+    niah_distractor,
+    niah_multikey,
+    niah_multiquery,
+    niah_multivalue,
+    niah_paraphrase,
+    niah_single,
+)
 from .variable_tracking import variable_tracking
 
 HAYSTACK_TASKS = {
@@ -20,6 +29,9 @@ HAYSTACK_TASKS = {
     "niah_multiquery": niah_multiquery,
     "absent": absent,
     "variable_tracking": variable_tracking,
+    "niah_paraphrase": niah_paraphrase,
+    "niah_distractor": niah_distractor,
+    "absent_related": absent_related,
 }
 TASKS = (*HAYSTACK_TASKS, "hotpotqa")
 HAYSTACK_FILE = "pg_essays.json"
