@@ -33,6 +33,7 @@ GATE_KINDS: dict[str, bool] = {}
 READ_MODES = ("raw", "compressed")
 READ_ORDERS = ("document", "score")
 READ_UNTIL = ("answered", "all")
+JUDGES = ("auto", "grounding", "model")
 NOTE_UPDATES = ("append", "rewrite")
 
 DEFAULT_TOP_K = 4  # reads at most: adaptive reading stops at the first block whose quote answers (README)
@@ -148,19 +149,26 @@ class CompressionConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Which blocks get read: `lexical` (BM25 over each block's text, needs no KV), `attention` (training-free,
-    over the compressed keys at `layers`, sharpened by `sharpness`) or `head` (a trained `GateHead` from a
-    checkpoint, with its own layers). A block passes when it is among the `top_k` best and scores at least
-    `threshold` (either may be None, not both)."""
+    """Which blocks get read: `lexical` (BM25 over each block's text, needs no KV), `semantic` (BM25 fused with
+    the similarity of sentence embeddings by `embedder`, a sentence-transformers model name or folder; None: the
+    packaged all-MiniLM-L6-v2), `attention` (training-free, over the compressed keys at `layers`, sharpened by
+    `sharpness`) or `head` (a trained `GateHead` from a checkpoint, with its own layers). A block passes when it
+    is among the `top_k` best and scores at least `threshold` (either may be None, not both)."""
 
     kind: str = "lexical"
     top_k: int | None = DEFAULT_TOP_K
     threshold: float | None = None
     layers: tuple[int, ...] | None = None
     sharpness: float | None = None
+    embedder: str | None = None
 
     def __post_init__(self) -> None:
         _choice("gate.kind", self.kind, tuple(GATE_KINDS))
+        if self.embedder is not None:
+            if self.kind != "semantic":
+                raise ConfigError(f"gate.embedder applies to kind='semantic' only (got kind={self.kind!r}); drop it.")
+            if not isinstance(self.embedder, str) or not self.embedder.strip():
+                raise ConfigError(f"gate.embedder must name a sentence-transformers model, got {self.embedder!r}.")
         if self.top_k is not None:
             _positive_int("gate.top_k", self.top_k)
         if self.threshold is not None and (
@@ -202,9 +210,12 @@ class ReadingConfig:
     `recall`, the best unread ones); `score` re-scores after every update (the notes join the question) and
     reads the best unread block the gate passes (at most `top_k` reads); None is `score` with a gate,
     `document` without a gate or with `recall`.
-    `until` `answered` stops as soon as the notes cover the question (every key term and most of its words,
-    `reader.quotes.covers`; a question asking for "all" reads every passed block); `all` reads every block
-    the gate passes. `max_steps` bounds the reads per question.
+    `until` `answered` writes an answer from the notes after every read that added one and stops at the
+    first that `judge` finds grounded in them (a question asking for "all" reads every passed block, then
+    is answered); `all` reads every block the gate passes, then answers. `judge`: `grounding` (what the
+    answer asserts must be in the notes, `reader.judge.GroundingJudge`), `model` (the model's own yes/no
+    judgement), `auto` (the model's judgement when it decides every calibration case right, else the
+    grounding check; the trace says which ran and why). `max_steps` bounds the reads per question.
 
     `keep_bits` (raw reading): a raw read's KV of the chunk is kept with the bank, in memory, quantized to
     8, 4 or 2 bits in groups of `DEFAULT_GROUP`, and a later read of the same block reads that KV instead
@@ -218,9 +229,11 @@ class ReadingConfig:
     keep_bits: int | None = None
     keep_mib: int | None = None
     until: str = "answered"
+    judge: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("reading.mode", self.mode, READ_MODES)
+        _choice("reading.judge", self.judge, JUDGES)
         if self.order is not None:
             _choice("reading.order", self.order, READ_ORDERS)
         _choice("reading.until", self.until, READ_UNTIL)

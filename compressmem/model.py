@@ -42,7 +42,7 @@ from .hub import (
     write_config,
 )
 from .model_card import write_model_card
-from .reader import PromptBuilder, Question, Reasoner, Source, Trace, pad_token_id
+from .reader import Draft, PromptBuilder, Question, Reasoner, Source, Trace, choose_judge, pad_token_id
 
 
 @dataclass
@@ -54,11 +54,13 @@ class CompressedGenerateOutput(GenerateDecoderOnlyOutput):
 
 @dataclass
 class Answer:
-    """What `answer(..., return_sources=True)` returns: the answer `text`; `found`, False when the notes never
-    covered the question (then `text` is `PromptConfig.not_found` and nothing was generated), None when no
-    check was made (`PromptConfig.not_found` None, e.g. MemAgent mode: the answer is generated whatever the
-    notes hold); `sources`, the sentences of the context the notes were taken from, each with its document
-    and character offsets; and the `trace` of the reading."""
+    """What `answer(..., return_sources=True)` returns: the answer `text`; `found`, True when the answer was
+    judged grounded in the notes (what it asserts is in the sentences quoted from the context), False when no
+    answer written within the read budget was (then `text` is `PromptConfig.not_found`), None when no check
+    was made (`PromptConfig.not_found` None, e.g. MemAgent mode: the answer is generated whatever the notes
+    hold); `sources`, the sentences of the context the notes were taken from, each with its document and
+    character offsets; and the `trace` of the reading (`trace.attempts`: every answer written and the judge's
+    verdict on it)."""
 
     text: str
     found: bool | None
@@ -532,20 +534,35 @@ class CompressedMemoryModel:
                     f"bank must be a MemoryBank (from compress() or MemoryBank.load), got {type(bank).__name__}."
                 )
             bank.check(needs)
-        traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, notes_kwargs, rollouts)
-        guess = rollouts or self.memory_config.prompts.not_found is None
-        answered = [row for row, trace in enumerate(traces) if trace.found or guess]
-        prompts = {row: self.prompts.answer_ids(questions[row], traces[row].notes) for row in answered}
-        for row, prompt in prompts.items():
-            traces[row].answer_prompt_ids = prompt.tolist()
-        out, generated = self._generate_answers(list(prompts.values()), generation_kwargs) if prompts else (None, [])
-        new = self._answer_ids(len(traces), dict(zip(answered, generated)))
+        if rollouts or self.memory_config.prompts.not_found is None:  # every row answered from its notes, unjudged
+            traces = self.reasoner.run([q.text for q in questions], banks, self.show_progress, notes_kwargs, rollouts)
+            prompts = [self.prompts.answer_ids(question, trace.notes) for question, trace in zip(questions, traces)]
+            for trace, prompt in zip(traces, prompts):
+                trace.answer_prompt_ids = prompt.tolist()
+            out, generated = self._generate_answers(prompts, generation_kwargs)
+            fields = {key: value for key, value in out.items() if key != "sequences"} if isinstance(out, dict) else {}
+        else:
+            self._choose_judge()
+
+            def write(rows: list[int], notes: list[str]) -> list[Draft]:
+                prompts = [self.prompts.answer_ids(questions[row], text) for row, text in zip(rows, notes)]
+                new = self._generate_answers(prompts, dict(generation_kwargs))[1]
+                return [
+                    Draft(prompt, ids, decode_text(self.tokenizer, ids, skip_special_tokens=True).strip())
+                    for prompt, ids in zip(prompts, new)
+                ]
+
+            traces = self.reasoner.run(
+                [q.text for q in questions], banks, self.show_progress, notes_kwargs, rollouts, answer=write
+            )
+            generated = [
+                torch.tensor(t.answer_ids) if t.answer_ids is not None else self._not_found_ids() for t in traces
+            ]
+            fields = {}
+        new = _right_padded(generated, pad_token_id(self.tokenizer))
         sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
         if not generation_kwargs.get("return_dict_in_generate"):
             return sequences
-        fields = {}
-        if out is not None and len(answered) == len(traces):
-            fields = {key: value for key, value in out.items() if key != "sequences"}
         # transformers annotates `sequences` as torch.LongTensor, a legacy type that torch.cat's result is not typed as
         return CompressedGenerateOutput(sequences=cast(torch.LongTensor, sequences), trace=traces, **fields)
 
@@ -569,17 +586,12 @@ class CompressedMemoryModel:
         sequences = out.sequences if hasattr(out, "sequences") else out
         return out, list(sequences[:, width:].cpu())
 
-    def _answer_ids(self, rows: int, generated: dict[int, torch.Tensor]) -> torch.Tensor:
-        """`[rows, n]` new tokens: each answered row's `generated` ones, the not-found text (and end of sequence)
-        for the others, right-padded."""
-        pad_id = pad_token_id(self.tokenizer)
-        refusal = self._not_found_ids() if len(generated) < rows else torch.zeros(0, dtype=torch.long)  # unused then
-        rows_ids = [generated.get(row, refusal) for row in range(rows)]
-        longest = max(ids.numel() for ids in rows_ids)
-        new = torch.full((rows, longest), pad_id, dtype=torch.long)
-        for row, ids in enumerate(rows_ids):
-            new[row, : ids.numel()] = ids
-        return new
+    def _choose_judge(self) -> None:
+        """Give the reasoner the judge `reading.judge` names, once (`auto` calibrates the model first)."""
+        if self.reasoner.judge is None:
+            kind = self.memory_config.reading.judge
+            with self.reasoner.active():
+                self.reasoner.judge, self.reasoner.judge_reason = choose_judge(kind, self.model, self.tokenizer)
 
     def _not_found_ids(self) -> torch.Tensor:
         """The not-found text's tokens, then end of sequence."""
@@ -687,6 +699,15 @@ def read_output(out: object) -> tuple[torch.Tensor, list[Trace]]:
             "and a context or bank to read."
         )
     return out.sequences, out.trace
+
+
+def _right_padded(rows: list[torch.Tensor], pad_id: int) -> torch.Tensor:
+    """`[len(rows), longest]`: each row's ids, right-padded with `pad_id`."""
+    longest = max(ids.numel() for ids in rows)
+    new = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        new[row, : ids.numel()] = ids
+    return new
 
 
 def _method(config: MemoryConfig) -> str | None:

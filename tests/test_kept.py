@@ -5,7 +5,8 @@ import gc
 import pytest
 import torch
 
-from compressmem import ChunkingConfig, CompressionConfig, ConfigError, MemoryConfig, NotesConfig, ReadingConfig
+from compressmem import (ChunkingConfig, CompressionConfig, ConfigError, MemoryConfig, NotesConfig, PromptConfig,
+                         ReadingConfig)
 from compressmem.bank import KeptBlock, KeptKV, owner_token
 from compressmem.config import DEFAULT_KEEP_BITS
 from compressmem.quantize import CHANNELS, TOKENS, quantize
@@ -13,8 +14,10 @@ from compressmem.reader import Reasoner, StepInput, generate_steps
 
 from .conftest import tiny_wrapper
 
+# every row answered once from its notes, unjudged (not_found None), so that the forward passes are the reads' and
+# that one answer's
 KEEP = MemoryConfig(chunking=ChunkingConfig(64), gate=None, reading=ReadingConfig(keep_bits=8, until="all"),
-                    notes=NotesConfig(note_tokens=8))
+                    notes=NotesConfig(note_tokens=8), prompts=PromptConfig(not_found=None))
 
 
 def _forward_lengths(model) -> tuple[list[int], object]:

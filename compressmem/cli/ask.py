@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
                     "question": args.question,
                     "answer": answer.text,
                     "found": answer.found,
+                    "outcome": trace.outcome,
+                    "judge": trace.judge,
+                    "judge_reason": trace.judge_reason,
+                    "attempts": [vars(a) for a in trace.attempts],
                     "sources": [vars(s) for s in answer.sources],
                     "blocks_read": trace.blocks_read,
                     "blocks": trace.num_blocks,
@@ -71,17 +75,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"\n(read {len(trace.blocks_read)} of {trace.num_blocks} blocks; answered from the notes, unchecked)")
         elif trace.missing_terms:
             print(f"\n(the context never mentions {', '.join(trace.missing_terms)}; nothing was read)")
+        elif trace.attempts:
+            last = trace.attempts[-1]
+            print(
+                f"\n(read {len(trace.blocks_read)} of {trace.num_blocks} blocks; {len(trace.attempts)} answer(s) "
+                f"written from their notes, none grounded in them: {last.answer!r} - {last.reason})"
+            )
         else:
             print(
-                f"\n(read {len(trace.blocks_read)} of {trace.num_blocks} blocks; no sentence in them answers the "
+                f"\n(read {len(trace.blocks_read)} of {trace.num_blocks} blocks; no sentence in them bears on the "
                 "question)"
             )
     if args.trace:
         steps = [{"block": s.block, "recall": s.recall, "output": s.output, "notes": s.notes} for s in trace.steps]
-        print(
-            json.dumps(
-                {"blocks": trace.num_blocks, "read": trace.blocks_read, "found": trace.found, "steps": steps}, indent=2
-            ),
-            file=sys.stderr,
-        )
+        report = {
+            "blocks": trace.num_blocks,
+            "read": trace.blocks_read,
+            "found": trace.found,
+            "judge": trace.judge,
+            "steps": steps,
+            "attempts": [vars(a) for a in trace.attempts],
+        }
+        print(json.dumps(report, indent=2), file=sys.stderr)
     return 0

@@ -1,10 +1,11 @@
 """The reader: the scan loop over a bank, one read step shared by inference and training, the notes
 with their update rule, and every prompt."""
 
-from .loop import Reasoner
+from .judge import CALIBRATION, GroundingJudge, Judge, Labelled, ModelJudge, Verdict, calibrate, choose_judge
+from .loop import Answerer, Draft, Reasoner
 from .notes import update_notes
 from .prompts import PromptBuilder, Question, pad_token_id
-from .quotes import Quote, covers, find_quote, found, key_terms
+from .quotes import Quote, find_quote, key_terms
 from .step import (
     Layout,
     StepInput,
@@ -16,10 +17,18 @@ from .step import (
     step_input,
     step_logprobs,
 )
-from .trace import ReadStep, Source, Trace
+from .trace import Attempt, ReadStep, Source, Trace
 
 __all__ = [
+    "CALIBRATION",
+    "Answerer",
+    "Attempt",
+    "Draft",
+    "GroundingJudge",
+    "Judge",
+    "Labelled",
     "Layout",
+    "ModelJudge",
     "PromptBuilder",
     "Question",
     "Quote",
@@ -28,11 +37,12 @@ __all__ = [
     "Source",
     "StepInput",
     "Trace",
+    "Verdict",
     "Written",
-    "covers",
+    "calibrate",
+    "choose_judge",
     "cut_at_eos",
     "find_quote",
-    "found",
     "generate_steps",
     "key_terms",
     "layout",

@@ -7,6 +7,7 @@ batched decoding call that writes that row's notes.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +21,25 @@ from ..gate import Gate
 from ..hf.adapters import ReasonerAdapter, adapter_active
 from ..hf.tokens import decode_text
 from ..quantize import CHANNELS, TOKENS, quantize
+from .judge import Judge
 from .notes import update_notes
 from .prompts import PromptBuilder
-from .quotes import Quote, asks_for_all, covers, found, key_terms
+from .quotes import Quote, asks_for_all, key_terms
 from .step import generate_steps, step_input
-from .trace import ReadStep, Source, Trace
+from .trace import Attempt, ReadStep, Source, Trace
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An answer written from the notes: the answer prompt's ids, the generated ids, and their text."""
+
+    prompt_ids: torch.Tensor
+    ids: torch.Tensor
+    text: str
+
+
+Answerer = Callable[[list[int], list[str]], list[Draft]]
+"""Writes answers: given row numbers and each row's notes, one `Draft` per row."""
 
 
 @dataclass
@@ -34,6 +49,7 @@ class _Row:
     cursor: int = 0
     recalling: bool = False
     done: bool = False
+    tried: str = ""  # the notes an answer was last written from
 
     def next_block(self, scores: torch.Tensor | None, gate: GateConfig | None, reading: ReadingConfig) -> int | None:
         """The next block to read, or None when this row has finished reading."""
@@ -77,8 +93,12 @@ class Reasoner:
         gate: Gate | None,
         gate_config: GateConfig | None,
         adapter: ReasonerAdapter | None = None,
+        judge: Judge | None = None,
+        judge_reason: str = "",
     ) -> None:
         self.model = model
+        self.judge = judge
+        self.judge_reason = judge_reason
         self.prompts = prompts
         self.reading = reading
         self.notes = notes
@@ -98,18 +118,26 @@ class Reasoner:
         show_progress: bool = True,
         generation: dict[str, Any] | None = None,
         logprobs: bool = False,
+        answer: Answerer | None = None,
     ) -> list[Trace]:
         """Read each row's bank into notes. `generation` (`do_sample`, `temperature`, `min_new_tokens`, ...)
         replaces greedy decoding of the notes, as reinforcement-learning rollouts need; `logprobs` records
-        each written token's log-probability in the trace."""
+        each written token's log-probability in the trace.
+
+        With `answer` (and a judge), a row's answer is written from its notes after every read that added a
+        note, and the judge decides whether it is grounded in them: reading stops at the first grounded answer
+        (with `until='answered'`), else goes on to the next block in gate order up to the read budget, and a
+        row that never gets one is not found (`Trace.outcome`). Without, no answer is written or judged."""
         rows = [_Row(bank, Trace(question, len(bank))) for question, bank in zip(questions, banks)]
+        judged = answer is not None and self.judge is not None
         indexes = {}
         if self.gate is not None:
             for bank in banks:
                 if id(bank) not in indexes:
                     indexes[id(bank)] = self.gate.index(bank, self.model)
-        if self.reading.until == "answered":
-            for row in rows:
+        for row in rows if judged else []:
+            row.trace.judge, row.trace.judge_reason = self.judge.name, self.judge_reason  # type: ignore[union-attr]
+            if self.reading.until == "answered":
                 self._check_terms(row, indexes.get(id(row.bank)))
         bar = tqdm(desc="Reading", unit="block", disable=not show_progress, leave=False)
         while True:
@@ -128,15 +156,37 @@ class Reasoner:
             if reads:
                 self._read(reads, generation, logprobs)
                 bar.update(len(reads))
+                early = self.reading.until == "answered"
+                ready = [row for row, _, _ in reads if early and not asks_for_all(row.trace.question)]
+                if judged and ready:
+                    self._attempt(rows, ready, answer)  # type: ignore[arg-type]
                 for row, _, row_scores in reads:
-                    if self._answered(row.trace):
+                    if row.trace.answer_ids is not None:
                         row.done = True
                         row.trace.final_gate_scores = None if row_scores is None else row_scores.tolist()
         bar.close()
-        checked = self.prompts.config.not_found is not None  # None: every row is answered, so none is judged
-        for row in rows:
-            row.trace.found = found(row.trace.notes, row.trace.question) if checked else None
+        if judged:
+            self._attempt(rows, [row for row in rows if row.trace.answer_ids is None], answer)  # type: ignore[arg-type]
+            for row in rows:
+                row.trace.found = row.trace.answer_ids is not None
+                row.trace.outcome = "answered" if row.trace.found else "not found"
         return [row.trace for row in rows]
+
+    def _attempt(self, rows: list[_Row], ready: list[_Row], answer: Answerer) -> None:
+        """Write an answer for each `ready` row whose notes changed since its last answer, and keep the first
+        the judge finds grounded (`Trace.answer_ids`); every attempt is recorded in the trace."""
+        ready = [row for row in ready if row.trace.notes.strip() and row.trace.notes != row.tried]
+        if not ready:
+            return
+        written = answer([rows.index(row) for row in ready], [row.trace.notes for row in ready])
+        for row, draft in zip(ready, written):
+            row.tried = row.trace.notes
+            text = draft.text
+            verdict = self.judge.judge(row.trace.question, row.trace.notes, text)  # type: ignore[union-attr]
+            row.trace.attempts.append(Attempt(len(row.trace.steps), text, verdict.grounded, verdict.reason))
+            if verdict.grounded:
+                row.trace.answer_ids = draft.ids.tolist()
+                row.trace.answer_prompt_ids = draft.prompt_ids.tolist()
 
     def _check_terms(self, row: _Row, index: object) -> None:
         """Finish a row before it reads when its question names a key term the bank's words never hold (for a
@@ -153,15 +203,6 @@ class Reasoner:
             row.done = bool(terms) and len(missing) == len(terms)
         else:
             row.done = bool(missing)
-
-    def _answered(self, trace: Trace) -> bool:
-        """Whether reading may stop early: `until='answered'` and the notes cover a question that asks for one
-        answer (a question asking for all matches reads every block the gate passes)."""
-        return (
-            self.reading.until == "answered"
-            and not asks_for_all(trace.question)
-            and covers(trace.notes, trace.question)
-        )
 
     def _score(self, rows: list[_Row], indexes: dict) -> list[torch.Tensor | None]:
         if self.gate is None:

@@ -8,10 +8,9 @@ or a key term of the notes so far, which is how a second hop follows the first),
 a source in the text and never carries a value the section does not hold next to what was asked.
 
 Key terms are the words a question is about: names (capitalised words inside a sentence), numbers,
-and the parts of hyphenated keys. The notes `cover` a question when they hold every key term and
-most of its other content words; that is when reading stops, and when it never happens the answer
-is "not found" rather than a guess. The word lists are English; other languages fall back to
-content-word overlap.
+and the parts of hyphenated keys. Whether the notes answer the question is not decided here, by the
+question's words, but by a judge of the answer written from them (`reader.judge`). The word lists are
+English; other languages fall back to content-word overlap.
 """
 
 from __future__ import annotations
@@ -167,7 +166,6 @@ STOPWORDS = frozenset(
     ]
 )
 ALL_WORDS = frozenset({"all", "every", "each", "list"})
-MIN_COVERAGE = 0.75  # share of a question's other content words the notes must hold to answer it
 
 
 def normal(word: str) -> str:
@@ -290,22 +288,3 @@ def bears_on(sentence: str, question: str, notes: str) -> bool:
         return bool(keys & words)
     asked = content_words(question)
     return bool(asked) and len(asked & words) >= len(asked) / 2
-
-
-def covers(notes: str, question: str) -> bool:
-    """Whether the notes answer the question as far as words can tell: they hold every key term of the
-    question and at least `MIN_COVERAGE` of its other content words. Empty notes cover nothing."""
-    if not notes.strip():
-        return False
-    held = content_words(notes)
-    keys = key_terms(question)
-    if not keys <= held:
-        return False
-    other = content_words(question) - keys
-    return not other or len(other & held) / len(other) >= MIN_COVERAGE
-
-
-def found(notes: str, question: str) -> bool:
-    """Whether the notes hold an answer: they cover the question, or, for a question asking for every match,
-    hold at least one sentence bearing on it."""
-    return bool(notes.strip()) if asks_for_all(question) else covers(notes, question)

@@ -50,15 +50,30 @@ class ReadStep:
         return self.notes
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """An answer written from the notes after `reads` reads, and the judge's decision on it: `grounded`
+    (presented as found) or not, and why."""
+
+    reads: int
+    answer: str
+    grounded: bool
+    reason: str
+
+
 @dataclass
 class Trace:
     """What the reasoner did for one row: every read, and the notes the answer was written from
-    (`answer_prompt_ids`: the answer's prompt, exactly as the model saw it; None when nothing was found).
-    `found`: whether the notes cover the question (`reader.quotes.covers`); when they do not, the answer is
-    the configured not-found text and no answer is generated; None when no check is made
-    (`PromptConfig.not_found` None, as in MemAgent mode: the answer is always generated). `missing_terms`:
-    key terms of the question (names, numbers, keys) that no block of the bank holds, so that nothing was
-    read (None: not checked, which needs the lexical gate's index)."""
+    (`answer_prompt_ids`: the answer's prompt, exactly as the model saw it; None when no answer was given).
+
+    `attempts`: every answer written from the notes (after each read that added one) with the judge's
+    verdict; `answer_ids`: the first one judged grounded in the notes, which is the answer given.
+    `outcome`: "answered" (a grounded answer), "not found" (no grounded answer within the read budget: the
+    configured not-found text is given), or None when no check is made (`PromptConfig.not_found` None, as in
+    MemAgent mode: an answer is generated from whatever notes there are). `found` is `outcome == "answered"`
+    (None when unchecked). `judge` and `judge_reason`: which judge decided, and why that one.
+    `missing_terms`: key terms of the question (names, numbers, keys) that no block of the bank holds, so that
+    nothing was read (None: not checked, which needs the lexical gate's index)."""
 
     question: str
     num_blocks: int
@@ -67,6 +82,11 @@ class Trace:
     answer_prompt_ids: list[int] | None = None
     found: bool | None = None
     missing_terms: list[str] | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    answer_ids: list[int] | None = None
+    outcome: str | None = None
+    judge: str | None = None
+    judge_reason: str = ""
 
     @property
     def blocks_read(self) -> list[int]:

@@ -1,0 +1,196 @@
+"""Judges: whether a generated answer may be presented as found.
+
+The reader writes an answer from its notes after each read that added one, and a judge decides whether
+that answer is what the notes say. A small model writes fluent inventions ("The Reno vault is a
+fictional world in the Star Wars franchise") from notes that hold the right sentence, and answers
+questions the notes do not answer from the words they share; neither may reach a user as found.
+
+- `GroundingJudge` (the default): what the answer asserts must be in the notes. Its numbers and names
+  must occur in the notes (or the question), and most of the content words it adds to the question
+  must occur in the notes; an answer that declines, or adds nothing the question did not say, is not an
+  answer. It needs no model, so its cost is nil and its errors are the same for every model.
+- `ModelJudge`: the model's own yes/no judgement of the answer against the notes, the probability of
+  "yes" against a threshold. It is used only for a model that passes `calibrate` on labelled notes
+  (`CALIBRATION`); a model that fails falls back to the grounding check, and the trace says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..hf.tokens import chat_text
+from .quotes import content_words, key_terms, refuses
+
+MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold (benchmarks/RESULTS.md)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's decision on one answer: `grounded` (it may be presented as found), why, and which judge."""
+
+    grounded: bool
+    reason: str
+    judge: str
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Decides whether an answer written from `notes` may be presented as found."""
+
+    name: str
+
+    def judge(self, question: str, notes: str, answer: str) -> Verdict: ...
+
+
+class GroundingJudge:
+    """An answer is grounded when the notes hold what it asserts:
+
+    - every number and name it gives occurs in the notes (a name taken from the question too: an answer
+      about the question's Reno vault from notes about the Tarn vault is an invention);
+    - it adds something from the notes to the question, and a number or name the notes hold and the
+      question does not is a claim the notes support whatever words surround it; without one, at least
+      `min_support` of the content words it adds to the question occur in the notes;
+    - at least half of the question's words it repeats occur in the notes (it speaks of what they speak of),
+      and the answer or the notes hold one of the question's words besides its names and numbers (what was
+      asked about: an answer about Mara Quill's birthplace does not answer a question about her boat).
+
+    An answer that declines, or restates the question, asserts nothing."""
+
+    name = "grounding"
+
+    def __init__(self, min_support: float = MIN_SUPPORT) -> None:
+        self.min_support = min_support
+
+    def judge(self, question: str, notes: str, answer: str) -> Verdict:
+        if not answer.strip() or refuses(answer):
+            return Verdict(False, "the answer declines", self.name)
+        held, asked, said = content_words(notes), content_words(question), content_words(answer)
+        unknown = sorted(key_terms(answer) - held)
+        if unknown:
+            return Verdict(False, f"names or numbers not in the notes: {', '.join(unknown)}", self.name)
+        new = said - asked
+        if not new & held:
+            return Verdict(False, "it adds nothing from the notes to the question", self.name)
+        topic = asked - key_terms(question)
+        if topic and not topic & (held | said):
+            return Verdict(False, f"neither it nor the notes speak of {', '.join(sorted(topic))}", self.name)
+        repeated = said & asked
+        if repeated and len(repeated & held) < len(repeated) / 2:
+            unheld = ", ".join(sorted(repeated - held))
+            return Verdict(False, f"it speaks of {unheld}, which the notes do not", self.name)
+        if (key_terms(answer) & held) - asked:
+            return Verdict(True, "the notes hold the names and numbers it gives", self.name)
+        support = len(new & held) / len(new)
+        if support < self.min_support:
+            missing = ", ".join(sorted(new - held)[:6])
+            return Verdict(False, f"{support:.0%} of its new words are in the notes (not: {missing})", self.name)
+        return Verdict(True, f"{support:.0%} of the words it adds to the question are in the notes", self.name)
+
+
+JUDGE_PROMPT = (
+    "Notes: {notes}\n\nQuestion: {question}\n\nProposed answer: {answer}\n\n"
+    "Do the notes state this answer to the question? Reply yes or no."
+)
+
+
+class ModelJudge:
+    """The model's own judgement: the probability it gives "yes" (against "no") to `JUDGE_PROMPT`, at
+    least `threshold`."""
+
+    name = "model"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, threshold: float = 0.5) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.threshold = threshold
+        self.yes, self.no = (_first_token(tokenizer, word) for word in ("yes", "no"))
+
+    def probability(self, question: str, notes: str, answer: str) -> float:
+        """P("yes") among "yes" and "no" as the reply's first token."""
+        text = JUDGE_PROMPT.format(notes=notes, question=question, answer=answer)
+        if getattr(self.tokenizer, "chat_template", None):
+            text = chat_text(self.tokenizer, [{"role": "user", "content": text}])
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.model.device)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids).logits[0, -1].float()
+        pair = torch.stack([logits[self.yes], logits[self.no]]).softmax(0)
+        return float(pair[0])
+
+    def judge(self, question: str, notes: str, answer: str) -> Verdict:
+        if not answer.strip() or refuses(answer):
+            return Verdict(False, "the answer declines", self.name)
+        p = self.probability(question, notes, answer)
+        grounded = p >= self.threshold
+        return Verdict(grounded, f"P(yes) {p:.2f} {'>=' if grounded else '<'} {self.threshold:.2f}", self.name)
+
+
+def _first_token(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
+    """The id of the first token of `word` as a reply starts it (after a space where the tokenizer marks one)."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    return int(ids[0])
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One calibration case: notes, a question, a proposed answer, and whether the notes state it."""
+
+    notes: str
+    question: str
+    answer: str
+    grounded: bool
+
+
+CALIBRATION = (
+    Labelled("The secret code of the Reno vault is 6827126.", "Which number opens the Reno vault?",
+             "The Reno vault opens with 6827126.", True),
+    Labelled("The secret code of the Reno vault is 6827126.", "Which number opens the Reno vault?",
+             "The Reno vault is a fictional world in the Star Wars franchise.", False),
+    Labelled("Mara Quill was born in the town of Eldermoor.", "Where does Mara Quill come from?",
+             "Mara Quill comes from Eldermoor.", True),
+    Labelled("Mara Quill was born in the town of Eldermoor.", "Where does Mara Quill come from?",
+             "Mara Quill comes from Paris, France.", False),
+    Labelled("The code of the Tarn vault was changed last spring.", "What is the code of the Tarn vault?",
+             "The code of the Tarn vault is 4410.", False),
+    Labelled("The bridge was finished in 1887 after nine years of work.", "When was the bridge completed?",
+             "The bridge was completed in 1887.", True),
+    Labelled("The bridge was finished in 1887 after nine years of work.", "Who designed the bridge?",
+             "The bridge was designed by John Smith.", False),
+    Labelled("Startups that grow slowly rarely survive their second year.", "What happens to slow startups?",
+             "Slow startups rarely survive their second year.", True),
+    Labelled("Startups that grow slowly rarely survive their second year.", "How much funding do startups need?",
+             "Startups need two million dollars of funding.", False),
+    Labelled("The harbour lamp burns whale oil and is lit at dusk.", "What fuel does the harbour lamp use?",
+             "It burns whale oil.", True),
+    Labelled("The harbour lamp burns whale oil and is lit at dusk.", "When is the harbour lamp put out?",
+             "The harbour lamp is put out at midnight.", False),
+    Labelled("Ada kept the ledger in a tin box under the stairs.", "Where was the ledger hidden?",
+             "In a tin box under the stairs.", True),
+)  # fmt: skip
+MIN_CALIBRATION = 1.0  # a model judge must decide every calibration case right to be used
+
+
+def calibrate(judge: Judge, cases: tuple[Labelled, ...] = CALIBRATION) -> float:
+    """The share of `cases` a judge decides right."""
+    right = sum(judge.judge(c.question, c.notes, c.answer).grounded == c.grounded for c in cases)
+    return right / len(cases) if cases else math.nan
+
+
+def choose_judge(kind: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[Judge, str]:
+    """The judge `kind` names ("grounding", "model" or "auto"), and why it runs.
+
+    "auto" calibrates the model's judgement on `CALIBRATION` and uses it only when it decides every case
+    right; otherwise (as for SmolLM2-135M) the grounding check."""
+    if kind == "grounding":
+        return GroundingJudge(), "configured"
+    judge = ModelJudge(model, tokenizer)
+    if kind == "model":
+        return judge, "configured"
+    accuracy = calibrate(judge)
+    if accuracy >= MIN_CALIBRATION:
+        return judge, f"the model decided {accuracy:.0%} of the calibration cases right"
+    return GroundingJudge(), f"the model decided {accuracy:.0%} of the calibration cases right (needs 100%)"

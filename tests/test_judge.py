@@ -1,0 +1,63 @@
+"""The judges of "found": an answer is presented as found only when the notes hold what it asserts."""
+
+import pytest
+
+from tests.conftest import tiny_model
+from compressmem.reader.judge import CALIBRATION, GroundingJudge, Labelled, calibrate, choose_judge
+
+VAULT = "The secret code for the lighthouse vault is 4719283."
+BIRTH = "Mara Quill was born in the town of Eldermoor."
+
+
+@pytest.mark.parametrize("question, notes, answer", [
+    ("Which number opens the lighthouse vault?", VAULT,
+     "The number 4719283 is indeed the key to unlocking the lighthouse vault."),   # fluff around the notes' number
+    ("Where does Mara Quill come from?", BIRTH, "Mara Quill comes from Eldermoor."),
+    ("What is the secret code for the lighthouse vault?", VAULT, VAULT),
+    ("Which town saw Mara Quill's birth?", BIRTH, "Eldermoor."),
+])
+def test_an_answer_the_notes_state_is_grounded(question, notes, answer):
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert verdict.grounded, verdict.reason
+
+
+@pytest.mark.parametrize("question, notes, answer, why", [
+    ("Which number opens the Reno vault?", "The secret code of the Reno vault is 6827126.",
+     "The Reno vault is a fictional world in the Star Wars franchise.", "star"),        # a story, not the notes
+    ("What is the code of the Reno vault?", "The code of the Tarn vault is 4410.",
+     "The code of the Reno vault is 4410.", "reno"),                                    # another key's value
+    ("What is the code of the Reno vault?", "The code of the Reno vault was changed last spring.",
+     "The code of the Reno vault is 1234.", "1234"),                                    # a value the notes lack
+    ("What colour is Mara Quill's boat?", BIRTH, BIRTH, "colour"),                      # true, but not an answer
+    ("Where does Mara Quill come from?", BIRTH, "Not found in the context.", "declines"),
+    ("Where does Mara Quill come from?", BIRTH, "Mara Quill comes from somewhere.", "nothing"),
+])
+def test_an_answer_the_notes_do_not_state_is_not_grounded(question, notes, answer, why):
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert not verdict.grounded and why in verdict.reason, verdict.reason
+
+
+def test_the_grounding_judge_passes_its_own_calibration():
+    assert calibrate(GroundingJudge()) == 1.0
+
+
+class _Yes:
+    name = "yes"
+
+    def judge(self, question, notes, answer):
+        return GroundingJudge().judge(question, notes, answer).__class__(True, "always", self.name)
+
+
+def test_calibration_counts_a_judge_that_always_agrees_as_wrong_on_every_ungrounded_case():
+    wrong = sum(not case.grounded for case in CALIBRATION)
+    assert 0 < wrong < len(CALIBRATION)
+    assert calibrate(_Yes()) == pytest.approx(1 - wrong / len(CALIBRATION))
+    assert calibrate(_Yes(), (Labelled("a", "b?", "c", True),)) == 1.0
+
+
+def test_auto_falls_back_to_grounding_for_a_model_that_fails_calibration(tokenizer):
+    model = tiny_model("llama", tokenizer)
+    judge, why = choose_judge("auto", model, tokenizer)
+    assert judge.name == "grounding" and "calibration" in why
+    assert choose_judge("model", model, tokenizer)[0].name == "model"
+    assert choose_judge("grounding", model, tokenizer)[0].name == "grounding"
