@@ -34,3 +34,13 @@ def test_refusals_are_recognised():
     for text in ("NONE", "The section does not mention it.", "It is not stated.", "I don't know."):
         assert refuses(text)
     assert not refuses("The secret code for the lighthouse vault is 4719283.")
+
+
+def test_a_question_worded_unlike_its_answer_keeps_the_sentence_that_shares_its_subject():
+    """Measured over benchmarks/natural_questions.json: the one evidence sentence the old rule (half of the
+    question's content words) dropped; two shared content words now keep it, one does not."""
+    section = "The gulls nested on the roof. The secret code for the lighthouse vault is 4719283. Rain fell."
+    question = "What number is needed to open the lighthouse vault?"
+    quote = find_quote(question, section, question, "", 0.8)
+    assert quote is not None and section[quote.start:quote.end] == "The secret code for the lighthouse vault is 4719283."
+    assert find_quote(question, "The lighthouse was painted white. Rain fell.", question, "", 0.8) is None

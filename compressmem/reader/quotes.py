@@ -281,10 +281,13 @@ def _pointed(line: str, spans: list[tuple[int, int]], texts: list[set[str]], ask
 
 def bears_on(sentence: str, question: str, notes: str) -> bool:
     """Whether a sentence is about what was asked: it holds a key term of the question or of the notes so far
-    (a second hop), or, for a question without key terms, at least half of its content words."""
+    (a second hop), or, for a question without key terms, two of its content words (half of them when it has
+    fewer than four): a question worded unlike the text ("What number is needed to open the lighthouse
+    vault?") shares its subject with the answer's sentence, not its other words. Whether the sentence answers
+    the question is the judge's to decide, from the answer written with it."""
     words = content_words(sentence)
     keys = key_terms(question) | key_terms(notes)
     if keys:
         return bool(keys & words)
     asked = content_words(question)
-    return bool(asked) and len(asked & words) >= len(asked) / 2
+    return bool(asked) and len(asked & words) >= min(2, len(asked) / 2)
