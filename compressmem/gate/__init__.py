@@ -2,8 +2,9 @@
 bank), then scores every block against a gate prompt (question + notes) at each step.
 
 Every gate follows the `Gate` protocol and registers its kind with `@register`, one file per gate:
-`lexical` (BM25 over the blocks' text), `attention` (training-free, over compressed keys) and `head` (a
-trained `GateHead` over compressed keys and, optionally, BM25).
+`lexical` (BM25 over the blocks' text), `semantic` (BM25 fused with sentence-embedding similarity, for
+questions worded unlike the text; needs the `semantic` extra), `attention` (training-free, over compressed keys)
+and `head` (a trained `GateHead` over compressed keys and, optionally, BM25).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .attention import AttentionGate, GateIndex, default_gate_layers
 from .base import GATES, Gate, build_gate, register
 from .head import GateHead, GateHeadError, HeadGate
 from .lexical import LexicalGate, LexicalIndex
+from .semantic import SemanticGate, SemanticIndex
 
 __all__ = [
     "GATES",
@@ -24,6 +26,8 @@ __all__ = [
     "HeadGate",
     "LexicalGate",
     "LexicalIndex",
+    "SemanticGate",
+    "SemanticIndex",
     "build_gate",
     "default_gate_layers",
     "gate_scores",
