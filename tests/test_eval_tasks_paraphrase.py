@@ -120,6 +120,7 @@ def test_score_answer_reports_refused_and_invented_with_the_context():
     refused = score_answer("niah_paraphrase", "Not found in the context.", ["6827126"], context=context)
     assert refused["substring"] == 0.0 and refused["refused"] == 1.0 and refused["invented"] == 0.0
     assert "invented" not in score_answer("niah_single", "6827126", ["6827126"])  # old callers: no context
+    assert score_answer("natural", "Eldermoor", [], context=context)["f1"] == 0.0  # no gold answer: nothing to match
     both = score_answer("niah_distractor", "6827126 or 1111111", ["6827126"], context=context, distractors=["1111111"])
     assert both["substring"] == 0.0
 

@@ -40,7 +40,9 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
 
 def token_f1(prediction: str, answers: Sequence[str]) -> float:
     """The best token-overlap F1 between the normalised prediction and any gold answer."""
-    return max(_f1(normalize_answer(prediction).split(), normalize_answer(answer).split()) for answer in answers)
+    return max(
+        (_f1(normalize_answer(prediction).split(), normalize_answer(answer).split()) for answer in answers), default=0.0
+    )
 
 
 def _f1(predicted: list[str], gold: list[str]) -> float:
