@@ -60,6 +60,7 @@ DEFAULT_ANSWER_TEMPLATE = "Notes taken while reading a long document: {notes}\n\
 DEFAULT_GATE_TEMPLATE = "{question}\n{notes}"
 DEFAULT_EMPTY_NOTES = "(none yet)"
 DEFAULT_NOT_FOUND = "Not found in the context."
+DEFAULT_QUOTE_TEMPLATE = 'The context says: "{quote}"'
 
 # MemAgent's prompts (Yu et al. 2025, "MemAgent: Reshaping Long-Context LLM with Multi-Conv RL-based Memory
 # Agent"; github.com/BytedTsinghua-SIA/MemAgent, `TEMPLATE`, `TEMPLATE_FINAL` and `NO_MEMORY` of
@@ -304,9 +305,10 @@ class NotesConfig:
 class PromptConfig:
     """The text around what the model reads: the header every chunk follows, the update prompt after a
     section (`{question}`, `{notes}`; None: the notes mode's own), the answer prompt, the gate's query,
-    what stands in for empty notes, and the answer given, without generating one, when the notes do not
-    answer the question (`not_found`; None: no check is made, an answer is generated from whatever notes
-    there are, and `Trace.found` is None)."""
+    what stands in for empty notes, the answer given, without generating one, when no answer written from the
+    notes is grounded in them (`not_found`; None: no check is made, an answer is generated from whatever notes
+    there are, and `Trace.found` is None), and how the notes' sentences are given, marked as a quote, in place
+    of an answer that found their value but said more than they do (`quote_template`, `{quote}`)."""
 
     section_header: str = DEFAULT_SECTION_HEADER
     update_template: str | None = None
@@ -314,6 +316,7 @@ class PromptConfig:
     gate_template: str = DEFAULT_GATE_TEMPLATE
     empty_notes: str = DEFAULT_EMPTY_NOTES
     not_found: str | None = DEFAULT_NOT_FOUND
+    quote_template: str = DEFAULT_QUOTE_TEMPLATE
 
     def __post_init__(self) -> None:
         for name in ("section_header", "empty_notes"):
@@ -327,6 +330,7 @@ class PromptConfig:
         if self.update_template is not None:
             _template("prompts.update_template", self.update_template, ("question",))
         _template("prompts.answer_template", self.answer_template, ("question", "notes"))
+        _template("prompts.quote_template", self.quote_template, ("quote",), ("quote",))
         _template("prompts.gate_template", self.gate_template, ("question",))
 
     def update_for(self, notes: NotesConfig) -> str:
@@ -732,8 +736,8 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}.")
 
 
-def _template(name: str, value: Any, keys: tuple[str, ...]) -> None:
-    """A template must hold `keys` and no other placeholder, and be well-formed for `str.format`."""
+def _template(name: str, value: Any, keys: tuple[str, ...], allowed: tuple[str, ...] = ("question", "notes")) -> None:
+    """A template must hold `keys`, no placeholder outside `allowed`, and be well-formed for `str.format`."""
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {type(value).__name__}.")
     try:
@@ -749,14 +753,14 @@ def _template(name: str, value: Any, keys: tuple[str, ...]) -> None:
     if dressed:  # `{notes!r}` or `{question:>{notes}}` would put reprs or computed text in the prompt
         raise ConfigError(
             f"{name} may hold only plain placeholders, without a conversion or format spec; got "
-            f"{['{' + f + '...}' for f in dressed]}. Write {{question}} or {{notes}}."
+            f"{['{' + f + '...}' for f in dressed]}. Write {' or '.join('{' + k + '}' for k in allowed)}."
         )
     missing = [k for k in keys if k not in fields]
     if missing:
         raise ConfigError(f"{name} must contain the placeholders {['{' + k + '}' for k in missing]}.")
-    extra = sorted(fields - {"question", "notes"})
+    extra = sorted(fields - set(allowed))
     if extra:
         raise ConfigError(
             f"{name} has unknown placeholders {['{' + k + '}' for k in extra]}; the placeholders are "
-            "{question} and {notes}."
+            f"{' and '.join('{' + k + '}' for k in allowed)}."
         )

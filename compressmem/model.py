@@ -555,9 +555,7 @@ class CompressedMemoryModel:
             traces = self.reasoner.run(
                 [q.text for q in questions], banks, self.show_progress, notes_kwargs, rollouts, answer=write
             )
-            generated = [
-                torch.tensor(t.answer_ids) if t.answer_ids is not None else self._not_found_ids() for t in traces
-            ]
+            generated = [self._given_ids(trace) for trace in traces]
             fields = {}
         new = _right_padded(generated, pad_token_id(self.tokenizer))
         sequences = torch.cat([input_ids, new.to(input_ids.device)], dim=1)
@@ -593,12 +591,16 @@ class CompressedMemoryModel:
             with self.reasoner.active():
                 self.reasoner.judge, self.reasoner.judge_reason = choose_judge(kind, self.model, self.tokenizer)
 
-    def _not_found_ids(self) -> torch.Tensor:
-        """The not-found text's tokens, then end of sequence."""
-        not_found = self.memory_config.prompts.not_found
-        if not_found is None:
-            raise RuntimeError("prompts.not_found is None, so every row is answered: there is no not-found text.")
-        ids = self.prompts.encode(not_found)
+    def _given_ids(self, trace: Trace) -> torch.Tensor:
+        """The tokens answered for a judged row: its grounded answer's, else its quote's (`quote_template`), else
+        the not-found text's, each of the last two followed by end of sequence."""
+        if trace.answer_ids is not None:
+            return torch.tensor(trace.answer_ids, dtype=torch.long)
+        prompts = self.memory_config.prompts
+        text = prompts.quote_template.format(quote=trace.quote) if trace.quote is not None else prompts.not_found
+        if text is None:
+            raise RuntimeError("prompts.not_found is None, so every row is answered unjudged: nothing is given.")
+        ids = self.prompts.encode(text)
         eos = self.tokenizer.eos_token_id
         return ids if eos is None else torch.cat([ids, torch.tensor([eos])])
 

@@ -10,8 +10,7 @@ BIRTH = "Mara Quill was born in the town of Eldermoor."
 
 
 @pytest.mark.parametrize("question, notes, answer", [
-    ("Which number opens the lighthouse vault?", VAULT,
-     "The number 4719283 is indeed the key to unlocking the lighthouse vault."),   # fluff around the notes' number
+    ("Which number opens the lighthouse vault?", VAULT, "The lighthouse vault opens with 4719283."),
     ("Where does Mara Quill come from?", BIRTH, "Mara Quill comes from Eldermoor."),
     ("What is the secret code for the lighthouse vault?", VAULT, VAULT),
     ("Which town saw Mara Quill's birth?", BIRTH, "Eldermoor."),
@@ -30,11 +29,32 @@ def test_an_answer_the_notes_state_is_grounded(question, notes, answer):
      "The code of the Reno vault is 1234.", "1234"),                                    # a value the notes lack
     ("What colour is Mara Quill's boat?", BIRTH, BIRTH, "colour"),                      # true, but not an answer
     ("Where does Mara Quill come from?", BIRTH, "Not found in the context.", "declines"),
-    ("Where does Mara Quill come from?", BIRTH, "Mara Quill comes from somewhere.", "nothing"),
+    ("Where does Mara Quill come from?", BIRTH, "Mara Quill comes from somewhere.", "0%"),
 ])
 def test_an_answer_the_notes_do_not_state_is_not_grounded(question, notes, answer, why):
     verdict = GroundingJudge().judge(question, notes, answer)
     assert not verdict.grounded and why in verdict.reason, verdict.reason
+
+
+@pytest.mark.parametrize("question, notes, answer", [
+    ("Which number opens the lighthouse vault?", VAULT,
+     "The number 4719283 is indeed the key to unlocking the lighthouse vault."),       # padding around the value
+    ("Where was Mara Quill born?", BIRTH + "\nThe mill burned in 1901.",
+     "Mara Quill was born in the town of Eldermoor, a small village in the heart of Europe."),  # an invented name
+])
+def test_an_answer_that_dresses_the_notes_value_in_its_own_words_is_quoted_not_found(question, notes, answer):
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert not verdict.grounded
+    assert verdict.quote == notes.splitlines()[0], "the note holding the value, and only it"
+
+
+def test_no_quote_is_offered_for_another_key_or_for_a_value_the_notes_lack():
+    tarn = GroundingJudge().judge("What is the code of the Reno vault?", "The code of the Tarn vault is 4410.",
+                                  "The code of the Reno vault is 4410.")
+    lacking = GroundingJudge().judge("What is the code of the Reno vault?", "The Reno vault was built in 1901.",
+                                     "The code of the Reno vault is 5522.")
+    assert not tarn.grounded and tarn.quote is None
+    assert not lacking.grounded and lacking.quote is None
 
 
 def test_the_grounding_judge_passes_its_own_calibration():

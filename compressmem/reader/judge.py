@@ -31,11 +31,15 @@ MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold 
 
 @dataclass(frozen=True)
 class Verdict:
-    """A judge's decision on one answer: `grounded` (it may be presented as found), why, and which judge."""
+    """A judge's decision on one answer: `grounded` (it may be presented as found), why, and which judge.
+    `quote`: for an answer that is not grounded but gives a number or name the notes hold and the question does
+    not (the small model found the value and dressed it in words of its own), the notes' sentences holding it,
+    to give instead as an extractive answer, marked as a quote."""
 
     grounded: bool
     reason: str
     judge: str
+    quote: str | None = None
 
 
 @runtime_checkable
@@ -50,16 +54,17 @@ class Judge(Protocol):
 class GroundingJudge:
     """An answer is grounded when the notes hold what it asserts:
 
-    - every number and name it gives occurs in the notes (a name taken from the question too: an answer
-      about the question's Reno vault from notes about the Tarn vault is an invention);
-    - it adds something from the notes to the question, and a number or name the notes hold and the
-      question does not is a claim the notes support whatever words surround it; without one, at least
-      `min_support` of the content words it adds to the question occur in the notes;
+    - the notes speak of every name the question gives (notes about the Tarn vault do not answer a question
+      about the Reno vault), and every number and name the answer gives occurs in them;
+    - it adds something from the notes to the question: at least `min_support` of the content words it
+      adds to the question occur in the notes;
     - at least half of the question's words it repeats occur in the notes (it speaks of what they speak of),
       and the answer or the notes hold one of the question's words besides its names and numbers (what was
       asked about: an answer about Mara Quill's birthplace does not answer a question about her boat).
 
-    An answer that declines, or restates the question, asserts nothing."""
+    An answer that declines, or restates the question, asserts nothing. An answer that fails only on its own
+    words (invented names or padding around a number or name the notes gave it) carries `Verdict.quote`: the
+    notes' sentences that hold that value, which the reader gives instead, as a quote."""
 
     name = "grounding"
 
@@ -70,26 +75,40 @@ class GroundingJudge:
         if not answer.strip() or refuses(answer):
             return Verdict(False, "the answer declines", self.name)
         held, asked, said = content_words(notes), content_words(question), content_words(answer)
-        unknown = sorted(key_terms(answer) - held)
-        if unknown:
-            return Verdict(False, f"names or numbers not in the notes: {', '.join(unknown)}", self.name)
-        new = said - asked
-        if not new & held:
-            return Verdict(False, "it adds nothing from the notes to the question", self.name)
         topic = asked - key_terms(question)
         if topic and not topic & (held | said):
             return Verdict(False, f"neither it nor the notes speak of {', '.join(sorted(topic))}", self.name)
+        if key_terms(question) - held:
+            absent = ", ".join(sorted(key_terms(question) - held))
+            return Verdict(False, f"the notes do not speak of {absent}, which the question names", self.name)
         repeated = said & asked
         if repeated and len(repeated & held) < len(repeated) / 2:
             unheld = ", ".join(sorted(repeated - held))
             return Verdict(False, f"it speaks of {unheld}, which the notes do not", self.name)
-        if (key_terms(answer) & held) - asked:
-            return Verdict(True, "the notes hold the names and numbers it gives", self.name)
-        support = len(new & held) / len(new)
-        if support < self.min_support:
-            missing = ", ".join(sorted(new - held)[:6])
-            return Verdict(False, f"{support:.0%} of its new words are in the notes (not: {missing})", self.name)
+        values = (key_terms(answer) & held) - asked  # numbers and names the notes gave it
+        unknown = sorted(key_terms(answer) - held)
+        new = said - asked
+        support = len(new & held) / len(new) if new else 0.0
+        if unknown or (support < self.min_support and not values):
+            why = (
+                f"names or numbers not in the notes: {', '.join(unknown)}"
+                if unknown
+                else f"{support:.0%} of its new words are in the notes (not: {', '.join(sorted(new - held)[:6])})"
+            )
+            return Verdict(False, why, self.name, _holding(notes, values))
+        if not new & held:
+            return Verdict(False, "it adds nothing from the notes to the question", self.name)
+        if values and support < self.min_support:
+            given = ", ".join(sorted(values))
+            why = f"only {support:.0%} of its new words are in the notes, but it gives their {given}"
+            return Verdict(False, why, self.name, _holding(notes, values))
         return Verdict(True, f"{support:.0%} of the words it adds to the question are in the notes", self.name)
+
+
+def _holding(notes: str, values: set[str]) -> str | None:
+    """The lines of `notes` that hold any of `values` (words as `content_words` gives them), or None."""
+    lines = [line for line in notes.splitlines() if values & content_words(line)]
+    return " ".join(lines) if lines else None
 
 
 JUDGE_PROMPT = (

@@ -161,20 +161,23 @@ class Reasoner:
                 if judged and ready:
                     self._attempt(rows, ready, answer)  # type: ignore[arg-type]
                 for row, _, row_scores in reads:
-                    if row.trace.answer_ids is not None:
+                    if row.trace.answer_ids is not None or row.trace.quote is not None:
                         row.done = True
                         row.trace.final_gate_scores = None if row_scores is None else row_scores.tolist()
         bar.close()
         if judged:
-            self._attempt(rows, [row for row in rows if row.trace.answer_ids is None], answer)  # type: ignore[arg-type]
+            unanswered = [row for row in rows if row.trace.answer_ids is None and row.trace.quote is None]
+            self._attempt(rows, unanswered, answer)  # type: ignore[arg-type]
             for row in rows:
-                row.trace.found = row.trace.answer_ids is not None
-                row.trace.outcome = "answered" if row.trace.found else "not found"
+                trace = row.trace
+                trace.outcome = "answered" if trace.answer_ids else "quoted" if trace.quote else "not found"
+                trace.found = trace.outcome != "not found"
         return [row.trace for row in rows]
 
     def _attempt(self, rows: list[_Row], ready: list[_Row], answer: Answerer) -> None:
         """Write an answer for each `ready` row whose notes changed since its last answer, and keep the first
-        the judge finds grounded (`Trace.answer_ids`); every attempt is recorded in the trace."""
+        the judge finds grounded (`Trace.answer_ids`), or the quote a judge gives for an answer that found a
+        value of the notes but said more than they do (`Trace.quote`); every attempt is recorded in the trace."""
         ready = [row for row in ready if row.trace.notes.strip() and row.trace.notes != row.tried]
         if not ready:
             return
@@ -187,6 +190,8 @@ class Reasoner:
             if verdict.grounded:
                 row.trace.answer_ids = draft.ids.tolist()
                 row.trace.answer_prompt_ids = draft.prompt_ids.tolist()
+            elif verdict.quote is not None:  # the value found, dressed in words of the model's own: quote its source
+                row.trace.quote = verdict.quote
 
     def _check_terms(self, row: _Row, index: object) -> None:
         """Finish a row before it reads when its question names a key term the bank's words never hold (for a

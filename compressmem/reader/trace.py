@@ -68,10 +68,12 @@ class Trace:
 
     `attempts`: every answer written from the notes (after each read that added one) with the judge's
     verdict; `answer_ids`: the first one judged grounded in the notes, which is the answer given.
-    `outcome`: "answered" (a grounded answer), "not found" (no grounded answer within the read budget: the
+    `quote`: the notes' sentences given instead of an answer that found their number or name but said more
+    than they do (`reader.judge.Verdict.quote`). `outcome`: "answered" (a grounded answer), "quoted" (the
+    quote, marked as one by `PromptConfig.quote_template`), "not found" (neither within the read budget: the
     configured not-found text is given), or None when no check is made (`PromptConfig.not_found` None, as in
-    MemAgent mode: an answer is generated from whatever notes there are). `found` is `outcome == "answered"`
-    (None when unchecked). `judge` and `judge_reason`: which judge decided, and why that one.
+    MemAgent mode: an answer is generated from whatever notes there are). `found` is False for "not found",
+    True otherwise (None when unchecked). `judge` and `judge_reason`: which judge decided, and why that one.
     `missing_terms`: key terms of the question (names, numbers, keys) that no block of the bank holds, so that
     nothing was read (None: not checked, which needs the lexical gate's index)."""
 
@@ -84,6 +86,7 @@ class Trace:
     missing_terms: list[str] | None = None
     attempts: list[Attempt] = field(default_factory=list)
     answer_ids: list[int] | None = None
+    quote: str | None = None
     outcome: str | None = None
     judge: str | None = None
     judge_reason: str = ""

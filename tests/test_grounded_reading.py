@@ -1,0 +1,83 @@
+"""Reading until the answer is grounded: the reader writes an answer after each read that added a note, the judge
+checks it against the notes, and only a grounded answer (or, for one that found the notes' value but said more,
+the notes' sentence, quoted) is presented as found. Answers are scripted here; the judge and the loop are real."""
+
+import pytest
+
+from compressmem import ChunkingConfig, GateConfig, MemoryConfig, NotesConfig, ReadingConfig
+
+from .conftest import tiny_wrapper
+
+FILLER = "The gulls circled the old pier while the tide went out over the grey mud flats. " * 6
+CONTEXT = (FILLER + "The Reno vault stands behind the harbour office. " + FILLER
+           + "The secret code of the Reno vault is 6827126. " + FILLER)
+QUESTION = "Which number opens the Reno vault?"
+CONFIG = MemoryConfig(chunking=ChunkingConfig(64), gate=GateConfig("lexical", top_k=3),
+                      reading=ReadingConfig(judge="grounding", order="document"), notes=NotesConfig(note_tokens=4))
+
+
+def _scripted(wrapper, answers):
+    """Make the wrapper's answer step write `answers(notes)` instead of generating; returns the notes it saw."""
+    seen = []
+
+    def generate(prompts, generation_kwargs):
+        texts = []
+        for prompt in prompts:
+            text = wrapper.tokenizer.decode(prompt)
+            seen.append(text)
+            texts.append(answers(text))
+        return None, [wrapper.prompts.encode(t) for t in texts]
+
+    wrapper._generate_answers = generate
+    return seen
+
+
+@pytest.fixture
+def wrapper(tokenizer):
+    return tiny_wrapper("llama", tokenizer, CONFIG)
+
+
+def test_an_invented_answer_is_not_found_and_the_next_block_is_read(wrapper):
+    def answers(prompt):
+        if "6827126" in prompt:
+            return "The secret code of the Reno vault is 6827126."
+        return "The Reno vault is a fictional world in the Star Wars franchise."
+
+    _scripted(wrapper, answers)
+    answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
+    trace = answer.trace
+    assert [a.grounded for a in trace.attempts] == [False, True], trace.attempts
+    assert "star" in trace.attempts[0].reason
+    assert answer.found and trace.outcome == "answered" and answer.text == "The secret code of the Reno vault is 6827126."
+    noted = [step for step in trace.steps if step.source is not None]
+    assert len(noted) == 2 and "6827126" in noted[-1].source.text and trace.steps[-1] is noted[-1]  # then it stopped
+    assert trace.judge == "grounding" and answer.sources == [step.source for step in noted]
+
+
+def test_no_grounded_answer_within_the_budget_is_not_found(wrapper):
+    seen = _scripted(wrapper, lambda prompt: "The Reno vault is a fictional world in the Star Wars franchise.")
+    answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
+    assert answer.found is False and answer.trace.outcome == "not found"
+    assert answer.text == CONFIG.prompts.not_found and answer.sources == []
+    assert len(answer.trace.attempts) == len(seen) >= 1 and not any(a.grounded for a in answer.trace.attempts)
+
+
+def test_an_answer_that_found_the_value_but_invents_around_it_is_given_as_the_notes_quote(wrapper):
+    def answers(prompt):
+        if "6827126" in prompt:
+            return "The Reno vault opens with 6827126, the number Captain Nemo chose."
+        return "NONE"
+
+    _scripted(wrapper, answers)
+    answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
+    assert answer.trace.outcome == "quoted" and answer.found
+    assert answer.text == 'The context says: "The secret code of the Reno vault is 6827126."'
+    assert "nemo" in answer.trace.attempts[-1].reason
+
+
+def test_memagent_mode_answers_once_unjudged(tokenizer):
+    wrapper = tiny_wrapper("llama", tokenizer, CONFIG.replace(prompts=CONFIG.prompts.__class__(not_found=None)))
+    seen = _scripted(wrapper, lambda prompt: "The Reno vault is a fictional world in the Star Wars franchise.")
+    answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
+    assert len(seen) == 1 and answer.found is None and answer.trace.attempts == []
+    assert answer.text == "The Reno vault is a fictional world in the Star Wars franchise."
