@@ -18,6 +18,7 @@ for _package in ("sentence_transformers", "all_minilm_l6_v2"):  # found, not imp
     if importlib.util.find_spec(_package) is None:
         pytest.skip(f"needs {_package} (the semantic extra)", allow_module_level=True)
 
+from compressmem.gate import semantic  # noqa: E402
 from compressmem.gate.semantic import index_name, load_embedder, passages  # noqa: E402
 
 from .conftest import tiny_wrapper  # noqa: E402
@@ -64,7 +65,9 @@ def document(tokenizer):
 
 @pytest.fixture
 def encodes(monkeypatch):
-    """How many times the packaged embedder encoded since the test began."""
+    """How many times the packaged embedder encoded since the test began (with the passages embedded earlier in
+    this process forgotten, so that an index built again must embed)."""
+    monkeypatch.setattr(semantic, "_remembered", semantic.OrderedDict())
     embedder = load_embedder(None, "cpu")
     calls = []
     encode = embedder.encode
@@ -179,3 +182,19 @@ def test_importing_compressmem_does_not_import_sentence_transformers():
         "assert 'semantic' in GATE_KINDS; assert 'sentence_transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
+
+
+def test_passages_embedded_earlier_in_the_process_are_not_embedded_again(tokenizer, encodes):
+    """An evaluation's haystacks share most passages: a second bank over the same text with one sentence changed
+    embeds only that sentence's passage, and its embeddings equal a fresh build's."""
+    text = DOCUMENT[:6000]
+    wrapper = tiny_wrapper("llama", tokenizer, CONFIG)
+    gate = SemanticGate(tokenizer)
+    gate.index(wrapper.compress(text))
+    first = len(encodes)
+    changed = text.replace("Mara Quill", "Mara Quill, a weaver,", 1) if "Mara Quill" in text else text + " A new end."
+    again = gate.index(wrapper.compress(changed))
+    assert len(encodes) == first + 1  # one call, for the passages that changed
+    semantic._remembered.clear()
+    fresh = gate.index(wrapper.compress(changed))
+    torch.testing.assert_close(again.embeddings.float(), fresh.embeddings.float(), atol=2e-3, rtol=0)

@@ -37,6 +37,7 @@ import shutil
 import threading
 import warnings
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ PASSAGE_WORDS = 64  # at most, per passage: ~90 word pieces, under MiniLM's 128
 MIN_PASSAGE_WORDS = 8  # a shorter sentence joins the next one of its block
 SEARCH_SLICE = 32768  # passages per matrix product: 48 MiB of float32 at 384 dimensions
 EMBED_BATCH = 1024  # passages embedded at once while building an index
+REMEMBERED = 200_000  # passage embeddings remembered per process (float16: 150 MiB at 384 dimensions)
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 _embedders: dict[str, Any] = {}
@@ -174,6 +176,27 @@ def embed(embedder: Any, texts: list[str]) -> torch.Tensor:
     return vectors.float().cpu()
 
 
+_remembered: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+_remembered_lock = threading.Lock()
+
+
+def embed_passages(name: str, embedder: Any, texts: list[str]) -> torch.Tensor:
+    """`[texts, dim]` float16 embeddings by the embedder called `name`, a passage embedded earlier in this process
+    taken from memory (the `REMEMBERED` most recent): banks of one corpus (an evaluation's haystacks, a document
+    compressed again with other settings) share most of their passages, and embedding is the index's whole cost."""
+    with _remembered_lock:
+        known = {text: _remembered.get((name, text)) for text in texts}
+    fresh = sorted({text for text, vector in known.items() if vector is None})
+    if fresh:
+        vectors = embed(embedder, fresh).half()
+        with _remembered_lock:
+            for text, vector in zip(fresh, vectors):
+                known[text] = _remembered[(name, text)] = vector
+            while len(_remembered) > REMEMBERED:
+                _remembered.popitem(last=False)
+    return torch.stack([known[text] for text in texts]) if texts else torch.zeros(0, 0, dtype=torch.float16)
+
+
 @dataclass
 class SemanticIndex:
     """Every passage's normalised embedding and the block that holds it, with the bank's BM25 index."""
@@ -243,8 +266,8 @@ class SemanticGate:
 
     def _build(self, bank: MemoryBank, model: PreTrainedModel | None) -> SemanticIndex:
         embedder = load_embedder(self.embedder, _device(model))
-        dim = embed(embedder, [""]).shape[1]  # asked of the model: the method's name differs by release
-        parts, owners = [torch.zeros(0, dim, dtype=torch.float16)], []
+        parts: list[torch.Tensor] = []
+        owners: list[int] = []
         pending: list[str] = []
         for block in range(len(bank)):
             text = decode_text(self.tokenizer, bank.token_ids(block), skip_special_tokens=True)
@@ -252,10 +275,12 @@ class SemanticGate:
             pending += found
             owners += [block] * len(found)
             if len(pending) >= EMBED_BATCH:
-                parts.append(embed(embedder, pending).half())
+                parts.append(embed_passages(self.name, embedder, pending))
                 pending = []
         if pending:
-            parts.append(embed(embedder, pending).half())
+            parts.append(embed_passages(self.name, embedder, pending))
+        if not parts:  # no text at all: the dimension, asked of the model (the method's name differs by release)
+            parts.append(torch.zeros(0, embed(embedder, [""]).shape[1], dtype=torch.float16))
         return SemanticIndex(torch.cat(parts), torch.tensor(owners, dtype=torch.int32), len(bank), None)
 
     def score(self, model: PreTrainedModel | None, prompts: list[str], index: SemanticIndex) -> torch.Tensor:
