@@ -185,8 +185,8 @@ def embed_passages(name: str, embedder: Any, texts: list[str]) -> torch.Tensor:
     taken from memory (the `REMEMBERED` most recent): banks of one corpus (an evaluation's haystacks, a document
     compressed again with other settings) share most of their passages, and embedding is the index's whole cost."""
     with _remembered_lock:
-        known = {text: _remembered.get((name, text)) for text in texts}
-    fresh = sorted({text for text, vector in known.items() if vector is None})
+        known = {text: _remembered[(name, text)] for text in texts if (name, text) in _remembered}
+    fresh = sorted(set(texts) - known.keys())
     if fresh:
         vectors = embed(embedder, fresh).half()
         with _remembered_lock:
