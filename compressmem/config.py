@@ -156,7 +156,7 @@ class GateConfig:
     `sharpness`) or `head` (a trained `GateHead` from a checkpoint, with its own layers). A block passes when it
     is among the `top_k` best and scores at least `threshold` (either may be None, not both)."""
 
-    kind: str = "lexical"
+    kind: str = "semantic"
     top_k: int | None = DEFAULT_TOP_K
     threshold: float | None = None
     layers: tuple[int, ...] | None = None

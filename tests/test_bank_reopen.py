@@ -15,7 +15,7 @@ from .conftest import tiny_wrapper
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = NotesConfig(note_tokens=4)
 CONFIGS = {
-    "lexical": MemoryConfig(chunking=ChunkingConfig(64), notes=NOTES),
+    "lexical": MemoryConfig(chunking=ChunkingConfig(64), gate=GateConfig("lexical"), notes=NOTES),
     "keys": MemoryConfig(
         chunking=ChunkingConfig(64),
         compression=CompressionConfig("select"),

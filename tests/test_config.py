@@ -40,7 +40,7 @@ def test_stage_defaults_are_resolved_where_the_stage_uses_them():
 
 def test_the_default_bank_records_no_compressor():
     config = MemoryConfig()
-    assert config.compression is None and not config.needs_kv and config.gate.kind == "lexical"
+    assert config.compression is None and not config.needs_kv and config.gate.kind == "semantic"
 
 
 def test_memagent_preset_reads_raw_chunks_without_gate_or_compression():
@@ -82,7 +82,7 @@ def test_invalid_values_name_the_setting(make, field):
     (lambda: GateConfig("head", sharpness=4.0), "the trained head brings its own"),
     (lambda: NotesConfig(update="rewrite", note_tokens=50), "notes.note_tokens applies to update='append' only"),
     (lambda: NotesConfig(update="rewrite", min_grounding=0.5), "min_grounding applies to update='append' only"),
-    (lambda: MemoryConfig(compression=CompressionConfig("select")), "would be ignored.*lexical gate and raw"),
+    (lambda: MemoryConfig(compression=CompressionConfig("select")), "would be ignored.*semantic gate and raw"),
     (lambda: MemoryConfig(gate=None, compression=CompressionConfig("none")), "would be ignored.*no gate"),
     (lambda: MemoryConfig(gate=GateConfig("attention")), "'attention' reads compressed KV.*set compression"),
     (lambda: MemoryConfig(gate=GateConfig("attention"), reading=ReadingConfig("compressed")),

@@ -252,7 +252,8 @@ def test_answer_is_generate_under_the_chat_template(smollm2, essay_text):
 
 
 def test_a_question_the_context_cannot_answer_gets_the_not_found_text_and_no_generation(tokenizer, essay_text):
-    config = MemoryConfig(chunking=ChunkingConfig(64), notes=NOTES)
+    """The lexical gate knows the bank's words: a question naming a name it never holds is not found unread."""
+    config = MemoryConfig(chunking=ChunkingConfig(64), gate=GateConfig("lexical"), notes=NOTES)
     wrapper = tiny_wrapper("llama", tokenizer, config)
     inputs = _chat(tokenizer, "Where was Zanzibar Quillfeather born?")
     out = wrapper.generate(**inputs, context=essay_text[:1500], max_new_tokens=5, return_dict_in_generate=True)

@@ -46,8 +46,9 @@ def test_an_invented_answer_is_not_found_and_the_next_block_is_read(wrapper):
     _scripted(wrapper, answers)
     answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
     trace = answer.trace
-    assert [a.grounded for a in trace.attempts] == [False, True], trace.attempts
-    assert "star" in trace.attempts[0].reason
+    written = [a for a in trace.attempts if a.by == "notes"]  # the tiny model's own outputs are tried too, and fail
+    assert [a.grounded for a in written] == [False, True], trace.attempts
+    assert "star" in written[0].reason and not any(a.grounded for a in trace.attempts if a.by == "read")
     assert answer.found and trace.outcome == "answered" and answer.text == "The secret code of the Reno vault is 6827126."
     noted = [step for step in trace.steps if step.source is not None]
     assert len(noted) == 2 and "6827126" in noted[-1].source.text and trace.steps[-1] is noted[-1]  # then it stopped
@@ -59,7 +60,8 @@ def test_no_grounded_answer_within_the_budget_is_not_found(wrapper):
     answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
     assert answer.found is False and answer.trace.outcome == "not found"
     assert answer.text == CONFIG.prompts.not_found and answer.sources == []
-    assert len(answer.trace.attempts) == len(seen) >= 1 and not any(a.grounded for a in answer.trace.attempts)
+    written = [a for a in answer.trace.attempts if a.by == "notes"]
+    assert len(written) == len(seen) >= 1 and not any(a.grounded for a in answer.trace.attempts)
 
 
 def test_an_answer_that_found_the_value_but_invents_around_it_is_given_as_the_notes_quote(wrapper):
@@ -72,7 +74,7 @@ def test_an_answer_that_found_the_value_but_invents_around_it_is_given_as_the_no
     answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
     assert answer.trace.outcome == "quoted" and answer.found
     assert answer.text == 'The context says: "The secret code of the Reno vault is 6827126."'
-    assert "nemo" in answer.trace.attempts[-1].reason
+    assert "nemo" in [a for a in answer.trace.attempts if a.by == "notes"][-1].reason
 
 
 def test_memagent_mode_answers_once_unjudged(tokenizer):
@@ -81,3 +83,23 @@ def test_memagent_mode_answers_once_unjudged(tokenizer):
     answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
     assert len(seen) == 1 and answer.found is None and answer.trace.attempts == []
     assert answer.text == "The Reno vault is a fictional world in the Star Wars franchise."
+
+
+def test_the_reads_own_output_is_the_answer_when_it_is_grounded_and_the_written_one_is_not(wrapper, monkeypatch):
+    """A small model often says the answer right as it reads the section, then garbles it answering from the
+    notes: the read's output, judged like any answer, is given when it is grounded."""
+    from compressmem.reader import loop
+
+    said = "The Reno vault opens with 6827126."
+    real = loop.generate_steps
+
+    def reads(model, tokenizer, inputs, *args, **kwargs):
+        written = real(model, tokenizer, inputs, *args, **kwargs)
+        return [w._replace(ids=wrapper.prompts.encode(said)) for w in written]
+
+    monkeypatch.setattr(loop, "generate_steps", reads)
+    _scripted(wrapper, lambda prompt: "The Reno vault opens with 1234567890.")
+    answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
+    assert answer.text == said and answer.found and answer.trace.outcome == "answered"
+    last = answer.trace.attempts[-2:]
+    assert [(a.by, a.grounded) for a in last] == [("notes", False), ("read", True)] and "1234567890" in last[0].reason

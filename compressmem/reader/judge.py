@@ -62,9 +62,10 @@ class GroundingJudge:
       and the answer or the notes hold one of the question's words besides its names and numbers (what was
       asked about: an answer about Mara Quill's birthplace does not answer a question about her boat).
 
-    An answer that declines, or restates the question, asserts nothing. An answer that fails only on its own
-    words (invented names or padding around a number or name the notes gave it) carries `Verdict.quote`: the
-    notes' sentences that hold that value, which the reader gives instead, as a quote."""
+    An answer that declines (and gives no value of the notes), or restates the question, asserts nothing.
+    An answer that fails only on its own words (invented names or padding around a number or name the notes
+    gave it) carries `Verdict.quote`: the notes' sentences that hold that value, which the reader gives
+    instead, as a quote."""
 
     name = "grounding"
 
@@ -72,9 +73,9 @@ class GroundingJudge:
         self.min_support = min_support
 
     def judge(self, question: str, notes: str, answer: str) -> Verdict:
-        if not answer.strip() or refuses(answer):
-            return Verdict(False, "the answer declines", self.name)
         held, asked, said = content_words(notes), content_words(question), content_words(answer)
+        if not answer.strip() or (refuses(answer) and not (key_terms(answer) & held) - asked):
+            return Verdict(False, "the answer declines", self.name)
         topic = asked - key_terms(question)
         if topic and not topic & (held | said):
             return Verdict(False, f"neither it nor the notes speak of {', '.join(sorted(topic))}", self.name)

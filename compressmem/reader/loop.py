@@ -190,8 +190,25 @@ class Reasoner:
             if verdict.grounded:
                 row.trace.answer_ids = draft.ids.tolist()
                 row.trace.answer_prompt_ids = draft.prompt_ids.tolist()
+            elif self._read_answers(row):
+                pass
             elif verdict.quote is not None:  # the value found, dressed in words of the model's own: quote its source
                 row.trace.quote = verdict.quote
+
+    def _read_answers(self, row: _Row) -> bool:
+        """Whether the last read's own output, written with the section in view, is an answer the judge finds
+        grounded in the notes (a small model often says it right there, then garbles it when answering from the
+        notes alone); if so it is the answer given, and the attempt is recorded."""
+        output = row.trace.steps[-1].output.strip() if row.trace.steps else ""
+        if not output:
+            return False
+        verdict = self.judge.judge(row.trace.question, row.trace.notes, output)  # type: ignore[union-attr]
+        row.trace.attempts.append(Attempt(len(row.trace.steps), output, verdict.grounded, verdict.reason, by="read"))
+        if verdict.grounded:
+            ids = self.prompts.encode(output).tolist()
+            eos = self.prompts.tokenizer.eos_token_id
+            row.trace.answer_ids = ids if eos is None else [*ids, eos]
+        return verdict.grounded
 
     def _check_terms(self, row: _Row, index: object) -> None:
         """Finish a row before it reads when its question names a key term the bank's words never hold (for a

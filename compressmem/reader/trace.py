@@ -52,13 +52,15 @@ class ReadStep:
 
 @dataclass(frozen=True)
 class Attempt:
-    """An answer written from the notes after `reads` reads, and the judge's decision on it: `grounded`
-    (presented as found) or not, and why."""
+    """An answer after `reads` reads, and the judge's decision on it: `grounded` (presented as found) or not, and
+    why. `by`: "notes" (written from the notes by the answer prompt) or "read" (the read's own output, tried when
+    the answer written from the notes is not grounded)."""
 
     reads: int
     answer: str
     grounded: bool
     reason: str
+    by: str = "notes"
 
 
 @dataclass
