@@ -178,6 +178,9 @@ class Reasoner:
         """Write an answer for each `ready` row whose notes changed since its last answer, and keep the first
         the judge finds grounded (`Trace.answer_ids`), or the quote a judge gives for an answer that found a
         value of the notes but said more than they do (`Trace.quote`); every attempt is recorded in the trace."""
+        for row in ready:  # notes unchanged since the last answer: the read's own output may still say it
+            if row.trace.notes.strip() and row.trace.notes == row.tried and row.trace.answer_ids is None:
+                self._read_answers(row)
         ready = [row for row in ready if row.trace.notes.strip() and row.trace.notes != row.tried]
         if not ready:
             return
