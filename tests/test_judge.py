@@ -12,6 +12,7 @@ BIRTH = "Mara Quill was born in the town of Eldermoor."
 @pytest.mark.parametrize("question, notes, answer", [
     ("Which number opens the lighthouse vault?", VAULT, "The lighthouse vault opens with 4719283."),
     ("Where does Mara Quill come from?", BIRTH, "Mara Quill comes from Eldermoor."),
+    ("Where does Mara Quill come from?", BIRTH, "She was born in the town of Eldermoor."),
     ("What is the secret code for the lighthouse vault?", VAULT, VAULT),
     ("Which town saw Mara Quill's birth?", BIRTH, "Eldermoor."),
 ])

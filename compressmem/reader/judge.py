@@ -59,8 +59,9 @@ class GroundingJudge:
     - it adds something from the notes to the question: at least `min_support` of the content words it
       adds to the question occur in the notes;
     - at least half of the question's words it repeats occur in the notes (it speaks of what they speak of),
-      and the answer or the notes hold one of the question's words besides its names and numbers (what was
-      asked about: an answer about Mara Quill's birthplace does not answer a question about her boat).
+      and, when the question has two words or more besides its names and numbers, the answer or the notes hold
+      one of them (what was asked about: an answer about Mara Quill's birthplace does not answer a question about
+      her boat's colour).
 
     An answer that declines (and gives no value of the notes), or restates the question, asserts nothing.
     An answer that fails only on its own words (invented names or padding around a number or name the notes
@@ -76,8 +77,8 @@ class GroundingJudge:
         held, asked, said = content_words(notes), content_words(question), content_words(answer)
         if not answer.strip() or (refuses(answer) and not (key_terms(answer) & held) - asked):
             return Verdict(False, "the answer declines", self.name)
-        topic = asked - key_terms(question)
-        if topic and not topic & (held | said):
+        topic = asked - key_terms(question)  # one such word is mostly the verb ("Where does X come from?")
+        if len(topic) > 1 and not topic & (held | said):
             return Verdict(False, f"neither it nor the notes speak of {', '.join(sorted(topic))}", self.name)
         if key_terms(question) - held:
             absent = ", ".join(sorted(key_terms(question) - held))
