@@ -57,7 +57,8 @@ class GroundingJudge:
     - the notes speak of every name the question gives (notes about the Tarn vault do not answer a question
       about the Reno vault), and every number and name the answer gives occurs in them;
     - it adds something from the notes to the question: at least `min_support` of the content words it
-      adds to the question occur in the notes;
+      adds to the question occur in the notes, and it gives a number when the notes give one the question
+      does not ("The Isley vault is the sequence which releases the Isley vault" drops the code);
     - at least half of the question's words it repeats occur in the notes (it speaks of what they speak of),
       and, when the question has two words or more besides its names and numbers, the answer or the notes hold
       one of them (what was asked about: an answer about Mara Quill's birthplace does not answer a question about
@@ -100,11 +101,21 @@ class GroundingJudge:
             return Verdict(False, why, self.name, _holding(notes, values))
         if not new & held:
             return Verdict(False, "it adds nothing from the notes to the question", self.name)
+        dropped = {n for n in _numbers(notes) - asked if n not in said}
+        if dropped and not _numbers(answer) - asked:
+            lines = [line for line in notes.splitlines() if _numbers(line) & dropped and new & content_words(line)]
+            why = f"it leaves out the number the notes give ({', '.join(sorted(dropped))})"
+            return Verdict(False, why, self.name, " ".join(lines) or None)
         if values and support < self.min_support:
             given = ", ".join(sorted(values))
             why = f"only {support:.0%} of its new words are in the notes, but it gives their {given}"
             return Verdict(False, why, self.name, _holding(notes, values))
         return Verdict(True, f"{support:.0%} of the words it adds to the question are in the notes", self.name)
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers among `text`'s key terms."""
+    return {term for term in key_terms(text) if term.isdigit()}
 
 
 def _holding(notes: str, values: set[str]) -> str | None:
