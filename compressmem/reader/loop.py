@@ -50,6 +50,7 @@ class _Row:
     recalling: bool = False
     done: bool = False
     tried: str = ""  # the notes an answer was last written from
+    heard: int = 0  # reads whose own output was judged as an answer
 
     def next_block(self, scores: torch.Tensor | None, gate: GateConfig | None, reading: ReadingConfig) -> int | None:
         """The next block to read, or None when this row has finished reading."""
@@ -170,7 +171,8 @@ class Reasoner:
             self._attempt(rows, unanswered, answer)  # type: ignore[arg-type]
             for row in rows:
                 trace = row.trace
-                trace.outcome = "answered" if trace.answer_ids else "quoted" if trace.quote else "not found"
+                answered, quoted = trace.answer_ids is not None, trace.quote is not None
+                trace.outcome = "answered" if answered else "quoted" if quoted else "not found"
                 trace.found = trace.outcome != "not found"
         return [row.trace for row in rows]
 
@@ -193,18 +195,17 @@ class Reasoner:
             if verdict.grounded:
                 row.trace.answer_ids = draft.ids.tolist()
                 row.trace.answer_prompt_ids = draft.prompt_ids.tolist()
-            elif self._read_answers(row):
-                pass
-            elif verdict.quote is not None:  # the value found, dressed in words of the model's own: quote its source
-                row.trace.quote = verdict.quote
+            elif not self._read_answers(row) and verdict.quote is not None:
+                row.trace.quote = verdict.quote  # the value found, dressed in words of the model's own: quote it
 
     def _read_answers(self, row: _Row) -> bool:
         """Whether the last read's own output, written with the section in view, is an answer the judge finds
         grounded in the notes (a small model often says it right there, then garbles it when answering from the
         notes alone); if so it is the answer given, and the attempt is recorded."""
         output = row.trace.steps[-1].output.strip() if row.trace.steps else ""
-        if not output:
+        if not output or row.heard == len(row.trace.steps):  # none, or judged already
             return False
+        row.heard = len(row.trace.steps)
         verdict = self.judge.judge(row.trace.question, row.trace.notes, output)  # type: ignore[union-attr]
         row.trace.attempts.append(Attempt(len(row.trace.steps), output, verdict.grounded, verdict.reason, by="read"))
         if verdict.grounded:

@@ -66,7 +66,8 @@ class Attempt:
 @dataclass
 class Trace:
     """What the reasoner did for one row: every read, and the notes the answer was written from
-    (`answer_prompt_ids`: the answer's prompt, exactly as the model saw it; None when no answer was given).
+    (`answer_prompt_ids`: the answer's prompt, exactly as the model saw it; None when the answer given was not
+    written from the notes).
 
     `attempts`: every answer written from the notes (after each read that added one) with the judge's
     verdict; `answer_ids`: the first one judged grounded in the notes, which is the answer given.
