@@ -17,10 +17,20 @@ def test_a_note_is_the_sentence_the_output_points_to(tokenizer):
         assert notes == sentence and SECTION[quote.start:quote.end] == sentence and quote.matched
 
 
-def test_refusals_and_values_the_section_lacks_add_nothing(tokenizer):
+def test_a_refusal_keeps_the_sentence_naming_the_asked_key_and_nothing_for_a_question_without_one(tokenizer):
+    """A small model refuses the very section that holds the answer when asked in other words; for a question
+    naming its key the sentence naming it is kept all the same (the judge of the answer decides), for one
+    without a key a refusal keeps nothing."""
     config = NotesConfig()
+    sentence = "One of the special magic numbers for amber-river is: 4417021."
     for output in ("NONE", "", "The section does not mention amber-river."):
-        assert update_notes("", output, SECTION, QUESTION, config, tokenizer) == ("", None)
+        notes, quote = update_notes("", output, SECTION, QUESTION, config, tokenizer)
+        assert notes == sentence and not quote.matched
+        assert update_notes("", output, SECTION.replace("amber-river", "tidal-oak"), QUESTION, config,
+                            tokenizer) == ("", None), "no sentence names the asked key"
+    plain = "What is the special magic number of the ferry?"
+    for output in ("NONE", "", "The section does not mention it."):
+        assert update_notes("", output, SECTION, plain, config, tokenizer) == ("", None)
     notes, quote = update_notes("", "The answer is 9999999.", SECTION, QUESTION, config, tokenizer)
     assert notes == "One of the special magic numbers for amber-river is: 4417021." and not quote.matched, \
         "an output pointing nowhere gives way to the section's sentence about the question, never to its own value"

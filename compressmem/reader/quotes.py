@@ -241,12 +241,16 @@ def find_quote(
 
     A line of the output points to the sentence holding at least `min_support` of its new words (those not
     in the question); the best-supported line wins. An output that points nowhere (a restated question, the
-    section copied from its start) is replaced by the section's sentence with the most of the question's
-    words. A refusal ("NONE") keeps nothing. Either way the sentence is kept only if it bears on the question
-    (`bears_on`). With `within`, only sentences overlapping those characters of `section` are candidates
-    (the block read, its neighbours' text around it completing the sentences cut at its edges).
+    section copied from its start) is replaced by the sentence, among those bearing on the question
+    (`bears_on`), with the most of the question's words. A refusal ("NONE", "the section does not answer")
+    keeps nothing for a question without key terms; for one that names its key (a name, a number), a small
+    model refuses the very section that holds the answer in other words, so the sentence of the section that
+    names the key is kept all the same, and the judge of the answer decides. Either way the sentence is kept
+    only if it bears on the question. With `within`, only sentences overlapping those characters of `section`
+    are candidates (the block read, its neighbours' text around it completing the sentences cut at its edges).
     """
-    if not output.strip() or output.lstrip().upper().startswith("NONE"):
+    declined = not output.strip() or output.lstrip().upper().startswith("NONE") or refuses(output)
+    if declined and not key_terms(question):
         return None
     spans = sentences(section)
     if within is not None:
@@ -260,13 +264,10 @@ def find_quote(
     for _, i in sorted(pointed, key=lambda p: -p[0]):
         if bears_on(section[slice(*spans[i])], question, notes):
             return Quote(*spans[i], matched=True)
-    if refuses(output):
-        return None
     wanted = asked | key_terms(notes)
-    best = max(range(len(spans)), key=lambda i: len(wanted & texts[i]))
-    if wanted & texts[best] and bears_on(section[slice(*spans[best])], question, notes):
-        return Quote(*spans[best], matched=False)
-    return None
+    bearing = [i for i in range(len(spans)) if bears_on(section[slice(*spans[i])], question, notes)]
+    best = max(bearing, key=lambda i: len(wanted & texts[i]), default=None)
+    return None if best is None or not wanted & texts[best] else Quote(*spans[best], matched=False)
 
 
 def _pointed(line: str, spans: list[tuple[int, int]], texts: list[set[str]], asked: set[str]) -> tuple[float, int]:
