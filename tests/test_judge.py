@@ -29,6 +29,9 @@ def test_an_answer_the_notes_state_is_grounded(question, notes, answer):
     ("What is the code of the Reno vault?", "The code of the Reno vault was changed last spring.",
      "The code of the Reno vault is 1234.", "1234"),                                    # a value the notes lack
     ("What colour is Mara Quill's boat?", BIRTH, BIRTH, "colour"),                      # true, but not an answer
+    ("What was Silas Merriman checking in 1833?",
+     "In the winter of 1833, Silas Merriman, the postmistress, inspected a cracked weather vane.",
+     "Sylvester Merriman, the postmistress, inspected a cracked weather vane.", "sylvester"),  # a name, first
     ("Which number opens the Isley vault?", "4161278 is the sequence which releases the Isley vault.",
      "The Isley vault is the sequence which releases the Isley vault.", "leaves out"),  # the value dropped
     ("Where does Mara Quill come from?", BIRTH, "Not found in the context.", "declines"),

@@ -17,6 +17,7 @@ questions the notes do not answer from the words they share; neither may reach a
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -24,8 +25,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hf.tokens import chat_text
-from .quotes import content_words, key_terms, refuses
+from .quotes import STOPWORDS, content_words, key_terms, normal, refuses
 
+_OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
 MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold (benchmarks/RESULTS.md)
 
 
@@ -88,8 +90,9 @@ class GroundingJudge:
         if repeated and len(repeated & held) < len(repeated) / 2:
             unheld = ", ".join(sorted(repeated - held))
             return Verdict(False, f"it speaks of {unheld}, which the notes do not", self.name)
-        values = (key_terms(answer) & held) - asked  # numbers and names the notes gave it
-        unknown = sorted(key_terms(answer) - held)
+        named = key_terms(answer) | _opening_names(answer)
+        values = (named & held) - asked  # numbers and names the notes gave it
+        unknown = sorted(named - held)
         new = said - asked
         support = len(new & held) / len(new) if new else 0.0
         if unknown or (support < self.min_support and not values):
@@ -111,6 +114,16 @@ class GroundingJudge:
             why = f"only {support:.0%} of its new words are in the notes, but it gives their {given}"
             return Verdict(False, why, self.name, _holding(notes, values))
         return Verdict(True, f"{support:.0%} of the words it adds to the question are in the notes", self.name)
+
+
+def _opening_names(text: str) -> set[str]:
+    """Names that open a sentence, which `key_terms` cannot tell from a capitalised first word: the first word of
+    two capitalised ones ("Sylvester Merriman, the postmistress, ..."), compared as `content_words` gives it."""
+    return {
+        normal(first)
+        for first, _ in _OPENING_NAME.findall(text)
+        if first.lower() not in STOPWORDS and first not in ("I", "It", "In", "On", "At", "As")
+    }
 
 
 def _numbers(text: str) -> set[str]:
