@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, help="tokens per chunk (block)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, help="only the first N answerable and N/3 (at least 2) unanswerable ones")
+    parser.add_argument("--start", type=int, default=0, help="skip the first N questions (to finish a run cut short)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the base model over the evidence block")
     parser.add_argument("--name", help="the configuration's name in the results file (default: from the flags)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -75,6 +76,7 @@ def main() -> None:
 
     document = DOCUMENT.read_text(encoding="utf-8")
     questions = load_questions()
+    questions = questions[args.start :]
     if args.limit:
         answerable = [q for q in questions if q["answers"]][: args.limit]
         questions = answerable + [q for q in questions if not q["answers"]][: max(2, args.limit // 3)]

@@ -26,7 +26,9 @@ def test_gemma3_without_a_context_is_its_own_generate_and_with_one_reads_the_blo
     out = gemma3.generate(ids, context=document, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
     bank = gemma3.compress(document)
     at = document.index(FACT)
-    assert out.trace[0].blocks_read == bank.blocks_overlapping([(at, at + len(FACT))])  # raw reading, lexical gate
+    # raw reading, the default gate: the fact's block is read first (the reads after it, if any, are the search
+    # for an answer the judge finds grounded, which 8 new tokens of a base model may not give)
+    assert out.trace[0].blocks_read[0] in bank.blocks_overlapping([(at, at + len(FACT))])
     assert out.sequences.shape[1] > ids.shape[1]
 
 
