@@ -240,6 +240,8 @@ def test_bad_calls_get_clear_errors(tokenizer, essay_text, tmp_path):
 
 @pytest.mark.slow
 def test_answer_is_generate_under_the_chat_template(smollm2, essay_text):
+    """Unjudged (not_found None), so that every row's answer is generated and the two prompts' answers compare."""
+    smollm2 = smollm2.with_config(smollm2.memory_config.replace(prompts=PromptConfig(not_found=None)))
     context = essay_text[:3000]
     question = "What do hard liquor and cigarettes have in common?"
     text = smollm2.answer(question, context=context, max_new_tokens=24)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from compressmem import (
+    PromptConfig,
     ChunkingConfig,
     CompressedMemoryModel,
     CompressionConfig,
@@ -30,8 +31,12 @@ from compressmem.training.grpo_loss import clipped_policy_loss
 
 from .conftest import tiny_model
 
+# the toy reward of test_a_few_grpo_steps_raise_the_reward is set from the untrained policy's answers under this
+# short answer prompt (release 0.3's default); the longer default spreads a tiny random model's first characters
 CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("learned", ratio=4), gate=None,
-                      reading=ReadingConfig("compressed", until="all"), notes=NotesConfig(note_tokens=4))
+                      reading=ReadingConfig("compressed", until="all"), notes=NotesConfig(note_tokens=4),
+                      prompts=PromptConfig(answer_template="Notes taken while reading a long document: {notes}\n\n"
+                                                           "{question}"))
 EXAMPLE = GRPOExample("What is the vault code?", "The lighthouse keeper wrote the vault code 4719283. " * 8,
                       ("4719283",))
 
