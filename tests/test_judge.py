@@ -54,6 +54,13 @@ def test_an_answer_that_dresses_the_notes_value_in_its_own_words_is_quoted_not_f
     assert verdict.quote == notes.splitlines()[0], "the note holding the value, and only it"
 
 
+def test_another_vault_of_the_same_kind_is_not_the_one_asked_and_a_note_on_another_matter_is_not_quoted():
+    harbour = GroundingJudge().judge("What is the secret code for the harbour vault?", VAULT, VAULT)
+    assert not harbour.grounded and "harbour vault" in harbour.reason and harbour.quote is None
+    buried = GroundingJudge().judge("Where is Mara Quill buried?", BIRTH, "Mara Quill is buried in Eldermoor, Europe.")
+    assert not buried.grounded and buried.quote is None
+
+
 def test_no_quote_is_offered_for_another_key_or_for_a_value_the_notes_lack():
     tarn = GroundingJudge().judge("What is the code of the Reno vault?", "The code of the Tarn vault is 4410.",
                                   "The code of the Reno vault is 4410.")

@@ -16,6 +16,7 @@ questions the notes do not answer from the words they share; neither may reach a
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class GroundingJudge:
         topic = asked - key_terms(question)  # one such word is mostly the verb ("Where does X come from?")
         if len(topic) > 1 and not topic & (held | said):
             return Verdict(False, f"neither it nor the notes speak of {', '.join(sorted(topic))}", self.name)
+        other = _other_kind(question, notes)
+        if other:
+            return Verdict(False, f"the question asks of the {other[0]}, the notes speak of the {other[1]}", self.name)
         if key_terms(question) - held:
             absent = ", ".join(sorted(key_terms(question) - held))
             return Verdict(False, f"the notes do not speak of {absent}, which the question names", self.name)
@@ -101,7 +105,7 @@ class GroundingJudge:
                 if unknown
                 else f"{support:.0%} of its new words are in the notes (not: {', '.join(sorted(new - held)[:6])})"
             )
-            return Verdict(False, why, self.name, _holding(notes, values))
+            return Verdict(False, why, self.name, _holding(notes, values, question))
         if not new & held:
             return Verdict(False, "it adds nothing from the notes to the question", self.name)
         dropped = {n for n in _numbers(notes) - asked if n not in said}
@@ -112,7 +116,7 @@ class GroundingJudge:
         if values and support < self.min_support:
             given = ", ".join(sorted(values))
             why = f"only {support:.0%} of its new words are in the notes, but it gives their {given}"
-            return Verdict(False, why, self.name, _holding(notes, values))
+            return Verdict(False, why, self.name, _holding(notes, values, question))
         return Verdict(True, f"{support:.0%} of the words it adds to the question are in the notes", self.name)
 
 
@@ -131,9 +135,36 @@ def _numbers(text: str) -> set[str]:
     return {term for term in key_terms(text) if term.isdigit()}
 
 
-def _holding(notes: str, values: set[str]) -> str | None:
-    """The lines of `notes` that hold any of `values` (words as `content_words` gives them), or None."""
+def _other_kind(question: str, notes: str) -> tuple[str, str] | None:
+    """A noun the question and the notes share under different words right before it, the question's word
+    nowhere in the notes ("the harbour vault" asked, "the lighthouse vault" noted): (asked, noted), else None."""
+    held = content_words(notes)
+    noted = _pairs(notes)
+    for before, noun in _pairs(question):
+        if noun in held and before not in held:
+            others = [b for b, n in noted if n == noun and b != before]
+            if others:
+                return f"{before} {noun}", f"{others[0]} {noun}"
+    return None
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """Adjacent pairs of content words of `text` (compared as `content_words` gives them)."""
+    pairs = []
+    for a, b in itertools.pairwise(re.findall(r"[\w'’-]+", text)):
+        x, y = content_words(a), content_words(b)
+        if x and y and not any(c.isdigit() for c in a + b):
+            pairs.append((next(iter(x)), next(iter(y))))
+    return pairs
+
+
+def _holding(notes: str, values: set[str], question: str) -> str | None:
+    """The lines of `notes` that hold any of `values` (words as `content_words` gives them) and one of the
+    question's words besides its names (what it asks of: a note on Mara Quill's birth does not answer where
+    she is buried), or None."""
+    topic = content_words(question) - key_terms(question)
     lines = [line for line in notes.splitlines() if values & content_words(line)]
+    lines = [line for line in lines if not topic or topic & content_words(line)]
     return " ".join(lines) if lines else None
 
 
