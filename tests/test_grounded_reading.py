@@ -90,7 +90,7 @@ def test_the_reads_own_output_is_the_answer_when_it_is_grounded_and_the_written_
     notes: the read's output, judged like any answer, is given when it is grounded."""
     from compressmem.reader import loop
 
-    said = "The Reno vault opens with 6827126."
+    said = "The number that opens the Reno vault is 6827126."
     real = loop.generate_steps
 
     def reads(model, tokenizer, inputs, *args, **kwargs):
@@ -103,3 +103,19 @@ def test_the_reads_own_output_is_the_answer_when_it_is_grounded_and_the_written_
     assert answer.text == said and answer.found and answer.trace.outcome == "answered"
     last = answer.trace.attempts[-2:]
     assert [(a.by, a.grounded) for a in last] == [("notes", False), ("read", True)] and "1234567890" in last[0].reason
+
+
+def test_a_reads_output_that_does_not_echo_the_question_is_not_taken_for_its_answer(wrapper, monkeypatch):
+    """'The Reno vault stands behind the harbour office.' describes a section; it answers nothing asked."""
+    from compressmem.reader import loop
+
+    real = loop.generate_steps
+
+    def reads(model, tokenizer, inputs, *args, **kwargs):
+        return [w._replace(ids=wrapper.prompts.encode("The Reno vault stands behind the harbour office."))
+                for w in real(model, tokenizer, inputs, *args, **kwargs)]
+
+    monkeypatch.setattr(loop, "generate_steps", reads)
+    _scripted(wrapper, lambda prompt: "The Reno vault is a fictional world in the Star Wars franchise.")
+    answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
+    assert answer.trace.outcome == "not found" and not any(a.by == "read" for a in answer.trace.attempts)

@@ -24,7 +24,7 @@ from ..quantize import CHANNELS, TOKENS, quantize
 from .judge import Judge
 from .notes import update_notes
 from .prompts import PromptBuilder
-from .quotes import Quote, asks_for_all, key_terms
+from .quotes import Quote, asks_for_all, echoes, key_terms
 from .step import generate_steps, step_input
 from .trace import Attempt, ReadStep, Source, Trace
 
@@ -162,12 +162,12 @@ class Reasoner:
                 if judged and ready:
                     self._attempt(rows, ready, answer)  # type: ignore[arg-type]
                 for row, _, row_scores in reads:
-                    if row.trace.answer_ids is not None or row.trace.quote is not None:
+                    if row.trace.answer_ids is not None:
                         row.done = True
                         row.trace.final_gate_scores = None if row_scores is None else row_scores.tolist()
         bar.close()
         if judged:
-            unanswered = [row for row in rows if row.trace.answer_ids is None and row.trace.quote is None]
+            unanswered = [row for row in rows if row.trace.answer_ids is None]
             self._attempt(rows, unanswered, answer)  # type: ignore[arg-type]
             for row in rows:
                 trace = row.trace
@@ -195,16 +195,18 @@ class Reasoner:
             if verdict.grounded:
                 row.trace.answer_ids = draft.ids.tolist()
                 row.trace.answer_prompt_ids = draft.prompt_ids.tolist()
-            elif not self._read_answers(row) and verdict.quote is not None:
-                row.trace.quote = verdict.quote  # the value found, dressed in words of the model's own: quote it
+            elif not self._read_answers(row) and verdict.quote is not None and row.trace.quote is None:
+                row.trace.quote = verdict.quote  # the value found in words of the model's own: quoted if nothing better
 
     def _read_answers(self, row: _Row) -> bool:
         """Whether the last read's own output, written with the section in view, is an answer the judge finds
         grounded in the notes (a small model often says it right there, then garbles it when answering from the
-        notes alone); if so it is the answer given, and the attempt is recorded."""
+        notes alone); if so it is the answer given, and the attempt is recorded. An output that does not echo
+        the question (`echoes`) describes the section ("The town where Mara Quill was born is Eldermoor", asked
+        what that town is famous for) and is not tried."""
         output = row.trace.steps[-1].output.strip() if row.trace.steps else ""
-        if not output or row.heard == len(row.trace.steps):  # none, or judged already
-            return False
+        if not output or row.heard == len(row.trace.steps) or not echoes(output, row.trace.question):
+            return False  # none, judged already, or a description of the section rather than an answer
         row.heard = len(row.trace.steps)
         verdict = self.judge.judge(row.trace.question, row.trace.notes, output)  # type: ignore[union-attr]
         row.trace.attempts.append(Attempt(len(row.trace.steps), output, verdict.grounded, verdict.reason, by="read"))

@@ -292,3 +292,10 @@ def bears_on(sentence: str, question: str, notes: str) -> bool:
         return bool(keys & words)
     asked = content_words(question)
     return bool(asked) and len(asked & words) >= min(2, len(asked) / 2)
+
+
+def echoes(text: str, question: str) -> bool:
+    """Whether `text` repeats at least 75% of the question's words besides its names and numbers, as an answer
+    to it written by a small model does ("The passcode for the Norwick vault is 7920817.")."""
+    other = content_words(question) - key_terms(question)
+    return not other or len(other & content_words(text)) >= 0.75 * len(other)
