@@ -32,6 +32,18 @@ def _scripted(wrapper, answers):
     return seen
 
 
+def _reads_say(wrapper, monkeypatch, said):
+    """Make every read's output `said` (the notes still follow it through the real quote rules)."""
+    from compressmem.reader import loop
+
+    real = loop.generate_steps
+
+    def reads(model, tokenizer, inputs, *args, **kwargs):
+        return [w._replace(ids=wrapper.prompts.encode(said)) for w in real(model, tokenizer, inputs, *args, **kwargs)]
+
+    monkeypatch.setattr(loop, "generate_steps", reads)
+
+
 @pytest.fixture
 def wrapper(tokenizer):
     return tiny_wrapper("llama", tokenizer, CONFIG)
@@ -88,16 +100,8 @@ def test_memagent_mode_answers_once_unjudged(tokenizer):
 def test_the_reads_own_output_is_the_answer_when_it_is_grounded_and_the_written_one_is_not(wrapper, monkeypatch):
     """A small model often says the answer right as it reads the section, then garbles it answering from the
     notes: the read's output, judged like any answer, is given when it is grounded."""
-    from compressmem.reader import loop
-
     said = "The number that opens the Reno vault is 6827126."
-    real = loop.generate_steps
-
-    def reads(model, tokenizer, inputs, *args, **kwargs):
-        written = real(model, tokenizer, inputs, *args, **kwargs)
-        return [w._replace(ids=wrapper.prompts.encode(said)) for w in written]
-
-    monkeypatch.setattr(loop, "generate_steps", reads)
+    _reads_say(wrapper, monkeypatch, said)
     _scripted(wrapper, lambda prompt: "The Reno vault opens with 1234567890.")
     answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
     assert answer.text == said and answer.found and answer.trace.outcome == "answered"
@@ -107,15 +111,7 @@ def test_the_reads_own_output_is_the_answer_when_it_is_grounded_and_the_written_
 
 def test_a_reads_output_that_does_not_echo_the_question_is_not_taken_for_its_answer(wrapper, monkeypatch):
     """'The Reno vault stands behind the harbour office.' describes a section; it answers nothing asked."""
-    from compressmem.reader import loop
-
-    real = loop.generate_steps
-
-    def reads(model, tokenizer, inputs, *args, **kwargs):
-        return [w._replace(ids=wrapper.prompts.encode("The Reno vault stands behind the harbour office."))
-                for w in real(model, tokenizer, inputs, *args, **kwargs)]
-
-    monkeypatch.setattr(loop, "generate_steps", reads)
+    _reads_say(wrapper, monkeypatch, "The Reno vault stands behind the harbour office.")
     _scripted(wrapper, lambda prompt: "The Reno vault is a fictional world in the Star Wars franchise.")
     answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
     assert answer.trace.outcome == "not found" and not any(a.by == "read" for a in answer.trace.attempts)

@@ -182,10 +182,7 @@ def _niah(
     keys = rng.sample(_keys(), distractors + 1)
     values = [_number(rng) for _ in keys]
     needles = [_needle(key, value) for key, value in zip(keys, values)]
-    order = list(range(len(needles)))
-    rng.shuffle(order)
-    context, spans = hide_in_haystack(tokenizer, haystack, length, [needles[i] for i in order], rng)
-    target = order.index(0)
+    context, spans, _, target = _hide_shuffled(tokenizer, haystack, length, needles, rng)
     return EvalCase(
         task=task,
         case_id=f"{task}-{length}-{seed}-{index}",
@@ -286,10 +283,7 @@ def niah_distractor(
     values = _distinct_numbers(rng, len(keys))
     template = rng.choice(PARAPHRASE_NEEDLES)
     needles = [template.format(key=key, value=value) for key, value in zip(keys, values)]
-    order = list(range(len(needles)))
-    rng.shuffle(order)
-    context, spans = hide_in_haystack(tokenizer, haystack, length, [needles[i] for i in order], rng)
-    target = order.index(0)
+    context, spans, order, target = _hide_shuffled(tokenizer, haystack, length, needles, rng)
     return EvalCase(
         task="niah_distractor",
         case_id=f"niah_distractor-{length}-{seed}-{index}",
@@ -303,6 +297,17 @@ def niah_distractor(
     )
 
 
+def _hide_shuffled(
+    tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, inserts: list[str], rng: random.Random
+) -> tuple[str, list[tuple[int, int]], list[int], int]:
+    """`inserts` hidden in the haystack in a seeded order: the context, the spans (in context order), that order,
+    and where the first insert (the asked one) lies in it."""
+    order = list(range(len(inserts)))
+    rng.shuffle(order)
+    context, spans = hide_in_haystack(tokenizer, haystack, length, [inserts[i] for i in order], rng)
+    return context, spans, order, order.index(0)
+
+
 def absent_related(
     tokenizer: PreTrainedTokenizerBase, haystack: str, length: int, seed: int, index: int, distractors: int = 3
 ) -> EvalCase:
@@ -314,10 +319,7 @@ def absent_related(
     values = _distinct_numbers(rng, distractors)
     related = rng.choice(RELATED_WITHOUT_VALUE).format(key=keys[0])
     inserts = [related] + [rng.choice(PARAPHRASE_NEEDLES).format(key=k, value=v) for k, v in zip(keys[1:], values)]
-    order = list(range(len(inserts)))
-    rng.shuffle(order)
-    context, spans = hide_in_haystack(tokenizer, haystack, length, [inserts[i] for i in order], rng)
-    target = order.index(0)
+    context, spans, order, target = _hide_shuffled(tokenizer, haystack, length, inserts, rng)
     return EvalCase(
         task="absent_related",
         case_id=f"absent_related-{length}-{seed}-{index}",
