@@ -111,6 +111,10 @@ def main() -> None:
             "invented": scores["invented"],
             "invented_terms": invented_terms(answer.text, document),
             "seconds": seconds,
+            "attempts": [
+                {"answer": a.answer, "grounded": a.grounded, "reason": a.reason, "by": a.by}
+                for a in answer.trace.attempts
+            ],
         }
         if not args.no_ceiling:
             record.update(_ceiling(model, document, bank, evidence_blocks, item, args.max_new_tokens))

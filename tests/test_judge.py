@@ -61,6 +61,38 @@ def test_another_vault_of_the_same_kind_is_not_the_one_asked_and_a_note_on_anoth
     assert not buried.grounded and buried.quote is None
 
 
+PAY = "The town clerk was paid 34 shillings a month, a sum considered generous at the time."
+REPAIRS = "It was Osric Redfern who first proposed repairs to the village green, which took 18 years to approve."
+
+
+@pytest.mark.parametrize("question, notes, answer, why", [
+    ("Who cast the copper bells of Eldermoor?", "The town of Eldermoor is famous for its copper bells.",
+     "The town of Eldermoor is famous for its copper bells.", "asks for a name"),       # who, answered by no one
+    ("In which year did the first train reach the town?", "The first train reached the town in a wet summer.",
+     "The first train reached the town in a wet summer.", "asks for a number"),         # which year, given none
+    ("How much was the lighthouse keeper paid each month?", VAULT + "\n" + PAY,
+     "The lighthouse keeper was paid 34 shillings a month.", "lighthouse"),             # the clerk's pay
+    ("Who first proposed repairs to the lighthouse?", VAULT + "\n" + REPAIRS,
+     "The lighthouse's original owner, Osric Redfern, was the first to propose repairs.", "lighthouse"),
+])
+def test_an_answer_of_the_wrong_kind_or_joined_from_two_sentences_is_not_grounded_nor_quoted(
+    question, notes, answer, why
+):
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert not verdict.grounded and why in verdict.reason and verdict.quote is None, verdict
+
+
+@pytest.mark.parametrize("question, notes, answer", [
+    ("Who was the first to suggest mending the village green?", VAULT + "\n" + REPAIRS,
+     "Osric Redfern was the first to suggest mending the village green."),
+    ("How much did the town clerk earn each month?", VAULT + "\n" + PAY, "The town clerk earned 34 shillings."),
+    ("In what year was the mill rebuilt?", "The mill was rebuilt in 1901 by the parish.", "It was rebuilt in 1901."),
+])
+def test_a_name_or_number_question_answered_from_one_sentence_is_grounded(question, notes, answer):
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert verdict.grounded, verdict.reason
+
+
 def test_no_quote_is_offered_for_another_key_or_for_a_value_the_notes_lack():
     tarn = GroundingJudge().judge("What is the code of the Reno vault?", "The code of the Tarn vault is 4410.",
                                   "The code of the Reno vault is 4410.")

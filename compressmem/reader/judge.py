@@ -26,8 +26,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hf.tokens import chat_text
-from .quotes import STOPWORDS, content_words, key_terms, normal, refuses
+from .quotes import STOPWORDS, content_words, key_terms, normal, refuses, sentences
 
+_NUMBER_QUESTION = re.compile(r"^\W*(?:how (?:many|much)|what number|(?:in |by )?(?:what|which) year)\b", re.I)
+_NAME_QUESTION = re.compile(r"^\W*(?:who|whom|whose)\b|\b(?:by|with|to|from|of) whom\b", re.I)
 _OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
 MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold (benchmarks/RESULTS.md)
 
@@ -96,6 +98,15 @@ class GroundingJudge:
             return Verdict(False, f"it speaks of {unheld}, which the notes do not", self.name)
         named = key_terms(answer) | _opening_names(answer)
         values = (named & held) - asked  # numbers and names the notes gave it
+        kind = asks_for(question)
+        if kind:
+            values = {value for value in values if value.isdigit() == (kind == "number")}
+            if not values:
+                return Verdict(False, f"the question asks for a {kind}; the answer gives none of the notes'", self.name)
+        apart = _apart(notes, values, said & asked & held)
+        if apart:
+            why = f"the notes give {', '.join(sorted(values))} in sentences that do not speak of {', '.join(apart)}"
+            return Verdict(False, why, self.name)
         unknown = sorted(named - held)
         new = said - asked
         support = len(new & held) / len(new) if new else 0.0
@@ -109,7 +120,7 @@ class GroundingJudge:
         if not new & held:
             return Verdict(False, "it adds nothing from the notes to the question", self.name)
         dropped = {n for n in _numbers(notes) - asked if n not in said}
-        if dropped and not _numbers(answer) - asked:
+        if dropped and kind != "name" and not _numbers(answer) - asked:
             lines = [line for line in notes.splitlines() if _numbers(line) & dropped and new & content_words(line)]
             why = f"it leaves out the number the notes give ({', '.join(sorted(dropped))})"
             return Verdict(False, why, self.name, " ".join(lines) or None)
@@ -118,6 +129,27 @@ class GroundingJudge:
             why = f"only {support:.0%} of its new words are in the notes, but it gives their {given}"
             return Verdict(False, why, self.name, _holding(notes, values, question))
         return Verdict(True, f"{support:.0%} of the words it adds to the question are in the notes", self.name)
+
+
+def asks_for(question: str) -> str | None:
+    """What kind of value the question asks for, where its words say so: "number" (how many, how much, what
+    number, which year), "name" (who, whom, whose), else None (what, where, why, how: anything may answer)."""
+    if _NUMBER_QUESTION.search(question):
+        return "number"
+    if _NAME_QUESTION.search(question):
+        return "name"
+    return None
+
+
+def _apart(notes: str, values: set[str], restated: set[str]) -> list[str]:
+    """The words of the question that an answer repeats and the notes hold, but not in the sentences that give
+    the answer's `values`: an answer that joins one sentence's value to another's subject ("the lighthouse
+    keeper was paid 34 shillings" from "the lighthouse vault ..." and "the town clerk was paid 34 shillings")."""
+    if not values:
+        return []
+    giving = [content_words(notes[a:b]) for a, b in sentences(notes)]
+    giving = [words for words in giving if words & values]
+    return sorted(restated - set().union(*giving)) if giving else []
 
 
 def _opening_names(text: str) -> set[str]:
@@ -161,11 +193,14 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 def _holding(notes: str, values: set[str], question: str) -> str | None:
     """The lines of `notes` that hold any of `values` (words as `content_words` gives them) and one of the
     question's words besides its names (what it asks of: a note on Mara Quill's birth does not answer where
-    she is buried), or None."""
+    she is buried), or None; None too when the sentences giving `values` leave out a word of the question that
+    the notes hold elsewhere (they speak of something else)."""
     topic = content_words(question) - key_terms(question)
     lines = [line for line in notes.splitlines() if values & content_words(line)]
     lines = [line for line in lines if not topic or topic & content_words(line)]
-    return " ".join(lines) if lines else None
+    if not lines or _apart(notes, values, content_words(question) & content_words(notes)):
+        return None
+    return " ".join(lines)
 
 
 JUDGE_PROMPT = (
