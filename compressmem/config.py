@@ -40,6 +40,7 @@ DEFAULT_TOP_K = 4  # reads at most: adaptive reading stops at the first block wh
 DEFAULT_RATIO = 4.0
 DEFAULT_SCORE = "keynorm"
 DEFAULT_SHARPNESS = 8.0
+SHARPNESS_RANGE = (0.01, 1000.0)  # beyond it the attention gate's log-sum-exp over- or underflows in float32
 DEFAULT_NOTE_TOKENS = 48
 DEFAULT_MIN_GROUNDING = 0.8
 MEMAGENT_CHUNK_SIZE = 5000  # MemAgent's chunk (its paper and its evaluation's RECURRENT_CHUNK_SIZE)
@@ -200,8 +201,12 @@ class GateConfig:
                 raise ConfigError(f"gate.layers names a layer twice ({list(layers)}); list each layer once.")
             _set(self, "layers", layers)
         sharpness = DEFAULT_SHARPNESS if self.sharpness is None else self.sharpness
-        if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not 0 < sharpness < math.inf:
-            raise ConfigError(f"gate.sharpness must be a positive finite number, got {self.sharpness!r}.")
+        low, high = SHARPNESS_RANGE
+        if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)) or not low <= sharpness <= high:
+            raise ConfigError(
+                f"gate.sharpness must be a number from {low:g} to {high:g} (beyond, the gate's scores over- or "
+                f"underflow to NaN), got {self.sharpness!r}."
+            )
         _set(self, "sharpness", float(sharpness))
 
     @property

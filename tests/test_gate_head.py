@@ -85,8 +85,8 @@ def test_head_file_round_trip_and_refusals(tokenizer, tmp_path):
     weights = {"weight": head.weight.detach(), "bias": torch.zeros(1)}
     for name, changed, message in (
             ("negative-layer", {"layers": "[-1, 3]"}, r"layers \[-1, 3\]: distinct indices >= 0"),
-            ("nan-sharpness", {"sharpness": "nan"}, "sharpness nan: positive and finite"),
-            ("negative-sharpness", {"sharpness": "-4"}, "sharpness -4.0: positive and finite"),
+            ("nan-sharpness", {"sharpness": "nan"}, "sharpness nan: from 0.01 to 1000"),
+            ("negative-sharpness", {"sharpness": "-4"}, "sharpness -4.0: from 0.01 to 1000"),
             ("bad-layers", {"layers": "one"}, "settings .* are missing or malformed.*JSONDecodeError"),
             ("no-heads", {"heads": "0"}, "heads 0: >= 1")):
         save_file(weights, str(tmp_path / f"{name}.safetensors"), metadata={**metadata, **changed})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..kernels import gate_scores
 from .attention import AttentionGate, GateIndex, default_gate_layers
-from .base import GATES, Gate, build_gate, register
+from .base import GATES, Gate, build_gate, finite_scores, register
 from .head import GateHead, GateHeadError, HeadGate
 from .lexical import LexicalGate, LexicalIndex
 from .semantic import SemanticGate, SemanticIndex
@@ -30,6 +30,7 @@ __all__ = [
     "SemanticIndex",
     "build_gate",
     "default_gate_layers",
+    "finite_scores",
     "gate_scores",
     "register",
 ]

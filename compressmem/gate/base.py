@@ -70,6 +70,19 @@ def register(kind: str, *, reads_keys: bool) -> Callable[[type[G]], type[G]]:
     return add
 
 
+def finite_scores(scores: torch.Tensor, gate: str) -> torch.Tensor:
+    """`scores` if every one is finite; else a `FloatingPointError` that says how many blocks and where to look.
+    A NaN score would pass a block by chance (NaN sorts anywhere), so it is never a pass."""
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"{gate} scored {int(bad.sum())} of {bad.numel()} blocks NaN or infinite: the model's weights, "
+            "the bank's keys or the gate's settings hold values out of range. Check them (MemoryBank.verify(), "
+            "torch.isfinite over the weights), or read without a gate (gate=None)."
+        )
+    return scores
+
+
 def build_gate(
     config: GateConfig | None, tokenizer: PreTrainedTokenizerBase, layers: tuple[int, ...], head: Any = None
 ) -> Gate | None:

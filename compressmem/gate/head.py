@@ -12,7 +12,6 @@ sigmoid to one probability per block. It is a few hundred parameters, trained as
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import MemoryBank
-from ..config import GateConfig
+from ..config import SHARPNESS_RANGE, GateConfig
 from ..errors import GateHeadError
 from .attention import AttentionGate, GateIndex
 from .base import register
@@ -103,13 +102,14 @@ class GateHead(torch.nn.Module):
             or len(set(layers)) != len(layers)
             or any(not isinstance(i, int) or i < 0 for i in layers)
             or head.heads < 1
-            or not 0 < head.sharpness < math.inf
+            or not SHARPNESS_RANGE[0] <= head.sharpness <= SHARPNESS_RANGE[1]
             or not isinstance(head.lexical, bool)
         ):
             raise GateHeadError(
                 f"{path}: the gate head's settings are out of range (layers {list(layers)}: distinct "
-                f"indices >= 0; heads {head.heads}: >= 1; sharpness {head.sharpness}: positive and "
-                f"finite; lexical {head.lexical!r}: true or false); train or download it again."
+                f"indices >= 0; heads {head.heads}: >= 1; sharpness {head.sharpness}: from "
+                f"{SHARPNESS_RANGE[0]:g} to {SHARPNESS_RANGE[1]:g}; lexical {head.lexical!r}: true or false); "
+                "train or download it again."
             )
         for name, shape in (("weight", (head.num_features,)), ("bias", (1,))):
             if name not in tensors or tensors[name].shape != shape:
@@ -149,6 +149,15 @@ class HeadGate:
     """The gate a reasoner uses with a trained `GateHead`: probabilities per block, in [0, 1]."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, head: GateHead) -> None:
+        low, high = SHARPNESS_RANGE
+        if not low <= head.sharpness <= high:
+            raise GateHeadError(f"The gate head's sharpness {head.sharpness:g} is outside {low:g}-{high:g}.")
+        for name, weights in head.named_parameters():
+            if not bool(torch.isfinite(weights).all()):
+                raise GateHeadError(
+                    f"The gate head's {name} holds NaN or infinite values: it would pass blocks on NaN scores. "
+                    "Train it again, or load a trained one with GateHead.load."
+                )
         self.head = head.eval()
         self.attention = AttentionGate(tokenizer, head.layers, head.sharpness)
         self.lexical = LexicalGate(tokenizer) if head.lexical else None

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bank import KeptBlock, MemoryBank, owner_token
 from ..config import DEFAULT_GROUP, GateConfig, NotesConfig, ReadingConfig
-from ..gate import Gate
+from ..gate import Gate, finite_scores
 from ..hf.adapters import ReasonerAdapter, adapter_active
 from ..hf.tokens import decode_text
 from ..quantize import CHANNELS, TOKENS, quantize
@@ -242,7 +242,8 @@ class Reasoner:
                 continue
             prompts = [self.prompts.gate_text(rows[i].trace.question, rows[i].trace.notes) for i in members]
             with adapter_active(self.model, None):
-                for i, row_scores in zip(members, self.gate.score(self.model, prompts, index).cpu()):
+                scored = finite_scores(self.gate.score(self.model, prompts, index), type(self.gate).__name__)
+                for i, row_scores in zip(members, scored.cpu()):
                     scores[i] = row_scores
         return scores
 
