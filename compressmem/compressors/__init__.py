@@ -3,6 +3,7 @@
 from ..config import DEFAULT_RATIO, DEFAULT_SCORE, CompressionConfig
 from .base import CompressedChunks, Compressor
 from .learned import LearnedCompressor
+from .lychee import LycheeCompressor, LycheeSettings
 from .select import SelectCompressor
 
 
@@ -20,4 +21,12 @@ def build_compressor(compression: CompressionConfig) -> Compressor:
     return Compressor()
 
 
-__all__ = ["CompressedChunks", "Compressor", "LearnedCompressor", "SelectCompressor", "build_compressor"]
+__all__ = [
+    "CompressedChunks",
+    "Compressor",
+    "LearnedCompressor",
+    "LycheeCompressor",
+    "LycheeSettings",
+    "SelectCompressor",
+    "build_compressor",
+]
