@@ -7,8 +7,9 @@ is generated from the notes.
 
 from __future__ import annotations
 
+import shutil
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast, overload
@@ -17,13 +18,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateOutput
 
-from .bank import BankNeeds, MemoryBank
-from .chunking import Context, split_into_chunks, tokenize_context
+from .bank import BankNeeds, MemoryBank, check_stream_settings, stream_settings
+from .chunking import Context, check_pieces, split_into_chunks, tokenize_context
 from .compression import BankBuilder
 from .compressors import Compressor, LearnedCompressor, build_compressor
 from .config import DEFAULT_RATIO, ConfigError, MemoryConfig
 from .distributed import ONE_PROCESS, Processes, compress_into_folder
 from .embedded import resolve_model_source
+from .errors import ContextError
 from .gate import GateHead, build_gate, default_gate_layers
 from .gate.head import HEAD_FILE
 from .hf.adapters import ReasonerAdapter, adapter_active
@@ -351,17 +353,34 @@ class CompressedMemoryModel:
         index) is resumed: the chunks already written are checked against their blocks and skipped; other
         text or settings raise `BankMismatchError`. To share the work among the processes of
         `accelerate launch`, call `compressmem.distributed.compress_distributed` in each instead.
+
+        A resume must be given the same text: the blocks written are checked against it, and a text that ends
+        before they do is refused. It must also be made with the same settings (model, chunk size, compression,
+        bits, group, layers, section prefix: the folder records them), or it is refused naming each that differs.
+        Text that is only whitespace is refused as `compress` refuses it; a stream refused for its text (not
+        text, not UTF-8, empty) leaves the folder as it found it, not an interrupted compression.
         """
-        bank = compress_into_folder(
-            self.builder,
-            self.tokenizer,
-            pieces,
-            directory,
-            processes,
-            show_progress=self._show(show_progress),
-            shard_blocks=shard_blocks,
-            batch_size=batch_size,
-        )
+        check_pieces(pieces)  # before the folder is made
+        directory = Path(directory)
+        prefix_ids = self.builder.prefix_ids
+        settings = stream_settings(self.builder.provenance(), prefix_ids, decode_text(self.tokenizer, prefix_ids))
+        before = set(directory.iterdir()) if directory.is_dir() else None
+        try:
+            check_stream_settings(directory, settings, record=processes.rank == 0)
+            processes.barrier()
+            bank = compress_into_folder(
+                self.builder,
+                self.tokenizer,
+                _with_text(pieces),
+                directory,
+                processes,
+                show_progress=self._show(show_progress),
+                shard_blocks=shard_blocks,
+                batch_size=batch_size,
+            )
+        except ValueError as error:  # what was given is refused (the text, a setting): not a compression to resume
+            _remove_new(directory, before, text_refused=isinstance(error, (ContextError, UnicodeDecodeError)))
+            raise
         if processes.rank == 0:
             self.prepare(bank)
         processes.barrier()
@@ -728,6 +747,30 @@ def _renamed(old: str, old_value: Any, new: str, new_value: Any, where: str) -> 
         stacklevel=3,
     )
     return old_value
+
+
+def _with_text(pieces: Iterable[str]) -> Iterator[str]:
+    """`pieces`, refused at their end by `compress`'s rule when none holds anything but whitespace."""
+    seen = False
+    for piece in pieces:
+        seen = seen or (isinstance(piece, str) and bool(piece.strip()))
+        yield piece
+    if not seen:
+        raise ContextError("The streamed context is empty or only whitespace; there is nothing to read.")
+
+
+def _remove_new(directory: Path, before: set[Path] | None, text_refused: bool) -> None:
+    """Undo what a refused stream wrote, so no interrupted compression is left behind to resume: the folder when
+    it made it, else the files it added (its shards, its settings). Shards are kept when what was refused is not
+    the text (a setting found wrong after blocks were written): they are then the start of the same text."""
+    added = set(directory.iterdir()) - (before or set()) if directory.is_dir() else set()
+    if not text_refused and any(path.name.startswith("blocks-") for path in added):
+        return
+    if before is None:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for path in added:
+        path.unlink(missing_ok=True)
 
 
 def _load_base(source: str, hf_kwargs: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

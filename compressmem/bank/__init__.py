@@ -9,7 +9,7 @@ from .kept import KeptBlock, KeptKV, owner_token
 from .layout import INDEX, Prefix, block_tensors, kv_layout, stored_names
 from .provenance import BankMismatchError, BankNeeds, Provenance
 from .reader import read_bank
-from .writer import BankPart, BankWriter, Entry, merge_parts, write_index
+from .writer import BankPart, BankWriter, Entry, check_stream_settings, merge_parts, stream_settings, write_index
 
 __all__ = [
     "INDEX",
@@ -30,10 +30,12 @@ __all__ = [
     "Prefix",
     "Provenance",
     "block_tensors",
+    "check_stream_settings",
     "kv_layout",
     "merge_parts",
     "owner_token",
     "read_bank",
     "stored_names",
+    "stream_settings",
     "write_index",
 ]

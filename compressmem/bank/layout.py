@@ -37,6 +37,7 @@ DIGESTS_TENSOR = "block_digests"
 PREFIX_TENSORS = ("prefix_ids", "prefix_keys", "prefix_values")
 KEY = "{index}.{field}"
 SHARD_GLOB = "blocks-*.safetensors"
+STREAM_STATE = "stream.json"  # an unfinished stream's settings, checked by a resume; removed once the index is written
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ packed (`pack.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +30,7 @@ from .layout import (
     INDEX,
     PREFIX_FILE,
     SHARD_GLOB,
+    STREAM_STATE,
     TABLE_FILE,
     TABLE_TENSOR,
     Prefix,
@@ -72,9 +74,11 @@ class BankWriter:
     folder (one per process: `rank` of `world_size`), each calls `finish()` and one of them merges the
     parts with `write_index`. Writer `rank`'s k-th shard is number `k * world_size + rank`, so the
     writers' file names never collide. A shard is written under a temporary name and renamed when
-    complete, and records its blocks, so a folder whose writing was interrupted (shards, no index)
-    is resumed by a writer made with `resume=True` and the same `provenance` and `world_size`: it
-    keeps the complete shards and `has` their blocks; a partial shard is discarded.
+    complete, and records its blocks (with a SHA-256 of their token ids), so a folder whose writing was
+    interrupted (shards, no index) is resumed by a writer made with `resume=True` and the same `provenance`
+    and `world_size`: it keeps the complete shards and `has` their blocks; a partial shard is discarded.
+    Every kept block must then be checked against the text given now (`check_resumed`), and `finish()`
+    refuses a text that ended before the kept blocks did: a resumed bank holds the text it is given, no more.
     """
 
     def __init__(
@@ -100,6 +104,8 @@ class BankWriter:
         self.part = BankPart(rank)
         self._pending: dict[str, torch.Tensor] = {}
         self._rows: list[list] = []
+        self._unchecked: set[int] = set()  # resumed blocks the text given now has not reached yet
+        self._shard_hashes: dict[int, tuple[str, int, Any]] = {}  # resumed shard: (recorded SHA, last block, hasher)
         interrupted = interrupted_shards(self.directory)
         if interrupted and not resume:
             raise FileExistsError(
@@ -115,14 +121,30 @@ class BankWriter:
 
     def check_resumed(self, index: int, chunk_ids: torch.Tensor, info: tuple) -> None:
         """Raise `BankMismatchError` unless resumed block `index` was made from these token ids at this place
-        (`info`: document, token start, character span): the interrupted run read the same text."""
+        (`info`: document, token start, character span): the interrupted run read the same text. The block's
+        tokens are checked against its digest, and, once its shard's last block is reached, the shard's tokens
+        against the SHA-256 the shard records."""
         entry = self.part.blocks[index]
+        ids = chunk_ids.to(torch.int32)
         same_place = (entry.info.document, entry.info.token_start, entry.info.char_span) == info
-        if not same_place or entry.digests[0] != tensor_digest([chunk_ids.to(torch.int32)]):
-            raise BankMismatchError(
-                f"{self.directory} holds an interrupted compression of another text: its block {index} differs from "
-                "the text given now. Give the same text to resume it, or choose an empty folder."
+        if not same_place or entry.digests[0] != tensor_digest([ids]):
+            raise self._other_text(
+                f"its block {index} ({_where(entry.info)}) holds other tokens than the text given now at that place"
             )
+        self._unchecked.discard(index)
+        if entry.shard in self._shard_hashes:
+            recorded, last, hasher = self._shard_hashes[entry.shard]
+            hasher.update(ids.contiguous().numpy().tobytes())
+            if index == last and hasher.hexdigest() != recorded:
+                raise self._other_text(
+                    f"the tokens of its shard {self.part.shards[entry.shard]['file']} differ from the text given now"
+                )
+
+    def _other_text(self, difference: str) -> BankMismatchError:
+        return BankMismatchError(
+            f"{self.directory} holds an interrupted compression of another text: {difference}. Give the same text "
+            "to resume it, or write the bank to a new folder (or delete this one)."
+        )
 
     def add(self, block: MemoryBlock, index: int | None = None) -> None:
         """Queue `block` as the document's block number `index` (default: after the last one added)."""
@@ -139,7 +161,14 @@ class BankWriter:
             self._flush()
 
     def finish(self) -> BankPart:
-        """Write the last shard; the part, for `write_index`."""
+        """Write the last shard; the part, for `write_index`. Refused when resumed blocks were never reached:
+        the text given now ended before the interrupted run's did, so it is another (shorter) text."""
+        if self._unchecked:
+            first, last = min(self._unchecked), max(self._unchecked)
+            raise self._other_text(
+                f"it holds blocks {first}..{last} (from {_where(self.part.blocks[first].info)}) beyond the end of "
+                f"the text given now, which ends after block {first - 1}"
+            )
         self._flush()
         return self.part
 
@@ -155,6 +184,7 @@ class BankWriter:
             "identity": self.identity,
             "blocks": json.dumps(self._rows),
             "kv": json.dumps(self.part.kv),
+            "tokens_sha256": _tokens_sha256(self._pending[stored_names(row[0])["token_ids"]] for row in self._rows),
         }
         save_file(self._pending, str(partial), metadata=metadata)
         os.replace(partial, path)
@@ -183,10 +213,28 @@ class BankWriter:
                     f"{self.directory} lacks a shard before {path.name}; its interrupted "
                     "compression cannot be resumed: choose an empty folder."
                 )
-            for row in json.loads(metadata["blocks"]):
+            rows = json.loads(metadata["blocks"])
+            for row in rows:
                 self.part.blocks[row[0]] = Entry(row_info(row[1:8]), len(self.part.shards), row_digests(row))
+                self._unchecked.add(row[0])
+            if "tokens_sha256" in metadata and rows:  # shards of release 0.4 record only each block's CRC
+                self._shard_hashes[len(self.part.shards)] = (metadata["tokens_sha256"], rows[-1][0], hashlib.sha256())
             self.part.kv = self.part.kv or json.loads(metadata.get("kv", "null"))
             self.part.shards.append(_shard_record(path))
+
+
+def _tokens_sha256(token_ids: Iterable[torch.Tensor]) -> str:
+    """The SHA-256 of blocks' token ids (int32, in order): what a resumed shard's text is proven against."""
+    hashed = hashlib.sha256()
+    for ids in token_ids:
+        hashed.update(ids.to(torch.int32).contiguous().numpy().tobytes())
+    return hashed.hexdigest()
+
+
+def _where(info: BlockInfo) -> str:
+    """Where a block lies in its text, in words."""
+    span = f", characters {info.char_span[0]}..{info.char_span[1]}" if info.char_span is not None else ""
+    return f"tokens {info.token_start}..{info.token_start + info.num_tokens}{span}"
 
 
 def interrupted_shards(directory: Path) -> list[Path]:
@@ -194,6 +242,57 @@ def interrupted_shards(directory: Path) -> list[Path]:
     if (directory / INDEX).exists():
         return []
     return sorted(p for p in directory.glob(SHARD_GLOB) if shard_number(p) >= 0)
+
+
+def stream_settings(provenance: Provenance, prefix_ids: torch.Tensor, prefix_text: str) -> dict[str, Any]:
+    """Everything a streamed bank's blocks depend on, each under the name a user knows it by: the base model,
+    the chunk size, every compression setting (method, ratio, score, bits, group) and the compressor's weights,
+    the layers and values kept, and the section prefix every chunk is compressed after (the chat template's
+    opening of a turn and `prompts.section_header`: its tokens enter the KV and set the positions)."""
+    compression = {} if provenance.compression is None else dataclasses.asdict(provenance.compression)
+    settings = {
+        "base model fingerprint": provenance.fingerprint.digest,
+        "chunking.size": provenance.chunk_size,
+        "compression": "none kept (token ids only)" if provenance.compression is None else "compressed KV",
+        **{f"compression.{name}": value for name, value in compression.items()},
+        "compressor weights (digest)": provenance.compressor_digest,
+        "layers kept": list(provenance.layers),
+        "values kept": provenance.values,
+        "section prefix (prompts.section_header after the chat template's opening)": prefix_text,
+        "section prefix token ids": [int(i) for i in prefix_ids.tolist()],
+        "position of a chunk's first token": int(prefix_ids.numel()),
+    }
+    return json.loads(json.dumps(settings))  # as read back from the folder: lists, not tuples
+
+
+def check_stream_settings(directory: Path, settings: dict[str, Any], record: bool) -> None:
+    """Refuse to resume the interrupted stream in `directory` when it was made with other `settings`, naming
+    every setting that differs with both values; with `record` (one process of those sharing the stream), keep
+    `settings` as the folder's in-progress state when it has none. A complete bank is left to the writer (it
+    refuses the folder); an interrupted folder of release 0.4 (no state) is checked by the writer's identity."""
+    path = directory / STREAM_STATE
+    if (directory / INDEX).exists():
+        return
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        except (ValueError, KeyError, TypeError):
+            raise BankMismatchError(
+                f"{path} (the settings of an interrupted compression) is damaged: write the bank to a new folder "
+                "(or delete this one)."
+            ) from None
+        differ = [name for name in {**settings, **recorded} if recorded.get(name) != settings.get(name)]
+        if differ:
+            what = "; ".join(f"{name} {recorded.get(name)!r} then, {settings.get(name)!r} now" for name in differ)
+            raise BankMismatchError(
+                f"{directory} holds an interrupted compression made with other settings ({what}): resume it with "
+                "the same settings, or write the bank to a new folder (or delete this one)."
+            )
+    elif record:
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps({"format": FORMAT, "settings": settings}), encoding="utf-8")
+        os.replace(partial, path)
 
 
 def provenance_identity(provenance: Provenance) -> str:
@@ -253,6 +352,7 @@ def write_index(
     partial = directory / f"{INDEX}.partial"
     partial.write_text(json.dumps(index), encoding="utf-8")
     os.replace(partial, directory / INDEX)
+    (directory / STREAM_STATE).unlink(missing_ok=True)  # the stream is complete: nothing is left to resume
     return index
 
 
