@@ -255,10 +255,7 @@ class ReadingConfig:
             _positive_int("reading.max_steps", self.max_steps)
         if self.keep_bits is None:
             _set(self, "keep_bits", DEFAULT_KEEP_BITS if self.mode == "raw" else 0)
-        if self.keep_bits not in (0, *BITS[1:]) or isinstance(self.keep_bits, bool):
-            raise ConfigError(
-                f"reading.keep_bits must be one of {[0, *BITS[1:]]} (0 keeps nothing), got {self.keep_bits!r}."
-            )
+        _choice("reading.keep_bits", self.keep_bits, (0, *BITS[1:]))
         if self.keep_bits == 0:
             if self.keep_mib is not None:
                 raise ConfigError(
@@ -743,7 +740,9 @@ def register_gate_kind(kind: str, reads_keys: bool) -> None:
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
+    """`value` must be one of `allowed`, and of its type: 4.0 is not the integer 4 (nor True 1) in a setting
+    that is counted in bits."""
+    if value not in allowed or not any(type(value) is type(option) and value == option for option in allowed):
         raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}.")
 
 

@@ -64,13 +64,8 @@ class Quantized:
         codes = unpack(self.data, self.bits).to(torch.float32)
         scales, zeros = self.scales.float(), self.zeros.float()
         n, d = codes.shape[-2], codes.shape[-1]
-        if self.axis == TOKENS:
-            scales = scales.repeat_interleave(self.group, dim=-2)[..., :n, :]
-            zeros = zeros.repeat_interleave(self.group, dim=-2)[..., :n, :]
-        else:
-            scales = scales.repeat_interleave(self.group, dim=-1)[..., :d]
-            zeros = zeros.repeat_interleave(self.group, dim=-1)[..., :d]
-        return (codes * scales + zeros).to(dtype)
+        dim, length = (-2, n) if self.axis == TOKENS else (-1, d)
+        return (codes * spread(scales, self.group, length, dim) + spread(zeros, self.group, length, dim)).to(dtype)
 
 
 def stored_quantization(compression: CompressionConfig | None) -> tuple[int, int] | None:
@@ -101,20 +96,24 @@ def quantize(tensor: torch.Tensor, bits: int, group: int, axis: int) -> Quantize
     scales = ((high - low) / levels).to(torch.float16)
     zeros = low.to(torch.float16)
     step = scales.float().clamp(min=torch.finfo(torch.float16).tiny)
-    if axis == TOKENS:
-        full_step = step.repeat_interleave(group, dim=-2)[..., :n, :]
-        full_zero = zeros.float().repeat_interleave(group, dim=-2)[..., :n, :]
-    else:
-        full_step = step.repeat_interleave(group, dim=-1)[..., :d]
-        full_zero = zeros.float().repeat_interleave(group, dim=-1)[..., :d]
+    dim, length = (-2, n) if axis == TOKENS else (-1, d)
+    full_step, full_zero = spread(step, group, length, dim), spread(zeros.float(), group, length, dim)
     codes = ((x - full_zero) / full_step).round().clamp(0, levels).to(torch.uint8)
     return Quantized(pack(codes, bits), scales, zeros, bits, group, axis)
+
+
+def spread(per_group: torch.Tensor, group: int, length: int, dim: int) -> torch.Tensor:
+    """Per-group values `per_group` repeated to every one of the `length` rows along `dim` (row i takes group
+    i // group), by indexing rather than repeating `group` times, so a group longer than the axis costs nothing."""
+    rows = torch.arange(length, device=per_group.device) // group
+    return per_group.index_select(dim % per_group.dim(), rows)
 
 
 def _grouped(x: torch.Tensor, group: int, axis: int) -> torch.Tensor:
     """`x` with `axis` cut into groups of `group`, the last group padded by repeating its last row (which
     changes no group's minimum or maximum)."""
     size = x.shape[axis]
+    group = min(group, size)  # a group longer than the axis is the whole axis: one group, nothing to pad
     padded = -(-size // group) * group
     if padded != size:
         rows = torch.cat([torch.arange(size), torch.full((padded - size,), size - 1)]).to(x.device)

@@ -25,7 +25,7 @@ from .judge import Judge
 from .notes import update_notes
 from .prompts import PromptBuilder
 from .quotes import Quote, asks_for_all, echoes, key_terms
-from .step import generate_steps, step_input
+from .step import check_generation, generate_steps, step_input
 from .trace import Attempt, ReadStep, Source, Trace
 
 
@@ -129,6 +129,7 @@ class Reasoner:
         note, and the judge decides whether it is grounded in them: reading stops at the first grounded answer
         (with `until='answered'`), else goes on to the next block in gate order up to the read budget, and a
         row that never gets one is not found (`Trace.outcome`). Without, no answer is written or judged."""
+        check_generation(generation)
         rows = [_Row(bank, Trace(question, len(bank))) for question, bank in zip(questions, banks)]
         judged = answer is not None and self.judge is not None
         indexes = {}

@@ -18,7 +18,7 @@ from transformers import Cache, DynamicCache, GenerationConfig, PreTrainedModel,
 
 from ..bank import MemoryBank
 from ..compressors import CompressedChunks
-from ..config import CompressionConfig
+from ..config import CompressionConfig, ConfigError
 from ..hf.cache import PrefixCache, cached_kv
 from ..hf.generation import generate_output
 from ..hf.placement import layer_devices
@@ -218,6 +218,25 @@ class Written(NamedTuple):
     kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
+RESERVED = {
+    "max_new_tokens": "the notes' length is NotesConfig(note_tokens=...), or max_tokens when rewriting",
+    "max_length": "the notes' length is NotesConfig(note_tokens=...), or max_tokens when rewriting",
+    "pad_token_id": "the reader pads with the tokenizer's own",
+    "eos_token_id": "the reader stops at the model's own",
+    "return_dict_in_generate": "the reader needs the full output",
+    "output_logits": "the reader records log-probabilities with logprobs=True",
+}
+
+
+def check_generation(settings: dict[str, Any] | None) -> None:
+    """Refuse, by name, generation settings for the notes that the reader sets itself (passing them on would
+    raise "got multiple values" from deep inside `generate`)."""
+    clashes = sorted(set(settings or {}) & set(RESERVED))
+    if clashes:
+        reasons = "; ".join(f"{name}: {RESERVED[name]}" for name in clashes)
+        raise ConfigError(f"notes generation settings may not set {', '.join(clashes)} ({reasons}). Drop them.")
+
+
 def generate_steps(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -235,6 +254,7 @@ def generate_steps(
     `[layers, kv_heads, end - start, d]` keys and values (None for a row, or for every row when a layer's
     cache holds a sliding window rather than every entry).
     """
+    check_generation(generation)
     device = model.device
     pad_id = pad_token_id(tokenizer)
     batch = layout(inputs, pad_id)
