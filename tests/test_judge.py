@@ -93,6 +93,20 @@ def test_a_name_or_number_question_answered_from_one_sentence_is_grounded(questi
     assert verdict.grounded, verdict.reason
 
 
+BRAM = "Bram Redfern, the surveyor, was remembered for a remarkable temper and an excellent memory for faces."
+
+
+def test_a_paraphrase_answered_with_a_word_of_the_notes_is_grounded_or_quoted_and_an_unrelated_number_is_no_gap():
+    notes = BRAM + "\nIn 1829 the mill burned."
+    question = "What job did Bram Redfern do?"
+    plain = GroundingJudge().judge(question, notes, "Bram Redfern was a surveyor with an excellent memory for faces.")
+    assert plain.grounded, plain.reason  # 1829 is in a line the answer does not draw on
+    padded = GroundingJudge().judge(question, notes, "Bram Redfern was a surveyor, a role he excelled in.")
+    assert not padded.grounded and padded.quote == BRAM
+    buried = GroundingJudge().judge("Where is Mara Quill buried?", BIRTH, "Mara Quill is buried in the town, a quiet place.")
+    assert not buried.grounded and buried.quote is None  # it says "buried", which the notes do not
+
+
 def test_no_quote_is_offered_for_another_key_or_for_a_value_the_notes_lack():
     tarn = GroundingJudge().judge("What is the code of the Reno vault?", "The code of the Tarn vault is 4410.",
                                   "The code of the Reno vault is 4410.")

@@ -116,12 +116,14 @@ class GroundingJudge:
                 if unknown
                 else f"{support:.0%} of its new words are in the notes (not: {', '.join(sorted(new - held)[:6])})"
             )
-            return Verdict(False, why, self.name, _holding(notes, values, question))
+            quote = _holding(notes, values, question) if values or kind else _naming(notes, new & held, question, said)
+            return Verdict(False, why, self.name, quote)
         if not new & held:
             return Verdict(False, "it adds nothing from the notes to the question", self.name)
-        dropped = {n for n in _numbers(notes) - asked if n not in said}
+        drawn = [line for line in notes.splitlines() if new & content_words(line)]  # the lines it draws on
+        dropped = {n for line in drawn for n in _numbers(line) - asked if n not in said}
         if dropped and kind != "name" and not _numbers(answer) - asked:
-            lines = [line for line in notes.splitlines() if _numbers(line) & dropped and new & content_words(line)]
+            lines = [line for line in drawn if _numbers(line) & dropped]
             why = f"it leaves out the number the notes give ({', '.join(sorted(dropped))})"
             return Verdict(False, why, self.name, " ".join(lines) or None)
         if values and support < self.min_support:
@@ -199,6 +201,20 @@ def _holding(notes: str, values: set[str], question: str) -> str | None:
     lines = [line for line in notes.splitlines() if values & content_words(line)]
     lines = [line for line in lines if not topic or topic & content_words(line)]
     if not lines or _apart(notes, values, content_words(question) & content_words(notes)):
+        return None
+    return " ".join(lines)
+
+
+def _naming(notes: str, words: set[str], question: str, said: set[str]) -> str | None:
+    """For an answer that gives no name or number: the lines of `notes` holding the `words` it drew from them and
+    every name the question gives ("What job did Bram Redfern do?": "Bram Redfern, the surveyor, ..."), or None.
+    None too when the answer repeats a word of what the question asks (not a name) that the notes lack: "Mara Quill
+    is buried in Eldermoor" from a note on her birth says what the question asks of, and the notes do not."""
+    asked, names = content_words(question), key_terms(question)
+    if not words or not names or (said & asked) - names - content_words(notes):
+        return None
+    lines = [line for line in notes.splitlines() if words & content_words(line) and names <= content_words(line)]
+    if not lines or _apart(notes, words, asked & content_words(notes)):
         return None
     return " ".join(lines)
 
