@@ -9,12 +9,14 @@ loaded by transformers 5 as a plain Qwen2 plus the extra tensors, and `LycheeCom
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from compressmem.bank import MemoryBank
 from compressmem.chunking import Chunk
@@ -180,3 +182,103 @@ def test_a_bank_of_lychee_blocks_records_the_extra_tensors_digest(model, checkpo
     other[projection_name(2, "o")] = extras[projection_name(2, "o")] * 1.01
     assert LycheeCompressor(settings, other, ratio=4).digest(model) != compressor.digest(model)
     assert LycheeCompressor(settings, extras, ratio=8).digest(model) != compressor.digest(model)
+
+
+# --- their recurrent generate, read by our compressor's blocks (issue 25, part 2(b)) -------------------------
+
+GENERATE = MANIFEST["generate"]
+EOS = 2  # the fixture tokenizer's end of text (and padding): ids are bytes
+
+
+def fill(template: str, **values: list[int]) -> list[int]:
+    """Their prompt template with its `{name}` fields replaced by token ids (the tokenizer is byte-level, so a
+    text piece's ids are its UTF-8 bytes)."""
+    parts = re.split(r"\{([a-zA-Z]+)\}", template)
+    return [i for n, part in enumerate(parts) for i in (values[part] if n % 2 else list(part.encode()))]
+
+
+def greedy(model, prompt: list[int], kv, first_position: int, max_new: int) -> tuple[list[int], list[int]]:
+    """Greedy decoding after a KV prefix (per layer `[1, kv_heads, m, d]`, or None), the prompt at RoPE positions
+    from `first_position`, as their reader runs it: the new tokens, and every token chosen (one more than made
+    when no end of text came)."""
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(kv or []):
+        cache.update(keys, values, layer)
+    seen = 0 if kv is None else kv[0][0].shape[2]
+    ids = torch.tensor([prompt])
+    position = first_position
+    chosen: list[int] = []
+    made: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new + 1):
+            length = ids.shape[1]
+            logits = model(
+                input_ids=ids,
+                position_ids=torch.arange(position, position + length)[None],
+                attention_mask=torch.ones(1, seen + length, dtype=torch.long),
+                cache=cache,
+                use_cache=True,
+            ).logits
+            chosen.append(int(logits[0, -1].argmax()))
+            seen, position = seen + length, position + length
+            if len(made) == max_new:
+                break
+            made.append(chosen[-1])
+            if chosen[-1] == EOS:
+                break
+            ids = torch.tensor([[chosen[-1]]])
+    return made, chosen
+
+
+@pytest.mark.parametrize("case", range(len(GENERATE["answers"])))
+def test_recurrent_reading_gives_their_greedy_tokens(case, model, checkpoint) -> None:
+    """Every chunk compressed by `LycheeCompressor` and read in order with their update prompt, then their answer
+    prompt: every greedy token (each memory update's, then the answer's) equals their recurrent `generate`'s."""
+    settings, extras = checkpoint
+    run = GENERATE["settings"]
+    window, ratio = run["window"], run["ratio"]
+    compressor = LycheeCompressor(replace(settings, window=window, stride=window), extras, ratio=ratio)
+    update, answer = GENERATE["prompts"]
+    expected = GENERATE["answers"][case]
+    text = list(expected["text"].encode())
+    question = list(expected["question"].encode())
+    memory = list(b"No previous memory")
+    trace: list[int] = []
+    for start in range(0, len(text), window):
+        chunk = torch.tensor(text[start : start + window])
+        with torch.no_grad():
+            block = compressor.compress(model, torch.tensor([EOS]), chunk[None], LAYERS, keep_values=True)
+        assert block.values is not None
+        kv = [(block.keys[:, layer], block.values[:, layer]) for layer in LAYERS]
+        # their reader's prompt follows all window / ratio memory entries of a (padded) chunk
+        made, chosen = greedy(
+            model, fill(update, prompt=question, memory=memory), kv, window // ratio, run["memory_size"]
+        )
+        trace += chosen
+        memory = [t for t in made if t != EOS][-run["memory_size"] :]
+    final = fill(answer, prompt=question, memory=memory)
+    assert len(final) <= window  # a longer answer prompt takes another path in their generate
+    made, chosen = greedy(model, final, None, 0, run["max_new_tokens"])
+    trace += chosen
+    assert made == expected["answer_ids"]
+    assert trace == expected["greedy_trace"]
+
+
+def test_recurrent_reading_depends_on_the_blocks(model, checkpoint) -> None:
+    """The greedy comparison can fail: blocks made with a perturbed memory value projection change the tokens."""
+    settings, extras = checkpoint
+    run = GENERATE["settings"]
+    window, ratio = run["window"], run["ratio"]
+    perturbed = {**extras, projection_name(2, "v"): extras[projection_name(2, "v")] * 3.0}
+    compressor = LycheeCompressor(replace(settings, window=window, stride=window), perturbed, ratio=ratio)
+    expected = GENERATE["answers"][0]
+    chunk = torch.tensor(list(expected["text"].encode())[:window])
+    with torch.no_grad():
+        block = compressor.compress(model, torch.tensor([EOS]), chunk[None], LAYERS, keep_values=True)
+    assert block.values is not None
+    kv = [(block.keys[:, layer], block.values[:, layer]) for layer in LAYERS]
+    prompt = fill(
+        GENERATE["prompts"][0], prompt=list(expected["question"].encode()), memory=list(b"No previous memory")
+    )
+    _, chosen = greedy(model, prompt, kv, window // ratio, run["memory_size"])
+    assert chosen != expected["greedy_trace"][: len(chosen)]

@@ -13,7 +13,12 @@ What it does:
 2. saves it with their `save_pretrained` (safetensors) and loads it again with their `from_pretrained`
    (which creates `model.memory`);
 3. compresses each case's token ids with their `aggregate_text` (what their recurrent `generate` calls for
-   every chunk) at the case's ratio, and writes the per-layer memory keys and values it returns.
+   every chunk) at the case's ratio, and writes the per-layer memory keys and values it returns;
+4. runs their recurrent `generate` (greedy, their default update and answer prompts) on three texts of three
+   chunks and questions, with a byte-level tokenizer (ids are bytes) and a plain chat template written beside
+   the model, and records the answer and every token it chose on the way (each chunk's memory update, then
+   the answer) by wrapping `generate_forward`, and the two prompt templates as their chat template formatted
+   them (by wrapping their `TokenTemplate`); neither wrapper changes what their code computes.
 
 Their eager and SDPA attention classes fail on this path (the rotary embedding of their eager class gets an
 untransposed query), and their flash-attention class calls `flash_attn_func` / `flash_attn_varlen_func`,
@@ -207,6 +212,100 @@ def build(source: Path, directory: Path, seed: int):
     return their, loaded
 
 
+def byte_tokenizer(directory: Path):
+    """A byte-level tokenizer whose ids are the bytes themselves (0..255, the tiny model's vocabulary), with a
+    plain chat template (their recurrent `generate` formats its prompts through one); id 2 is end of text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    chars = bytes_to_unicode()
+    core = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=chars[2], pad_token=chars[2])
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>\n{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>\n{% endif %}"
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    core.save(str(directory / "tokenizer.json"))
+    (directory / "chat_template.jinja").write_text(tokenizer.chat_template)
+    return tokenizer
+
+
+# Their recurrent generate: each case's text read chunk by chunk (stream_chunk_size = window, the last chunk
+# padded) with their update prompt, then their answer prompt; greedy.
+GENERATE = {"window": 512, "ratio": 4, "memory_size": 12, "max_new_tokens": 12}
+QUESTIONS = [
+    (1, "Where was Mara Quill buried?"),
+    (0, "What did the keeper write into the ledger?"),
+    (2, "What is the combination of vault 7?"),
+]
+
+
+def long_text(index: int) -> str:
+    """A text of three chunks (1300 bytes: two full chunks of 512 and a padded one) around one of TEXTS."""
+    filler = " ".join(t for i, t in enumerate(TEXTS) if i != index)
+    text = (filler + " ") * 8
+    return (text[:640] + " " + TEXTS[index] + " " + text[640:])[:1300]
+
+
+PROMPTS: list[str] = []  # their recurrent generate's prompt templates, as its chat template formatted them
+
+
+def generate(model, tokenizer, text: str, question: str) -> tuple[list[int], list[int]]:
+    """Their recurrent generate's answer ids, and every token it chose greedily on the way (each chunk's memory
+    update, then the answer), recorded by wrapping `generate_forward` (its outputs are returned untouched)."""
+    chosen: list[int] = []
+    original = model.generate_forward
+
+    def recording(*args, **kwargs):
+        outputs = original(*args, **kwargs)
+        chosen.append(int(outputs.logits[0, -1].argmax()))
+        return outputs
+
+    model.generate_forward = recording
+    import utils  # their src/utils.py (their modelling file puts src/ on sys.path and imports it so)
+
+    templates: list[str] = []
+    original_template = utils.TokenTemplate
+
+    class RecordingTemplate(original_template):  # records the chat-formatted prompts their generate builds
+        def __init__(self, template, tokenizer=None):
+            templates.append(template)
+            super().__init__(template, tokenizer)
+
+    utils.TokenTemplate = RecordingTemplate
+    model.memory.set(
+        verbose=False,
+        lychee_memory_window=GENERATE["window"],
+        lychee_memory_stride=GENERATE["window"],
+        lychee_memory_ratio=[GENERATE["ratio"]],
+    )
+    text_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    question_ids = tokenizer(question, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=question_ids,
+            attention_mask=torch.ones_like(question_ids),
+            text_ids=text_ids,
+            text_attention_mask=torch.ones_like(text_ids),
+            stream_chunk_size=GENERATE["window"],
+            max_new_tokens=GENERATE["max_new_tokens"],
+            memory_size=GENERATE["memory_size"],
+            do_sample=False,
+            memory_mode="recurrent",
+            tokenizer=tokenizer,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    del model.generate_forward
+    utils.TokenTemplate = original_template
+    PROMPTS[:] = templates[:2]  # their update prompt, then their answer prompt
+    return out[0, question_ids.shape[1] :].tolist(), chosen
+
+
 def compress(model, ids: torch.Tensor, mask: torch.Tensor, ratio: int):
     """Their compression of one chunk: `aggregate_text` at `ratio`, as their recurrent `generate` calls it."""
     model.memory.set(verbose=False, lychee_memory_ratio=[ratio])
@@ -281,12 +380,26 @@ def main() -> None:
             f"| {list(layers[0][0][0].shape)} | {mean_abs:.4f} | {dict(CALLS)} |"
         )
 
+    tokenizer = byte_tokenizer(args.out / "tokenizer")
+    answers = []
+    print()
+    print(f"Their recurrent generate (greedy), {json.dumps(GENERATE)}:")
+    print()
+    print("| text | question | text tokens | answer token ids | every greedy token (memory updates, answer) |")
+    print("| --- | --- | --- | --- | --- |")
+    for index, question in QUESTIONS:
+        text = long_text(index)
+        tokens, chosen = generate(model, tokenizer, text, question)
+        answers.append({"text": text, "question": question, "answer_ids": tokens, "greedy_trace": chosen})
+        print(f"| {index} | {question} | {len(text.encode())} | {tokens} | {chosen} |")
+
     save_file(tensors, str(args.out / "their_outputs.safetensors"), metadata={"commit": COMMIT})
     manifest = {
         "commit": COMMIT,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "cases": cases,
+        "generate": {"settings": GENERATE, "prompts": PROMPTS, "answers": answers},
         "layout": "per case: input_ids (real tokens only), kv_mask over their memory entries, and per layer "
         "the memory keys (before RoPE, as their cache keeps them) and values, [kv_heads, entries, head_dim]",
     }
