@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from ..config import ConfigError, MemoryConfig
+from ..config import ConfigError, MemoryConfig, NotesConfig
+from ..errors import ContextError
 
 PROMPT_ALLOWANCE = 160  # tokens of an update prompt besides the notes: the question and the instructions
 
@@ -63,4 +64,27 @@ def check_read_fits(model: PreTrainedModel, config: MemoryConfig) -> None:
             f"up to {notes.budget} written per read, about {PROMPT_ALLOWANCE} of prompt), more than this model's "
             f"{window}-token window: use smaller chunks (ChunkingConfig(size=...)), shorter notes "
             "(NotesConfig(max_tokens=...)) or fewer tokens per read (NotesConfig(note_tokens=...))."
+        )
+
+
+def check_question(
+    model: PreTrainedModel, question_tokens: int, block_tokens: int, notes: NotesConfig, compressed: bool
+) -> None:
+    """Refuse a question too long to be read with: a read holds a block (up to `block_tokens`, its prefix
+    included), the notes (`notes.max_tokens`), what it writes (`notes.budget`), the instructions and the
+    question, inside the model's window (the sliding window when `compressed` reading meets sliding layers).
+    Said with the numbers, before any work: a question of a million characters would otherwise run for
+    minutes, or overflow the window with only a warning from transformers."""
+    window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    sliding = sliding_window(model) if compressed else None
+    window = min(w for w in (window, sliding) if w is not None) if window or sliding else None
+    if window is None:
+        return
+    room = window - block_tokens - notes.max_tokens - notes.budget - PROMPT_ALLOWANCE
+    if question_tokens > room:
+        raise ContextError(
+            f"The question is {question_tokens} tokens; a read holds it with a block of up to {block_tokens} tokens, "
+            f"notes of up to {notes.max_tokens}, up to {notes.budget} written and about {PROMPT_ALLOWANCE} of "
+            f"instructions in this model's {window}-token window, so a question may take at most {max(room, 0)} "
+            "tokens. Shorten the question, or put its long part in the context, where it is chunked and gated."
         )

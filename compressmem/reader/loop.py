@@ -19,6 +19,7 @@ from ..bank import KeptBlock, MemoryBank, owner_token
 from ..config import DEFAULT_GROUP, GateConfig, NotesConfig, ReadingConfig
 from ..gate import Gate, finite_scores
 from ..hf.adapters import ReasonerAdapter, adapter_active
+from ..hf.sliding import check_question
 from ..hf.tokens import decode_text
 from ..quantize import CHANNELS, TOKENS, quantize
 from .judge import Judge
@@ -130,6 +131,10 @@ class Reasoner:
         (with `until='answered'`), else goes on to the next block in gate order up to the read budget, and a
         row that never gets one is not found (`Trace.outcome`). Without, no answer is written or judged."""
         check_generation(generation)
+        for question, bank in zip(questions, banks):
+            block = bank.prefix_ids.numel() + (int(bank.infos.column("tokens").max()) if len(bank) else 0)
+            size = len(self.prompts.encode(question))
+            check_question(self.model, size, block, self.notes, self.reading.mode == "compressed")
         rows = [_Row(bank, Trace(question, len(bank))) for question, bank in zip(questions, banks)]
         judged = answer is not None and self.judge is not None
         indexes = {}
