@@ -22,6 +22,19 @@ def process_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
+def available_bytes() -> int | None:
+    """Memory the system can give this process now without swapping (Linux's MemAvailable), or None where it
+    cannot tell."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return None
+
+
 class PeakMemory:
     """`with PeakMemory(device) as peak: ...`, then `peak.peak_bytes` and `peak.increase_bytes`.
 

@@ -24,17 +24,22 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import MEMAGENT_ANSWER_MARKER, MemoryConfig
+from ..errors import ContextError
 from ..hf.generation import generate_ids
 from ..hf.tokens import decode_text
 from ..model import CompressedMemoryModel, read_output
 from ..reader import pad_token_id
 from .cases import EvalCase
-from .measure import PeakMemory
+from .measure import PeakMemory, available_bytes
 from .scoring import score_answer
-from .tasks import make_cases
+from .tasks import iter_cases, make_cases
 
 MODES = ("default", "memagent", "oracle", "full")
 FULL_PROMPT = "{context}\n\n{question}"
+# Peak memory of one case per token of its context: making it (the haystack cut by the tokenizer, about 880
+# bytes a token with SmolLM2's), compressing it and indexing it (about 420 more), measured at 512K tokens
+# (benchmarks/RESULTS.md), rounded up. Cases are made one at a time, so this is what the longest length needs.
+EVAL_BYTES_PER_TOKEN = 1400
 _WARM_UP_TEXT = "The harbour town kept its records in a stone archive by the quay. " * 40
 
 
@@ -65,6 +70,8 @@ def run_eval(
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"Unknown modes {unknown}; the modes are {list(MODES)}.")
+    lengths = list(lengths)
+    check_memory(max(lengths, default=0))
     memagent = memagent or MemoryConfig.memagent()
     runners = _mode_runners(model, modes, max_new_tokens, memagent)
     warm_up_length = 2 * max(model.memory_config.chunking.size, memagent.chunking.size)
@@ -83,7 +90,7 @@ def run_eval(
             else None
         )
         for task, length in jobs:
-            cases = make_cases(task, model.tokenizer, length, n, seed, haystack=haystack, hotpotqa_file=hotpotqa_file)
+            cases = iter_cases(task, model.tokenizer, length, n, seed, haystack=haystack, hotpotqa_file=hotpotqa_file)
             for case in cases:
                 for mode in modes:
                     record = {"mode": mode, **case.to_dict(), **runners[mode](case)}
@@ -103,6 +110,20 @@ def run_eval(
                         sink.flush()
                     bar.update()
     return records
+
+
+def check_memory(length: int, available: int | None = None) -> None:
+    """Refuse a length whose case would not fit in the memory the machine has (`available` bytes, default: what
+    it has now), before any case is made: a case of 500M tokens would otherwise allocate until it is killed."""
+    available = available_bytes() if available is None else available
+    need = length * EVAL_BYTES_PER_TOKEN
+    if available is not None and need > available:
+        fits = available // EVAL_BYTES_PER_TOKEN
+        raise ContextError(
+            f"A case of {length:,} tokens needs about {need / 2**30:.1f} GiB while it is made, compressed and "
+            f"indexed (about {EVAL_BYTES_PER_TOKEN} bytes a token), and this machine has {available / 2**30:.1f} "
+            f"GiB available: use lengths up to about {fits // 2**20}m ({fits:,} tokens)."
+        )
 
 
 def _mode_runners(model: CompressedMemoryModel, modes: list[str], max_new_tokens: int, memagent: MemoryConfig) -> dict:

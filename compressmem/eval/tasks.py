@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -59,7 +60,25 @@ def make_cases(
     hotpotqa_file: str | Path | None = None,
     first: int = 0,
 ) -> list[EvalCase]:
-    """`n` cases of `task` at `length` tokens; the same arguments always give the same cases.
+    """`n` cases of `task` at `length` tokens, as a list (see `iter_cases`, which makes them one at a time)."""
+    return list(
+        iter_cases(task, tokenizer, length, n, seed, haystack=haystack, hotpotqa_file=hotpotqa_file, first=first)
+    )
+
+
+def iter_cases(
+    task: str,
+    tokenizer: PreTrainedTokenizerBase,
+    length: int,
+    n: int,
+    seed: int = 0,
+    *,
+    haystack: str | Path | None = None,
+    hotpotqa_file: str | Path | None = None,
+    first: int = 0,
+) -> Iterator[EvalCase]:
+    """`n` cases of `task` at `length` tokens, made as they are asked for (one case's context in memory at a
+    time); the same arguments always give the same cases.
 
     Cases are numbered: `first` skips the first ones, so that e.g. training cases (from 20 on) never
     repeat the evaluation's (0 to 19) for the same seed.
@@ -74,14 +93,16 @@ def make_cases(
         raise ValueError(f"length must be a token count of at least 64, got {length!r}.")
     if task == "hotpotqa":
         path = _data_file(hotpotqa_file, HOTPOTQA_FILE, "--hotpotqa-file / hotpotqa_file")
-        return [hotpotqa(tokenizer, path, length, seed, i) for i in range(first, first + n)]
+        return (hotpotqa(tokenizer, path, length, seed, i) for i in range(first, first + n))
     text = haystack if isinstance(haystack, str) else load_haystack(_data_file(haystack, HAYSTACK_FILE, "--haystack"))
-    return [HAYSTACK_TASKS[task](tokenizer, text, length, seed, i) for i in range(first, first + n)]
+    return (HAYSTACK_TASKS[task](tokenizer, text, length, seed, i) for i in range(first, first + n))
 
 
 def _data_file(given: str | Path | None, name: str, option: str) -> Path:
     if given is not None:
         path = Path(given)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; {option} takes a file ({name} or one in its layout).")
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist.")
         return path
