@@ -60,6 +60,13 @@ class Provenance:
 
     def check(self, needs: BankNeeds) -> None:
         """Raise `BankMismatchError` unless this bank holds what `needs` asks for."""
+        if self.fingerprint.digest == needs.fingerprint.digest and not self.fingerprint.matches(needs.fingerprint):
+            raise BankMismatchError(
+                f"This memory bank was built with base model {self.fingerprint.describe()}, but it is being used "
+                f"with {needs.fingerprint.describe()}: the same architecture, vocabulary and embeddings, but other "
+                "layer weights (a fine-tune of the same base), which compute other KV. Rebuild the bank with this "
+                "model's compress()."
+            )
         if self.fingerprint.digest != needs.fingerprint.digest:
             raise BankMismatchError(
                 f"This memory bank was built with base model {self.fingerprint.describe()}, but it is being used "

@@ -252,6 +252,7 @@ def stream_settings(provenance: Provenance, prefix_ids: torch.Tensor, prefix_tex
     compression = {} if provenance.compression is None else dataclasses.asdict(provenance.compression)
     settings = {
         "base model fingerprint": provenance.fingerprint.digest,
+        "base model layer weights (fingerprint)": provenance.fingerprint.layers,
         "chunking.size": provenance.chunk_size,
         "compression": "none kept (token ids only)" if provenance.compression is None else "compressed KV",
         **{f"compression.{name}": value for name, value in compression.items()},
