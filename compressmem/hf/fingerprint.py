@@ -108,11 +108,12 @@ def _layers_digest(model: PreTrainedModel) -> str | None:
     in the base model, without adapters), or None when some weight is not floating point (quantized layers)."""
     embeddings = input_embedding_weight(model)
     hashed = hashlib.sha256()
-    for name, weight in model.named_parameters():
+    for name, parameter in model.named_parameters():
         parts = name.split(".")
-        if weight is embeddings or any(part.startswith("lora_") or part == "modules_to_save" for part in parts):
+        if parameter is embeddings or any(part.startswith("lora_") or part == "modules_to_save" for part in parts):
             continue
         base = [part for part in parts if part != "base_layer"]
+        weight: torch.Tensor = parameter
         if weight.device.type == "meta":  # offloaded by accelerate: its values rest in the module's hook
             weight = offloaded_weight(model.get_submodule(".".join(parts[:-1])), parts[-1])
         if not weight.is_floating_point():
