@@ -58,10 +58,13 @@ def _read_file(path: Path) -> OpenedBank:
     if metadata.get("format") != FORMAT:
         raise BankMismatchError(f"{path} is not a compressmem memory bank (no bank metadata in the file).")
     version = _version(metadata.get("format_version"), path)
+    if version < 3 and "index" in metadata:
+        _check_claimed_version(version, _parse_json(metadata["index"], path, "bank index"), {}, path)
     if version == 1:
         return read_legacy_file(path, metadata)
     index = _parse_json(metadata.get("index"), path, "bank index")
     tensors = read_tensors(path, (*PREFIX_TENSORS, TABLE_TENSOR, DIGESTS_TENSOR))
+    _check_claimed_version(version, index, tensors, path)
     files = [path] * len(_shard_records(index, path))
     kept = _packed_indexes(path, index, metadata, version)
     store, provenance = _open(path, index, version, tensors, files, kept, shards_record_blocks=False)
@@ -82,6 +85,7 @@ def _read_folder(directory: Path) -> OpenedBank:
     if index.get("format") != FORMAT:
         raise BankMismatchError(f"{path} is not a compressmem bank index.")
     version = _version(index.get("format_version"), directory)
+    _check_claimed_version(version, index, {}, directory)
     prefix_tensors = read_tensors(directory / PREFIX_FILE, PREFIX_TENSORS)
     if version == 1:
         files = [_inside(directory, name) for name in index.get("shards", [])]
@@ -89,6 +93,7 @@ def _read_folder(directory: Path) -> OpenedBank:
     files = [_inside(directory, shard.get("file")) for shard in _shard_records(index, directory)]
     table = directory / TABLE_FILE
     tensors = {**prefix_tensors, **(read_tensors(table, (TABLE_TENSOR, DIGESTS_TENSOR)) if table.is_file() else {})}
+    _check_claimed_version(version, index, tensors, directory)
     kept = FolderIndexes(directory, _recorded_seal(index, path)) if version >= 3 else KeptIndexes()
     store, provenance = _open(path, index, version, tensors, files, kept, shards_record_blocks=True)
     _check_shard_sizes(files, _shard_records(index, directory), store.digests is not None)
@@ -129,6 +134,23 @@ def _open(
         files, infos, provenance.compression, digests=digests, kept=kept, shards_record_blocks=shards_record_blocks
     )
     return store, provenance
+
+
+def _check_claimed_version(version: int, index: dict[str, Any], tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Refuse a bank that claims an unsealed format (1 or 2) but holds what only sealed formats write (a seal, or
+    the blocks' digests): its version was lowered to skip the seal, and what the seal covers may have been edited
+    with it."""
+    if version >= 3:
+        return
+    recorded = index.get("format_version", version)  # a file's index records its version again
+    indexed = _version(recorded, where) if recorded != version else version
+    later = indexed >= 3 or (version == 1 and "provenance" in index)  # format 1's index has no provenance
+    if "seal" in index or DIGESTS_TENSOR in tensors or later:
+        raise BankMismatchError(
+            f"{where} claims bank format {version}, which has no seal, but holds the seal, block digests or index "
+            "of a later, sealed format: its format version was edited to skip the seal. The bank cannot be "
+            "trusted: rebuild it (or restore it from its source)."
+        )
 
 
 def _recorded_seal(index: dict[str, Any], where: Path) -> str:
