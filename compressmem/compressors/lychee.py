@@ -26,7 +26,13 @@ Their reader uses these keys unrotated, that is rotated at position 0, so a bloc
 that is the position at which its keys are rotated (the gate's un-rotation leaves them as they are). Their
 reader then places its prompt after `window / ratio` memory entries (padded ones included). The chunk does
 not see the bank's shared prefix (theirs compresses each chunk on its own); the prefix's KV is the base
-model's, for the reader.
+model's, kept in the bank for what reads it. compressmem's reader reads a block of this compressor their way
+(`reader/step.py`): the block's entries alone, then the bank's section prefix and the update prompt as
+tokens from position `prompt_position(chunk_size, ratio)`; a bank says it holds such blocks by its
+compressor digest, which starts with `DIGEST_MARK` (`reads_their_way`).
+
+A checkpoint on the Hub or in a folder is found with `checkpoint_files` (only its configuration, weight and
+tokenizer files), and a compressmem checkpoint made over one points at it with `POINTER_FILE`.
 """
 
 from __future__ import annotations
@@ -49,6 +55,28 @@ PROJECTIONS = ("q", "k", "v", "o")
 EMBEDDING = "model.lychee_memory_embed_tokens.weight"
 SETTINGS_PREFIX = "lychee_memory_"
 EXTRA_MARK = "lychee_memory_"  # every extra tensor's name holds it; no base Qwen2 tensor's does
+DIGEST_MARK = "lychee-"  # a LycheeCompressor's digest starts with it: a bank of its blocks is read their way
+POINTER_FILE = "lychee_base.json"  # in a compressmem checkpoint over a LycheeMemory one: its repo and revision
+CHECKPOINT_FILES = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken")
+
+
+def is_lychee(config: Mapping[str, Any]) -> bool:
+    """Whether a `config.json` (a dict) describes a LycheeMemory checkpoint: it holds `lychee_memory_*` settings."""
+    return LycheeSettings.present(config)
+
+
+def reads_their_way(compressor_digest: str | None) -> bool:
+    """Whether a bank whose provenance records `compressor_digest` holds LycheeCompressor blocks, which are read
+    as the authors' reader reads them (memory entries unrotated, the prompt at `prompt_position`)."""
+    return compressor_digest is not None and compressor_digest.startswith(DIGEST_MARK)
+
+
+def prompt_position(chunk_size: int, ratio: float) -> int:
+    """The RoPE position at which the authors' reader places the prompt after a block: the number of memory
+    entries of a full chunk (their last chunk is padded to the full size, so every chunk's prompt starts there).
+    A chunk of `chunk_size` tokens has `ceil(chunk_size / ratio)` entries whatever its windows, since the ratio
+    divides the window."""
+    return math.ceil(chunk_size / ratio)
 
 
 def projection_name(layer: int, projection: str, part: str = "weight") -> str:
@@ -164,6 +192,55 @@ def read_checkpoint(directory: str | Path) -> tuple[LycheeSettings, dict[str, to
     return LycheeSettings.from_config(config), extras
 
 
+def checkpoint_files(name: str | Path, revision: str | None = None, **hub_kwargs: Any) -> tuple[Path, str | None]:
+    """The local folder of the LycheeMemory checkpoint `name` (a folder, or a Hub repo id whose configuration,
+    safetensors weights and tokenizer files are downloaded, or taken from the Hub cache) and the commit it was
+    taken at (None for a folder). `hub_kwargs` are `snapshot_download`'s (`token`, `cache_dir`,
+    `local_files_only`). Refused, naming `name`, unless its `config.json` holds `lychee_memory_*` settings."""
+    if Path(name).is_dir():
+        folder, commit = Path(name), None
+    else:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(
+            snapshot_download(str(name), revision=revision, allow_patterns=list(CHECKPOINT_FILES), **hub_kwargs)
+        )
+        commit = folder.name  # the Hub cache keeps a snapshot per commit, named by its hash
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{name} is no model checkpoint: it has no config.json.")
+    if not is_lychee(json.loads(path.read_text(encoding="utf-8"))):
+        raise CheckpointMismatchError(
+            f"{name} is no LycheeMemory checkpoint: its config.json holds no lychee_memory_* settings."
+        )
+    if not any(folder.glob("*.safetensors")):
+        raise CheckpointMismatchError(
+            f"{name} holds no .safetensors weights; LycheeMemory's extra tensors are read from safetensors files."
+        )
+    return folder, commit
+
+
+def write_pointer(directory: Path, origin: tuple[str, str | None], ratio: float, window: int, digest: str) -> None:
+    """Write `POINTER_FILE` into a compressmem checkpoint folder: the LycheeMemory checkpoint (repo or folder,
+    and commit) whose base weights and extra tensors it uses, the ratio and window it compresses with, and the
+    digest its banks record (so a reload that finds other weights is refused)."""
+    repo, revision = origin
+    payload = {"repo": repo, "revision": revision, "ratio": ratio, "window": window, "compressor_digest": digest}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / POINTER_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def read_pointer(directory: Path) -> dict[str, Any] | None:
+    """A compressmem checkpoint folder's `POINTER_FILE` (None when it has none: no LycheeMemory base)."""
+    path = directory / POINTER_FILE
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(payload, dict) or not isinstance(payload.get("repo"), str):
+        raise CheckpointMismatchError(f"{path} must name the LycheeMemory checkpoint ('repo'); it is damaged.")
+    return payload
+
+
 def _rotate_half(states: torch.Tensor) -> torch.Tensor:
     half = states.shape[-1] // 2
     return torch.cat((-states[..., half:], states[..., :half]), dim=-1)
@@ -175,11 +252,18 @@ class LycheeCompressor(Compressor):
 
     name = "lychee"
 
-    def __init__(self, settings: LycheeSettings, extras: Mapping[str, torch.Tensor], ratio: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: LycheeSettings,
+        extras: Mapping[str, torch.Tensor],
+        ratio: int | None = None,
+        origin: tuple[str, str | None] | None = None,
+    ) -> None:
         self.settings = settings
         self.extras = dict(extras)  # checkpoint names -> tensors (`split_checkpoint`, `read_checkpoint`)
         super().__init__(float(settings.pick_ratio(ratio)))
         self.step = int(self.ratio)  # raw tokens per memory token
+        self.origin = origin  # the checkpoint's Hub repo (or folder) and commit, when loaded from one
 
     @classmethod
     def from_checkpoint(
@@ -242,7 +326,7 @@ class LycheeCompressor(Compressor):
         for name in sorted(self.extras):
             digest.update(name.encode())
             digest.update(self.extras[name].detach().to("cpu", torch.bfloat16).float().numpy().tobytes())
-        return digest.hexdigest()
+        return DIGEST_MARK + digest.hexdigest()
 
     def kept_entries(self, num_tokens: int) -> int:
         return math.ceil(num_tokens / self.step)

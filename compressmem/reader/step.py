@@ -2,7 +2,8 @@
 
 `step_input` says what a read of block `b` with a given update prompt is: the raw chunk's tokens
 followed by the prompt (`raw` reading), or the block's KV as a prefix followed by the prompt at the
-positions after the chunk (`compressed`). `layout` packs a batch of reads, left-padded, the same way
+positions after the chunk (`compressed`; a LycheeMemory block is read as their reader reads it, see
+`step_input`). `layout` packs a batch of reads, left-padded, the same way
 for `generate_steps` (decoding the notes) and for `step_logprobs` (the GRPO loss scoring the tokens
 a rollout sampled), so the loss scores exactly what was sampled.
 """
@@ -18,6 +19,7 @@ from transformers import Cache, DynamicCache, GenerationConfig, PreTrainedModel,
 
 from ..bank import MemoryBank
 from ..compressors import CompressedChunks
+from ..compressors.lychee import prompt_position, reads_their_way
 from ..config import CompressionConfig, ConfigError
 from ..hf.cache import PrefixCache, cached_kv
 from ..hf.generation import generate_output
@@ -63,6 +65,10 @@ def step_input(
     whatever the block's size; a quantized block is dequantised here, on `device`, one block at a time.
     `recomputed` (the block compressed again, e.g. with gradients by a trainer) replaces both KV, read back
     as the bank's quantization would store it. KV lands on `device` in `dtype`.
+
+    A compressed read of a bank of LycheeMemory blocks (`compressors.lychee.reads_their_way`) is their reader's:
+    the block's entries alone (keys unrotated, as their cache keeps them), then the bank's section prefix and the
+    prompt as tokens from position `prompt_position(chunk size, ratio)`, the memory entries of a full chunk.
     """
     if mode == "raw":
         found = bank.kept.get(block, reuse) if reuse is not None else None
@@ -79,6 +85,11 @@ def step_input(
                 "a compression setting."
             )
         kv = _stored_as(recomputed, 0, bank.provenance.compression)
+    provenance = bank.provenance
+    if reads_their_way(provenance.compressor_digest) and provenance.compression is not None:
+        ratio = provenance.compression.ratio or 1.0
+        read = torch.cat([bank.prefix_ids, prompt_ids.to(bank.prefix_ids.device)])
+        return _after_prefix(kv[2:], read, prompt_position(provenance.chunk_size, ratio), device, dtype)
     return _after_prefix(kv, prompt_ids, bank.prefix_ids.numel() + bank.infos[block].num_tokens, device, dtype)
 
 
@@ -129,17 +140,18 @@ def _stored_as(recomputed: CompressedChunks, row: int, compression: CompressionC
 
 
 def _after_prefix(
-    kv: PrefixedKV,
+    kv: PrefixedKV | tuple[torch.Tensor, torch.Tensor],
     prompt_ids: torch.Tensor,
     first_position: int,
     device: torch.device | None,
     dtype: torch.dtype | None,
 ) -> StepInput:
-    """A read of the KV prefix `kv` (prefix keys, prefix values, block keys, block values) then `prompt_ids`."""
-    prefix_keys, prefix_values, keys, values = (t.to(device=device, dtype=dtype) for t in kv)
-    return StepInput(
-        torch.cat([prefix_keys, keys], dim=2), torch.cat([prefix_values, values], dim=2), prompt_ids, first_position
-    )
+    """A read of the KV prefix `kv` (prefix keys, prefix values, block keys, block values; or block keys and
+    values alone) then `prompt_ids`, the first of them at RoPE position `first_position`."""
+    moved = [t.to(device=device, dtype=dtype) for t in kv]
+    keys = torch.cat(moved[0::2], dim=2)
+    values = torch.cat(moved[1::2], dim=2)
+    return StepInput(keys, values, prompt_ids, first_position)
 
 
 @dataclass
