@@ -190,3 +190,11 @@ def test_push_stores_only_what_compressmem_adds_and_points_at_their_commit(hub, 
     )
     with pytest.raises(ValueError, match="save_pretrained"):
         save_lychee(CompressedMemoryModel(loaded.model, loaded.tokenizer, show_progress=False), tmp_path / "no")
+
+
+def test_is_lychee_source_for_folders_and_hub_repos(hub, tmp_path, base_folder) -> None:
+    from compressmem.compressors.lychee import is_lychee_source
+
+    upload(hub, lychee_folder(tmp_path / "theirs"), REPO)
+    assert is_lychee_source(REPO) and is_lychee_source(tmp_path / "theirs")
+    assert not is_lychee_source(base_folder) and not is_lychee_source(f"{USER}/no-such-repo")

@@ -192,6 +192,23 @@ def read_checkpoint(directory: str | Path) -> tuple[LycheeSettings, dict[str, to
     return LycheeSettings.from_config(config), extras
 
 
+def is_lychee_source(name: str | Path, revision: str | None = None, **hub_kwargs: Any) -> bool:
+    """Whether `name` (a folder or a Hub repo id) is a LycheeMemory checkpoint: its `config.json` holds
+    `lychee_memory_*` settings. False when that cannot be read (no such file, offline and not cached)."""
+    path = Path(name) / "config.json"
+    if not Path(name).is_dir():
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(str(name), "config.json", revision=revision, **hub_kwargs))
+        except (OSError, ValueError):  # huggingface_hub's not-found and connection errors are OSErrors
+            return False
+    try:
+        return path.is_file() and is_lychee(json.loads(path.read_text(encoding="utf-8")))
+    except ValueError:
+        return False
+
+
 def checkpoint_files(name: str | Path, revision: str | None = None, **hub_kwargs: Any) -> tuple[Path, str | None]:
     """The local folder of the LycheeMemory checkpoint `name` (a folder, or a Hub repo id whose configuration,
     safetensors weights and tokenizer files are downloaded, or taken from the Hub cache) and the commit it was
