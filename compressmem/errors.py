@@ -29,6 +29,10 @@ class GateHeadError(ValueError):
     """A gate head file is malformed or does not fit the model or configuration it is used with."""
 
 
+class SigningError(ValueError):
+    """A key cannot sign or check a bank: not a key, a public key given to sign, or `cryptography` missing."""
+
+
 class ProcessMismatchError(RuntimeError):
     """The processes sharing a compression did not read the same text into the same folder with the same model."""
 
@@ -40,4 +44,5 @@ __all__ = [
     "ContextError",
     "GateHeadError",
     "ProcessMismatchError",
+    "SigningError",
 ]

@@ -9,6 +9,7 @@ from .kept import KeptBlock, KeptKV, owner_token
 from .layout import INDEX, Prefix, block_tensors, kv_layout, stored_names
 from .provenance import BankMismatchError, BankNeeds, Provenance
 from .reader import read_bank
+from .signing import HmacKey, load_key, sign_bank, signing_key
 from .writer import BankPart, BankWriter, Entry, check_stream_settings, merge_parts, stream_settings, write_index
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Blocks",
     "DerivedIndex",
     "Entry",
+    "HmacKey",
     "KeptBlock",
     "KeptKV",
     "MemoryBank",
@@ -32,9 +34,12 @@ __all__ = [
     "block_tensors",
     "check_stream_settings",
     "kv_layout",
+    "load_key",
     "merge_parts",
     "owner_token",
     "read_bank",
+    "sign_bank",
+    "signing_key",
     "stored_names",
     "stream_settings",
     "write_index",

@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar, overload
 
 import torch
 
+from ..errors import SigningError
 from ..hf.fingerprint import BaseFingerprint
 from .block import BlockTable, MemoryBlock
 from .derived import DerivedIndex, KeptIndexes
@@ -23,6 +24,7 @@ from .memo import Memo
 from .pack import write_file, write_folder
 from .provenance import BankNeeds, Provenance
 from .reader import read_bank
+from .signing import check_signature, read_signature, sign_bank
 
 T = TypeVar("T")
 
@@ -253,16 +255,19 @@ class MemoryBank:
             )
         return MemoryBank(self.store, prefix, self.provenance, self.kv, device)
 
-    def save(self, path: str | Path, *, folder: bool = False, shard_blocks: int = 256) -> None:
+    def save(self, path: str | Path, *, folder: bool = False, shard_blocks: int = 256, sign_key: Any = None) -> None:
         """Write the bank as a bank folder of shards of `shard_blocks` blocks (with `folder`: what `compress_stream`
         writes), or as one safetensors file that packs that folder (its index in the file's metadata). Tensors
         plus JSON, never pickle; the gate indexes built so far go with it, under their digests.
-        `MemoryBank.load` reads both."""
+        `MemoryBank.load` reads both. With `sign_key` (an Ed25519 private key, an `HmacKey`, or a key file's
+        path) the bank is signed (`signing.py`), so readers who trust the key can tell it from a forgery."""
         derived = self.store.derived_items()
         if folder:
             write_folder(path, self.blocks, self.prefix, self.provenance, derived, shard_blocks)
+            if sign_key is not None:
+                sign_bank(path, sign_key)
         else:
-            write_file(path, self.blocks, self.prefix, self.provenance, derived)
+            write_file(path, self.blocks, self.prefix, self.provenance, derived, sign_key)
 
     @classmethod
     def load(
@@ -272,6 +277,7 @@ class MemoryBank:
         *,
         verify: bool = False,
         show_progress: bool = False,
+        trusted_keys: Sequence[Any] | None = None,
     ) -> MemoryBank:
         """Open a bank saved by `save` or `compress_stream` (or by an earlier release): its blocks stay on disk
         and are read one at a time, onto `device` when given.
@@ -280,8 +286,18 @@ class MemoryBank:
         size (milliseconds, whatever the bank's length). The first read from a shard checks that it holds the
         blocks the table gives it, every block read is checked against its digests, and a kept gate index
         against its own; a damaged or mixed bank raises `BankMismatchError` naming the file. With `verify`,
-        every shard, every block and every kept gate index are checked now (`verify()`)."""
+        every shard, every block and every kept gate index are checked now (`verify()`).
+
+        The seal proves the bank is read as written, not who wrote it: with `trusted_keys` (Ed25519 public keys,
+        `HmacKey`s, or key files' paths) a bank is refused unless it is signed by one of them (`signing.py`)."""
         store, prefix, provenance, kv = read_bank(path)
+        if trusted_keys is not None:
+            if isinstance(trusted_keys, (str, Path)) or not list(trusted_keys):
+                raise SigningError(
+                    "trusted_keys must be a list of one or more keys (or key files' paths); give None to load "
+                    "without checking a signature."
+                )
+            check_signature(read_signature(Path(path)), store.kept.bank_seal(), list(trusted_keys), Path(path))
         bank = cls(store, prefix, provenance, kv)
         if verify:
             bank.verify(show_progress=show_progress)

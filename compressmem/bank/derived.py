@@ -42,6 +42,10 @@ class KeptIndexes:
         self._held: dict[str, DerivedIndex] = {}
         self._lock = threading.Lock()
 
+    def bank_seal(self) -> str | None:
+        """The seal of the bank these indexes are bound to (None: a bank in memory, or of a format without one)."""
+        return None
+
     def get(self, name: str) -> DerivedIndex | None:
         """Index `name`: held, or read from the bank and checked against its digest; None when there is none, or
         the one kept fails its check (a warning says why; the gate then rebuilds it)."""
@@ -125,6 +129,9 @@ class FolderIndexes(KeptIndexes):
         self.folder = folder
         self.seal = bank_seal
 
+    def bank_seal(self) -> str | None:
+        return self.seal
+
     def path(self, name: str) -> Path:
         return self.folder / DERIVED_FILE.format(name=name)
 
@@ -171,6 +178,9 @@ class PackedIndexes(KeptIndexes):
         self.file = path
         self.seal = bank_seal
         self.records = records
+
+    def bank_seal(self) -> str | None:
+        return self.seal
 
     def stored(self) -> list[str]:
         return sorted(self.records)

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,6 +23,7 @@ from .block import MemoryBlock
 from .derived import PACKED_TENSORS, DerivedIndex, FolderIndexes, packed_records
 from .layout import FORMAT, FORMAT_VERSION, INDEX, PREFIX_FILE, TABLE_FILE, Prefix
 from .provenance import Provenance
+from .signing import SIGNATURE_METADATA, signature_record
 from .writer import BankWriter, write_index
 
 
@@ -50,18 +52,21 @@ def write_file(
     prefix: Prefix,
     provenance: Provenance,
     derived: dict[str, DerivedIndex],
+    sign_key: Any = None,
 ) -> None:
-    """Write `blocks` as a single-file bank: a bank folder (in a temporary folder beside `path`), packed."""
+    """Write `blocks` as a single-file bank: a bank folder (in a temporary folder beside `path`), packed, and signed
+    with `sign_key` when one is given."""
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
         folder = Path(scratch) / "bank"
         write_folder(folder, blocks, prefix, provenance, derived)
-        pack(folder, path)
+        seal = json.loads((folder / INDEX).read_text(encoding="utf-8"))["seal"]
+        pack(folder, path, None if sign_key is None else signature_record(seal, sign_key))
 
 
-def pack(folder: Path, path: Path) -> None:
+def pack(folder: Path, path: Path, signature: dict[str, str] | None = None) -> None:
     """Write the bank folder `folder` as the single file `path` (atomically: under a temporary name, then
-    renamed). The gate indexes that pass their check go with it."""
+    renamed), with its `signature` when given. The gate indexes that pass their check go with it."""
     index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
     tensors: dict[str, torch.Tensor] = {**load_file(str(folder / PREFIX_FILE)), **load_file(str(folder / TABLE_FILE))}
     for shard in index["shards"]:
@@ -76,6 +81,8 @@ def pack(folder: Path, path: Path) -> None:
         "index": json.dumps(index),
         "derived": json.dumps(packed_records(index["seal"], indexes)),
     }
+    if signature is not None:
+        metadata[SIGNATURE_METADATA] = json.dumps(signature)
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=metadata)
     os.replace(partial, path)

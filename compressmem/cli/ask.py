@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .options import CommandError, add_model_options, load_model, non_blank, positive_int, read_text
+from .options import CommandError, UsageError, add_model_options, load_model, non_blank, positive_int, read_text
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -19,6 +19,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="UTF-8 text file, a .safetensors bank, or a bank folder written by compress",
     )
     parser.add_argument("--question", required=True, type=non_blank)
+    parser.add_argument(
+        "--trusted-key",
+        type=Path,
+        action="append",
+        help="read the bank only if it is signed by this key: an Ed25519 public key (PEM; needs "
+        "compressmem[signing]) or a team's HMAC secret file; repeat for several",
+    )
     add_model_options(parser)
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--trace", action="store_true", help="print the blocks read and the notes after each read")
@@ -31,13 +38,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from safetensors import SafetensorError
 
-    from ..bank import MemoryBank
+    from ..bank import MemoryBank, load_key
 
     is_bank = args.context.suffix == ".safetensors" or args.context.is_dir()
+    if args.trusted_key and not is_bank:
+        raise UsageError(f"--trusted-key checks a bank's signature, but --context {args.context} is a text file.")
+    trusted = [load_key(path) for path in args.trusted_key] if args.trusted_key else None  # before the model loads
     text = None if is_bank else read_text(args.context, nonempty=True)
     model = load_model(args)
     try:
-        source = {"bank": MemoryBank.load(args.context)} if is_bank else {"context": text}
+        source = {"bank": MemoryBank.load(args.context, trusted_keys=trusted)} if is_bank else {"context": text}
         answer = model.answer(args.question, **source, max_new_tokens=args.max_new_tokens, return_sources=True)
     except SafetensorError as error:  # with the model loaded, only the bank's files are read
         if not is_bank:

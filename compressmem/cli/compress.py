@@ -27,6 +27,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="a .safetensors file, or a folder: the text is then streamed into a bank on disk "
         "(flat memory, for files of any size)",
     )
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        help="sign the bank with this key file: an Ed25519 private key (PEM; needs compressmem[signing]) or an "
+        "HMAC secret shared by a team; readers check it with ask --trusted-key",
+    )
     add_model_options(parser)
     parser.set_defaults(run=run)
 
@@ -34,10 +40,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """One process writes a .safetensors file from the text in memory, or streams it into a folder; several
     stream it into the folder together, each compressing its share of the chunks."""
-    from ..bank import INDEX
-    from ..chunking import text_pieces
-    from ..distributed import compress_distributed, process_state
+    from ..bank import INDEX, sign_bank, signing_key
+    from ..distributed import process_state
 
+    key = None if args.sign_key is None else signing_key(args.sign_key)  # a key that cannot sign fails first
     state = process_state(cpu=args.device == "cpu")
     to_file = args.output.suffix == ".safetensors"
     text = read_text(args.file, nonempty=True) if to_file and state.num_processes == 1 else None
@@ -56,18 +62,53 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args, **options)
     if text is not None:
         bank = model.compress(text)
-        _save(bank, args.output)
+        _save(bank, args.output, key)
     elif to_file:
-        bank = _shared_to_file(model, args.file, args.output, state)
+        bank = _shared_to_file(model, args.file, args.output, state, key)
     else:
-        bank = compress_distributed(model, text_pieces(args.file), args.output, state=state)
+        bank = _stream(model, args.file, args.output, state)
+        if key is not None and state.is_main_process:
+            sign_bank(args.output, key)
     if state.is_main_process:
         by = f" (compressed by {state.num_processes} processes)" if state.num_processes > 1 else ""
-        print(f"{args.output}: {len(bank)} blocks, {bank.num_tokens} tokens, {bank.nbytes / 2**20:.1f} MiB{by}")
+        signed = "" if key is None else ", signed"
+        print(f"{args.output}: {len(bank)} blocks, {bank.num_tokens} tokens, {bank.nbytes / 2**20:.1f} MiB{by}{signed}")
     return 0
 
 
-def _shared_to_file(model: CompressedMemoryModel, file: Path, output: Path, state: PartialState) -> MemoryBank:
+def _stream(model: CompressedMemoryModel, file: Path, folder: Path | str, state: PartialState) -> MemoryBank:
+    """`compress_distributed` of the file's text into `folder`; text found not to be UTF-8 after the part checked
+    before the model was loaded is refused naming the file and where (the stream leaves no folder behind)."""
+    from ..chunking import text_pieces
+    from ..distributed import compress_distributed
+
+    try:
+        return compress_distributed(model, text_pieces(file), folder, state=state)
+    except UnicodeDecodeError as error:
+        raise CommandError(
+            f"{file} is not UTF-8 text: {error.reason} at byte {_first_invalid_byte(file)}; convert it to text first."
+        ) from None
+
+
+def _first_invalid_byte(file: Path) -> int:
+    """The offset of the first byte of `file` that is not UTF-8, read a MiB at a time."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(file, "rb") as handle:
+        while block := handle.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                return offset + error.start - len(decoder.getstate()[0])
+            offset += len(block)
+    return offset
+
+
+def _shared_to_file(
+    model: CompressedMemoryModel, file: Path, output: Path, state: PartialState, key: Any
+) -> MemoryBank:
     """Several processes, one .safetensors file: they fill a temporary bank folder beside it, which the main
     process then writes out as the file and removes."""
     import shutil
@@ -75,27 +116,25 @@ def _shared_to_file(model: CompressedMemoryModel, file: Path, output: Path, stat
 
     from accelerate.utils import broadcast_object_list
 
-    from ..chunking import text_pieces
-    from ..distributed import compress_distributed
-
     folder = [tempfile.mkdtemp(prefix=f"{output.name}.", dir=output.parent) if state.is_main_process else None]
     broadcast_object_list(folder)
     shared = folder[0]
     if shared is None:
         raise RuntimeError("The main process shared no temporary bank folder with this process.")
-    bank = compress_distributed(model, text_pieces(file), shared, state=state)
+    bank = _stream(model, file, shared, state)
     if state.is_main_process:
-        _save(bank, output)
+        _save(bank, output, key)
         shutil.rmtree(shared)
     return bank
 
 
-def _save(bank: MemoryBank, output: Path) -> None:
-    """`bank.save(output)`, or a one-line error when the file cannot be written."""
+def _save(bank: MemoryBank, output: Path, key: Any) -> None:
+    """`bank.save(output)`, signed with `key` when there is one, or a one-line error when the file cannot be
+    written."""
     from safetensors import SafetensorError
 
     try:
-        bank.save(output)
+        bank.save(output, sign_key=key)
     except SafetensorError as error:  # safetensors' own I/O errors (a folder missing, no space, not writable)
         raise CommandError(
             f"cannot write {output} ({error}); check the path, its permissions and the free space."
