@@ -132,9 +132,9 @@ class Reasoner:
         row that never gets one is not found (`Trace.outcome`). Without, no answer is written or judged."""
         check_generation(generation)
         for question, bank in zip(questions, banks):
-            block = bank.prefix_ids.numel() + (int(bank.infos.column("tokens").max()) if len(bank) else 0)
+            span = bank.prefix_ids.numel() + (int(bank.infos.column("tokens").max()) if len(bank) else 0)
             size = len(self.prompts.encode(question))
-            check_question(self.model, size, block, self.notes, self.reading.mode == "compressed")
+            check_question(self.model, size, span, self.notes, self.reading.mode == "compressed")
         rows = [_Row(bank, Trace(question, len(bank))) for question, bank in zip(questions, banks)]
         judged = answer is not None and self.judge is not None
         indexes = {}
