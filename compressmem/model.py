@@ -21,7 +21,8 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateOut
 from .bank import BankNeeds, MemoryBank, check_stream_settings, stream_settings
 from .chunking import Context, check_pieces, split_into_chunks, tokenize_context
 from .compression import BankBuilder
-from .compressors import Compressor, LearnedCompressor, build_compressor
+from .compressors import Compressor, LearnedCompressor, LycheeCompressor, build_compressor
+from .compressors.lychee import POINTER_FILE, is_lychee_source
 from .config import DEFAULT_RATIO, ConfigError, MemoryConfig
 from .distributed import ONE_PROCESS, Processes, compress_into_folder
 from .embedded import resolve_model_source
@@ -88,7 +89,7 @@ class CompressedMemoryModel:
         base_name: str | None = None,
         show_progress: bool = True,
         gate_head: GateHead | None = None,
-        compressor: LearnedCompressor | None = None,
+        compressor: Compressor | None = None,
         reasoner_adapter: ReasonerAdapter | None = None,
     ) -> None:
         check_placement(model)
@@ -149,6 +150,8 @@ class CompressedMemoryModel:
         checkpoint = _renamed("memory", memory, "checkpoint", checkpoint, "from_pretrained")
         hub_kwargs = {k: hf_kwargs[k] for k in ("token", "cache_dir", "local_files_only") if k in hf_kwargs}
         source = resolve_model_source(base)
+        if checkpoint is None and is_lychee_source(source, revision, **hub_kwargs):
+            return _load_lychee(source, revision, config, show_progress, hf_kwargs)
         saved: Checkpoint | None
         if checkpoint is not None:
             saved = fetch_checkpoint(checkpoint, revision, **hub_kwargs)
@@ -157,6 +160,8 @@ class CompressedMemoryModel:
             if saved is not None:
                 base = saved.fingerprint.name
                 source = resolve_model_source(base)
+        if saved is not None and (saved.directory / POINTER_FILE).is_file():  # a checkpoint over LycheeMemory's
+            return _load_lychee(saved.directory, None, config, show_progress, hf_kwargs)
         if saved is None or saved.repo_id is None:
             base_revision = base_revision or revision
         if base_revision is not None:
@@ -192,7 +197,9 @@ class CompressedMemoryModel:
         show = self.show_progress if show_progress is None else show_progress
         compressor = self.compressor
         learned = (
-            compressor if _method(memory_config) == "learned" and isinstance(compressor, LearnedCompressor) else None
+            compressor
+            if _method(memory_config) == "learned" and isinstance(compressor, (LearnedCompressor, LycheeCompressor))
+            else None
         )
         return type(self)(
             self.model,
@@ -281,6 +288,11 @@ class CompressedMemoryModel:
 
     def _save_checkpoint(self, directory: Path, location: str, evaluation: Mapping[str, float | str] | None) -> None:
         """`save_pretrained`, with the model card telling users to load it from `location`."""
+        if isinstance(self.compressor, LycheeCompressor):  # only what compressmem adds, and a pointer to theirs
+            from .lychee import save_lychee  # lychee.py builds on this module
+
+            save_lychee(self, directory, evaluation)
+            return
         write_config(directory, self.fingerprint, self.memory_config)
         parts = []
         if self.gate_head is not None:
@@ -651,7 +663,7 @@ class CompressedMemoryModel:
             return self.gate_head.layers
         return default_gate_layers(text.num_hidden_layers, getattr(text, "layer_types", None))
 
-    def _compressor(self, learned: LearnedCompressor | None) -> Compressor | None:
+    def _compressor(self, learned: Compressor | None) -> Compressor | None:
         """The compressor the configuration names: None when nothing reads KV, the given learned one, or a
         training-free one."""
         compression = self.memory_config.compression
@@ -690,6 +702,15 @@ class CompressedMemoryModel:
         """The wrapper with the base model in float32 (see `to`)."""
         self.model.float()
         return self._follow_model()
+
+
+def _load_lychee(
+    source: str | Path, revision: str | None, config: MemoryConfig | None, show_progress: bool, hf_kwargs: dict
+) -> CompressedMemoryModel:
+    """`from_pretrained` of a LycheeMemory checkpoint, or of a compressmem checkpoint pointing at one."""
+    from .lychee import load_lychee  # lychee.py builds on this module
+
+    return load_lychee(source, revision, config, show_progress=show_progress, **hf_kwargs)
 
 
 def sample_training_rollouts(

@@ -28,6 +28,7 @@ LEVELS = {
     "model_card": 7,
     "embedded": 7,
     "model": 8,
+    "lychee": 8,
     "eval": 9,
     "training": 10,
     "cli": 11,

@@ -25,7 +25,7 @@ from compressmem import (
     MemoryConfig,
 )
 from compressmem.compressors import LycheeCompressor
-from compressmem.compressors.lychee import DIGEST_MARK, POINTER_FILE, is_lychee, projection_name
+from compressmem.compressors.lychee import DIGEST_MARK, POINTER_FILE, is_lychee, projection_name, read_checkpoint
 from compressmem.gate import GateHead
 from compressmem.lychee import load_lychee, lychee_memory_config, push_lychee, save_lychee
 
@@ -198,3 +198,22 @@ def test_is_lychee_source_for_folders_and_hub_repos(hub, tmp_path, base_folder) 
     upload(hub, lychee_folder(tmp_path / "theirs"), REPO)
     assert is_lychee_source(REPO) and is_lychee_source(tmp_path / "theirs")
     assert not is_lychee_source(base_folder) and not is_lychee_source(f"{USER}/no-such-repo")
+
+
+def test_from_pretrained_recognises_their_repo_and_a_checkpoint_pointing_at_it(hub, tmp_path) -> None:
+    upload(hub, lychee_folder(tmp_path / "theirs"), REPO)
+    settings = read_checkpoint(tmp_path / "theirs")[0]
+    model = CompressedMemoryModel.from_pretrained(
+        REPO, config=lychee_memory_config(settings, 4, config()), show_progress=False
+    )
+    assert isinstance(model.compressor, LycheeCompressor)
+    bank = model.compress(TEXT)
+    assert bank.provenance.compressor_digest.startswith(DIGEST_MARK)
+    answer = model.answer("What is the vault code?", bank=bank, return_sources=True, max_new_tokens=4)
+    assert answer.trace.steps
+
+    model.save_pretrained(tmp_path / "ours")
+    assert (tmp_path / "ours" / POINTER_FILE).is_file() and not list((tmp_path / "ours").glob("model*.safetensors"))
+    again = CompressedMemoryModel.from_pretrained(tmp_path / "ours", show_progress=False)
+    assert isinstance(again.compressor, LycheeCompressor) and again.memory_config == model.memory_config
+    assert again.compressor.digest(again.model) == model.compressor.digest(model.model)
