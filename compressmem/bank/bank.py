@@ -24,7 +24,7 @@ from .memo import Memo
 from .pack import write_file, write_folder
 from .provenance import BankNeeds, Provenance
 from .reader import read_bank
-from .signing import check_signature, read_signature, sign_bank
+from .signing import check_signature, sign_bank
 
 T = TypeVar("T")
 
@@ -297,7 +297,7 @@ class MemoryBank:
                     "trusted_keys must be a list of one or more keys (or key files' paths); give None to load "
                     "without checking a signature."
                 )
-            check_signature(read_signature(Path(path)), store.kept.bank_seal(), list(trusted_keys), Path(path))
+            check_signature(store.signature, store.kept.bank_seal(), list(trusted_keys), Path(path))
         bank = cls(store, prefix, provenance, kv)
         if verify:
             bank.verify(show_progress=show_progress)

@@ -14,6 +14,7 @@ as the `index` entry of its metadata and the gate indexes' metadata and digests 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ DIGESTS_TENSOR = "block_digests"
 PREFIX_TENSORS = ("prefix_ids", "prefix_keys", "prefix_values")
 KEY = "{index}.{field}"
 SHARD_GLOB = "blocks-*.safetensors"
+SIGNATURE_FILE = "signature.json"  # a signed folder's signature (`signing.py`)
+SIGNATURE_METADATA = "signature"  # a signed file's signature, in its metadata
 STREAM_STATE = "stream.json"  # an unfinished stream's settings, checked by a resume; removed once the index is written
 
 
@@ -137,6 +140,17 @@ def file_metadata(path: Path) -> dict[str, str]:
     """The metadata of a bank's safetensors file (empty when it has none)."""
     with open_safetensors(path) as handle:
         return handle.metadata() or {}
+
+
+def parse_signature(text: str | None, where: Path) -> dict[str, Any] | None:
+    """The signature record kept with a bank (`SIGNATURE_FILE` or `SIGNATURE_METADATA`), None when it has none."""
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise BankMismatchError(f"The signature of {where} is not valid JSON: it was damaged or edited.") from None
+    return record if isinstance(record, dict) else {}
 
 
 def read_tensors(path: Path, names: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from .block import MemoryBlock
 from .derived import PACKED_TENSORS, DerivedIndex, FolderIndexes, packed_records
-from .layout import FORMAT, FORMAT_VERSION, INDEX, PREFIX_FILE, TABLE_FILE, Prefix
+from .layout import FORMAT, FORMAT_VERSION, INDEX, PREFIX_FILE, SIGNATURE_METADATA, TABLE_FILE, Prefix
 from .provenance import Provenance
-from .signing import SIGNATURE_METADATA, signature_record
+from .signing import signature_record
 from .writer import BankWriter, write_index
 
 

@@ -24,10 +24,13 @@ from .layout import (
     INDEX,
     PREFIX_FILE,
     PREFIX_TENSORS,
+    SIGNATURE_FILE,
+    SIGNATURE_METADATA,
     TABLE_FILE,
     TABLE_TENSOR,
     Prefix,
     file_metadata,
+    parse_signature,
     read_tensors,
 )
 from .legacy import read_legacy_file, read_legacy_folder
@@ -67,7 +70,8 @@ def _read_file(path: Path) -> OpenedBank:
     _check_claimed_version(version, index, tensors, path)
     files = [path] * len(_shard_records(index, path))
     kept = _packed_indexes(path, index, metadata, version)
-    store, provenance = _open(path, index, version, tensors, files, kept, shards_record_blocks=False)
+    signature = parse_signature(metadata.get(SIGNATURE_METADATA), path)
+    store, provenance = _open(path, index, version, tensors, files, kept, signature, shards_record_blocks=False)
     return store, Prefix.from_tensors(tensors), provenance, index.get("kv")
 
 
@@ -95,7 +99,9 @@ def _read_folder(directory: Path) -> OpenedBank:
     tensors = {**prefix_tensors, **(read_tensors(table, (TABLE_TENSOR, DIGESTS_TENSOR)) if table.is_file() else {})}
     _check_claimed_version(version, index, tensors, directory)
     kept = FolderIndexes(directory, _recorded_seal(index, path)) if version >= 3 else KeptIndexes()
-    store, provenance = _open(path, index, version, tensors, files, kept, shards_record_blocks=True)
+    signed = directory / SIGNATURE_FILE
+    signature = parse_signature(signed.read_text(encoding="utf-8") if signed.is_file() else None, signed)
+    store, provenance = _open(path, index, version, tensors, files, kept, signature, shards_record_blocks=True)
     _check_shard_sizes(files, _shard_records(index, directory), store.digests is not None)
     return store, Prefix.from_tensors(prefix_tensors), provenance, index.get("kv")
 
@@ -107,6 +113,7 @@ def _open(
     tensors: dict[str, torch.Tensor],
     files: list[Path],
     kept: KeptIndexes,
+    signature: dict[str, Any] | None,
     shards_record_blocks: bool,
 ) -> tuple[ShardStore, Provenance]:
     """The store of a bank of format 2 on, once its seal (format 3 on), block table and shards are checked."""
@@ -131,7 +138,13 @@ def _open(
         )
     digests = tensors.get(DIGESTS_TENSOR)
     store = ShardStore(
-        files, infos, provenance.compression, digests=digests, kept=kept, shards_record_blocks=shards_record_blocks
+        files,
+        infos,
+        provenance.compression,
+        digests=digests,
+        kept=kept,
+        shards_record_blocks=shards_record_blocks,
+        signature=signature,
     )
     return store, provenance
 

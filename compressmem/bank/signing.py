@@ -28,12 +28,10 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from ..errors import SigningError
-from .layout import FORMAT, file_metadata
+from .layout import FORMAT, SIGNATURE_FILE, SIGNATURE_METADATA, file_metadata
 from .provenance import BankMismatchError
 from .reader import read_bank
 
-SIGNATURE_FILE = "signature.json"
-SIGNATURE_METADATA = "signature"
 HMAC = "hmac-sha256"
 ED25519 = "ed25519"
 _SIGNED = b"compressmem.MemoryBank seal, signed (1):"  # what is signed: this, then the seal
@@ -140,21 +138,6 @@ def check_signature(record: dict[str, Any] | None, seal: str | None, trusted_key
             f"{where}: its signature does not verify with the trusted {record['scheme']} key {signer}: the bank or "
             "its signature was forged or damaged. Do not use it."
         )
-
-
-def read_signature(path: Path) -> dict[str, Any] | None:
-    """The signature kept with the bank at `path` (a folder or a file), or None when it has none."""
-    if path.is_dir():
-        text = (path / SIGNATURE_FILE).read_text(encoding="utf-8") if (path / SIGNATURE_FILE).is_file() else None
-    else:
-        text = file_metadata(path).get(SIGNATURE_METADATA)
-    if text is None:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        raise BankMismatchError(f"The signature of {path} is not valid JSON: it was damaged or edited.") from None
-    return record if isinstance(record, dict) else {}
 
 
 def sign_bank(path: str | Path, key: Any) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +31,8 @@ class ShardStore:
     `files[s]` is shard `s` (in a single-file bank, the file itself for every shard); `key` names a block's
     tensors (`{index}.{field}`). A sealed bank (format 3 on) has `digests` `[blocks, 4]`, checked whenever
     a block or its token ids are read. With `shards_record_blocks` (a sealed folder), the first read from a
-    shard checks that it records the very blocks the table gives it. `kept` holds the gate indexes.
+    shard checks that it records the very blocks the table gives it. `kept` holds the gate indexes, `signature`
+    the bank's signature record, as read when it was opened.
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class ShardStore:
         digests: torch.Tensor | None = None,
         kept: KeptIndexes | None = None,
         shards_record_blocks: bool = False,
+        signature: dict[str, Any] | None = None,
     ) -> None:
         self.files = files
+        self.signature = signature  # the signature kept with the bank (`signing.py`), None when unsigned
         self.infos = infos
         self.shard_of = infos.column("shard").tolist()
         self.compression = compression  # how its KV was quantized, to read it back
