@@ -361,14 +361,13 @@ class CompressedMemoryModel:
         flat however long the text is; the returned bank reads its blocks back from `directory` one at a
         time, and the gate's index is built now and kept in the folder, so no question rebuilds it.
         Pieces are tokenized one by one: cut them before a space (as `text_pieces` does) to keep the
-        tokens identical to tokenizing the whole text. A folder left by an interrupted call (shards, no
-        index) is resumed: the chunks already written are checked against their blocks and skipped; other
-        text or settings raise `BankMismatchError`. To share the work among the processes of
+        tokens identical to tokenizing the whole text. To share the work among the processes of
         `accelerate launch`, call `compressmem.distributed.compress_distributed` in each instead.
 
-        A resume must be given the same text: the blocks written are checked against it, and a text that ends
-        before they do is refused. It must also be made with the same settings (model, chunk size, compression,
-        bits, group, layers, section prefix: the folder records them), or it is refused naming each that differs.
+        A folder left by an interrupted call (shards, no index) is resumed, skipping the chunks already written,
+        once the text given is proven the same (the written blocks' tokens, and a text that does not end before
+        them) and the settings are (model, chunk size, compression, bits, group, layers, section prefix: the
+        folder records them); otherwise `BankMismatchError` names what differs.
         Text that is only whitespace is refused as `compress` refuses it; a stream refused for its text (not
         text, not UTF-8, empty) leaves the folder as it found it, not an interrupted compression.
         """
