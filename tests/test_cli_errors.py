@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from compressmem import MemoryBank
+
 from compressmem.cli import main
 
 from .conftest import tiny_model
@@ -110,8 +112,29 @@ def test_a_reused_output_folder_is_refused_before_the_model_loads(files, tmp_pat
     folder = tmp_path / "bank"
     assert cli(capsys, "compress", files[1], "-o", folder, "--chunk-size", "64", *model(files))[0] == 0
     code, err = cli(capsys, "compress", files[1], "-o", folder, "--model", tmp_path / "no-model", "--quiet")
-    assert code == 1 and err == f"compressmem compress: {folder} already holds a memory bank; choose an empty " \
-                                "folder (or delete that one).\n"
+    assert code == 1 and err == f"compressmem compress: {folder} already holds a memory bank; pass --overwrite to " \
+                                "replace it, or choose an empty folder.\n"
+    first = MemoryBank.load(folder)
+    assert cli(capsys, "compress", files[1], "-o", folder, "--chunk-size", "32", "--overwrite", *model(files))[0] == 0
+    again = MemoryBank.load(folder)  # replaced: its chunks are the new size, no shard of the old bank is left
+    assert len(again) > len(first) and len(list(folder.glob("blocks-*.safetensors"))) >= 1
+
+
+def test_an_existing_file_or_a_folder_of_other_files_is_not_written_over(files, tmp_path, capsys):
+    output = tmp_path / "mine.safetensors"
+    output.write_bytes(b"the user's own file")
+    code, err = cli(capsys, "compress", files[1], "-o", output, "--model", tmp_path / "no-model", "--quiet")
+    assert code == 1 and err == f"compressmem compress: {output} already exists; pass --overwrite to replace it, " \
+                                "or choose another name.\n"
+    assert output.read_bytes() == b"the user's own file"
+    assert cli(capsys, "compress", files[1], "-o", output, "--chunk-size", "64", "--overwrite", *model(files))[0] == 0
+    assert len(MemoryBank.load(output)) > 0
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    code, err = cli(capsys, "compress", files[1], "-o", folder, "--model", tmp_path / "no-model", "--quiet")
+    assert code == 1 and "holds files that are not a memory bank (notes.txt)" in err and "--overwrite" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
 def test_an_output_in_a_missing_folder_is_refused_before_the_model_loads(files, tmp_path, capsys):

@@ -33,6 +33,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="sign the bank with this key file: an Ed25519 private key (PEM; needs compressmem[signing]) or an "
         "HMAC secret shared by a team; readers check it with ask --trusted-key",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing .safetensors file or bank folder at -o, or write a bank into a folder that "
+        "holds other files (refused without it)",
+    )
     add_model_options(parser)
     parser.set_defaults(run=run)
 
@@ -40,7 +46,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """One process writes a .safetensors file from the text in memory, or streams it into a folder; several
     stream it into the folder together, each compressing its share of the chunks."""
-    from ..bank import INDEX, sign_bank, signing_key
+    from ..bank import sign_bank, signing_key
     from ..distributed import process_state
 
     key = None if args.sign_key is None else signing_key(args.sign_key)  # a key that cannot sign fails first
@@ -49,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     text = read_text(args.file, nonempty=True) if to_file and state.num_processes == 1 else None
     if text is None:  # a missing, empty or binary file fails before a model is loaded
         read_text(args.file, limit=1 << 20, nonempty=True)
-    if not to_file and (args.output / INDEX).exists():
-        raise CommandError(f"{args.output} already holds a memory bank; choose an empty folder (or delete that one).")
+    _check_output(args.output, to_file, args.overwrite)
     if to_file and not args.output.parent.is_dir():
         raise CommandError(
             f"cannot write {args.output}: the folder {args.output.parent} does not exist; create it first."
@@ -74,6 +79,39 @@ def run(args: argparse.Namespace) -> int:
         signed = "" if key is None else ", signed"
         print(f"{args.output}: {len(bank)} blocks, {bank.num_tokens} tokens, {bank.nbytes / 2**20:.1f} MiB{by}{signed}")
     return 0
+
+
+def _check_output(output: Path, to_file: bool, overwrite: bool) -> None:
+    """Refuse to write over what is at `output` unless `overwrite`: a file, a finished bank folder, or a folder
+    of other files (the bank would land among them). An unfinished bank folder is resumed, so it is let through;
+    with `overwrite`, a finished bank is removed first."""
+    if to_file:
+        if output.exists() and not overwrite:
+            raise CommandError(f"{output} already exists; pass --overwrite to replace it, or choose another name.")
+        return
+    if not output.is_dir():
+        if output.exists():
+            raise CommandError(f"{output} is a file, not a folder; name a folder or a .safetensors file.")
+        return
+    from ..bank.derived import DERIVED_GLOB
+    from ..bank.layout import INDEX, PREFIX_FILE, SHARD_GLOB, SIGNATURE_FILE, STREAM_STATE, TABLE_FILE
+
+    patterns = (INDEX, PREFIX_FILE, TABLE_FILE, SHARD_GLOB, SIGNATURE_FILE, STREAM_STATE, DERIVED_GLOB)
+    ours = {path for pattern in patterns for path in output.glob(pattern)}  # a bank folder, finished or not
+    others = sorted(path.name for path in output.iterdir() if path not in ours)
+    if others and not overwrite:
+        raise CommandError(
+            f"{output} holds files that are not a memory bank ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); choose an empty folder, or pass --overwrite to write the bank "
+            "among them."
+        )
+    if (output / INDEX).exists():
+        if not overwrite:
+            raise CommandError(
+                f"{output} already holds a memory bank; pass --overwrite to replace it, or choose an empty folder."
+            )
+        for path in ours:
+            path.unlink()
 
 
 def _stream(model: CompressedMemoryModel, file: Path, folder: Path | str, state: PartialState) -> MemoryBank:
