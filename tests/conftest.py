@@ -21,6 +21,8 @@ from transformers import (
 from compressmem import DEFAULT_MODEL, ChunkingConfig, CompressedMemoryModel, MemoryConfig
 from compressmem.embedded import converted_gguf, embedded_model_folder
 
+from .hub_server import HubServer
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -113,3 +115,24 @@ def hotpot_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("hotpot") / "hotpot.json"
     path.write_text(json.dumps(records))
     return path
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The server, with huggingface_hub pointed at it and a fresh cache, token store and online mode."""
+    import huggingface_hub.constants as constants
+
+    with HubServer() as server:
+        environment = {"HF_ENDPOINT": server.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf" / "stored_tokens"))
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        yield server

@@ -16,32 +16,11 @@ from compressmem.compressors import LearnedCompressor
 from compressmem.gate import GateHead
 
 from .conftest import tiny_model
-from .hub_server import USER, HubServer
+from .hub_server import USER
 
 CONFIG = MemoryConfig(chunking=ChunkingConfig(64), compression=CompressionConfig("learned", ratio=4),
                       reading=ReadingConfig("compressed"), gate=GateConfig("head", top_k=2))
 CONTEXT = "The lighthouse keeper wrote the vault code 4719283 in the logbook before the storm. " * 12
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """The server, with huggingface_hub pointed at it and a fresh cache, token store and online mode."""
-    import huggingface_hub.constants as constants
-
-    with HubServer() as server:
-        environment = {"HF_ENDPOINT": server.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
-        for name, value in environment.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf" / "stored_tokens"))
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        yield server
 
 
 def _trained(base_folder: str, config: MemoryConfig = CONFIG, seed: int = 0) -> CompressedMemoryModel:

@@ -39,27 +39,6 @@ TEXT = (
 )
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """The server, with huggingface_hub pointed at it and a fresh cache, token store and online mode."""
-    import huggingface_hub.constants as constants
-
-    with HubServer() as server:
-        environment = {"HF_ENDPOINT": server.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf")}
-        for name, value in environment.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf" / "stored_tokens"))
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        yield server
-
-
 def lychee_folder(folder: Path, change: dict[str, torch.Tensor] | None = None) -> Path:
     """The fixture checkpoint and tokenizer in one folder, as their Hub repo holds them, with `change`'s tensors
     replaced. Its window of positions is raised from 512 to 8192 so that compressmem's (longer) prompts fit; no
