@@ -41,4 +41,4 @@ __all__ = [
     "text_pieces",
 ]
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
