@@ -54,6 +54,13 @@ def test_an_answer_that_dresses_the_notes_value_in_its_own_words_is_quoted_not_f
     assert verdict.quote == notes.splitlines()[0], "the note holding the value, and only it"
 
 
+def test_an_answer_in_its_own_wording_of_the_question_around_the_notes_value_is_quoted():
+    notes = "Staff were told that the Penrith vault responds only to 7698359."
+    verdict = GroundingJudge().judge("What do I need to type to get into the Penrith vault?", notes,
+                                     "To get into the Penrith vault, you need to type the number 7698359.")
+    assert not verdict.grounded and verdict.quote == notes
+
+
 def test_another_vault_of_the_same_kind_is_not_the_one_asked_and_a_note_on_another_matter_is_not_quoted():
     harbour = GroundingJudge().judge("What is the secret code for the harbour vault?", VAULT, VAULT)
     assert not harbour.grounded and "harbour vault" in harbour.reason and harbour.quote is None
@@ -69,7 +76,7 @@ REPAIRS = "It was Osric Redfern who first proposed repairs to the village green,
     ("Who cast the copper bells of Eldermoor?", "The town of Eldermoor is famous for its copper bells.",
      "The town of Eldermoor is famous for its copper bells.", "asks for a name"),       # who, answered by no one
     ("In which year did the first train reach the town?", "The first train reached the town in a wet summer.",
-     "The first train reached the town in a wet summer.", "asks for a number"),         # which year, given none
+     "The first train reached the town in a wet summer.", "asks for a year"),           # which year, given none
     ("How much was the lighthouse keeper paid each month?", VAULT + "\n" + PAY,
      "The lighthouse keeper was paid 34 shillings a month.", "lighthouse"),             # the clerk's pay
     ("Who first proposed repairs to the lighthouse?", VAULT + "\n" + REPAIRS,
@@ -105,6 +112,22 @@ def test_a_paraphrase_answered_with_a_word_of_the_notes_is_grounded_or_quoted_an
     assert not padded.grounded and padded.quote == BRAM
     buried = GroundingJudge().judge("Where is Mara Quill buried?", BIRTH, "Mara Quill is buried in the town, a quiet place.")
     assert not buried.grounded and buried.quote is None  # it says "buried", which the notes do not
+
+
+BELLS = "The town of Eldermoor is famous for its copper bells."
+
+
+@pytest.mark.parametrize("question, answer, grounded", [
+    ("Who cast the copper bells of Eldermoor?", BIRTH, False),              # a name, from a sentence on her birth
+    ("Where is Mara Quill buried?", BELLS, False),                           # the town's bells, not her grave
+    ("In which year were the copper bells cast?", "The copper bells were cast in 18 years.", False),  # not a year
+    ("What is the town where Mara Quill was born famous for?", BELLS, True),  # two sentences, two hops
+    ("Where does Mara Quill come from?", "She was born in the town of Eldermoor.", True),  # one verb, retold
+])
+def test_the_sentence_giving_the_value_speaks_of_what_the_question_asks(question, answer, grounded):
+    notes = BIRTH + "\n" + BELLS + "\nIt took 18 years to cast the bells."
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert verdict.grounded == grounded and (grounded or verdict.quote is None), verdict
 
 
 def test_no_quote_is_offered_for_another_key_or_for_a_value_the_notes_lack():

@@ -28,7 +28,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..hf.tokens import chat_text
 from .quotes import STOPWORDS, content_words, key_terms, normal, refuses, sentences
 
-_NUMBER_QUESTION = re.compile(r"^\W*(?:how (?:many|much)|what number|(?:in |by )?(?:what|which) year)\b", re.I)
+_NUMBER_QUESTION = re.compile(r"^\W*(?:how (?:many|much)|what number)\b", re.I)
+_YEAR_QUESTION = re.compile(r"^\W*(?:in |by )?(?:what|which) year\b", re.I)
+_YEAR = re.compile(r"1[0-9]{3}|20[0-9]{2}")
+FITS = {  # what a value of each kind of question looks like (values as `content_words` gives them)
+    "number": str.isdigit,
+    "year": lambda value: bool(_YEAR.fullmatch(value)),
+    "name": lambda value: not value.isdigit(),
+}
 _NAME_QUESTION = re.compile(r"^\W*(?:who|whom|whose)\b|\b(?:by|with|to|from|of) whom\b", re.I)
 _OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
 MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold (benchmarks/RESULTS.md)
@@ -92,20 +99,24 @@ class GroundingJudge:
         if key_terms(question) - held:
             absent = ", ".join(sorted(key_terms(question) - held))
             return Verdict(False, f"the notes do not speak of {absent}, which the question names", self.name)
-        repeated = said & asked
-        if repeated and len(repeated & held) < len(repeated) / 2:
-            unheld = ", ".join(sorted(repeated - held))
-            return Verdict(False, f"it speaks of {unheld}, which the notes do not", self.name)
         named = key_terms(answer) | _opening_names(answer)
         values = (named & held) - asked  # numbers and names the notes gave it
         kind = asks_for(question)
         if kind:
-            values = {value for value in values if value.isdigit() == (kind == "number")}
-            if not values:
-                return Verdict(False, f"the question asks for a {kind}; the answer gives none of the notes'", self.name)
+            values = {value for value in values if FITS[kind](value)}
+        repeated = said & asked
+        if repeated and len(repeated & held) < len(repeated) / 2:  # its own wording of the question, around a value
+            unheld = ", ".join(sorted(repeated - held))
+            quote = _holding(notes, values, question) if values else None
+            return Verdict(False, f"it speaks of {unheld}, which the notes do not", self.name, quote)
+        if kind and not values:
+            return Verdict(False, f"the question asks for a {kind}; the answer gives none of the notes'", self.name)
         apart = _apart(notes, values, said & asked & held)
         if apart:
             why = f"the notes give {', '.join(sorted(values))} in sentences that do not speak of {', '.join(apart)}"
+            return Verdict(False, why, self.name)
+        if not _on_topic(notes, values, question, said):
+            why = f"the notes give {', '.join(sorted(values))} in sentences that do not speak of what the question asks"
             return Verdict(False, why, self.name)
         unknown = sorted(named - held)
         new = said - asked
@@ -120,7 +131,9 @@ class GroundingJudge:
             return Verdict(False, why, self.name, quote)
         if not new & held:
             return Verdict(False, "it adds nothing from the notes to the question", self.name)
-        drawn = [line for line in notes.splitlines() if new & content_words(line)]  # the lines it draws on
+        overlap = {line: len(new & content_words(line)) for line in notes.splitlines()}
+        most = max(overlap.values(), default=0)
+        drawn = [line for line, shared in overlap.items() if shared and shared == most]  # the lines it retells
         dropped = {n for line in drawn for n in _numbers(line) - asked if n not in said}
         if dropped and kind != "name" and not _numbers(answer) - asked:
             lines = [line for line in drawn if _numbers(line) & dropped]
@@ -135,12 +148,33 @@ class GroundingJudge:
 
 def asks_for(question: str) -> str | None:
     """What kind of value the question asks for, where its words say so: "number" (how many, how much, what
-    number, which year), "name" (who, whom, whose), else None (what, where, why, how: anything may answer)."""
+    number), "year" (which year: a four-digit one), "name" (who, whom, whose), else None (what, where, why, how:
+    anything may answer)."""
     if _NUMBER_QUESTION.search(question):
         return "number"
+    if _YEAR_QUESTION.search(question):
+        return "year"
     if _NAME_QUESTION.search(question):
         return "name"
     return None
+
+
+def _on_topic(notes: str, values: set[str], question: str, said: set[str]) -> bool:
+    """Whether the sentences of `notes` that give the answer's `values` speak of what the question asks: they share
+    a word of the question besides its names ("Who cast the copper bells?" is not answered by "Mara Quill was born
+    in Eldermoor"). A question with one such word (mostly its verb: "Where does Mara Quill come from?") may be
+    answered in other words, when the sentence the answer retells names every name the question gives ("She was
+    born in the town of Eldermoor"), not by one on something else ("Eldermoor is famous for its copper bells")."""
+    names = key_terms(question)
+    topic = content_words(question) - names
+    if not values or not topic:
+        return True
+    noted = [content_words(notes[a:b]) for a, b in sentences(notes)]
+    giving = [words for words in noted if words & values]
+    if giving and topic & set().union(*giving):
+        return True
+    drawn = max(giving, key=lambda words: len(words & said), default=set())  # the sentence the answer retells
+    return len(topic) == 1 and bool(names) and names <= drawn
 
 
 def _apart(notes: str, values: set[str], restated: set[str]) -> list[str]:
