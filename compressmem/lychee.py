@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -128,8 +128,7 @@ def load_lychee(
         base_name=name,
         show_progress=show_progress,
         gate_head=None if saved is None else saved[0].gate_head,
-        # the constructor's annotation names the learned compressor; any Compressor of method 'learned' serves
-        compressor=cast(Any, compressor),
+        compressor=compressor,
     )
     if saved is not None:
         saved[0].check_base(wrapper.fingerprint)
