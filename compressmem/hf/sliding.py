@@ -68,23 +68,28 @@ def check_read_fits(model: PreTrainedModel, config: MemoryConfig) -> None:
 
 
 def check_question(
-    model: PreTrainedModel, question_tokens: int, block_tokens: int, notes: NotesConfig, compressed: bool
+    model: PreTrainedModel,
+    question_tokens: int,
+    block_tokens: int,
+    instruction_tokens: int,
+    notes: NotesConfig,
+    compressed: bool,
 ) -> None:
     """Refuse a question too long to be read with: a read holds a block (up to `block_tokens`, its prefix
-    included), the notes (`notes.max_tokens`), what it writes (`notes.budget`), the instructions and the
-    question, inside the model's window (the sliding window when `compressed` reading meets sliding layers).
-    Said with the numbers, before any work: a question of a million characters would otherwise run for
-    minutes, or overflow the window with only a warning from transformers."""
+    included), the update prompt's own words (`instruction_tokens`), the notes (`notes.max_tokens`), what it
+    writes (`notes.budget`) and the question, inside the model's window (the sliding window when `compressed`
+    reading meets sliding layers). Said with the numbers, before any work: a question of a million characters
+    would otherwise run for minutes, or overflow the window with only a warning from transformers."""
     window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     sliding = sliding_window(model) if compressed else None
     window = min(w for w in (window, sliding) if w is not None) if window or sliding else None
     if window is None:
         return
-    room = window - block_tokens - notes.max_tokens - notes.budget - PROMPT_ALLOWANCE
+    room = window - block_tokens - instruction_tokens - notes.max_tokens - notes.budget
     if question_tokens > room:
         raise ContextError(
             f"The question is {question_tokens} tokens; a read holds it with a block of up to {block_tokens} tokens, "
-            f"notes of up to {notes.max_tokens}, up to {notes.budget} written and about {PROMPT_ALLOWANCE} of "
-            f"instructions in this model's {window}-token window, so a question may take at most {max(room, 0)} "
+            f"{instruction_tokens} of instructions, notes of up to {notes.max_tokens} and up to {notes.budget} "
+            f"written in this model's {window}-token window, so a question may take at most {max(room, 0)} "
             "tokens. Shorten the question, or put its long part in the context, where it is chunked and gated."
         )

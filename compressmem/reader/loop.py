@@ -131,10 +131,11 @@ class Reasoner:
         (with `until='answered'`), else goes on to the next block in gate order up to the read budget, and a
         row that never gets one is not found (`Trace.outcome`). Without, no answer is written or judged."""
         check_generation(generation)
+        instructions = self.prompts.update_ids("", "").numel()  # the update prompt without question and notes
         for question, bank in zip(questions, banks):
             span = bank.prefix_ids.numel() + (int(bank.infos.column("tokens").max()) if len(bank) else 0)
             size = len(self.prompts.encode(question))
-            check_question(self.model, size, span, self.notes, self.reading.mode == "compressed")
+            check_question(self.model, size, span, instructions, self.notes, self.reading.mode == "compressed")
         rows = [_Row(bank, Trace(question, len(bank))) for question, bank in zip(questions, banks)]
         judged = answer is not None and self.judge is not None
         indexes = {}
