@@ -10,6 +10,12 @@ blocks, blocks may be quantized to 8 or 4 bits, answers are judged and sourced.
 `save_lychee` / `push_lychee` write a compressmem checkpoint over it that stores only what compressmem adds
 (the configuration, a gate head when there is one) and a pointer (`lychee_base.json`) to the LycheeMemory repo
 and the commit its weights were taken at; `load_lychee` of that checkpoint loads the pointed-at weights.
+
+A compressor of this design made here for another base (`LycheeCompressor.initialise`, trained by
+`compressmem train pretrain --design lychee`) is saved self-contained: its extra tensors and settings in
+`lychee_memory.safetensors` inside the compressmem checkpoint, the pointer naming the plain base model
+(`"own"`); `load_lychee` (and `CompressedMemoryModel.from_pretrained(base, checkpoint=folder)`) loads that base
+with transformers and the compressor from the file, refusing a tensor that does not fit the base.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .compressors.lychee import (
+    OWN_FILE,
     POINTER_FILE,
     LycheeCompressor,
     LycheeSettings,
@@ -104,6 +111,8 @@ def load_lychee(
     hf_kwargs.pop("revision", None)
     saved = _saved_over_lychee(str(repo_or_folder), revision, hub_kwargs)
     source: str | Path = repo_or_folder
+    if saved is not None and saved[1].get("own"):
+        return _load_own(saved[0], saved[1], memory_config, ratio, show_progress, hf_kwargs)
     if saved is not None:
         checkpoint, pointer = saved
         source, revision = pointer["repo"], pointer.get("revision")
@@ -139,6 +148,47 @@ def load_lychee(
                 f"{recorded[:19]}, but {name} (revision {commit or 'local folder'}) now gives "
                 f"{compressor.digest(model)[:19]}: load the revision it names."
             )
+    return wrapper
+
+
+def _load_own(
+    checkpoint: Checkpoint,
+    pointer: Mapping[str, Any],
+    memory_config: MemoryConfig | None,
+    ratio: int | None,
+    show_progress: bool,
+    hf_kwargs: dict[str, Any],
+) -> CompressedMemoryModel:
+    """A compressmem checkpoint holding its own LycheeMemory-design compressor (`OWN_FILE`) over the plain base
+    model its pointer names: the base loaded with transformers, the compressor from the file."""
+    from .embedded import resolve_model_source
+
+    name = str(pointer["repo"])
+    source = resolve_model_source(name)
+    if pointer.get("revision") is not None:
+        hf_kwargs = {**hf_kwargs, "revision": pointer["revision"]}
+    model = AutoModelForCausalLM.from_pretrained(source, **hf_kwargs).eval()
+    tokenizer_keys = (*HUB_KEYS, "revision", "trust_remote_code")
+    tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in hf_kwargs.items() if k in tokenizer_keys})
+    config = memory_config or checkpoint.config
+    chosen = _lychee_ratio(config, ratio)
+    compressor = LycheeCompressor.load(model, checkpoint.directory / str(pointer["own"]), chosen)
+    wrapper = CompressedMemoryModel(
+        model,
+        tokenizer,
+        memory_config=config,
+        base_name=name,
+        show_progress=show_progress,
+        gate_head=checkpoint.gate_head,
+        compressor=compressor,
+    )
+    checkpoint.check_base(wrapper.fingerprint)
+    recorded, found = pointer.get("compressor_digest"), compressor.digest(model)
+    if recorded is not None and recorded != found:
+        raise CheckpointMismatchError(
+            f"The compressmem checkpoint {checkpoint.source} records compressor digest {recorded[:19]}, but its "
+            f"{pointer['own']} gives {found[:19]}: the file was changed after the checkpoint was saved."
+        )
     return wrapper
 
 
@@ -209,16 +259,22 @@ def _save(
     model: CompressedMemoryModel, directory: Path, location: str, evaluation: Mapping[str, float | str] | None
 ) -> None:
     compressor = model.compressor
-    if not isinstance(compressor, LycheeCompressor) or compressor.origin is None:
+    if not isinstance(compressor, LycheeCompressor):
         raise ValueError(
-            "save_lychee saves a model loaded with load_lychee (its compressor is a LycheeMemory checkpoint's); "
-            "save other models with save_pretrained."
+            "save_lychee saves a model whose compressor is of LycheeMemory's design (load_lychee, or "
+            "LycheeCompressor.initialise); save other models with save_pretrained."
         )
     write_config(directory, model.fingerprint, model.memory_config)
     digest = compressor.digest(model.model)
-    write_pointer(directory, compressor.origin, compressor.ratio, compressor.settings.window, digest)
-    repo, commit = compressor.origin
-    parts = [f"pointer to the LycheeMemory checkpoint {repo} at {commit or 'a local folder'} (base and compressor)"]
+    window = compressor.settings.window
+    if compressor.origin is None:  # made here: its extra tensors travel in the checkpoint, beside a plain base
+        compressor.save(directory / OWN_FILE)
+        write_pointer(directory, (model.base_name, None), compressor.ratio, window, digest, own=OWN_FILE)
+        parts = [f"LycheeMemory-design compressor ({OWN_FILE}) over the base model {model.base_name}"]
+    else:
+        write_pointer(directory, compressor.origin, compressor.ratio, window, digest)
+        repo, commit = compressor.origin
+        parts = [f"pointer to the LycheeMemory checkpoint {repo} at {commit or 'a local folder'} (base and compressor)"]
     if model.gate_head is not None:
         model.gate_head.save(directory / HEAD_FILE)
         parts.append("gate head")

@@ -73,7 +73,8 @@ def _pretrain_parser(trainers: argparse._SubParsersAction) -> None:
     pre = trainers.add_parser(
         "pretrain",
         help="pre-train the learned compressor: rebuild and continue a chunk "
-        "from its block alone (the base model frozen)",
+        "from its block alone (the base model frozen); --design lychee: a compressor of LycheeMemory's design, "
+        "trained on the continuation after its block",
     )
     add_model_options(pre)
     pre.add_argument("--out", required=True, type=Path, help="checkpoint folder; a run found there is resumed")
@@ -91,8 +92,34 @@ def _pretrain_parser(trainers: argparse._SubParsersAction) -> None:
         help="memory tokens: one per RATIO chunk tokens (default: the configuration's, else 4)",
     )
     pre.add_argument("--rank", type=positive_int, default=8, help="LoRA rank of a new compressor")
+    pre.add_argument(
+        "--design",
+        choices=("learned", "lychee"),
+        default="learned",
+        help="learned: compressmem's LoRA compressor; lychee: LycheeMemory's design (extra projections copied "
+        "from the base's, interleaved memory tokens; its window is --chunk-size)",
+    )
+    pre.add_argument(
+        "--ratios",
+        type=ratio_list,
+        default=(2, 4, 8),
+        help="--design lychee: the ratio mix, one drawn per step (default 2,4,8); --ratio is the one it reads at",
+    )
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(run=pretrain)
+
+
+def ratio_list(text: str) -> tuple[int, ...]:
+    """A comma-separated list of positive whole ratios ("2,4,8")."""
+    try:
+        ratios = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, e.g. 2,4,8; got {text!r}"
+        ) from None
+    if not ratios or any(r < 1 for r in ratios):
+        raise argparse.ArgumentTypeError(f"ratios must be positive, got {text!r}")
+    return ratios
 
 
 def _grpo_parser(trainers: argparse._SubParsersAction) -> None:
@@ -198,9 +225,19 @@ def pretrain(args: argparse.Namespace) -> int:
             )
         texts = [load_haystack(haystack)]
     base = load_model(args, MemoryConfig(), checkpoint=None)  # the run brings its own learned compressor
-    model = start_or_resume(
-        base, args.out, rank=args.rank, seed=args.seed, ratio=args.ratio, config=memory_config(args)
-    )
+    try:
+        model = start_or_resume(
+            base,
+            args.out,
+            rank=args.rank,
+            seed=args.seed,
+            ratio=args.ratio,
+            config=memory_config(args),
+            design=args.design,
+            ratios=args.ratios,
+        )
+    except ValueError as error:  # ConfigError is one
+        raise CommandError(str(error)) from None
     settings = PretrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,

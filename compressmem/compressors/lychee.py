@@ -33,6 +33,12 @@ compressor digest, which starts with `DIGEST_MARK` (`reads_their_way`).
 
 A checkpoint on the Hub or in a folder is found with `checkpoint_files` (only its configuration, weight and
 tokenizer files), and a compressmem checkpoint made over one points at it with `POINTER_FILE`.
+
+The same design serves any Qwen2 or Llama base (SmolLM2 is a Llama; a projection without a bias has no extra
+bias): `LycheeCompressor.initialise` makes a new one for a base model as their code does when the extra tensors
+are missing (each extra projection a copy of its layer's own, the memory embedding the end-of-sequence token's),
+for `training.pretrain` to train; `save` and `load` keep its extra tensors and settings in one safetensors file
+(`OWN_FILE`) inside a compressmem checkpoint, whose `POINTER_FILE` then names the base model.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ EXTRA_MARK = "lychee_memory_"  # every extra tensor's name holds it; no base Qwe
 DIGEST_MARK = "lychee-"  # a LycheeCompressor's digest starts with it: a bank of its blocks is read their way
 POINTER_FILE = "lychee_base.json"  # in a compressmem checkpoint over a LycheeMemory one: its repo and revision
 CHECKPOINT_FILES = ("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken")
+OWN_FILE = "lychee_memory.safetensors"  # a trained-here compressor's extra tensors, its settings in the metadata
+SETTINGS_KEY = "lychee_memory_settings"  # the metadata key of OWN_FILE holding the settings (JSON)
+ARCHITECTURES = ("qwen2", "llama")  # bases whose decoder layers this forward computes
 
 
 def is_lychee(config: Mapping[str, Any]) -> bool:
@@ -144,6 +153,19 @@ class LycheeSettings:
             problems.append(f"window {self.window} and ratios {list(self.ratios)} must be positive")
         if problems:
             raise ConfigError("This LycheeMemory configuration cannot be compressed here: " + "; ".join(problems) + ".")
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings as `lychee_memory_*` configuration keys (the inverse of `from_config`)."""
+        return {
+            "lychee_memory_window": self.window,
+            "lychee_memory_stride": self.stride,
+            "lychee_memory_ratio": list(self.ratios),
+            "lychee_memory_param": list(self.param),
+            "lychee_memory_pos": self.pos,
+            "lychee_memory_attn": self.attn,
+            "lychee_memory_sink_size": self.sink_size,
+            "lychee_memory_parallel_window": self.parallel_window,
+        }
 
     def pick_ratio(self, ratio: int | None) -> int:
         """The compression ratio to use: `ratio` (one dividing the window), or the checkpoint's only one."""
@@ -237,12 +259,28 @@ def checkpoint_files(name: str | Path, revision: str | None = None, **hub_kwargs
     return folder, commit
 
 
-def write_pointer(directory: Path, origin: tuple[str, str | None], ratio: float, window: int, digest: str) -> None:
+def write_pointer(
+    directory: Path,
+    origin: tuple[str, str | None],
+    ratio: float,
+    window: int,
+    digest: str,
+    own: str | None = None,
+) -> None:
     """Write `POINTER_FILE` into a compressmem checkpoint folder: the LycheeMemory checkpoint (repo or folder,
     and commit) whose base weights and extra tensors it uses, the ratio and window it compresses with, and the
-    digest its banks record (so a reload that finds other weights is refused)."""
+    digest its banks record (so a reload that finds other weights is refused). With `own` (a file of the folder,
+    `OWN_FILE`), the extra tensors are that file's and `origin` names the plain base model."""
     repo, revision = origin
-    payload = {"repo": repo, "revision": revision, "ratio": ratio, "window": window, "compressor_digest": digest}
+    payload: dict[str, Any] = {
+        "repo": repo,
+        "revision": revision,
+        "ratio": ratio,
+        "window": window,
+        "compressor_digest": digest,
+    }
+    if own is not None:
+        payload["own"] = own
     directory.mkdir(parents=True, exist_ok=True)
     (directory / POINTER_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
@@ -264,7 +302,7 @@ def _rotate_half(states: torch.Tensor) -> torch.Tensor:
 
 
 class LycheeCompressor(Compressor):
-    """LycheeMemory's compressor over a Qwen2 base: interleaved memory tokens read each window of a chunk
+    """LycheeMemory's compressor over a Qwen2 or Llama base: interleaved memory tokens read each window of a chunk
     through the checkpoint's extra projections; their keys and values are the block."""
 
     name = "lychee"
@@ -293,6 +331,80 @@ class LycheeCompressor(Compressor):
         compressor.check(model)
         return compressor
 
+    @classmethod
+    def initialise(
+        cls,
+        model: PreTrainedModel,
+        window: int,
+        ratios: tuple[int, ...],
+        ratio: int | None = None,
+        param: tuple[str, ...] = PROJECTIONS,
+    ) -> LycheeCompressor:
+        """A new compressor of this design for `model`, as the authors' code makes one when a checkpoint lacks
+        the extra tensors: every extra projection a copy of its layer's own (weight, and bias where there is one),
+        the memory embedding the end-of-sequence token's embedding (their default `lychee_memory_embed_init`).
+        The extra tensors are float32 whatever the model's dtype. `ratio` (default: 4 when in `ratios`, else the
+        first) is the one it compresses with; training samples from `ratios`."""
+        settings = LycheeSettings(window=window, stride=window, ratios=tuple(ratios), param=tuple(param))
+        settings.check()
+        _check_architecture(model)
+        decoder = _decoder(model)
+        eos = getattr(model.config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, list) else eos
+        if eos is None:
+            raise ConfigError("The base model's configuration names no eos_token_id for the memory embedding.")
+        extras = {EMBEDDING: decoder.embed_tokens.weight.detach()[eos : eos + 1].float().clone()}
+        for index, layer in enumerate(decoder.layers):
+            for projection in settings.param:
+                own = getattr(layer.self_attn, f"{projection}_proj")
+                extras[projection_name(index, projection)] = own.weight.detach().float().clone()
+                if own.bias is not None:
+                    extras[projection_name(index, projection, "bias")] = own.bias.detach().float().clone()
+        if ratio is None:
+            ratio = 4 if 4 in settings.ratios else settings.ratios[0]
+        compressor = cls(settings, extras, ratio)
+        compressor.check(model)
+        return compressor
+
+    def at_ratio(self, ratio: int) -> LycheeCompressor:
+        """The same compressor (the same extra tensors, not copies) compressing at `ratio`."""
+        return type(self)(self.settings, self.extras, ratio, self.origin)
+
+    def weights(self) -> list[torch.nn.Parameter]:
+        """The extra tensors as float32 parameters (made so in place, once), for an optimizer to train."""
+        for name, tensor in self.extras.items():
+            if not isinstance(tensor, torch.nn.Parameter):
+                self.extras[name] = torch.nn.Parameter(tensor.detach().float().clone())
+        return [t for _, t in sorted(self.extras.items()) if isinstance(t, torch.nn.Parameter)]
+
+    def save(self, path: str | Path) -> None:
+        """Write the extra tensors and the settings (as metadata) into one safetensors file `path` (`OWN_FILE`)."""
+        from safetensors.torch import save_file
+
+        tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in self.extras.items()}
+        save_file(tensors, str(path), metadata={SETTINGS_KEY: json.dumps(self.settings.to_config())})
+
+    @classmethod
+    def load(cls, model: PreTrainedModel, path: str | Path, ratio: int | None = None) -> LycheeCompressor:
+        """The compressor `save` wrote to `path`, for `model`, checked against its shapes (a tensor that does not
+        fit is refused, naming it and both shapes)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointMismatchError(f"{path} is missing: the checkpoint holds no LycheeMemory-design compressor.")
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            extras = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        if SETTINGS_KEY not in metadata:
+            raise CheckpointMismatchError(f"{path} holds no {SETTINGS_KEY} metadata: it is not a saved compressor.")
+        settings = LycheeSettings.from_config(json.loads(metadata[SETTINGS_KEY]))
+        if ratio is None and len(settings.ratios) > 1:
+            ratio = 4 if 4 in settings.ratios else settings.ratios[0]
+        compressor = cls(settings, extras, ratio)
+        compressor.check(model)
+        return compressor
+
     def expected_shapes(self, model: PreTrainedModel) -> dict[str, tuple[int, ...]]:
         """The name and shape of every extra tensor the settings call for, from `model`'s own layers: a memory
         projection has its base projection's shape (and a bias where the base one has one)."""
@@ -310,10 +422,7 @@ class LycheeCompressor(Compressor):
     def check(self, model: PreTrainedModel) -> None:
         """Refuse extra tensors that do not fit `model`: a missing or unexpected one by name, a misshapen one
         naming the tensor, its shape and the shape the base model needs."""
-        if getattr(model.config, "model_type", None) != "qwen2":
-            raise CheckpointMismatchError(
-                f"LycheeMemory's compressor is made for Qwen2 models; this base is {model.config.model_type!r}."
-            )
+        _check_architecture(model)
         expected = self.expected_shapes(model)
         for name, shape in expected.items():
             if name not in self.extras:
@@ -469,12 +578,21 @@ def _present(kv: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor
     return kv
 
 
+def _check_architecture(model: PreTrainedModel) -> None:
+    """Refuse a base whose decoder layers this forward does not compute (Qwen2 and Llama only)."""
+    kind = getattr(model.config, "model_type", None)
+    if kind not in ARCHITECTURES:
+        raise CheckpointMismatchError(
+            f"LycheeMemory's compressor is computed here for {list(ARCHITECTURES)} models; this base is {kind!r}."
+        )
+
+
 def _decoder(model: PreTrainedModel) -> Any:
     """The Qwen2 decoder (`Qwen2Model`) of a causal LM: embeddings, layers, rotary embedding."""
     decoder = getattr(model, "model", None)
     if decoder is None or not hasattr(decoder, "layers") or not hasattr(decoder, "rotary_emb"):
         raise CheckpointMismatchError(
-            f"LycheeMemory's compressor needs a Qwen2 causal LM (model.model.layers, model.model.rotary_emb); got "
-            f"{type(model).__name__}."
+            "LycheeMemory's compressor needs a Qwen2 or Llama causal LM (model.model.layers, "
+            f"model.model.rotary_emb); got {type(model).__name__}."
         )
     return decoder
