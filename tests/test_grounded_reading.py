@@ -60,7 +60,7 @@ def test_an_invented_answer_is_not_found_and_the_next_block_is_read(wrapper):
     trace = answer.trace
     written = [a for a in trace.attempts if a.by == "notes"]  # the tiny model's own outputs are tried too, and fail
     assert [a.grounded for a in written] == [False, True], trace.attempts
-    assert "star" in written[0].reason and not any(a.grounded for a in trace.attempts if a.by == "read")
+    assert "asks for a number" in written[0].reason and not any(a.grounded for a in trace.attempts if a.by == "read")
     assert answer.found and trace.outcome == "answered" and answer.text == "The secret code of the Reno vault is 6827126."
     noted = [step for step in trace.steps if step.source is not None]
     assert len(noted) == 2 and "6827126" in noted[-1].source.text and trace.steps[-1] is noted[-1]  # then it stopped

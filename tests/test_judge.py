@@ -23,17 +23,17 @@ def test_an_answer_the_notes_state_is_grounded(question, notes, answer):
 
 @pytest.mark.parametrize("question, notes, answer, why", [
     ("Which number opens the Reno vault?", "The secret code of the Reno vault is 6827126.",
-     "The Reno vault is a fictional world in the Star Wars franchise.", "star"),        # a story, not the notes
+     "The Reno vault is a fictional world in the Star Wars franchise.", "number"),      # a story, not the notes
     ("What is the code of the Reno vault?", "The code of the Tarn vault is 4410.",
      "The code of the Reno vault is 4410.", "reno"),                                    # another key's value
     ("What is the code of the Reno vault?", "The code of the Reno vault was changed last spring.",
-     "The code of the Reno vault is 1234.", "1234"),                                    # a value the notes lack
+     "The code of the Reno vault is 1234.", "number"),                                  # a value the notes lack
     ("What colour is Mara Quill's boat?", BIRTH, BIRTH, "colour"),                      # true, but not an answer
     ("What was Silas Merriman checking in 1833?",
      "In the winter of 1833, Silas Merriman, the postmistress, inspected a cracked weather vane.",
      "Sylvester Merriman, the postmistress, inspected a cracked weather vane.", "sylvester"),  # a name, first
     ("Which number opens the Isley vault?", "4161278 is the sequence which releases the Isley vault.",
-     "The Isley vault is the sequence which releases the Isley vault.", "leaves out"),  # the value dropped
+     "The Isley vault is the sequence which releases the Isley vault.", "number"),      # the value dropped
     ("Where does Mara Quill come from?", BIRTH, "Not found in the context.", "declines"),
     ("Where does Mara Quill come from?", BIRTH, "Mara Quill comes from somewhere.", "0%"),
 ])
@@ -128,6 +128,54 @@ def test_the_sentence_giving_the_value_speaks_of_what_the_question_asks(question
     notes = BIRTH + "\n" + BELLS + "\nIt took 18 years to cast the bells."
     verdict = GroundingJudge().judge(question, notes, answer)
     assert verdict.grounded == grounded and (grounded or verdict.quote is None), verdict
+
+
+@pytest.mark.parametrize("question, notes, answer", [
+    ("What figures give access to the Bellmont vault?", "Staff were told that the Bellmont vault responds only to 5825163.",
+     "The Bellmont vault is accessed through the Bellmont vault's access control system."),
+    ("Which digits let someone inside the Tarrant vault?", "Staff were told that the Tarrant vault responds only to 8229344.",
+     'The answer to the question "Which digits let someone inside the Tarrant vault?" is:'),
+    ("What figures give access to the Penrith vault?", "Dialling 7745276 makes the lock on the Penrith vault spring back.",
+     "The Penrith vault is a fictional vault created by the author of the story."),
+    ("Which number opens the Reno vault?", "The secret code of the Reno vault is 6827126.",
+     "The Reno vault is a fictional world in the Star Wars franchise."),
+])
+def test_a_number_question_whose_answer_lost_the_value_gets_the_one_note_naming_its_key_with_one(question, notes, answer):
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert not verdict.grounded and verdict.quote == notes, verdict
+
+
+@pytest.mark.parametrize("question, notes", [
+    ("What figures give access to the Bellmont vault?",                      # two values for one key: which?
+     "The Bellmont vault responds only to 5825163.\nThe Bellmont vault once answered to 1135129."),
+    ("What is the code of the Reno vault?", "The Reno vault was built in 1901."),          # a year is not a code
+    ("What is the code of the Reno vault?", "The code of the Reno vault was changed last spring."),  # no value
+    ("How much was the lighthouse keeper paid each month?", PAY),                          # nothing named to match
+    ("Which number opens the Reno vault?", "The secret code of the Tarn vault is 6827126."),  # another key
+    ("What did the Reno vault hold?", "The secret code of the Reno vault is 6827126."),    # not a number question
+])
+def test_no_note_is_quoted_for_a_number_question_without_exactly_one_value_beside_its_key(question, notes):
+    verdict = GroundingJudge().judge(question, notes, "It is a fictional world in the Star Wars franchise.")
+    assert not verdict.grounded and verdict.quote is None, verdict
+
+
+@pytest.mark.parametrize("question, notes, answer, graft", [
+    ("How much was the lighthouse keeper paid each month?", PAY,
+     "The lighthouse keeper was paid 34 shillings a month, a sum considered generous at the time.", "keeper"),
+    ("Who first proposed repairs to the lighthouse?", REPAIRS,
+     "The lighthouse's original owner, Osric Redfern, was the first to propose repairs to the village green, which "
+     "took 18 years to approve.", "lighthouse"),
+])
+def test_a_copied_note_with_the_questions_subject_set_into_it_is_not_grounded_nor_quoted(question, notes, answer, graft):
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert not verdict.grounded and graft in verdict.reason and verdict.quote is None, verdict
+
+
+def test_a_copied_note_with_a_word_of_the_same_family_as_the_questions_is_grounded():
+    verdict = GroundingJudge().judge("What happens to slow startups?",
+                                     "Startups that grow slowly rarely survive their second year.",
+                                     "Slow startups rarely survive their second year.")
+    assert verdict.grounded, verdict.reason
 
 
 def test_no_quote_is_offered_for_another_key_or_for_a_value_the_notes_lack():

@@ -16,6 +16,8 @@ questions the notes do not answer from the words they share; neither may reach a
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import itertools
 import math
 import re
@@ -28,7 +30,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..hf.tokens import chat_text
 from .quotes import STOPWORDS, content_words, key_terms, normal, refuses, sentences
 
-_NUMBER_QUESTION = re.compile(r"^\W*(?:how (?:many|much)|what number)\b", re.I)
+_NUMBER_NOUNS = "numbers?|digits?|figures?|(?:pass)?codes?|pins?|combinations?|amount|sum|price|cost|total|count|age"
+_NUMBER_QUESTION = re.compile(
+    rf"^\W*(?:how (?:many|much)|(?:what|which)\s+(?:[\w'’]+\s+){{0,3}}?(?:{_NUMBER_NOUNS}))\b", re.I
+)
 _YEAR_QUESTION = re.compile(r"^\W*(?:in |by )?(?:what|which) year\b", re.I)
 _YEAR = re.compile(r"1[0-9]{3}|20[0-9]{2}")
 FITS = {  # what a value of each kind of question looks like (values as `content_words` gives them)
@@ -38,6 +43,7 @@ FITS = {  # what a value of each kind of question looks like (values as `content
 }
 _NAME_QUESTION = re.compile(r"^\W*(?:who|whom|whose)\b|\b(?:by|with|to|from|of) whom\b", re.I)
 _OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
+COPIED = 2 / 3  # share of a notes sentence's content words an answer holds in order to be a copy of it (`_grafted`)
 MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold (benchmarks/RESULTS.md)
 
 
@@ -52,6 +58,7 @@ class Verdict:
     reason: str
     judge: str
     quote: str | None = None
+    quotable: bool = False  # the answer failed on its own words, not on what the notes speak of: see `_stated`
 
 
 @runtime_checkable
@@ -87,9 +94,15 @@ class GroundingJudge:
         self.min_support = min_support
 
     def judge(self, question: str, notes: str, answer: str) -> Verdict:
+        verdict = self._verdict(question, notes, answer)
+        if verdict.grounded or verdict.quote is not None or not verdict.quotable:
+            return verdict
+        return dataclasses.replace(verdict, quote=_stated(notes, question))
+
+    def _verdict(self, question: str, notes: str, answer: str) -> Verdict:
         held, asked, said = content_words(notes), content_words(question), content_words(answer)
         if not answer.strip() or (refuses(answer) and not (key_terms(answer) & held) - asked):
-            return Verdict(False, "the answer declines", self.name)
+            return Verdict(False, "the answer declines", self.name, quotable=True)
         topic = asked - key_terms(question)  # one such word is mostly the verb ("Where does X come from?")
         if len(topic) > 1 and not topic & (held | said):
             return Verdict(False, f"neither it nor the notes speak of {', '.join(sorted(topic))}", self.name)
@@ -108,15 +121,22 @@ class GroundingJudge:
         if repeated and len(repeated & held) < len(repeated) / 2:  # its own wording of the question, around a value
             unheld = ", ".join(sorted(repeated - held))
             quote = _holding(notes, values, question) if values else None
-            return Verdict(False, f"it speaks of {unheld}, which the notes do not", self.name, quote)
+            return Verdict(False, f"it speaks of {unheld}, which the notes do not", self.name, quote, quotable=True)
         if kind and not values:
-            return Verdict(False, f"the question asks for a {kind}; the answer gives none of the notes'", self.name)
+            why = f"the question asks for a {kind}; the answer gives none of the notes'"
+            if named - held:
+                why += f" (it gives {', '.join(sorted(named - held))}, which they do not hold)"
+            return Verdict(False, why, self.name, quotable=True)
         apart = _apart(notes, values, said & asked & held)
         if apart:
             why = f"the notes give {', '.join(sorted(values))} in sentences that do not speak of {', '.join(apart)}"
             return Verdict(False, why, self.name)
         if not _on_topic(notes, values, question, said):
             why = f"the notes give {', '.join(sorted(values))} in sentences that do not speak of what the question asks"
+            return Verdict(False, why, self.name)
+        grafted = _grafted(notes, question, answer)
+        if grafted:
+            why = f"it retells a sentence of the notes with the question's {', '.join(grafted)}, which the notes lack"
             return Verdict(False, why, self.name)
         unknown = sorted(named - held)
         new = said - asked
@@ -128,7 +148,7 @@ class GroundingJudge:
                 else f"{support:.0%} of its new words are in the notes (not: {', '.join(sorted(new - held)[:6])})"
             )
             quote = _holding(notes, values, question) if values or kind else _naming(notes, new & held, question, said)
-            return Verdict(False, why, self.name, quote)
+            return Verdict(False, why, self.name, quote, quotable=True)
         if not new & held:
             return Verdict(False, "it adds nothing from the notes to the question", self.name)
         overlap = {line: len(new & content_words(line)) for line in notes.splitlines()}
@@ -175,6 +195,54 @@ def _on_topic(notes: str, values: set[str], question: str, said: set[str]) -> bo
         return True
     drawn = max(giving, key=lambda words: len(words & said), default=set())  # the sentence the answer retells
     return len(topic) == 1 and bool(names) and names <= drawn
+
+
+def _stated(notes: str, question: str) -> str | None:
+    """For a question that asks for a number or a year and names what it asks of ("What figures give access to
+    the Bellmont vault?"), the one line of `notes` that names all of it and gives one such value the question
+    does not ("Staff were told that the Bellmont vault responds only to 5825163."), or None: given as a quote when
+    the small model's answer lost the value in words of its own. Two such lines, a line without such a value (for a
+    number, a year is not one: "The Reno vault was built in 1901" gives no code), or a question naming nothing (whose
+    subject a line may share only in words) give None."""
+    kind, names = asks_for(question), key_terms(question)
+    if kind not in ("number", "year") or not names:
+        return None
+    asked = content_words(question)
+    lines = [line for line in notes.splitlines() if names <= content_words(line)]
+    fits = FITS[kind] if kind == "year" else lambda value: value.isdigit() and not _YEAR.fullmatch(value)
+    giving = [line for line in lines if len({v for v in _numbers(line) - asked if fits(v)}) == 1]
+    return giving[0] if len(giving) == 1 and len(lines) == 1 else None
+
+
+def _grafted(notes: str, question: str, answer: str) -> list[str]:
+    """Words of the question that the answer sets into a sentence of the notes it otherwise copies, where the notes
+    lack them: "The lighthouse keeper was paid 34 shillings a month" from "The town clerk was paid 34 shillings a
+    month" answers for the lighthouse keeper what the notes say of the clerk. A copy is an answer holding, in order,
+    at least `COPIED` of the content words of the notes' sentence it shares most with (and four or more of them);
+    an answer in words of its own is left to the other checks."""
+    held = content_words(notes)
+    words = [normal(w) for w in re.findall(r"\w+", answer) if normal(w) in content_words(w)]
+    best: list[str] = []
+    for a, b in sentences(notes):
+        line = [normal(w) for w in re.findall(r"\w+", notes[a:b]) if normal(w) in content_words(w)]
+        if len(set(line) & set(words)) > len(set(best) & set(words)):
+            best = line
+    if len(best) < 4:
+        return []
+    matcher = difflib.SequenceMatcher(a=words, b=best, autojunk=False)
+    copied = sum(block.size for block in matcher.get_matching_blocks())
+    if copied < COPIED * len(best):
+        return []
+    kept = {i for block in matcher.get_matching_blocks() for i in range(block.a, block.a + block.size)}
+    asked = content_words(question)
+    return sorted({w for i, w in enumerate(words) if i not in kept and w in asked and not _akin(w, held)})
+
+
+def _akin(word: str, words: set[str]) -> bool:
+    """Whether `words` hold `word` or a word of its family: one starting with all of it but its last two letters,
+    and at least its first four ("slow": "slowly"; "keeper": "keep"; not "lighthouse": "light")."""
+    stem = word[: max(4, len(word) - 2)]
+    return any(other.startswith(stem) for other in words)
 
 
 def _apart(notes: str, values: set[str], restated: set[str]) -> list[str]:
