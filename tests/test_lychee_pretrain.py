@@ -72,7 +72,7 @@ def test_at_initialisation_a_block_is_the_base_models_kv_of_eos_tokens_interleav
     step = 4
     interleaved, memory = [], []
     for start in range(0, CHUNK, step):
-        interleaved += ids[0, start:start + step].tolist() + [eos]
+        interleaved += [*ids[0, start : start + step].tolist(), eos]
         memory.append(len(interleaved) - 1)
     with torch.no_grad():
         cache = model.model(torch.tensor([interleaved]), use_cache=True).past_key_values
