@@ -204,3 +204,13 @@ def test_pretrain_command_trains_a_lychee_design_compressor(tokenizer, tmp_path)
     loaded = CompressedMemoryModel.from_pretrained(str(base), checkpoint=out, show_progress=False)
     assert isinstance(loaded.compressor, LycheeCompressor)
     assert loaded.compressor.settings.ratios == (2, 4, 8) and loaded.memory_config.compression.ratio == 4
+
+
+def test_a_compressor_saved_in_bfloat16_keeps_its_digest_and_settings(tokenizer, tmp_path):
+    model = _lychee(tokenizer)
+    path = tmp_path / OWN_FILE
+    model.compressor.save(path, dtype=torch.bfloat16)
+    loaded = LycheeCompressor.load(model.model, path, 8)
+    assert loaded.ratio == 8 and loaded.settings == model.compressor.settings
+    assert all(t.dtype == torch.bfloat16 for t in loaded.extras.values())
+    assert loaded.at_ratio(4).digest(model.model) == model.compressor.digest(model.model)

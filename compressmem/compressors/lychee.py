@@ -377,11 +377,12 @@ class LycheeCompressor(Compressor):
                 self.extras[name] = torch.nn.Parameter(tensor.detach().float().clone())
         return [t for _, t in sorted(self.extras.items()) if isinstance(t, torch.nn.Parameter)]
 
-    def save(self, path: str | Path) -> None:
-        """Write the extra tensors and the settings (as metadata) into one safetensors file `path` (`OWN_FILE`)."""
+    def save(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        """Write the extra tensors (in `dtype`; bfloat16 halves the file and keeps the digest, which rounds to it)
+        and the settings (as metadata) into one safetensors file `path` (`OWN_FILE`)."""
         from safetensors.torch import save_file
 
-        tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in self.extras.items()}
+        tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in self.extras.items()}
         save_file(tensors, str(path), metadata={SETTINGS_KEY: json.dumps(self.settings.to_config())})
 
     @classmethod
