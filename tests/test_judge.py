@@ -171,6 +171,28 @@ def test_a_copied_note_with_the_questions_subject_set_into_it_is_not_grounded_no
     assert not verdict.grounded and graft in verdict.reason and verdict.quote is None, verdict
 
 
+def test_a_copied_note_with_another_name_in_place_of_its_own_is_not_grounded_and_with_its_own_is():
+    rowan = "It was Rowan Redfern who first proposed repairs to the old granary, which took 13 years to approve."
+    notes = rowan + "\n" + REPAIRS
+    swapped = GroundingJudge().judge("Who first proposed repairs to the village green?", notes,
+                                     "Rowan Redfern was the first to propose repairs to the village green, which took "
+                                     "18 years to approve.")
+    assert not swapped.grounded and "rowan" in swapped.reason and swapped.quote is None, swapped
+    kept = GroundingJudge().judge("Who first proposed repairs to the village green?", notes,
+                                  "Osric Redfern was the first to propose repairs to the village green, which took "
+                                  "18 years to approve.")
+    assert kept.grounded, kept.reason
+
+
+def test_a_preposition_after_two_different_words_is_not_another_kind_of_thing():
+    carrow = ("In the remarkable autumn of 1860, Tilda Carrow, a ropemaker, restored a map of the shoals near the "
+              "village green.")
+    notes = "Tilda Stroud restored a set of brass scales near the salt marsh.\n" + carrow
+    verdict = GroundingJudge().judge("What did Tilda Carrow bring back to good condition near the village green?",
+                                     notes, "Tilda Carrow brought back a map of the shoals near the village green.")
+    assert "speak of the" not in verdict.reason and (verdict.grounded or verdict.quote == carrow), verdict
+
+
 def test_a_copied_note_with_a_word_of_the_same_family_as_the_questions_is_grounded():
     verdict = GroundingJudge().judge("What happens to slow startups?",
                                      "Startups that grow slowly rarely survive their second year.",

@@ -42,6 +42,37 @@ FITS = {  # what a value of each kind of question looks like (values as `content
     "name": lambda value: not value.isdigit(),
 }
 _NAME_QUESTION = re.compile(r"^\W*(?:who|whom|whose)\b|\b(?:by|with|to|from|of) whom\b", re.I)
+_PREPOSITIONS = frozenset(
+    [
+        "near",
+        "beside",
+        "behind",
+        "beyond",
+        "under",
+        "across",
+        "along",
+        "around",
+        "within",
+        "without",
+        "toward",
+        "towards",
+        "upon",
+        "onto",
+        "among",
+        "amid",
+        "against",
+        "through",
+        "throughout",
+        "past",
+        "inside",
+        "outside",
+        "underneath",
+        "beneath",
+        "opposite",
+        "via",
+        "per",
+    ]
+)
 _OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
 COPIED = 2 / 3  # share of a notes sentence's content words an answer holds in order to be a copy of it (`_grafted`)
 MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold (benchmarks/RESULTS.md)
@@ -136,7 +167,7 @@ class GroundingJudge:
             return Verdict(False, why, self.name)
         grafted = _grafted(notes, question, answer)
         if grafted:
-            why = f"it retells a sentence of the notes with the question's {', '.join(grafted)}, which the notes lack"
+            why = f"it retells a sentence of the notes with {', '.join(grafted)} set into it, which that sentence lacks"
             return Verdict(False, why, self.name)
         unknown = sorted(named - held)
         new = said - asked
@@ -215,9 +246,11 @@ def _stated(notes: str, question: str) -> str | None:
 
 
 def _grafted(notes: str, question: str, answer: str) -> list[str]:
-    """Words of the question that the answer sets into a sentence of the notes it otherwise copies, where the notes
-    lack them: "The lighthouse keeper was paid 34 shillings a month" from "The town clerk was paid 34 shillings a
-    month" answers for the lighthouse keeper what the notes say of the clerk. A copy is an answer holding, in order,
+    """Words that the answer sets into a sentence of the notes it otherwise copies: words of the question the notes
+    lack ("The lighthouse keeper was paid 34 shillings a month" from "The town clerk was paid 34 shillings a month"
+    answers for the lighthouse keeper what the notes say of the clerk), and names or numbers of its own in place of
+    the sentence's ("Rowan Redfern first proposed repairs to the village green" from "It was Osric Redfern who
+    first proposed repairs to the village green"). A copy is an answer holding, in order,
     at least `COPIED` of the content words of the notes' sentence it shares most with (and four or more of them);
     an answer in words of its own is left to the other checks."""
     held = content_words(notes)
@@ -235,7 +268,12 @@ def _grafted(notes: str, question: str, answer: str) -> list[str]:
         return []
     kept = {i for block in matcher.get_matching_blocks() for i in range(block.a, block.a + block.size)}
     asked = content_words(question)
-    return sorted({w for i, w in enumerate(words) if i not in kept and w in asked and not _akin(w, held)})
+    grafted = {w for i, w in enumerate(words) if i not in kept and w in asked and not _akin(w, held)}
+    named, line = key_terms(answer) | _opening_names(answer), set(best)
+    for tag, a, b, c, d in matcher.get_opcodes():  # a name of its own where the sentence has another: a swap
+        if tag == "replace" and set(best[c:d]) & (key_terms(notes) | _numbers(" ".join(best[c:d]))):
+            grafted |= {w for w in words[a:b] if w in named and w not in line}
+    return sorted(grafted)
 
 
 def _akin(word: str, words: set[str]) -> bool:
@@ -285,11 +323,12 @@ def _other_kind(question: str, notes: str) -> tuple[str, str] | None:
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:
-    """Adjacent pairs of content words of `text` (compared as `content_words` gives them)."""
+    """Adjacent pairs of content words of `text` (compared as `content_words` gives them), the second not a
+    preposition ("good condition near" and "brass scales near" share no noun)."""
     pairs = []
     for a, b in itertools.pairwise(re.findall(r"[\w'’-]+", text)):
         x, y = content_words(a), content_words(b)
-        if x and y and not any(c.isdigit() for c in a + b):
+        if x and y and b.lower() not in _PREPOSITIONS and not any(c.isdigit() for c in a + b):
             pairs.append((next(iter(x)), next(iter(y))))
     return pairs
 
