@@ -269,10 +269,10 @@ def _grafted(notes: str, question: str, answer: str) -> list[str]:
     kept = {i for block in matcher.get_matching_blocks() for i in range(block.a, block.a + block.size)}
     asked = content_words(question)
     grafted = {w for i, w in enumerate(words) if i not in kept and w in asked and not _akin(w, held)}
-    named, line = key_terms(answer) | _opening_names(answer), set(best)
+    named, copied_words = key_terms(answer) | _opening_names(answer), set(best)
     for tag, a, b, c, d in matcher.get_opcodes():  # a name of its own where the sentence has another: a swap
         if tag == "replace" and set(best[c:d]) & (key_terms(notes) | _numbers(" ".join(best[c:d]))):
-            grafted |= {w for w in words[a:b] if w in named and w not in line}
+            grafted |= {w for w in words[a:b] if w in named and w not in copied_words}
     return sorted(grafted)
 
 

@@ -256,10 +256,9 @@ class Reasoner:
             prompts += [self.prompts.gate_text(rows[i].trace.question, "") for i in noted]
             with adapter_active(self.model, None):
                 scored = finite_scores(self.gate.score(self.model, prompts, index), type(self.gate).__name__).cpu()
+            alone = dict(zip(noted, scored[len(members) :]))
             for i, row_scores in zip(members, scored):
-                scores[i] = row_scores
-            for i, asked in zip(noted, scored[len(members) :]):
-                scores[i] = (scores[i] + asked) / 2  # type: ignore[operator]
+                scores[i] = (row_scores + alone[i]) / 2 if i in alone else row_scores
         return scores
 
     def _read(
