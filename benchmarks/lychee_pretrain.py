@@ -11,7 +11,9 @@ seeded `niah_single` case, the chunk that holds the needle is compressed and rea
   entry kept), at --baseline-bits.
 
 Bytes per chunk token are the block's (scales, zero points and positions included), against the chunk's KV in
-bfloat16.
+bfloat16. With --heldout FILE, the pre-training objective (the continuation loss after the block, 16-bit blocks)
+is also measured for each compressor at each ratio of its mix, on the first --heldout-pairs windows of a text it
+was not trained on.
 
     python benchmarks/lychee_pretrain.py --checkpoint RUN --lengths 4k --n 20 --out benchmarks/results/lychee-pretrain
 """
@@ -35,6 +37,31 @@ def lychee_configuration(window: int, ratio: int, bits: int, group: int):
                         reading=ReadingConfig("compressed"), notes=NotesConfig(note_tokens=48))
 
 
+def heldout_losses(models, text: str, args) -> None:
+    """The continuation loss after the block (the pre-training objective, 16-bit blocks) of each compressor at
+    each ratio of its mix, on the first `--heldout-pairs` windows of `text`; printed and written to heldout.md."""
+    import torch
+
+    from compressmem.training.pretrain import continuation_loss, training_pairs
+
+    lines = ["| compressor | ratio | held-out continuation loss |", "|---|---|---|"]
+    for label, wrapper in models:
+        model = wrapper.with_config(
+            lychee_configuration(wrapper.compressor.settings.window, args.ratio, 16, args.group)
+        )
+        pairs = training_pairs(model, [text], args.continuation_tokens)[: args.heldout_pairs]
+        window = model.memory_config.chunking.size
+        for ratio in model.compressor.settings.ratios:
+            with torch.no_grad():
+                losses = [
+                    continuation_loss(model, pairs[i : i + 2, :window], pairs[i : i + 2, window:], ratio).item()
+                    for i in range(0, len(pairs), 2)
+                ]
+            lines.append(f"| {label} | {ratio} | {sum(losses) / len(losses):.3f} |")
+            print(lines[-1], flush=True)
+    (args.out / "heldout.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="the pre-training run's folder (a compressmem checkpoint)")
@@ -48,6 +75,10 @@ def main() -> None:
     parser.add_argument("--baselines", default="none,learned r4", help="quantized_blocks.py methods ('' for none)")
     parser.add_argument("--baseline-bits", default="4")
     parser.add_argument("--group", type=int, default=32)
+    parser.add_argument("--heldout", type=Path, help="a text not trained on, for the objective's held-out loss")
+    parser.add_argument("--heldout-pairs", type=int, default=16)
+    parser.add_argument("--continuation-tokens", type=int, default=128)
+    parser.add_argument("--skip-needles", action="store_true", help="only the held-out loss")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -72,6 +103,10 @@ def main() -> None:
         models.append(("initialised", start_or_resume(plain, "/nonexistent-run", ratio=args.ratio, design="lychee")))
     bf16 = bf16_bytes_per_token(shipped)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.heldout is not None:
+        heldout_losses(models, args.heldout.read_text(encoding="utf-8"), args)
+    if args.skip_needles:
+        return
     rows = []
     with open(args.out / "cases.jsonl", "w", encoding="utf-8") as log:
         for length in parse_token_counts(args.lengths):
