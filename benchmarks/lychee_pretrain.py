@@ -28,13 +28,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def lychee_configuration(window: int, ratio: int, bits: int, group: int):
+def notes_config(update: str):
+    """`append` (the default reader: the note is the sentence of the section the read's output points at, so a
+    block need only point at the needle's sentence) or `rewrite` (the read's own output is the note: the digits
+    must come out of the block itself)."""
+    from compressmem import NotesConfig
+
+    return NotesConfig(note_tokens=48) if update == "append" else NotesConfig(update="rewrite", max_tokens=64)
+
+
+def lychee_configuration(window: int, ratio: int, bits: int, group: int, update: str = "append"):
     """The MemoryConfig a LycheeMemory-design compressor's blocks are read with: chunks of its window."""
-    from compressmem import ChunkingConfig, CompressionConfig, MemoryConfig, NotesConfig, ReadingConfig
+    from compressmem import ChunkingConfig, CompressionConfig, MemoryConfig, ReadingConfig
 
     compression = CompressionConfig("learned", ratio, bits=bits, group=None if bits == 16 else group)
     return MemoryConfig(chunking=ChunkingConfig(window), compression=compression, gate=None,
-                        reading=ReadingConfig("compressed"), notes=NotesConfig(note_tokens=48))
+                        reading=ReadingConfig("compressed"), notes=notes_config(update))
 
 
 def heldout_losses(models, text: str, args) -> None:
@@ -78,6 +87,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=Path, help="a text not trained on, for the objective's held-out loss")
     parser.add_argument("--heldout-pairs", type=int, default=16)
     parser.add_argument("--continuation-tokens", type=int, default=128)
+    parser.add_argument("--notes", default="append", help="append, rewrite or both (see notes_config)")
     parser.add_argument("--skip-needles", action="store_true", help="only the held-out loss")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -112,15 +122,18 @@ def main() -> None:
         for length in parse_token_counts(args.lengths):
             cases = make_cases("niah_single", shipped.tokenizer, length, args.n, args.seed)
             runs = []
-            for label, wrapper in models:
-                window = wrapper.compressor.settings.window
-                for b in bits:
-                    runs.append((f"lychee r{args.ratio}, {label}, {b} bits",
-                                 wrapper.with_config(lychee_configuration(window, args.ratio, b, args.group))))
-            if args.baselines:
-                baseline_bits = [int(b) for b in args.baseline_bits.split(",")]
-                for name, config in configurations(args.baselines.split(","), baseline_bits, args.group):
-                    runs.append((name, shipped.with_config(config, show_progress=False)))
+            for update in ("append", "rewrite") if args.notes == "both" else (args.notes,):
+                for label, wrapper in models:
+                    window = wrapper.compressor.settings.window
+                    for b in bits:
+                        config = lychee_configuration(window, args.ratio, b, args.group, update)
+                        runs.append((f"lychee r{args.ratio}, {label}, {b} bits, {update}", wrapper.with_config(config)))
+                if args.baselines:
+                    baseline_bits = [int(b) for b in args.baseline_bits.split(",")]
+                    for name, config in configurations(args.baselines.split(","), baseline_bits, args.group):
+                        runs.append((f"{name}, {update}",
+                                     shipped.with_config(config.replace(notes=notes_config(update)),
+                                                         show_progress=False)))
             for name, model in runs:
                 results = [run_case(model, case) for case in cases]
                 for case, result in zip(cases, results):
