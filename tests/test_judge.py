@@ -164,7 +164,7 @@ def test_no_note_is_quoted_for_a_number_question_without_exactly_one_value_besid
      "The lighthouse keeper was paid 34 shillings a month, a sum considered generous at the time.", "keeper"),
     ("Who first proposed repairs to the lighthouse?", REPAIRS,
      "The lighthouse's original owner, Osric Redfern, was the first to propose repairs to the village green, which "
-     "took 18 years to approve.", "lighthouse"),
+     "took 18 years to approve.", "original, owner"),
 ])
 def test_a_copied_note_with_the_questions_subject_set_into_it_is_not_grounded_nor_quoted(question, notes, answer, graft):
     verdict = GroundingJudge().judge(question, notes, answer)
@@ -191,6 +191,19 @@ def test_a_preposition_after_two_different_words_is_not_another_kind_of_thing():
     verdict = GroundingJudge().judge("What did Tilda Carrow bring back to good condition near the village green?",
                                      notes, "Tilda Carrow brought back a map of the shoals near the village green.")
     assert "speak of the" not in verdict.reason and (verdict.grounded or verdict.quote == carrow), verdict
+
+
+@pytest.mark.parametrize("question, notes, answer", [
+    ("How many letters written by Silas Kettering survive?",
+     "The archive holds 27 letters from Silas Kettering, most of them about the price of grain.",
+     "The archive holds 27 letters written by Silas Kettering, most of them about the price of grain."),
+    ("Whose idea was it to fix up the Weavers' Hall, a plan that waited forty years for approval?",
+     "It was Vera Whitcombe who first proposed repairs to the Weavers' Hall, which took 40 years to approve.",
+     "Vera Whitcombe was the one who proposed repairs to the Weavers' Hall, a plan that took 40 years to approve."),
+])
+def test_a_copied_note_with_words_of_the_question_around_it_is_grounded(question, notes, answer):
+    verdict = GroundingJudge().judge(question, notes, answer)
+    assert verdict.grounded, verdict.reason
 
 
 def test_a_copied_note_with_a_word_of_the_same_family_as_the_questions_is_grounded():

@@ -74,7 +74,8 @@ _PREPOSITIONS = frozenset(
     ]
 )
 _OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
-COPIED = 2 / 3  # share of a notes sentence's content words an answer holds in order to be a copy of it (`_grafted`)
+COPIED = 2 / 3  # share of a notes sentence's content words an answer holds in order to be a copy of it (`edits`)
+MAX_ADDED = 2  # words of its own (not the question's or the notes') that make a copied note an answer the notes lack
 MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold (benchmarks/RESULTS.md)
 
 
@@ -165,9 +166,9 @@ class GroundingJudge:
         if not _on_topic(notes, values, question, said):
             why = f"the notes give {', '.join(sorted(values))} in sentences that do not speak of what the question asks"
             return Verdict(False, why, self.name)
-        grafted = _grafted(notes, question, answer)
-        if grafted:
-            why = f"it retells a sentence of the notes with {', '.join(grafted)} set into it, which that sentence lacks"
+        changed = edits(notes, question, answer)
+        if changed.swapped:
+            why = f"it retells a sentence of the notes with {', '.join(changed.swapped)} in place of its own words"
             return Verdict(False, why, self.name)
         unknown = sorted(named - held)
         new = said - asked
@@ -182,6 +183,9 @@ class GroundingJudge:
             return Verdict(False, why, self.name, quote, quotable=True)
         if not new & held:
             return Verdict(False, "it adds nothing from the notes to the question", self.name)
+        if len(changed.added) >= MAX_ADDED:
+            why = f"it adds {', '.join(changed.added)} to a sentence of the notes, which the notes do not say"
+            return Verdict(False, why, self.name)
         overlap = {line: len(new & content_words(line)) for line in notes.splitlines()}
         most = max(overlap.values(), default=0)
         drawn = [line for line, shared in overlap.items() if shared and shared == most]  # the lines it retells
@@ -245,35 +249,51 @@ def _stated(notes: str, question: str) -> str | None:
     return giving[0] if len(giving) == 1 and len(lines) == 1 else None
 
 
-def _grafted(notes: str, question: str, answer: str) -> list[str]:
-    """Words that the answer sets into a sentence of the notes it otherwise copies: words of the question the notes
-    lack ("The lighthouse keeper was paid 34 shillings a month" from "The town clerk was paid 34 shillings a month"
-    answers for the lighthouse keeper what the notes say of the clerk), and names or numbers of its own in place of
-    the sentence's ("Rowan Redfern first proposed repairs to the village green" from "It was Osric Redfern who
-    first proposed repairs to the village green"). A copy is an answer holding, in order,
-    at least `COPIED` of the content words of the notes' sentence it shares most with (and four or more of them);
-    an answer in words of its own is left to the other checks."""
-    held = content_words(notes)
-    words = [normal(w) for w in re.findall(r"\w+", answer) if normal(w) in content_words(w)]
-    best: list[str] = []
-    for a, b in sentences(notes):
-        line = [normal(w) for w in re.findall(r"\w+", notes[a:b]) if normal(w) in content_words(w)]
-        if len(set(line) & set(words)) > len(set(best) & set(words)):
-            best = line
-    if len(best) < 4:
-        return []
+@dataclass(frozen=True)
+class Edits:
+    """What an answer changed in the sentence of the notes it copies (`edits`): `swapped`, words of its own in
+    place of the sentence's, where they are words of the question the notes lack ("The lighthouse keeper was paid
+    34 shillings a month" from "The town clerk was paid 34 shillings a month" answers for the lighthouse keeper
+    what the notes say of the clerk) or names and numbers other than the sentence's ("Rowan Redfern first proposed
+    repairs to the village green" from "It was Osric Redfern who first proposed repairs to the village green");
+    `added`, words it adds that are neither the question's nor the notes' ("The lighthouse's original owner, Osric
+    Redfern, ..."). Words of the question added around the copy ("27 letters written by Silas Kettering" from "27
+    letters from Silas Kettering") are neither."""
+
+    swapped: list[str]
+    added: list[str]
+
+
+def edits(notes: str, question: str, answer: str) -> Edits:
+    """How `answer` changed the sentence of `notes` it copies (`Edits`). A copy is an answer holding, in order, at
+    least `COPIED` of the content words of the notes' sentence it shares most with (and four or more of them); an
+    answer in words of its own changes nothing here and is left to the other checks."""
+    held, asked = content_words(notes), content_words(question)
+    words = _content_sequence(answer)
+    best = max(
+        (_content_sequence(notes[a:b]) for a, b in sentences(notes)),
+        key=lambda line: len(set(line) & set(words)),
+        default=[],
+    )
     matcher = difflib.SequenceMatcher(a=words, b=best, autojunk=False)
-    copied = sum(block.size for block in matcher.get_matching_blocks())
-    if copied < COPIED * len(best):
-        return []
-    kept = {i for block in matcher.get_matching_blocks() for i in range(block.a, block.a + block.size)}
-    asked = content_words(question)
-    grafted = {w for i, w in enumerate(words) if i not in kept and w in asked and not _akin(w, held)}
-    named, copied_words = key_terms(answer) | _opening_names(answer), set(best)
-    for tag, a, b, c, d in matcher.get_opcodes():  # a name of its own where the sentence has another: a swap
-        if tag == "replace" and set(best[c:d]) & (key_terms(notes) | _numbers(" ".join(best[c:d]))):
-            grafted |= {w for w in words[a:b] if w in named and w not in copied_words}
-    return sorted(grafted)
+    if len(best) < 4 or sum(block.size for block in matcher.get_matching_blocks()) < COPIED * len(best):
+        return Edits([], [])
+    named, copied = key_terms(answer) | _opening_names(answer), set(best)
+    swapped, added = set(), set()
+    for tag, a, b, c, d in matcher.get_opcodes():
+        own = words[a:b]
+        if tag == "replace":
+            swapped |= {w for w in own if w in asked and not _akin(w, held)}
+            if set(best[c:d]) & (key_terms(notes) | _numbers(" ".join(best[c:d]))):
+                swapped |= {w for w in own if w in named and w not in copied}
+        if tag in ("replace", "delete"):
+            added |= {w for w in own if w not in asked and not _akin(w, held)}
+    return Edits(sorted(swapped), sorted(added))
+
+
+def _content_sequence(text: str) -> list[str]:
+    """The content words of `text` in order (as `content_words` gives them)."""
+    return [normal(w) for w in re.findall(r"\w+", text) if normal(w) in content_words(w)]
 
 
 def _akin(word: str, words: set[str]) -> bool:
