@@ -200,6 +200,7 @@ def test_a_preposition_after_two_different_words_is_not_another_kind_of_thing():
     ("Whose idea was it to fix up the Weavers' Hall, a plan that waited forty years for approval?",
      "It was Vera Whitcombe who first proposed repairs to the Weavers' Hall, which took 40 years to approve.",
      "Vera Whitcombe was the one who proposed repairs to the Weavers' Hall, a plan that took 40 years to approve."),
+    ("What is the name of Mara Quill's home town?", BIRTH, "Mara Quill's home town is Eldermoor."),  # one word retold
 ])
 def test_a_copied_note_with_words_of_the_question_around_it_is_grounded(question, notes, answer):
     verdict = GroundingJudge().judge(question, notes, answer)

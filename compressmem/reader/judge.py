@@ -283,7 +283,8 @@ def edits(notes: str, question: str, answer: str) -> Edits:
     for tag, a, b, c, d in matcher.get_opcodes():
         own = words[a:b]
         if tag == "replace":
-            swapped |= {w for w in own if w in asked and not _akin(w, held)}
+            subject = {w for w in own if w in asked and not _akin(w, held)}
+            swapped |= subject if len(subject) > 1 else set()  # one word is mostly a verb retold ("home" for "born")
             if set(best[c:d]) & (key_terms(notes) | _numbers(" ".join(best[c:d]))):
                 swapped |= {w for w in own if w in named and w not in copied}
         if tag in ("replace", "delete"):
