@@ -240,10 +240,6 @@ class Reasoner:
             row.done = bool(missing)
 
     def _score(self, rows: list[_Row], indexes: dict) -> list[torch.Tensor | None]:
-        """Each row's gate scores: the mean of the scores for the question alone and for the question with the notes
-        (the same, before the first note). The notes steer a second hop to the block that names what the first
-        found, and the question alone keeps its own best blocks in the running when a read noted something else
-        (a note on another Redfern otherwise pulls every later read towards Redferns)."""
         if self.gate is None:
             return [None] * len(rows)
         scores: list[torch.Tensor | None] = [None] * len(rows)
@@ -252,13 +248,10 @@ class Reasoner:
             if not members:
                 continue
             prompts = [self.prompts.gate_text(rows[i].trace.question, rows[i].trace.notes) for i in members]
-            noted = [i for i in members if rows[i].trace.notes]
-            prompts += [self.prompts.gate_text(rows[i].trace.question, "") for i in noted]
             with adapter_active(self.model, None):
-                scored = finite_scores(self.gate.score(self.model, prompts, index), type(self.gate).__name__).cpu()
-            alone = dict(zip(noted, scored[len(members) :]))
-            for i, row_scores in zip(members, scored):
-                scores[i] = (row_scores + alone[i]) / 2 if i in alone else row_scores
+                scored = finite_scores(self.gate.score(self.model, prompts, index), type(self.gate).__name__)
+                for i, row_scores in zip(members, scored.cpu()):
+                    scores[i] = row_scores
         return scores
 
     def _read(
