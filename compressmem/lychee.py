@@ -130,15 +130,8 @@ def load_lychee(
     name = str(source)
     compressor = LycheeCompressor(settings, extras, chosen, origin=(name, commit))
     compressor.check(model)
-    wrapper = CompressedMemoryModel(
-        model,
-        tokenizer,
-        memory_config=config,
-        base_name=name,
-        show_progress=show_progress,
-        gate_head=None if saved is None else saved[0].gate_head,
-        compressor=compressor,
-    )
+    gate_head = None if saved is None else saved[0].gate_head
+    wrapper = _wrapped(model, tokenizer, config, name, show_progress, gate_head, compressor)
     if saved is not None:
         saved[0].check_base(wrapper.fingerprint)
         recorded = saved[1].get("compressor_digest")
@@ -173,15 +166,7 @@ def _load_own(
     config = memory_config or checkpoint.config
     chosen = _lychee_ratio(config, ratio)
     compressor = LycheeCompressor.load(model, checkpoint.directory / str(pointer["own"]), chosen)
-    wrapper = CompressedMemoryModel(
-        model,
-        tokenizer,
-        memory_config=config,
-        base_name=name,
-        show_progress=show_progress,
-        gate_head=checkpoint.gate_head,
-        compressor=compressor,
-    )
+    wrapper = _wrapped(model, tokenizer, config, name, show_progress, checkpoint.gate_head, compressor)
     checkpoint.check_base(wrapper.fingerprint)
     recorded, found = pointer.get("compressor_digest"), compressor.digest(model)
     if recorded is not None and recorded != found:
@@ -279,3 +264,24 @@ def _save(
         model.gate_head.save(directory / HEAD_FILE)
         parts.append("gate head")
     write_model_card(directory, location, model.fingerprint, model.memory_config, parts, evaluation)
+
+
+def _wrapped(
+    model: Any,
+    tokenizer: Any,
+    config: MemoryConfig,
+    name: str,
+    show_progress: bool,
+    gate_head: Any,
+    compressor: LycheeCompressor,
+) -> CompressedMemoryModel:
+    """The base model and its LycheeMemory-design compressor, wrapped with the configuration and gate head."""
+    return CompressedMemoryModel(
+        model,
+        tokenizer,
+        memory_config=config,
+        base_name=name,
+        show_progress=show_progress,
+        gate_head=gate_head,
+        compressor=compressor,
+    )
