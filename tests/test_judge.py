@@ -3,7 +3,7 @@
 import pytest
 
 from tests.conftest import tiny_model
-from compressmem.reader.judge import CALIBRATION, GroundingJudge, Labelled, calibrate, choose_judge
+from compressmem.reader.judge import CALIBRATION, Edits, GroundingJudge, Labelled, calibrate, choose_judge, edits
 
 VAULT = "The secret code for the lighthouse vault is 4719283."
 BIRTH = "Mara Quill was born in the town of Eldermoor."
@@ -164,11 +164,18 @@ def test_no_note_is_quoted_for_a_number_question_without_exactly_one_value_besid
      "The lighthouse keeper was paid 34 shillings a month, a sum considered generous at the time.", "keeper"),
     ("Who first proposed repairs to the lighthouse?", REPAIRS,
      "The lighthouse's original owner, Osric Redfern, was the first to propose repairs to the village green, which "
-     "took 18 years to approve.", "original, owner"),
+     "took 18 years to approve.", "lighthouse"),
 ])
 def test_a_copied_note_with_the_questions_subject_set_into_it_is_not_grounded_nor_quoted(question, notes, answer, graft):
     verdict = GroundingJudge().judge(question, notes, answer)
     assert not verdict.grounded and graft in verdict.reason and verdict.quote is None, verdict
+
+
+def test_words_of_its_own_added_to_a_copied_note_are_edits():
+    answer = ("The lighthouse's original owner, Osric Redfern, was the first to propose repairs to the village green, "
+              "which took 18 years to approve.")
+    assert edits(REPAIRS, "Who first proposed repairs to the lighthouse?", answer).added == ["original", "owner"]
+    assert edits(REPAIRS, "Who first proposed repairs?", REPAIRS) == Edits([], [])
 
 
 def test_a_copied_note_with_another_name_in_place_of_its_own_is_not_grounded_and_with_its_own_is():
@@ -247,3 +254,20 @@ def test_auto_falls_back_to_grounding_for_a_model_that_fails_calibration(tokeniz
     assert judge.name == "grounding" and "calibration" in why
     assert choose_judge("model", model, tokenizer)[0].name == "model"
     assert choose_judge("grounding", model, tokenizer)[0].name == "grounding"
+
+
+def test_a_note_saying_the_same_of_another_thing_does_not_answer():
+    """The question repeats what a note says (three words in order) and then names a thing the notes lack, where the
+    note names another: an answer in words of its own, joining two notes, is not what they say."""
+    notes = ("It was Osric Redfern who first proposed repairs to the village green, which took 18 years to approve.\n"
+             "It was Petra Osgood who first proposed repairs to Heron Street, which took 18 years to approve.")
+    joined = GroundingJudge().judge("Who first proposed repairs to the lighthouse?", notes,
+                                    "Petra Osgood was the first to propose repairs to the lighthouse, while Rowan "
+                                    "Redfern was the first to propose repairs to Heron Street.")
+    assert not joined.grounded and "lighthouse" in joined.reason and joined.quote is None, joined
+    asked = GroundingJudge().judge("Who first proposed repairs to Heron Street?", notes,
+                                   "Petra Osgood was the first to propose repairs to Heron Street.")
+    assert asked.grounded, asked.reason
+    reworded = GroundingJudge().judge("Who was the first to suggest mending Heron Street?", notes,
+                                      "Petra Osgood first proposed repairs to Heron Street.")
+    assert reworded.grounded, reworded.reason

@@ -76,6 +76,7 @@ _PREPOSITIONS = frozenset(
 _OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
 COPIED = 2 / 3  # share of a notes sentence's content words an answer holds in order to be a copy of it (`edits`)
 MAX_ADDED = 2  # words of its own (not the question's or the notes') that make a copied note an answer the notes lack
+RUN = 3  # words of a note's sentence a question repeats in order before naming another thing (`_other_object`)
 MIN_SUPPORT = 0.6  # share of an answer's new content words the notes must hold (benchmarks/RESULTS.md)
 
 
@@ -138,7 +139,7 @@ class GroundingJudge:
         topic = asked - key_terms(question)  # one such word is mostly the verb ("Where does X come from?")
         if len(topic) > 1 and not topic & (held | said):
             return Verdict(False, f"neither it nor the notes speak of {', '.join(sorted(topic))}", self.name)
-        other = _other_kind(question, notes)
+        other = _other_kind(question, notes) or _other_object(question, notes)
         if other:
             return Verdict(False, f"the question asks of the {other[0]}, the notes speak of the {other[1]}", self.name)
         if key_terms(question) - held:
@@ -340,6 +341,26 @@ def _other_kind(question: str, notes: str) -> tuple[str, str] | None:
             others = [b for b, n in noted if n == noun and b != before]
             if others:
                 return f"{before} {noun}", f"{others[0]} {noun}"
+    return None
+
+
+def _other_object(question: str, notes: str) -> tuple[str, str] | None:
+    """A sentence of the notes that says what the question asks of something else: the question repeats `RUN` of
+    its content words in order (not names: what is said of them), then names a thing the notes lack where the
+    sentence names another ("Who first proposed repairs to the lighthouse?" against "It was Osric Redfern who first
+    proposed repairs to the village green"): (asked, noted), else None. Fewer words in common are mostly a
+    paraphrase sharing its subject ("the combination of the lighthouse safe" against "the secret code for the
+    lighthouse vault")."""
+    held, asked, names = content_words(notes), _content_sequence(question), key_terms(question) | key_terms(notes)
+    for a, b in sentences(notes):
+        line = _content_sequence(notes[a:b])
+        for i in range(RUN, len(asked)):
+            run = asked[i - RUN : i]
+            if _akin(asked[i], held) or set(run) & names:
+                continue
+            for j in range(len(line) - RUN):
+                if all(_akin(word, {noted}) for word, noted in zip(run, line[j : j + RUN])):
+                    return " ".join(asked[i - RUN : i + 1]), " ".join(line[j : j + RUN + 1])
     return None
 
 
