@@ -187,3 +187,36 @@ def test_score_order_reads_at_most_top_k_blocks_however_the_scores_move(tokenize
     reasoner = Reasoner(model.model, model.prompts, ReadingConfig(order="score", until="all"),
                         model.memory_config.notes, _ScriptedGate(script), GateConfig("attention", top_k=2))
     assert reasoner.run(["What is the vault code?"], [bank], show_progress=False)[0].blocks_read == [0, 2]
+
+
+class _TwoPromptGate:
+    """Scores blocks one way for the question alone and another for the question with notes."""
+
+    def __init__(self, alone_text: str, alone: list[float], noted: list[float]) -> None:
+        self.alone_text, self.alone, self.noted = alone_text, alone, noted
+
+    def index(self, bank, model):
+        return None
+
+    def score(self, model, texts, index):
+        return torch.tensor([self.alone if text == self.alone_text else self.noted for text in texts])
+
+
+def test_score_order_keeps_the_question_alones_best_blocks_beside_the_notes_next_hop(tokenizer):
+    """After the first note, a block ranks by the higher of its scores for the question alone and with the notes:
+    the notes' hop (block 3) is read next, then the question's own second best (block 1), which the notes alone
+    (block 2 next) and a mean of the two (block 2: 0.5 on both, against 0.4) would pass over."""
+    model = tiny_wrapper("llama", tokenizer, HEAD_CONFIG)
+    sections = ["The Reno vault stands by the harbour.", "The Reno vault was built of granite.",
+                "The Reno vault has a blue door.", "The Reno vault code is 4719283."]
+    bank = model.compress(" ".join(s + " Filler words follow here." * 12 for s in sections))
+    assert len(bank) >= 4
+    question = "What is the code of the Reno vault?"
+    rest = [0.0] * (len(bank) - 4)
+    gate = _TwoPromptGate(model.prompts.gate_text(question, ""), [0.9, 0.8, 0.5, 0.0] + rest,
+                          [0.0, 0.0, 0.5, 0.95] + rest)
+    reasoner = Reasoner(model.model, model.prompts, ReadingConfig(order="score", until="all"),
+                        model.memory_config.notes, gate, GateConfig("attention", top_k=3))
+    trace = reasoner.run([question], [bank], show_progress=False)[0]
+    assert trace.steps[0].notes, "the first read noted the sentence naming the Reno vault"
+    assert trace.blocks_read == [0, 3, 1]

@@ -240,6 +240,12 @@ class Reasoner:
             row.done = bool(missing)
 
     def _score(self, rows: list[_Row], indexes: dict) -> list[torch.Tensor | None]:
+        """Each row's gate scores: per block, the higher of its scores for the question with the notes and for the
+        question alone (one score before the first note). The notes steer a second hop to the block that names what
+        the first found ("Eldermoor" noted for "What is Mara Quill's home town famous for?"); the question alone
+        keeps its own best blocks in the running when a read noted something else (a note on another Tilda
+        otherwise pulls every later read towards Tildas). A mean of the two lets a block that only one ranks high
+        fall behind blocks middling on both, and lost the two-hop question (benchmarks/RESULTS.md)."""
         if self.gate is None:
             return [None] * len(rows)
         scores: list[torch.Tensor | None] = [None] * len(rows)
@@ -248,10 +254,13 @@ class Reasoner:
             if not members:
                 continue
             prompts = [self.prompts.gate_text(rows[i].trace.question, rows[i].trace.notes) for i in members]
+            noted = [i for i in members if rows[i].trace.notes]
+            prompts += [self.prompts.gate_text(rows[i].trace.question, "") for i in noted]
             with adapter_active(self.model, None):
-                scored = finite_scores(self.gate.score(self.model, prompts, index), type(self.gate).__name__)
-                for i, row_scores in zip(members, scored.cpu()):
-                    scores[i] = row_scores
+                scored = finite_scores(self.gate.score(self.model, prompts, index), type(self.gate).__name__).cpu()
+            alone = dict(zip(noted, scored[len(members) :]))
+            for i, row_scores in zip(members, scored):
+                scores[i] = torch.maximum(row_scores, alone[i]) if i in alone else row_scores
         return scores
 
     def _read(
