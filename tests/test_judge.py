@@ -271,3 +271,12 @@ def test_a_note_saying_the_same_of_another_thing_does_not_answer():
     reworded = GroundingJudge().judge("Who was the first to suggest mending Heron Street?", notes,
                                       "Petra Osgood first proposed repairs to Heron Street.")
     assert reworded.grounded, reworded.reason
+
+
+def test_a_question_word_the_answer_leaves_alone_elsewhere_in_the_notes_does_not_stop_the_quote():
+    """"hold" in another note ("The archive holds ...") is no sign that the clerk's line speaks of something else."""
+    agnes = "Agnes Blackwell, the town clerk, was remembered for a quiet temper and an excellent memory for faces."
+    notes = agnes + "\nThe archive holds 30 letters from Walter Blackwell, most of them about the price of grain."
+    verdict = GroundingJudge().judge("What position did Agnes Blackwell hold in the town?", notes,
+                                     "Agnes Blackwell was a town clerk in the town of Agnes Blackwell, Massachusetts.")
+    assert not verdict.grounded and "massachusett" in verdict.reason and verdict.quote == agnes, verdict

@@ -392,12 +392,14 @@ def _naming(notes: str, words: set[str], question: str, said: set[str]) -> str |
     """For an answer that gives no name or number: the lines of `notes` holding the `words` it drew from them and
     every name the question gives ("What job did Bram Redfern do?": "Bram Redfern, the surveyor, ..."), or None.
     None too when the answer repeats a word of what the question asks (not a name) that the notes lack: "Mara Quill
-    is buried in Eldermoor" from a note on her birth says what the question asks of, and the notes do not."""
+    is buried in Eldermoor" from a note on her birth says what the question asks of, and the notes do not; and when
+    a word of the question it repeats is in the notes, but not in the lines holding `words` (a question word it
+    leaves alone may be elsewhere in the notes: "hold" in "The archive holds 30 letters")."""
     asked, names = content_words(question), key_terms(question)
     if not words or not names or (said & asked) - names - content_words(notes):
         return None
     lines = [line for line in notes.splitlines() if words & content_words(line) and names <= content_words(line)]
-    if not lines or _apart(notes, words, asked & content_words(notes)):
+    if not lines or _apart(notes, words, said & asked & content_words(notes)):
         return None
     return " ".join(lines)
 
