@@ -280,3 +280,17 @@ def test_a_question_word_the_answer_leaves_alone_elsewhere_in_the_notes_does_not
     verdict = GroundingJudge().judge("What position did Agnes Blackwell hold in the town?", notes,
                                      "Agnes Blackwell was a town clerk in the town of Agnes Blackwell, Massachusetts.")
     assert not verdict.grounded and "massachusett" in verdict.reason and verdict.quote == agnes, verdict
+
+
+def test_a_full_name_asked_is_named_whole_in_the_notes_not_word_by_word():
+    """Notes on Tilda Carrow and Jonah Kettering hold both words of "Tilda Kettering", not her."""
+    question = "Who disputed ownership of a map of the shoals with Tilda Kettering?"
+    others = ("In the remarkable autumn of 1860, Tilda Carrow, a ropemaker, restored a map of the shoals near the "
+              "village green.\nThe papers of Jonah Kettering say little about the shoals.")
+    joined = GroundingJudge().judge(question, others, "The papers of Jonah Kettering dispute ownership of a map of "
+                                                      "the shoals with Tilda Carrow.")
+    assert not joined.grounded and "tilda kettering" in joined.reason and joined.quote is None, joined
+    hers = "Tilda Kettering and Hollis Pellham quarrelled for a whole winter over who owned a map of the shoals."
+    verdict = GroundingJudge().judge(question, others + "\n" + hers,
+                                     "Hollis Pellham quarrelled with Tilda Kettering over who owned a map of the shoals.")
+    assert verdict.grounded, verdict.reason

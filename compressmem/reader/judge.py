@@ -73,6 +73,7 @@ _PREPOSITIONS = frozenset(
         "per",
     ]
 )
+_CAPITALISED = re.compile(r"\b([A-Z][a-z]+)(?:['’]s\b)?")
 _OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
 COPIED = 2 / 3  # share of a notes sentence's content words an answer holds in order to be a copy of it (`edits`)
 MAX_ADDED = 2  # words of its own (not the question's or the notes') that make a copied note an answer the notes lack
@@ -145,6 +146,10 @@ class GroundingJudge:
         if key_terms(question) - held:
             absent = ", ".join(sorted(key_terms(question) - held))
             return Verdict(False, f"the notes do not speak of {absent}, which the question names", self.name)
+        unnamed = _full_names(question, asked=True) - _full_names(notes)
+        if unnamed:
+            absent = ", ".join(sorted(" ".join(name) for name in unnamed))
+            return Verdict(False, f"the notes do not name {absent}, whom the question names", self.name)
         named = key_terms(answer) | _opening_names(answer)
         values = (named & held) - asked  # numbers and names the notes gave it
         kind = asks_for(question)
@@ -324,6 +329,20 @@ def _opening_names(text: str) -> set[str]:
         for first, _ in _OPENING_NAME.findall(text)
         if first.lower() not in STOPWORDS and first not in ("I", "It", "In", "On", "At", "As")
     }
+
+
+def _full_names(text: str, asked: bool = False) -> set[tuple[str, str]]:
+    """Adjacent pairs of capitalised words in `text` ("Tilda Kettering"), compared as `content_words` gives them
+    (a possessive's "'s" dropped). A question's (`asked`) leave out its opening word ("Where Mara ..."), so that
+    notes naming "Tilda Carrow" and "Jonah Kettering" do not name the question's "Tilda Kettering"."""
+    pairs = set()
+    for line in text.splitlines():
+        for first, second in itertools.pairwise(_CAPITALISED.finditer(line)):
+            if line[first.end() : second.start()].strip() or (asked and first.start() == 0):
+                continue
+            if first.group(1).lower() not in STOPWORDS and second.group(1).lower() not in STOPWORDS:
+                pairs.add((normal(first.group(1)), normal(second.group(1))))
+    return pairs
 
 
 def _numbers(text: str) -> set[str]:
