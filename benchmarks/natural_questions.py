@@ -112,7 +112,13 @@ def main() -> None:
             "invented_terms": invented_terms(answer.text, document),
             "seconds": seconds,
             "attempts": [
-                {"answer": a.answer, "grounded": a.grounded, "reason": a.reason, "by": a.by}
+                {
+                    "answer": a.answer,
+                    "grounded": a.grounded,
+                    "reason": a.reason,
+                    "by": a.by,
+                    "notes": answer.trace.steps[a.reads - 1].notes,  # what it was judged against
+                }
                 for a in answer.trace.attempts
             ],
         }

@@ -115,3 +115,23 @@ def test_a_reads_output_that_does_not_echo_the_question_is_not_taken_for_its_ans
     _scripted(wrapper, lambda prompt: "The Reno vault is a fictional world in the Star Wars franchise.")
     answer = wrapper.answer(QUESTION, context=CONTEXT, return_sources=True)
     assert answer.trace.outcome == "not found" and not any(a.by == "read" for a in answer.trace.attempts)
+
+
+SILAS = "In the winter of 1833 Silas Merriman inspected a cracked weather vane near the customs house."
+PEOPLE = (FILLER + "Silas Redfern first proposed repairs to the customs house. " + FILLER + SILAS + " " + FILLER)
+
+
+@pytest.mark.parametrize("question, quoted", [
+    ("What was Silas Merriman checking near the customs house in 1833?", True),
+    ("Where is Silas Merriman buried?", False),  # the note names him but speaks of nothing the question asks
+])
+def test_when_every_answer_garbles_the_notes_the_one_note_on_what_was_asked_is_quoted(wrapper, question, quoted):
+    """No answer is grounded ("Sylvester" is no name of the notes): the note naming the question's names that speaks
+    most of what it asks is given, marked as a quote; a question the notes do not speak to stays "not found"."""
+    _scripted(wrapper, lambda prompt: "Sylvester Merriman inspected a cracked weather vane near the customs house.")
+    answer = wrapper.answer(question, context=PEOPLE, return_sources=True)
+    assert not any(a.grounded for a in answer.trace.attempts) and SILAS in answer.trace.notes, answer.trace
+    if quoted:
+        assert answer.trace.outcome == "quoted" and answer.text == f'The context says: "{SILAS}"'
+    else:
+        assert answer.trace.outcome == "not found" and answer.text == CONFIG.prompts.not_found

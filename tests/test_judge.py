@@ -3,7 +3,7 @@
 import pytest
 
 from tests.conftest import tiny_model
-from compressmem.reader.judge import CALIBRATION, Edits, GroundingJudge, Labelled, calibrate, choose_judge, edits
+from compressmem.reader.judge import CALIBRATION, Edits, GroundingJudge, Labelled, calibrate, choose_judge, edits, extract
 
 VAULT = "The secret code for the lighthouse vault is 4719283."
 BIRTH = "Mara Quill was born in the town of Eldermoor."
@@ -294,3 +294,27 @@ def test_a_full_name_asked_is_named_whole_in_the_notes_not_word_by_word():
     verdict = GroundingJudge().judge(question, others + "\n" + hers,
                                      "Hollis Pellham quarrelled with Tilda Kettering over who owned a map of the shoals.")
     assert verdict.grounded, verdict.reason
+
+
+TILDAS = ("In the stormy winter of 1796, Tilda Stroud, the harbourmaster, donated a set of brass scales near the salt "
+          "marsh.\nIn the mild spring of 1812, Dillon Carrow, a sailmaker, mended a set of brass scales near St.\n"
+          "In the remarkable autumn of 1860, Tilda Carrow, a ropemaker, restored a map of the shoals near the village "
+          "green.")
+
+
+@pytest.mark.parametrize("question, notes, expected", [
+    ("What did Tilda Carrow bring back to good condition near the village green?", TILDAS, TILDAS.splitlines()[2]),
+    ("Which year did Tilda Stroud donate brass scales near the salt marsh?", TILDAS, TILDAS.splitlines()[0]),
+    ("Which year did Tilda Stroud give away a set of brass scales?", TILDAS, None),  # a tie with Dillon Carrow's
+    ("Where is Mara Quill buried?", BIRTH, None),                                 # nothing of what it asks
+    ("Who cast the copper bells of Eldermoor?", BIRTH + "\n" + BELLS, None),      # no name of the line's own
+    ("What is Mara Quill's home town famous for?", BIRTH + "\n" + BELLS, None),   # the bells' line lacks her name
+    ("What is the town where Mara Quill was born famous for?", BIRTH + "\n" + BELLS, None),  # a tie: town, born / famous
+    ("What is the town where Mara Quill was born known for?", BIRTH + "\n" + BELLS, None),  # a first hop
+    ("What is the town where Mara Quill was born famous for?", BIRTH, None),     # a name to its words, no more
+    ("How many people live in Eldermoor?", BIRTH + "\n" + BELLS, None),           # no number
+    ("Who restored a map of the shoals near the village green?", TILDAS, None),   # names nothing
+    ("What did Tilda Kettering restore near the village green?", TILDAS, None),   # Tilda and Carrow, not her
+])
+def test_the_note_to_quote_when_no_answer_is_grounded(question, notes, expected):
+    assert extract(question, notes) == expected

@@ -255,6 +255,44 @@ def _stated(notes: str, question: str) -> str | None:
     return giving[0] if len(giving) == 1 and len(lines) == 1 else None
 
 
+def extract(question: str, notes: str) -> str | None:
+    """The note to give as a quote when no answer written from the notes was grounded (the small model garbled
+    what one note says: "Sylvester Merriman" for its "Silas Merriman"), or None. It is the one line of the notes
+    that speaks most of what the question asks (more of its words besides its names than any other line, and two
+    at least where it has two), names every name, number and full name the question gives, and holds a value of
+    the kind the question asks for (`asks_for`: a name of its own for "who", a number for "how many" (a year is
+    none), a year for "which year"). None for a question naming nothing (a line may share its subject only in
+    words), a tie, a first hop (a line giving a name another note speaks of: "Mara Quill was born in Eldermoor"
+    beside "Eldermoor is famous for its copper bells", asked what the town where she was born is known for), a line
+    that only puts a name to the question's own words (the same note alone: the hop, not its end), and notes on
+    another kind of thing (`_other_kind`, `_other_object`)."""
+    names = key_terms(question)
+    if not names or _other_kind(question, notes) or _other_object(question, notes):
+        return None
+    topic = content_words(question) - names
+    shared = {line: len(topic & content_words(line)) for line in notes.splitlines() if line.strip()}
+    most = max(shared.values(), default=0)
+    best = [line for line, count in shared.items() if count == most]
+    if most < min(2, len(topic)) or len(best) != 1:  # one word in common ("town") is too little to go on
+        return None
+    line = best[0]
+    if not names <= content_words(line) or _full_names(question, asked=True) - _full_names(line):
+        return None
+    hop = (key_terms(line) | _opening_names(line)) - names
+    if (
+        any(hop & key_terms(other) for other in shared if other != line)
+        or not content_words(line) - topic - names - hop
+    ):
+        return None  # a first hop: another note speaks of the name it gives, or it gives a name and nothing more
+    kind = asks_for(question)
+    if kind:
+        fits = FITS[kind] if kind != "number" else lambda value: value.isdigit() and not _YEAR.fullmatch(value)
+        values = (key_terms(line) | _opening_names(line)) - content_words(question)
+        if not any(fits(value) for value in values):
+            return None
+    return line
+
+
 @dataclass(frozen=True)
 class Edits:
     """What an answer changed in the sentence of the notes it copies (`edits`): `swapped`, words of its own in

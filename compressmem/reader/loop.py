@@ -22,7 +22,7 @@ from ..hf.adapters import ReasonerAdapter, adapter_active
 from ..hf.sliding import check_question
 from ..hf.tokens import decode_text
 from ..quantize import CHANNELS, TOKENS, quantize
-from .judge import Judge
+from .judge import Judge, extract
 from .notes import update_notes
 from .prompts import PromptBuilder
 from .quotes import Quote, asks_for_all, echoes, key_terms
@@ -178,6 +178,8 @@ class Reasoner:
             self._attempt(rows, unanswered, answer)  # type: ignore[arg-type]
             for row in rows:
                 trace = row.trace
+                if trace.answer_ids is None and trace.quote is None and trace.notes.strip():
+                    trace.quote = extract(trace.question, trace.notes)  # the note the garbled answers came from
                 answered, quoted = trace.answer_ids is not None, trace.quote is not None
                 trace.outcome = "answered" if answered else "quoted" if quoted else "not found"
                 trace.found = trace.outcome != "not found"
