@@ -318,3 +318,11 @@ TILDAS = ("In the stormy winter of 1796, Tilda Stroud, the harbourmaster, donate
 ])
 def test_the_note_to_quote_when_no_answer_is_grounded(question, notes, expected):
     assert extract(question, notes) == expected
+
+
+def test_a_copied_note_padded_with_words_of_its_own_gives_the_notes_value_as_a_quote_for_a_number_question():
+    needle = "Staff were told that the Zennor vault responds only to 3986689."
+    verdict = GroundingJudge().judge("Which digits let someone inside the Zennor vault?", needle,
+                                     "The Zennor vault responds only to 3986689, which is a special number that allows "
+                                     "people to enter the vault.")
+    assert not verdict.grounded and "adds" in verdict.reason and verdict.quote == needle, verdict

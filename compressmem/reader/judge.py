@@ -191,7 +191,7 @@ class GroundingJudge:
             return Verdict(False, "it adds nothing from the notes to the question", self.name)
         if len(changed.added) >= MAX_ADDED:
             why = f"it adds {', '.join(changed.added)} to a sentence of the notes, which the notes do not say"
-            return Verdict(False, why, self.name)
+            return Verdict(False, why, self.name, quotable=kind in ("number", "year"))  # `_stated` finds the value
         overlap = {line: len(new & content_words(line)) for line in notes.splitlines()}
         most = max(overlap.values(), default=0)
         drawn = [line for line, shared in overlap.items() if shared and shared == most]  # the lines it retells
