@@ -326,3 +326,12 @@ def test_a_copied_note_padded_with_words_of_its_own_gives_the_notes_value_as_a_q
                                      "The Zennor vault responds only to 3986689, which is a special number that allows "
                                      "people to enter the vault.")
     assert not verdict.grounded and "adds" in verdict.reason and verdict.quote == needle, verdict
+
+
+def test_the_notes_to_quote_for_a_question_asking_for_all_are_every_line_giving_a_value_for_one_of_its_keys():
+    lines = [f"One of the special magic numbers for {key} is: {value}." for key, value in
+             [("gentle-pepper", 7240404), ("fabled-canyon", 7280888), ("quiet-falcon", 1111111)]]
+    notes = "\n".join([*lines, "The special magic numbers for fabled-canyon were never written down."])
+    question = "What are all the special magic numbers for fabled-canyon, quiet-jackal and gentle-pepper?"
+    assert extract(question, notes) == f"{lines[0]} {lines[1]}"  # "quiet-falcon" is not "quiet-jackal"; no value
+    assert extract("What are all the special magic numbers for tidal-oak?", notes) is None

@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hf.tokens import chat_text
-from .quotes import STOPWORDS, content_words, key_terms, normal, refuses, sentences
+from .quotes import STOPWORDS, asks_for_all, content_words, key_terms, normal, refuses, sentences
 
 _NUMBER_NOUNS = "numbers?|digits?|figures?|(?:pass)?codes?|pins?|combinations?|amount|sum|price|cost|total|count|age"
 _NUMBER_QUESTION = re.compile(
@@ -73,6 +73,7 @@ _PREPOSITIONS = frozenset(
         "per",
     ]
 )
+_HYPHENATED = re.compile(r"[^\W_]+(?:-[^\W_]+)+")
 _CAPITALISED = re.compile(r"\b([A-Z][a-z]+)(?:['’]s\b)?")
 _OPENING_NAME = re.compile(r"(?:^|[.!?]\s+)([A-Z][a-z]+)\s+([A-Z][a-z]+)")
 COPIED = 2 / 3  # share of a notes sentence's content words an answer holds in order to be a copy of it (`edits`)
@@ -265,10 +266,13 @@ def extract(question: str, notes: str) -> str | None:
     words), a tie, a first hop (a line giving a name another note speaks of: "Mara Quill was born in Eldermoor"
     beside "Eldermoor is famous for its copper bells", asked what the town where she was born is known for), a line
     that only puts a name to the question's own words (the same note alone: the hop, not its end), and notes on
-    another kind of thing (`_other_kind`, `_other_object`)."""
+    another kind of thing (`_other_kind`, `_other_object`). A question asking for all matches gets every line
+    giving a value for one of its keys (`_every`)."""
     names = key_terms(question)
     if not names or _other_kind(question, notes) or _other_object(question, notes):
         return None
+    if asks_for_all(question):
+        return _every(question, notes)
     topic = content_words(question) - names
     shared = {line: len(topic & content_words(line)) for line in notes.splitlines() if line.strip()}
     most = max(shared.values(), default=0)
@@ -291,6 +295,22 @@ def extract(question: str, notes: str) -> str | None:
         if not any(fits(value) for value in values):
             return None
     return line
+
+
+def _every(question: str, notes: str) -> str | None:
+    """For a question asking for all matches ("What are all the special magic numbers for fabled-canyon and
+    quiet-jackal?"), the lines of `notes` naming one of its keys whole (every part of a hyphenated key:
+    "hollow-falcon" does not name "hollow-meadow") and giving a value of their own (a number or name the question
+    does not give), joined; None when no line does."""
+    asked = content_words(question)
+    keys = [{normal(part) for part in key.split("-")} for key in _HYPHENATED.findall(question)]
+    keys += [{name} for name in key_terms(question) if not any(name in key for key in keys)]
+    lines = [
+        line
+        for line in notes.splitlines()
+        if any(key <= content_words(line) for key in keys) and (key_terms(line) | _opening_names(line)) - asked
+    ]
+    return " ".join(lines) or None
 
 
 @dataclass(frozen=True)
