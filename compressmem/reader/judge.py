@@ -282,7 +282,8 @@ def extract(question: str, notes: str) -> str | None:
     line = best[0]
     if not names <= content_words(line) or _full_names(question, asked=True) - _full_names(line):
         return None
-    hop = (key_terms(line) | _opening_names(line)) - names
+    named = key_terms(line) | _opening_names(line)
+    hop = named - names
     if (
         any(hop & key_terms(other) for other in shared if other != line)
         or not content_words(line) - topic - names - hop
@@ -291,8 +292,7 @@ def extract(question: str, notes: str) -> str | None:
     kind = asks_for(question)
     if kind:
         fits = FITS[kind] if kind != "number" else lambda value: value.isdigit() and not _YEAR.fullmatch(value)
-        values = (key_terms(line) | _opening_names(line)) - content_words(question)
-        if not any(fits(value) for value in values):
+        if not any(fits(value) for value in named - content_words(question)):
             return None
     return line
 

@@ -52,6 +52,7 @@ class _Row:
     done: bool = False
     tried: str = ""  # the notes an answer was last written from
     heard: int = 0  # reads whose own output was judged as an answer
+    alone: torch.Tensor | None = None  # the gate's scores for the question alone: they never change, so kept
 
     def next_block(self, scores: torch.Tensor | None, gate: GateConfig | None, reading: ReadingConfig) -> int | None:
         """The next block to read, or None when this row has finished reading."""
@@ -247,7 +248,8 @@ class Reasoner:
         the first found ("Eldermoor" noted for "What is Mara Quill's home town famous for?"); the question alone
         keeps its own best blocks in the running when a read noted something else (a note on another Tilda
         otherwise pulls every later read towards Tildas). A mean of the two lets a block that only one ranks high
-        fall behind blocks middling on both, and lost the two-hop question (benchmarks/RESULTS.md)."""
+        fall behind blocks middling on both, and lost the two-hop question (benchmarks/RESULTS.md). The question
+        alone's scores are kept from the first read, so each later read scores one prompt per row, as before."""
         if self.gate is None:
             return [None] * len(rows)
         scores: list[torch.Tensor | None] = [None] * len(rows)
@@ -256,13 +258,17 @@ class Reasoner:
             if not members:
                 continue
             prompts = [self.prompts.gate_text(rows[i].trace.question, rows[i].trace.notes) for i in members]
-            noted = [i for i in members if rows[i].trace.notes]
-            prompts += [self.prompts.gate_text(rows[i].trace.question, "") for i in noted]
+            unknown = [i for i in members if rows[i].alone is None and rows[i].trace.notes]  # none when read from 0
+            prompts += [self.prompts.gate_text(rows[i].trace.question, "") for i in unknown]
             with adapter_active(self.model, None):
                 scored = finite_scores(self.gate.score(self.model, prompts, index), type(self.gate).__name__).cpu()
-            alone = dict(zip(noted, scored[len(members) :]))
+            for i, row_scores in zip(unknown, scored[len(members) :]):
+                rows[i].alone = row_scores
             for i, row_scores in zip(members, scored):
-                scores[i] = torch.maximum(row_scores, alone[i]) if i in alone else row_scores
+                row = rows[i]
+                if not row.trace.notes:  # the prompt was the question alone
+                    row.alone = row_scores
+                scores[i] = row_scores if row.alone is None else torch.maximum(row_scores, row.alone)
         return scores
 
     def _read(
